@@ -1,0 +1,191 @@
+//! Notice kinds and delivery states.
+//!
+//! Pure. A notice is a kind plus, for reminders, the lead time: `reminder:24h`. Its text form is
+//! part of every delivery's idempotency key, so it is canonical.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+
+use super::{Channel, RecipientId, Span, WindowId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NoticeKind {
+    Announced,
+    Reminder,
+    Started,
+    Rescheduled,
+    Cancelled,
+    Completed,
+}
+
+impl NoticeKind {
+    pub const ALL: [NoticeKind; 6] = [
+        NoticeKind::Announced,
+        NoticeKind::Reminder,
+        NoticeKind::Started,
+        NoticeKind::Rescheduled,
+        NoticeKind::Cancelled,
+        NoticeKind::Completed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Announced => "announced",
+            NoticeKind::Reminder => "reminder",
+            NoticeKind::Started => "started",
+            NoticeKind::Rescheduled => "rescheduled",
+            NoticeKind::Cancelled => "cancelled",
+            NoticeKind::Completed => "completed",
+        }
+    }
+}
+
+impl fmt::Display for NoticeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Notice {
+    kind: NoticeKind,
+    offset: Option<Span>,
+}
+
+impl Notice {
+    pub fn new(kind: NoticeKind) -> Notice {
+        debug_assert!(kind != NoticeKind::Reminder, "a reminder needs its offset");
+        Notice { kind, offset: None }
+    }
+    pub fn reminder(offset: Span) -> Notice {
+        Notice {
+            kind: NoticeKind::Reminder,
+            offset: Some(offset),
+        }
+    }
+    pub fn kind(self) -> NoticeKind {
+        self.kind
+    }
+    pub fn offset(self) -> Option<Span> {
+        self.offset
+    }
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.offset {
+            Some(o) => write!(f, "{}:{o}", self.kind),
+            None => write!(f, "{}", self.kind),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "notice '{0}' is not one of announced, reminder:OFFSET (e.g. reminder:24h), started, rescheduled, cancelled, completed"
+)]
+pub struct NoticeError(pub String);
+
+impl FromStr for Notice {
+    type Err = NoticeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NoticeError(s.to_owned());
+        let (kind, offset) = match s.trim().split_once(':') {
+            Some((k, o)) => (k, Some(o.parse::<Span>().map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let kind = NoticeKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .ok_or_else(bad)?;
+        match (kind, offset) {
+            (NoticeKind::Reminder, Some(o)) => Ok(Notice::reminder(o)),
+            (NoticeKind::Reminder, None) | (_, Some(_)) => Err(bad()),
+            (k, None) => Ok(Notice::new(k)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeliveryState {
+    Pending,
+    Claimed,
+    Sent,
+    Failed,
+    Expired,
+    Superseded,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 6] = [
+        DeliveryState::Pending,
+        DeliveryState::Claimed,
+        DeliveryState::Sent,
+        DeliveryState::Failed,
+        DeliveryState::Expired,
+        DeliveryState::Superseded,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Claimed => "claimed",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Expired => "expired",
+            DeliveryState::Superseded => "superseded",
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row the planner wants in the queue. Its key is `(window, revision, notice, recipient,
+/// channel)`; planning the same thing twice yields the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedDelivery {
+    pub window: WindowId,
+    pub revision: u32,
+    pub notice: Notice,
+    pub recipient: RecipientId,
+    pub channel: Channel,
+    pub due_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+}
+
+impl PlannedDelivery {
+    pub fn idempotency_key(&self) -> String {
+        idempotency_key(self.window, self.revision, self.notice, self.recipient, self.channel)
+    }
+}
+
+/// The text form of a delivery's identity, handed to senders so a provider can drop duplicates.
+pub fn idempotency_key(
+    window: WindowId,
+    revision: u32,
+    notice: Notice,
+    recipient: RecipientId,
+    channel: Channel,
+) -> String {
+    format!("w{window}.r{revision}.{notice}.{recipient}.{channel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_round_trip() {
+        for text in ["announced", "reminder:24h", "reminder:1h30m", "completed"] {
+            assert_eq!(text.parse::<Notice>().unwrap().to_string(), text);
+        }
+        assert_eq!("reminder:1d".parse::<Notice>().unwrap().to_string(), "reminder:24h");
+        for bad in ["reminder", "started:1h", "nope", "reminder:x"] {
+            assert!(bad.parse::<Notice>().is_err(), "{bad}");
+        }
+    }
+}

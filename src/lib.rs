@@ -1,0 +1,7 @@
+//! Tangazo: tells millions of people, in their language and time zone, that a service is going
+//! down for planned maintenance, and when it is back.
+//!
+//! See ARCHITECTURE.md for the codemap and the invariants.
+
+pub mod domain;
+pub mod planner;

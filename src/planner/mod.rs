@@ -1,0 +1,307 @@
+//! The planner: which notices a window owes now, and to whom.
+//!
+//! Pure: a function of (window, recipients, policy, what was already decided, `now`). It does no
+//! I/O and never reads the clock. The scheduler feeds it pages of recipients from storage and
+//! writes what it returns; tests feed it vectors.
+//!
+//! Two halves:
+//! - [`decide`] looks at the window's current revision and returns one [`Decision`] per
+//!   (notice, audience) that is due, past, or overtaken, each recorded once in the notice log;
+//! - [`fan_out`] turns a planned decision and a stream of recipients into queue rows.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Audience, Change, Notice, NoticeKind, PlannedDelivery, Recipient, RecipientId, Span, Window,
+    WindowStatus,
+};
+
+/// Reminder offsets for one audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudiencePolicy {
+    reminders: Vec<Span>,
+}
+
+impl AudiencePolicy {
+    /// Offsets are kept largest first, without duplicates.
+    pub fn new(mut reminders: Vec<Span>) -> AudiencePolicy {
+        reminders.sort_by(|a, b| b.cmp(a));
+        reminders.dedup();
+        AudiencePolicy { reminders }
+    }
+    pub fn reminders(&self) -> &[Span] {
+        &self.reminders
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub customers: AudiencePolicy,
+    pub billers: AudiencePolicy,
+    /// How long after the end a `completed` notice is still worth sending.
+    pub completed_grace: Span,
+}
+
+impl Policy {
+    pub fn for_audience(&self, audience: Audience) -> &AudiencePolicy {
+        match audience {
+            Audience::Customer => &self.customers,
+            Audience::Biller => &self.billers,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            customers: AudiencePolicy::new(vec![Span::hours(72), Span::hours(24), Span::hours(1)]),
+            billers: AudiencePolicy::new(vec![
+                Span::hours(168),
+                Span::hours(72),
+                Span::hours(24),
+                Span::hours(1),
+            ]),
+            completed_grace: Span::hours(24),
+        }
+    }
+}
+
+/// Which recipients of an audience a notice is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// Everyone who is subscribed and not opted out.
+    Eligible,
+    /// Only those who were already told something about this window.
+    AlreadyTold,
+    /// Only those who were not: after a change, they get the current facts, not a correction.
+    NotYetTold,
+}
+
+/// What happened to a (revision, notice, audience): recorded once in the notice log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Due now: fan it out.
+    Planned,
+    /// Its time had passed before the current schedule existed.
+    Skipped,
+    /// Overtaken by a later notice that is due at the same time.
+    Superseded,
+    /// Its deadline passed before it could be planned.
+    Expired,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Planned => "planned",
+            Outcome::Skipped => "skipped",
+            Outcome::Superseded => "superseded",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub revision: u32,
+    pub notice: Notice,
+    pub audience: Audience,
+    pub outcome: Outcome,
+    pub reach: Reach,
+    pub due_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    /// Earlier notices of the same revision and audience whose unsent deliveries this one
+    /// makes pointless (catch-up: only the latest reminder goes out).
+    pub supersedes: Vec<Notice>,
+}
+
+/// The (notice, audience) pairs of the window's current revision already in the notice log.
+pub type Decided = HashSet<(Notice, Audience)>;
+
+/// What the window's current revision owes now that has not been decided yet.
+pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime<Utc>) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let start = window.schedule.starts_at();
+    let end = window.schedule.ends_at();
+    for audience in Audience::ALL {
+        let mut d = Decider {
+            window,
+            audience,
+            decided,
+            now,
+            out: &mut out,
+        };
+        use NoticeKind::*;
+        let primary = match (window.status, window.last_change) {
+            (WindowStatus::Scheduled, Change::Rescheduled) => {
+                let deadline = start.min(window.previous.starts_at());
+                let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at, deadline);
+                let b = d.primary(Announced, Reach::NotYetTold, window.revised_at, start);
+                a || b
+            }
+            (WindowStatus::Scheduled, _) => d.primary(Announced, Reach::Eligible, window.created_at, start),
+            (WindowStatus::InProgress, Change::Rescheduled) => {
+                let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at, end);
+                let b = d.primary(Started, Reach::NotYetTold, window.revised_at, end);
+                a || b
+            }
+            (WindowStatus::InProgress, _) => d.primary(Started, Reach::Eligible, start, end),
+            (WindowStatus::Completed, _) => {
+                let deadline = end + policy.completed_grace.delta();
+                d.primary(Completed, Reach::Eligible, window.revised_at, deadline)
+            }
+            (WindowStatus::Cancelled, _) => {
+                d.primary(Cancelled, Reach::AlreadyTold, window.revised_at, window.previous.starts_at())
+            }
+        };
+        if window.status == WindowStatus::Scheduled {
+            d.reminders(policy.for_audience(audience).reminders(), primary);
+        }
+    }
+    out
+}
+
+struct Decider<'a> {
+    window: &'a Window,
+    audience: Audience,
+    decided: &'a Decided,
+    now: DateTime<Utc>,
+    out: &'a mut Vec<Decision>,
+}
+
+impl Decider<'_> {
+    fn record(&mut self, notice: Notice, outcome: Outcome, reach: Reach, due_at: DateTime<Utc>, deadline: DateTime<Utc>) {
+        self.out.push(Decision {
+            revision: self.window.revision,
+            notice,
+            audience: self.audience,
+            outcome,
+            reach,
+            due_at,
+            deadline,
+            supersedes: Vec::new(),
+        });
+    }
+
+    /// The notice a change owes. Returns whether it is planned now.
+    fn primary(&mut self, kind: NoticeKind, reach: Reach, due_at: DateTime<Utc>, deadline: DateTime<Utc>) -> bool {
+        let notice = Notice::new(kind);
+        if self.decided.contains(&(notice, self.audience)) || due_at > self.now {
+            return false;
+        }
+        if self.now >= deadline {
+            self.record(notice, Outcome::Expired, reach, due_at, deadline);
+            return false;
+        }
+        self.record(notice, Outcome::Planned, reach, due_at, deadline);
+        true
+    }
+
+    /// Reminders of a scheduled window; `offsets` largest first.
+    fn reminders(&mut self, offsets: &[Span], primary_planned_now: bool) {
+        let start = self.window.schedule.starts_at();
+        let mut due_now = Vec::new();
+        for &offset in offsets {
+            let notice = Notice::reminder(offset);
+            if self.decided.contains(&(notice, self.audience)) {
+                continue;
+            }
+            let due_at = start - offset.delta();
+            if due_at <= self.window.revised_at {
+                // Already past when this schedule was set: recorded once, never sent.
+                self.record(notice, Outcome::Skipped, Reach::Eligible, due_at, start);
+            } else if due_at <= self.now {
+                due_now.push(offset);
+            }
+        }
+        let Some((&latest, earlier)) = due_now.split_last() else {
+            return;
+        };
+        let overtaken = if self.now >= start {
+            Outcome::Expired
+        } else {
+            Outcome::Superseded
+        };
+        // A notice planned in this same pass already carries the same facts.
+        let all_overtaken = self.now >= start || primary_planned_now;
+        for &offset in earlier.iter().chain(all_overtaken.then_some(&latest)) {
+            self.record(Notice::reminder(offset), overtaken, Reach::Eligible, start - offset.delta(), start);
+        }
+        if !all_overtaken {
+            let mut d = Decision {
+                revision: self.window.revision,
+                notice: Notice::reminder(latest),
+                audience: self.audience,
+                outcome: Outcome::Planned,
+                reach: Reach::Eligible,
+                due_at: start - latest.delta(),
+                deadline: start,
+                supersedes: offsets.iter().filter(|&&o| o > latest).map(|&o| Notice::reminder(o)).collect(),
+            };
+            d.supersedes.sort();
+            self.out.push(d);
+        }
+    }
+}
+
+/// The queue rows of a planned decision for a stream of recipients (any order, any audience:
+/// those it does not concern are passed over). `told` says whether a recipient was already told
+/// something about this window; it is asked only for `AlreadyTold`/`NotYetTold` decisions.
+pub fn fan_out<'a, I, F>(decision: &'a Decision, window: &'a Window, recipients: I, told: F) -> impl Iterator<Item = PlannedDelivery> + 'a
+where
+    I: IntoIterator<Item = &'a Recipient> + 'a,
+    F: Fn(RecipientId) -> bool + 'a,
+{
+    debug_assert_eq!(decision.outcome, Outcome::Planned);
+    recipients
+        .into_iter()
+        .filter(move |r| {
+            let p = &r.profile;
+            p.kind == decision.audience
+                && !p.opt_out
+                && p.cares_about(&window.components)
+                && match decision.reach {
+                    Reach::Eligible => true,
+                    Reach::AlreadyTold => told(r.id),
+                    Reach::NotYetTold => !told(r.id),
+                }
+        })
+        .flat_map(move |r| {
+            r.profile.effective_channels().into_iter().map(move |channel| PlannedDelivery {
+                window: window.id,
+                revision: decision.revision,
+                notice: decision.notice,
+                recipient: r.id,
+                channel,
+                due_at: decision.due_at,
+                deadline: decision.deadline,
+            })
+        })
+}
+
+/// Both halves at once, for callers that hold every recipient in memory: the decisions due now
+/// and the deliveries of the planned ones.
+pub fn plan<F>(
+    window: &Window,
+    recipients: &[Recipient],
+    told: F,
+    policy: &Policy,
+    decided: &Decided,
+    now: DateTime<Utc>,
+) -> (Vec<Decision>, Vec<PlannedDelivery>)
+where
+    F: Fn(RecipientId) -> bool + Copy,
+{
+    let decisions = decide(window, policy, decided, now);
+    let deliveries = decisions
+        .iter()
+        .filter(|d| d.outcome == Outcome::Planned)
+        .flat_map(|d| fan_out(d, window, recipients, told).collect::<Vec<_>>())
+        .collect();
+    (decisions, deliveries)
+}
+
+#[cfg(test)]
+mod tests;
