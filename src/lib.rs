@@ -4,4 +4,6 @@
 //! See ARCHITECTURE.md for the codemap and the invariants.
 
 pub mod domain;
+pub mod config;
 pub mod planner;
+pub mod render;

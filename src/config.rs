@@ -1,0 +1,449 @@
+//! Configuration: one TOML file, environment overrides, command-line flags, validated at
+//! start-up into a typed [`Config`].
+//!
+//! The commented example (`tangazo.example.toml`) is built into the binary: it is what
+//! `tangazo init` writes and it supplies every default, so the two can never disagree.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Channel, ComponentId, Locale, Span, Zone};
+use crate::planner::{AudiencePolicy, Policy};
+
+/// The documented example configuration, and the source of every default.
+pub const EXAMPLE: &str = include_str!("../tangazo.example.toml");
+
+const ENV_PREFIX: &str = "TANGAZO_";
+/// Variables with the prefix that are command-line flags, not configuration keys.
+const NOT_KEYS: [&str; 5] = ["CONFIG", "NOW", "LOG", "ACTOR", "LOG_FORMAT"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    templates: Option<PathBuf>,
+    service_name: String,
+    default_zone: String,
+    policy: RawPolicy,
+    dispatch: RawDispatch,
+    senders: BTreeMap<String, SenderConfig>,
+    channels: BTreeMap<String, Vec<String>>,
+    components: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    completed_grace: Span,
+    customers: RawAudiencePolicy,
+    billers: RawAudiencePolicy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudiencePolicy {
+    reminders: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDispatch {
+    batch_size: usize,
+    retry: Vec<Span>,
+    lease: Span,
+    tick: Span,
+}
+
+/// A sender backend's configuration. The `type` tag is the only registry of backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SenderConfig {
+    /// JSON Lines files, one per channel, appended.
+    File { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatchConfig {
+    pub batch_size: usize,
+    pub retry: Vec<Span>,
+    pub lease: Span,
+    pub tick: Span,
+}
+
+/// Display names of a component in every locale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentNames {
+    pub en: String,
+    pub sw: String,
+}
+
+impl ComponentNames {
+    pub fn get(&self, locale: Locale) -> &str {
+        match locale {
+            Locale::En => &self.en,
+            Locale::Sw => &self.sw,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub templates: Option<PathBuf>,
+    pub service_name: String,
+    pub default_zone: Zone,
+    pub policy: Policy,
+    pub dispatch: DispatchConfig,
+    pub senders: BTreeMap<String, SenderConfig>,
+    /// For each channel, the sender names in order of preference (never empty).
+    pub channels: BTreeMap<Channel, Vec<String>>,
+    pub components: BTreeMap<ComponentId, ComponentNames>,
+    raw: RawConfig,
+}
+
+/// Values from command-line flags, which win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub templates: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path` (a missing file is an error only when `required`), applies `TANGAZO_…`
+    /// variables from `env`, then `overrides`, and validates the result.
+    pub fn load(
+        path: &Path,
+        required: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let user = match std::fs::read_to_string(path) {
+            Ok(text) => Some(parse_table(&text, &path.display().to_string())?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Config::from_parts(user, env, overrides)
+    }
+
+    /// The configuration built from defaults alone (plus `overrides`).
+    pub fn defaults(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::from_parts(None, std::iter::empty(), overrides)
+    }
+
+    fn from_parts(
+        user: Option<toml::Table>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = parse_table(EXAMPLE, "built-in defaults")?;
+        if let Some(user) = user {
+            for (key, value) in user {
+                match (key.as_str(), table.get_mut(&key), value) {
+                    ("components" | "senders", _, v) => {
+                        table.insert(key, v);
+                    }
+                    (_, Some(toml::Value::Table(base)), toml::Value::Table(v)) => merge(base, v),
+                    (_, _, v) => {
+                        table.insert(key, v);
+                    }
+                }
+            }
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if NOT_KEYS.contains(&rest) || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut table, &path, env_value(&value)).map_err(|m| ConfigError::Syntax {
+                origin: format!("environment variable {name}"),
+                message: m,
+            })?;
+        }
+        if let Some(url) = &overrides.database_url {
+            table.insert("database_url".into(), toml::Value::String(url.clone()));
+        }
+        if let Some(dir) = &overrides.templates {
+            table.insert(
+                "templates".into(),
+                toml::Value::String(dir.display().to_string()),
+            );
+        }
+        let raw: RawConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            origin: "configuration".into(),
+            message: e.message().to_owned(),
+        })?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let invalid = ConfigError::Invalid;
+        let default_zone: Zone = raw
+            .default_zone
+            .parse()
+            .map_err(|e| invalid(format!("default_zone: {e}")))?;
+        if raw.service_name.trim().is_empty() {
+            return Err(invalid("service_name must not be empty".into()));
+        }
+        if raw.database_url.trim().is_empty() {
+            return Err(invalid("database_url must not be empty".into()));
+        }
+        if raw.dispatch.batch_size == 0 {
+            return Err(invalid("dispatch.batch_size must be at least 1".into()));
+        }
+        if raw.dispatch.lease.secs() == 0 || raw.dispatch.tick.secs() == 0 {
+            return Err(invalid("dispatch.lease and dispatch.tick must be longer than 0s".into()));
+        }
+        for (audience, p) in [("customers", &raw.policy.customers), ("billers", &raw.policy.billers)] {
+            if p.reminders.iter().any(|s| s.secs() == 0) {
+                return Err(invalid(format!("policy.{audience}.reminders: a reminder must come before the start, not at it (0s)")));
+            }
+        }
+        let mut components = BTreeMap::new();
+        if raw.components.is_empty() {
+            return Err(invalid("[components] must name at least one component".into()));
+        }
+        for (id, names) in &raw.components {
+            let cid: ComponentId = id.parse().map_err(|e| invalid(format!("components: {e}")))?;
+            let name = |l: &str| {
+                names
+                    .get(l)
+                    .filter(|n| !n.trim().is_empty())
+                    .cloned()
+                    .ok_or_else(|| invalid(format!("components.{id}: missing the '{l}' name")))
+            };
+            if let Some(extra) = names.keys().find(|k| !matches!(k.as_str(), "en" | "sw")) {
+                return Err(invalid(format!("components.{id}: unknown locale '{extra}' (en, sw)")));
+            }
+            components.insert(cid, ComponentNames { en: name("en")?, sw: name("sw")? });
+        }
+        for (name, sender) in &raw.senders {
+            match sender {
+                SenderConfig::File { dir } if dir.as_os_str().is_empty() => {
+                    return Err(invalid(format!("senders.{name}.dir must not be empty")));
+                }
+                SenderConfig::File { .. } => {}
+            }
+        }
+        let mut channels = BTreeMap::new();
+        for (key, names) in &raw.channels {
+            let channel: Channel = key.parse().map_err(|e| invalid(format!("channels: {e}")))?;
+            if names.is_empty() {
+                return Err(invalid(format!("channels.{key}: name at least one sender")));
+            }
+            if let Some(missing) = names.iter().find(|n| !raw.senders.contains_key(*n)) {
+                return Err(invalid(format!(
+                    "channels.{key}: no sender named '{missing}' (defined: {})",
+                    raw.senders.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            channels.insert(channel, names.clone());
+        }
+        if let Some(c) = Channel::ALL.iter().find(|c| !channels.contains_key(c)) {
+            return Err(invalid(format!("channels.{c}: no sender is configured for this channel")));
+        }
+        Ok(Config {
+            database_url: raw.database_url.clone(),
+            templates: raw.templates.clone(),
+            service_name: raw.service_name.clone(),
+            default_zone,
+            policy: Policy {
+                customers: AudiencePolicy::new(raw.policy.customers.reminders.clone()),
+                billers: AudiencePolicy::new(raw.policy.billers.reminders.clone()),
+                completed_grace: raw.policy.completed_grace,
+            },
+            dispatch: DispatchConfig {
+                batch_size: raw.dispatch.batch_size,
+                retry: raw.dispatch.retry.clone(),
+                lease: raw.dispatch.lease,
+                tick: raw.dispatch.tick,
+            },
+            senders: raw.senders.clone(),
+            channels,
+            components,
+            raw,
+        })
+    }
+
+    /// The effective configuration as TOML, with secrets (passwords in URLs) redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut raw = self.raw.clone();
+        raw.database_url = redact_url(&raw.database_url);
+        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+
+    /// Whether `component` is configured.
+    pub fn knows(&self, component: &ComponentId) -> bool {
+        self.components.contains_key(component)
+    }
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+        origin: origin.to_owned(),
+        message: e.to_string().trim().to_owned(),
+    })
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn env_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("'{p}' is not a table"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:[redacted]@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let user = parse_table(text, "test")?;
+        Config::from_parts(
+            Some(user),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn the_example_is_the_default() {
+        let c = Config::defaults(&Overrides::default()).unwrap();
+        assert_eq!(c.database_url, "sqlite://tangazo.db");
+        assert_eq!(c.policy, Policy::default());
+        assert_eq!(c.components.len(), 6);
+        assert_eq!(c.channels[&Channel::Sms], vec!["outbox".to_string()]);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let c = load(
+            "service_name = \"Pesa\"\n[policy.customers]\nreminders = [\"48h\"]\n",
+            &[
+                ("TANGAZO_POLICY__COMPLETED_GRACE", "12h"),
+                ("TANGAZO_DISPATCH__BATCH_SIZE", "42"),
+                ("TANGAZO_CONFIG", "ignored.toml"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.service_name, "Pesa");
+        assert_eq!(c.policy.customers.reminders(), [Span::hours(48)]);
+        assert_eq!(c.policy.billers.reminders().len(), 4, "merged, not replaced");
+        assert_eq!(c.policy.completed_grace, Span::hours(12));
+        assert_eq!(c.dispatch.batch_size, 42);
+        let c = Config::from_parts(
+            None,
+            [("TANGAZO_DATABASE_URL".to_string(), "sqlite://env.db".to_string())],
+            &Overrides { database_url: Some("sqlite://flag.db".into()), templates: None },
+        )
+        .unwrap();
+        assert_eq!(c.database_url, "sqlite://flag.db");
+    }
+
+    #[test]
+    fn components_replace_the_defaults() {
+        let c = load("[components.ussd]\nen = \"USSD menu\"\nsw = \"Menyu ya USSD\"\n", &[]).unwrap();
+        assert_eq!(c.components.len(), 1);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("colour = 1", "colour"),
+            ("[policy]\ncompleted_grace = \"soon\"", "soon"),
+            ("default_zone = \"Mars/Base\"", "Mars/Base"),
+            ("[channels]\nsms = [\"smtp\"]", "no sender named 'smtp'"),
+            ("[components.x]\nen = \"X\"", "components.x: missing the 'sw' name"),
+            ("[senders.a]\ntype = \"carrier-pigeon\"", "carrier-pigeon"),
+            ("[dispatch]\nbatch_size = 0", "batch_size"),
+        ];
+        for (text, needle) in cases {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(redact_url("postgres://app:hunter2@db:5432/t"), "postgres://app:[redacted]@db:5432/t");
+        assert_eq!(redact_url("sqlite://tangazo.db"), "sqlite://tangazo.db");
+        let c = Config::from_parts(
+            None,
+            std::iter::empty(),
+            &Overrides { database_url: Some("postgres://app:hunter2@db/t".into()), templates: None },
+        )
+        .unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+}

@@ -1,0 +1,93 @@
+//! SMS encoding and segment counting, as a carrier bills them.
+//!
+//! Pure. GSM-7 carries 160 septets in one message and 153 per part once concatenated; the
+//! extension characters (`^ { } \ [ ] ~ | €` and form feed) take two septets. Any character
+//! outside GSM-7 forces UCS-2: 70 UTF-16 units, 67 per part.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    #[serde(rename = "GSM-7")]
+    Gsm7,
+    #[serde(rename = "UCS-2")]
+    Ucs2,
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encoding::Gsm7 => "GSM-7",
+            Encoding::Ucs2 => "UCS-2",
+        })
+    }
+}
+
+const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{0c}";
+
+/// Septets a character takes in GSM-7, or `None` if it is not in the alphabet.
+pub fn gsm7_septets(c: char) -> Option<usize> {
+    if GSM7_BASIC.contains(c) {
+        Some(1)
+    } else if GSM7_EXTENSION.contains(c) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// The first character of `text` that forces UCS-2, if any.
+pub fn first_non_gsm7(text: &str) -> Option<char> {
+    text.chars().find(|&c| gsm7_septets(c).is_none())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmsCost {
+    pub encoding: Encoding,
+    /// Septets (GSM-7) or UTF-16 units (UCS-2).
+    pub units: usize,
+    pub segments: usize,
+}
+
+pub fn cost(text: &str) -> SmsCost {
+    let septets: Option<usize> = text.chars().map(gsm7_septets).sum();
+    let (encoding, units, single, part) = match septets {
+        Some(n) => (Encoding::Gsm7, n, 160, 153),
+        None => (Encoding::Ucs2, text.encode_utf16().count(), 70, 67),
+    };
+    let segments = if units <= single { 1 } else { units.div_ceil(part) };
+    SmsCost {
+        encoding,
+        units,
+        segments,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts() {
+        let cases: &[(&str, Encoding, usize)] = &[
+            ("Hello", Encoding::Gsm7, 1),
+            (&"a".repeat(160), Encoding::Gsm7, 1),
+            (&"a".repeat(161), Encoding::Gsm7, 2),
+            (&"€".repeat(80), Encoding::Gsm7, 1),
+            (&"€".repeat(81), Encoding::Gsm7, 2),
+            ("Huduma za M-PESA hazitapatikana", Encoding::Gsm7, 1),
+            ("It\u{2019}s down", Encoding::Ucs2, 1),
+            (&"é".repeat(70), Encoding::Gsm7, 1),
+            (&"ł".repeat(70), Encoding::Ucs2, 1),
+            (&"ł".repeat(71), Encoding::Ucs2, 2),
+            ("😀", Encoding::Ucs2, 1),
+        ];
+        for (text, enc, segs) in cases {
+            let c = cost(text);
+            assert_eq!((c.encoding, c.segments), (*enc, *segs), "{text}");
+        }
+        assert_eq!(first_non_gsm7("ok \u{201c}quoted\u{201d}"), Some('\u{201c}'));
+    }
+}

@@ -1,0 +1,120 @@
+use super::*;
+use crate::config::{Config, Overrides};
+
+fn names() -> BTreeMap<ComponentId, ComponentNames> {
+    Config::defaults(&Overrides::default()).unwrap().components
+}
+
+fn renderer() -> Renderer {
+    Renderer::load(None, "M-PESA", &names()).unwrap()
+}
+
+#[test]
+fn every_built_in_template_renders_in_both_locales() {
+    let r = renderer();
+    let problems = r.check(&names());
+    assert!(problems.is_empty(), "{problems:#?}");
+    for kind in NoticeKind::ALL {
+        let facts = NoticeFacts::sample(kind, &names());
+        for locale in Locale::ALL {
+            let Rendered::Sms { body, encoding, segments } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap()
+            else {
+                panic!("sms")
+            };
+            assert!(body.starts_with("M-PESA:"), "{body}");
+            assert_eq!(encoding, Encoding::Gsm7, "{kind} {locale}: {body}");
+            assert!(segments <= 2, "{kind} {locale}: {segments} segments: {body}");
+            assert!(!body.contains("{{"), "{body}");
+            let Rendered::Email { subject, text, html } =
+                r.render(&facts, Channel::Email, locale, Zone::NAIROBI).unwrap()
+            else {
+                panic!("email")
+            };
+            assert!(!subject.is_empty() && !subject.contains('\n'), "{subject:?}");
+            assert!(text.contains(&facts.title.get(locale).to_string()) || kind == NoticeKind::Completed || !text.is_empty());
+            assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+        }
+    }
+}
+
+#[test]
+fn swahili_is_swahili() {
+    let r = renderer();
+    let facts = NoticeFacts::sample(NoticeKind::Announced, &names());
+    let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, Locale::Sw, Zone::NAIROBI).unwrap() else {
+        panic!()
+    };
+    assert!(body.contains("Jumamosi 18 Aprili 2015 00:00 EAT"), "{body}");
+    assert!(body.contains("Kutuma pesa"), "{body}");
+    let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, Locale::En, Zone::NAIROBI).unwrap() else {
+        panic!()
+    };
+    assert!(body.contains("Sat 18 Apr 2015 00:00 EAT"), "{body}");
+}
+
+#[test]
+fn recipients_abroad_see_their_zone_and_the_window_zone() {
+    let t = Utc.with_ymd_and_hms(2015, 4, 17, 21, 0, 0).unwrap();
+    let berlin: Zone = "Europe/Berlin".parse().unwrap();
+    assert_eq!(format_instant(t, berlin, Locale::En, true), "Fri 17 Apr 2015 23:00 CEST");
+    let r = renderer();
+    let facts = NoticeFacts::sample(NoticeKind::Announced, &names());
+    let Rendered::Email { text, .. } = r.render(&facts, Channel::Email, Locale::En, berlin).unwrap() else {
+        panic!()
+    };
+    assert!(text.contains("Fri 17 Apr 2015 23:00 CEST (Sat 18 Apr 00:00 EAT)"), "{text}");
+}
+
+#[test]
+fn durations_in_words() {
+    assert_eq!(duration_words(48 * 3600 - 60, Locale::En), "48 hours");
+    assert_eq!(duration_words(48 * 3600 - 60, Locale::Sw), "saa 48");
+    assert_eq!(duration_words(3600, Locale::En), "1 hour");
+    assert_eq!(duration_words(5400, Locale::En), "1 hours 30 minutes".replace("1 hours", "1 hour"));
+    assert_eq!(duration_words(5400, Locale::Sw), "saa 1 na dakika 30");
+    assert_eq!(duration_words(1800, Locale::En), "30 minutes");
+}
+
+#[test]
+fn html_is_escaped_and_text_is_not() {
+    let r = renderer();
+    let mut facts = NoticeFacts::sample(NoticeKind::Announced, &names());
+    facts.title = Localized { en: "Tom & Jerry <b>".into(), sw: None };
+    let Rendered::Email { subject, html, .. } = r.render(&facts, Channel::Email, Locale::En, Zone::NAIROBI).unwrap()
+    else {
+        panic!()
+    };
+    assert!(subject.contains("Tom & Jerry <b>"), "{subject}");
+    assert!(html.contains("Tom &amp; Jerry &lt;b&gt;"), "{html}");
+}
+
+#[test]
+fn a_missing_variable_names_the_file_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, source) in embedded::EMBEDDED {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, source).unwrap();
+    }
+    std::fs::write(dir.path().join("sw/started.sms.hbs"), "{{service}}: {{window.colour}}").unwrap();
+    let r = Renderer::load(Some(dir.path()), "M-PESA", &names()).unwrap();
+    let problems = r.check(&names());
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    let msg = problems[0].to_string();
+    assert!(msg.contains("sw/started.sms.hbs"), "{msg}");
+    assert!(msg.contains("window.colour"), "{msg}");
+
+    std::fs::remove_file(dir.path().join("en/completed.email.html.hbs")).unwrap();
+    let err = Renderer::load(Some(dir.path()), "M-PESA", &names()).unwrap_err();
+    assert!(err.to_string().contains("en/completed.email.html.hbs"), "{err}");
+}
+
+#[test]
+fn webhook_payload_is_versioned() {
+    let facts = NoticeFacts::sample(NoticeKind::Reminder, &names());
+    let p = webhook_payload(&facts, Locale::En);
+    assert_eq!(p["type"], "maintenance.reminder");
+    assert_eq!(p["version"], "v1");
+    assert_eq!(p["notice"], "reminder:24h");
+    assert_eq!(p["window"]["starts_at"], "2015-04-17T21:00:00+00:00");
+}
