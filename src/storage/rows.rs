@@ -1,0 +1,137 @@
+//! Row types as sqlx reads them, and their conversion into domain types.
+
+use std::str::FromStr;
+
+use crate::domain::{
+    Audience, Channel, ComponentId, EmailAddress, Localized, PhoneNumber, Profile, Recipient, RecipientId, Schedule,
+    Window, WindowId, Zone, from_millis,
+};
+
+use super::StoreError;
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct WindowRow {
+    pub id: i64,
+    pub title_en: String,
+    pub title_sw: Option<String>,
+    pub description_en: String,
+    pub description_sw: Option<String>,
+    pub components: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub prev_starts_at: i64,
+    pub prev_ends_at: i64,
+    pub zone: String,
+    pub status: String,
+    pub revision: i64,
+    pub last_change: String,
+    pub auto_complete: bool,
+    pub cancel_reason: Option<String>,
+    pub created_at: i64,
+    pub revised_at: i64,
+}
+
+pub(super) const WINDOW_COLUMNS: &str = "id, title_en, title_sw, description_en, description_sw, components, \
+     starts_at, ends_at, prev_starts_at, prev_ends_at, zone, status, revision, last_change, auto_complete, \
+     cancel_reason, created_at, revised_at";
+
+fn corrupt(what: &str, id: i64, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what} {id}: {e}"))
+}
+
+fn parse<T: FromStr>(what: &str, id: i64, text: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e| corrupt(what, id, e))
+}
+
+pub(super) fn join_list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn split<T: FromStr>(what: &str, id: i64, text: &str) -> Result<Vec<T>, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.split(',').filter(|s| !s.is_empty()).map(|s| parse(what, id, s)).collect()
+}
+
+impl TryFrom<WindowRow> for Window {
+    type Error = StoreError;
+    fn try_from(r: WindowRow) -> Result<Window, StoreError> {
+        let schedule = Schedule::new(from_millis(r.starts_at), from_millis(r.ends_at)).map_err(|e| corrupt("window", r.id, e))?;
+        let previous =
+            Schedule::new(from_millis(r.prev_starts_at), from_millis(r.prev_ends_at)).map_err(|e| corrupt("window", r.id, e))?;
+        Ok(Window {
+            id: WindowId(r.id),
+            title: Localized { en: r.title_en, sw: r.title_sw },
+            description: Localized { en: r.description_en, sw: r.description_sw },
+            components: split::<ComponentId>("window", r.id, &r.components)?,
+            schedule,
+            previous,
+            zone: parse::<Zone>("window", r.id, &r.zone)?,
+            status: parse("window", r.id, &r.status)?,
+            revision: u32::try_from(r.revision).map_err(|e| corrupt("window", r.id, e))?,
+            last_change: parse("window", r.id, &r.last_change)?,
+            auto_complete: r.auto_complete,
+            cancel_reason: r.cancel_reason,
+            created_at: from_millis(r.created_at),
+            revised_at: from_millis(r.revised_at),
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct RecipientRow {
+    pub id: i64,
+    pub kind: String,
+    pub name: String,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub locale: String,
+    pub zone: String,
+    pub components: String,
+    pub channels: String,
+    pub opt_out: bool,
+}
+
+pub(super) const RECIPIENT_COLUMNS: &str = "id, kind, name, phone, email, locale, zone, components, channels, opt_out";
+
+impl TryFrom<RecipientRow> for Recipient {
+    type Error = StoreError;
+    fn try_from(r: RecipientRow) -> Result<Recipient, StoreError> {
+        // Stored rows were validated on the way in; only the cheap parts are re-read.
+        Ok(Recipient {
+            id: RecipientId(r.id),
+            profile: Profile {
+                kind: parse::<Audience>("recipient", r.id, &r.kind)?,
+                name: r.name,
+                phone: r.phone.map(PhoneNumber::from_trusted),
+                email: r.email.map(EmailAddress::from_trusted),
+                locale: parse("recipient", r.id, &r.locale)?,
+                zone: parse("recipient", r.id, &r.zone)?,
+                components: split::<ComponentId>("recipient", r.id, &r.components)?,
+                channels: split::<Channel>("recipient", r.id, &r.channels)?,
+                opt_out: r.opt_out,
+            },
+        })
+    }
+}
+
+/// A claimed delivery with what the dispatcher needs to render and address it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRow {
+    pub id: i64,
+    pub window_id: i64,
+    pub revision: i64,
+    pub notice: String,
+    pub channel: String,
+    pub attempts: i64,
+    pub deadline: i64,
+    pub recipient_id: i64,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub locale: String,
+    pub zone: String,
+}
