@@ -11,6 +11,8 @@ use super::{ComponentId, Zone};
 /// The two audiences. Billers and partners (a power utility, an exchange) often want earlier
 /// notice and signed webhooks; customers are the millions reached by SMS and email.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Audience {
     Customer,
     Biller,
@@ -44,6 +46,8 @@ impl FromStr for Audience {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Locale {
     #[default]
     En,
@@ -78,6 +82,8 @@ impl FromStr for Locale {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Channel {
     Sms,
     Email,

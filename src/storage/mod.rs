@@ -679,6 +679,17 @@ impl Store {
         Ok(rows)
     }
 
+    /// Counts by notice kind, channel, recipient locale and state (the demo's report).
+    pub async fn locale_summary(&self, window: WindowId) -> Result<Vec<(String, String, String, String, i64)>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT d.notice, d.channel, r.locale, d.state, COUNT(*) FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
+             WHERE d.window_id = $1 GROUP BY d.notice, d.channel, r.locale, d.state ORDER BY MIN(d.due_at), d.notice, d.channel, r.locale, d.state",
+        )
+        .bind(window.0)
+        .fetch_all(p)
+        .await?))
+    }
+
     /// The rendered body of a delivery, by idempotency key parts (for tests and `preview`).
     pub async fn body(&self, id: i64) -> Result<Option<String>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_scalar("SELECT content FROM bodies WHERE id = $1").bind(id).fetch_optional(p).await?))

@@ -1,0 +1,262 @@
+//! The command line: parses arguments, loads configuration, wires the parts together and
+//! prints results. The only module that uses `anyhow` freely and the only one that prints.
+//!
+//! Exit codes: 0 success, 1 a runtime failure, 2 bad usage or bad input (clap's own usage
+//! errors are 2 as well).
+
+mod demo;
+mod ops;
+mod recipients;
+mod windows;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::channels::Senders;
+use crate::clock::Clock;
+use crate::config::{Config, Overrides};
+use crate::dispatch::Dispatcher;
+use crate::domain::parse_instant;
+use crate::render::Renderer;
+use crate::scheduler::Scheduler;
+use crate::storage::Store;
+
+/// Tangazo tells people, in their language and time zone, that a service is going down for
+/// planned maintenance, reminds them, and tells them when it is back.
+///
+/// A typical day: `tangazo window add …` records a window; `tangazo daemon` announces it,
+/// sends the reminders (by default 72h, 24h and 1h before; a week for billers), the start,
+/// any change, and — once you run `tangazo window complete` — the all-clear.
+/// `tangazo demo` replays the April 2015 M-PESA migration weekend end to end.
+#[derive(Debug, Parser)]
+#[command(name = "tangazo", version, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file [default: ./tangazo.toml, if it exists]
+    #[arg(long, global = true, env = "TANGAZO_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database URL: sqlite://FILE or postgres://USER@HOST:PORT/DB [default: sqlite://tangazo.db]
+    #[arg(long, global = true, env = "TANGAZO_DATABASE_URL", value_name = "URL")]
+    pub database: Option<String>,
+    /// Folder of templates overriding the built-in ones
+    #[arg(long, global = true, env = "TANGAZO_TEMPLATES", value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// Pretend it is this instant (RFC 3339, or YYYY-MM-DD HH:MM in the default zone): for
+    /// rehearsals and tests. The daemon starts its clock here and lets it run.
+    #[arg(long, global = true, env = "TANGAZO_NOW", value_name = "TIME")]
+    pub now: Option<String>,
+    /// Print listings and summaries as JSON
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is making a change, for the window history [default: $USER]
+    #[arg(long, global = true, env = "TANGAZO_ACTOR", value_name = "NAME")]
+    pub actor: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented configuration file (./tangazo.toml or --config)
+    Init {
+        /// Overwrite an existing file
+        #[arg(long)]
+        force: bool,
+    },
+    /// Configuration commands
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Record and change maintenance windows
+    #[command(subcommand)]
+    Window(windows::WindowCommand),
+    /// Import and manage customers and billers
+    #[command(subcommand)]
+    Recipients(recipients::RecipientsCommand),
+    /// Template commands
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+    /// One scheduler tick: start/complete windows, plan due notices, expire late ones, send due ones
+    RunOnce,
+    /// Tick until SIGINT/SIGTERM (one daemon per SQLite file; several may share PostgreSQL)
+    Daemon {
+        /// Seconds between ticks [default: dispatch.tick from the configuration]
+        #[arg(long, value_name = "SECONDS")]
+        tick: Option<u64>,
+    },
+    /// Inspect the delivery ledger
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Replay the April 2015 M-PESA migration weekend in ./tangazo-demo (SQLite, file outbox)
+    Demo {
+        /// Folder for the demo's database, configuration and outbox (recreated on each run)
+        #[arg(long, default_value = "tangazo-demo")]
+        dir: PathBuf,
+        /// How many customers to generate
+        #[arg(long, default_value_t = 3000)]
+        customers: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective values (secrets redacted)
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// Render every notice kind × channel × locale against a sample; exit 2 naming any failure
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Counts by notice, channel and state, notices skipped or superseded as a whole, and alarms
+    Summary {
+        /// Only this window
+        #[arg(long, value_name = "ID")]
+        window: Option<i64>,
+    },
+}
+
+/// A failure and the exit code it deserves.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or bad input: exit 2.
+    Input(anyhow::Error),
+    /// Anything else: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure::Runtime(e.into())
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, Failure>;
+
+/// Marks an error as the user's input: exit 2.
+pub fn bad_input(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Input(e.into())
+}
+
+/// `bad_input` with the name of the flag or field at fault in front.
+pub fn bad_field<E: std::fmt::Display>(field: &'static str) -> impl Fn(E) -> Failure {
+    move |e| Failure::Input(anyhow::anyhow!("{field}: {e}"))
+}
+
+/// What every command needs, built once from the global flags.
+pub struct Ctx {
+    pub cli_json: bool,
+    pub config: Config,
+    pub clock: Clock,
+    pub actor: String,
+    database_override: bool,
+}
+
+impl Ctx {
+    fn new(cli: &Cli) -> CliResult<Ctx> {
+        let default_path = PathBuf::from("tangazo.toml");
+        let (path, required) = match &cli.config {
+            Some(p) => (p.clone(), true),
+            None => (default_path, false),
+        };
+        let overrides = Overrides { database_url: cli.database.clone(), templates: cli.templates.clone() };
+        let config = Config::load(&path, required, std::env::vars(), &overrides).map_err(bad_input)?;
+        let clock = match &cli.now {
+            Some(text) => Clock::Fixed(parse_instant(text, config.default_zone).map_err(bad_field("--now"))?),
+            None => Clock::System,
+        };
+        let actor = cli
+            .actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|a| !a.trim().is_empty())
+            .unwrap_or_else(|| "operator".to_owned());
+        Ok(Ctx { cli_json: cli.json, config, clock, actor, database_override: cli.database.is_some() })
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub async fn store(&self) -> CliResult<Store> {
+        let url = &self.config.database_url;
+        match Store::connect(url).await {
+            Ok(s) => Ok(s),
+            Err(e @ crate::storage::StoreError::UnsupportedUrl(_)) => {
+                Err(bad_field::<_>(if self.database_override { "--database" } else { "database_url" })(e))
+            }
+            Err(e) => Err(Failure::Runtime(
+                anyhow::Error::new(e).context(format!("cannot open database {}", crate::config::redact_url(url))),
+            )),
+        }
+    }
+
+    pub fn renderer(&self) -> CliResult<Renderer> {
+        Renderer::load(self.config.templates.as_deref(), &self.config.service_name, &self.config.components).map_err(bad_input)
+    }
+
+    pub fn scheduler(&self, store: &Store, owner: &str) -> CliResult<Scheduler> {
+        wire_scheduler(&self.config, store, owner)
+    }
+
+    pub fn print_json(&self, value: &impl serde::Serialize) -> CliResult {
+        println!("{}", serde_json::to_string_pretty(value).context("encoding JSON")?);
+        Ok(())
+    }
+}
+
+/// The scheduler with its dispatcher, renderer and senders, wired from configuration: the one
+/// place the daemon, `run-once` and the demo get theirs from.
+pub fn wire_scheduler(config: &Config, store: &Store, owner: &str) -> CliResult<Scheduler> {
+    let renderer = Renderer::load(config.templates.as_deref(), &config.service_name, &config.components).map_err(bad_input)?;
+    let senders = Senders::build(config).map_err(bad_input)?;
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        Arc::new(renderer),
+        senders,
+        config.dispatch.clone(),
+        config.components.clone(),
+        owner.to_owned(),
+    );
+    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> CliResult {
+    if let Command::Demo { dir, customers } = &cli.command {
+        return demo::run(dir, *customers, cli.json).await;
+    }
+    let ctx = Ctx::new(&cli)?;
+    match cli.command {
+        Command::Init { force } => ops::init(cli.config.as_deref(), force),
+        Command::Config(ConfigCommand::Check) => ops::config_check(&ctx),
+        Command::Window(c) => windows::run(&ctx, c).await,
+        Command::Recipients(c) => recipients::run(&ctx, c).await,
+        Command::Templates(TemplatesCommand::Check) => ops::templates_check(&ctx),
+        Command::RunOnce => ops::run_once(&ctx).await,
+        Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,
+        Command::Deliveries(DeliveriesCommand::Summary { window }) => ops::summary(&ctx, window).await,
+        Command::Demo { .. } => Ok(()),
+    }
+}

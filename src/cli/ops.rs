@@ -1,0 +1,223 @@
+//! Operations: init, config check, templates check, run-once, daemon, deliveries summary.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use super::{CliResult, Ctx, Failure, bad_input};
+use crate::clock::Clock;
+use crate::config::EXAMPLE;
+use crate::domain::{DeliveryState, WindowId};
+use crate::scheduler::{Alarm, TickReport};
+use crate::shutdown::Shutdown;
+use crate::storage::{Dialect, Store};
+
+pub fn init(path: Option<&Path>, force: bool) -> CliResult {
+    let path = path.unwrap_or(Path::new("tangazo.toml"));
+    if path.exists() && !force {
+        return Err(bad_input(anyhow::anyhow!("{} already exists (use --force to overwrite)", path.display())));
+    }
+    std::fs::write(path, EXAMPLE).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}: every key is documented there; check it with `tangazo config check`", path.display());
+    Ok(())
+}
+
+pub fn config_check(ctx: &Ctx) -> CliResult {
+    // Loading already validated it; senders and templates are checked by building them.
+    crate::channels::Senders::build(&ctx.config).map_err(bad_input)?;
+    if ctx.cli_json {
+        let text = ctx.config.to_redacted_toml();
+        let value: toml::Value = toml::from_str(&text).context("re-reading the effective configuration")?;
+        return ctx.print_json(&value);
+    }
+    println!("# effective configuration (secrets redacted)");
+    print!("{}", ctx.config.to_redacted_toml());
+    Ok(())
+}
+
+pub fn templates_check(ctx: &Ctx) -> CliResult {
+    let renderer = ctx.renderer()?;
+    let problems = renderer.check(&ctx.config.components);
+    let combos = 2 * 6 * 4;
+    if problems.is_empty() {
+        if ctx.cli_json {
+            return ctx.print_json(&json!({"templates": combos, "problems": []}));
+        }
+        println!("all {combos} templates render (2 locales × 6 notice kinds × sms, email subject, text and html)");
+        return Ok(());
+    }
+    if ctx.cli_json {
+        ctx.print_json(&json!({"templates": combos, "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>()}))?;
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+    }
+    Err(bad_input(anyhow::anyhow!("{} of {combos} templates do not render", problems.len())))
+}
+
+fn owner(tag: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("{tag}@{host}:{}", std::process::id())
+}
+
+pub async fn run_once(ctx: &Ctx) -> CliResult {
+    let store = ctx.store().await?;
+    let scheduler = ctx.scheduler(&store, &owner("run-once"))?;
+    let stop = Shutdown::new();
+    stop.on_signals();
+    let report = scheduler.tick(ctx.now(), &|| stop.is_triggered()).await.context("tick")?;
+    print_tick(ctx, &report)
+}
+
+fn print_tick(ctx: &Ctx, r: &TickReport) -> CliResult {
+    if ctx.cli_json {
+        return ctx.print_json(r);
+    }
+    for t in &r.transitions {
+        println!("{t}");
+    }
+    for p in &r.planned {
+        println!("planned   {p}");
+    }
+    for p in &r.recorded {
+        println!("recorded  {p}");
+    }
+    let d = &r.dispatch;
+    println!(
+        "enqueued {}, superseded {}, expired {}; sent {}, retrying {}, failed {}, expired while sending {}",
+        r.enqueued, r.superseded, r.expired, d.sent, d.retried, d.failed, d.expired
+    );
+    for a in &r.alarms {
+        println!("ALARM: {}", a.message);
+    }
+    Ok(())
+}
+
+/// Holds the SQLite daemon lock for as long as it lives.
+struct DaemonLock {
+    _file: std::fs::File,
+}
+
+/// One daemon per SQLite file: an OS lock on `FILE.lock`, released by the kernel when the
+/// process dies however it dies, so `kill -9` never blocks a restart.
+fn lock_sqlite(db: &Path) -> CliResult<DaemonLock> {
+    let path = db.with_file_name(format!(
+        "{}.lock",
+        db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tangazo.db".into())
+    ));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DaemonLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Failure::Runtime(anyhow::anyhow!(
+            "another tangazo daemon is already running on {} (it holds {}); stop it first, or use PostgreSQL to run several daemons on one database",
+            db.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context(format!("locking {}", path.display())))),
+    }
+}
+
+pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult {
+    let store = ctx.store().await?;
+    let _lock = match (store.dialect(), store.sqlite_file()) {
+        (Dialect::Sqlite, Some(file)) => Some(lock_sqlite(file)?),
+        _ => None,
+    };
+    let clock = if fixed_now { Clock::starting_at(ctx.now()) } else { Clock::System };
+    let every = Duration::from_secs(tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs()).max(1));
+    let scheduler = ctx.scheduler(&store, &owner("daemon"))?;
+    let stop = Shutdown::new();
+    stop.on_signals();
+    tracing::info!(database = %crate::config::redact_url(&ctx.config.database_url), tick_seconds = every.as_secs(), "daemon started");
+    while !stop.is_triggered() {
+        let now = clock.now();
+        match scheduler.tick(now, &|| stop.is_triggered()).await {
+            Ok(r) => {
+                let d = &r.dispatch;
+                if r.enqueued + r.superseded + r.expired + d.claimed > 0 || !r.transitions.is_empty() {
+                    tracing::info!(
+                        at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
+                        sent = d.sent, retrying = d.retried, failed = d.failed, "tick"
+                    );
+                }
+            }
+            // A failed tick (the database went away, say) is logged and tried again next tick.
+            Err(e) => tracing::error!(error = %e, "tick failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait() => {}
+        }
+    }
+    tracing::info!("daemon stopped");
+    store.close().await;
+    Ok(())
+}
+
+pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
+    let store = ctx.store().await?;
+    let window = window.map(WindowId);
+    if let Some(id) = window {
+        store.window(id).await.map_err(bad_input)?;
+    }
+    let rows = store.summary(window).await?;
+    let log = store.notice_log(window).await?;
+    let now = ctx.now();
+    let alarms: Vec<Alarm> = store
+        .windows()
+        .await?
+        .iter()
+        .filter(|w| window.is_none_or(|id| id == w.id))
+        .filter_map(|w| Alarm::overrun(w, now))
+        .collect();
+    if ctx.cli_json {
+        return ctx.print_json(&json!({"deliveries": rows, "notices": log, "alarms": alarms}));
+    }
+    print_summary(&store, &rows, &log, &alarms);
+    Ok(())
+}
+
+pub(super) fn print_summary(_store: &Store, rows: &[crate::storage::SummaryRow], log: &[crate::storage::NoticeLogRow], alarms: &[Alarm]) {
+    if rows.is_empty() {
+        println!("no deliveries recorded");
+    } else {
+        let states: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
+        print!("{:>6}  {:<16}  {:<8}", "window", "notice", "channel");
+        for s in &states {
+            print!("  {s:>10}");
+        }
+        println!();
+        let mut table: BTreeMap<(i64, usize, String, String), BTreeMap<String, i64>> = BTreeMap::new();
+        let mut order: BTreeMap<(i64, String), usize> = BTreeMap::new();
+        for r in rows {
+            let n = order.len();
+            let pos = *order.entry((r.window_id, r.notice.clone())).or_insert(n);
+            *table.entry((r.window_id, pos, r.notice.clone(), r.channel.clone())).or_default().entry(r.state.clone()).or_default() += r.count;
+        }
+        for ((w, _, notice, channel), counts) in &table {
+            print!("{w:>6}  {notice:<16}  {channel:<8}");
+            for s in &states {
+                print!("  {:>10}", counts.get(*s).copied().unwrap_or(0));
+            }
+            println!();
+        }
+    }
+    if !log.is_empty() {
+        println!("notices not sent as a whole (recorded once, not per recipient):");
+        for l in log {
+            println!("  window {} r{} {:<14} {:<8} {}", l.window_id, l.revision, l.notice, l.audience, l.outcome);
+        }
+    }
+    for a in alarms {
+        println!("ALARM: {}", a.message);
+    }
+}

@@ -1,0 +1,254 @@
+//! `tangazo window …`: record maintenance windows and change them.
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{CliResult, Ctx, bad_field, bad_input};
+use crate::domain::{ComponentId, Localized, NewWindow, Schedule, Window, WindowId, Zone, parse_instant, split_list};
+use crate::render::format_instant;
+use crate::domain::Locale;
+use crate::storage::StoreError;
+
+#[derive(Debug, Subcommand)]
+pub enum WindowCommand {
+    /// Record a new window; prints only its id
+    ///
+    /// Times are `YYYY-MM-DD HH:MM[:SS]` read in --zone, or RFC 3339 with an offset. A local
+    /// time that does not exist or is ambiguous in the zone (daylight saving) is refused.
+    #[command(verbatim_doc_comment)]
+    Add {
+        #[arg(long)]
+        title: String,
+        /// Swahili title (the English one is used where this is absent)
+        #[arg(long)]
+        title_sw: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        description_sw: Option<String>,
+        /// Affected components, comma-separated (see [components] in the configuration)
+        #[arg(long, value_name = "A,B")]
+        components: String,
+        #[arg(long, value_name = "TIME")]
+        start: String,
+        #[arg(long, value_name = "TIME")]
+        end: String,
+        /// IANA zone the times are announced in [default: default_zone from the configuration]
+        #[arg(long)]
+        zone: Option<String>,
+        /// Complete the window at its planned end without an operator's confirmation
+        #[arg(long)]
+        auto_complete: bool,
+    },
+    /// List windows, newest first
+    List,
+    /// Show a window and its history
+    Show { id: i64 },
+    /// Move a scheduled window to new times
+    Reschedule {
+        id: i64,
+        #[arg(long, value_name = "TIME")]
+        start: String,
+        #[arg(long, value_name = "TIME")]
+        end: String,
+        /// Zone for the new times [default: the window's zone]
+        #[arg(long)]
+        zone: Option<String>,
+    },
+    /// Move the end of a scheduled or running window (an overrun, or an early finish planned)
+    Extend {
+        id: i64,
+        #[arg(long, value_name = "TIME")]
+        end: String,
+        #[arg(long)]
+        zone: Option<String>,
+    },
+    /// Cancel a scheduled window; those already told are told it is off
+    Cancel {
+        id: i64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Confirm that a running window's work is over: the all-clear goes out
+    Complete { id: i64 },
+}
+
+fn zone_arg(zone: &Option<String>, default: Zone) -> CliResult<Zone> {
+    match zone {
+        Some(z) => z.parse().map_err(bad_field("--zone")),
+        None => Ok(default),
+    }
+}
+
+fn instant_arg(text: &str, zone: Zone, flag: &'static str) -> CliResult<DateTime<Utc>> {
+    parse_instant(text, zone).map_err(bad_field(flag))
+}
+
+async fn load(ctx: &Ctx, id: i64) -> CliResult<(crate::storage::Store, Window)> {
+    let store = ctx.store().await?;
+    match store.window(WindowId(id)).await {
+        Ok(w) => Ok((store, w)),
+        Err(e @ StoreError::NoSuchWindow(_)) => Err(bad_input(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
+    let now = ctx.now();
+    match command {
+        WindowCommand::Add { title, title_sw, description, description_sw, components, start, end, zone, auto_complete } => {
+            let zone = zone_arg(&zone, ctx.config.default_zone)?;
+            let starts_at = instant_arg(&start, zone, "--start")?;
+            let ends_at = instant_arg(&end, zone, "--end")?;
+            let schedule = Schedule::new(starts_at, ends_at).map_err(bad_field("--end"))?;
+            let components = parse_components(ctx, &components)?;
+            let new = NewWindow {
+                title: Localized { en: title, sw: title_sw },
+                description: Localized { en: description, sw: description_sw },
+                components,
+                schedule,
+                zone,
+                auto_complete,
+            }
+            .validate(now)
+            .map_err(|e| match e {
+                crate::domain::WindowError::MissingTitle => bad_field("--title")(e),
+                crate::domain::WindowError::NoComponents => bad_field("--components")(e),
+                _ => bad_field("--start")(e),
+            })?;
+            let store = ctx.store().await?;
+            let w = store.create_window(new, now, &ctx.actor).await?;
+            if ctx.cli_json {
+                ctx.print_json(&window_json(&w))?;
+            } else {
+                println!("{}", w.id);
+            }
+            Ok(())
+        }
+        WindowCommand::List => {
+            let store = ctx.store().await?;
+            let windows = store.windows().await?;
+            if ctx.cli_json {
+                return ctx.print_json(&windows.iter().map(window_json).collect::<Vec<_>>());
+            }
+            if windows.is_empty() {
+                println!("no windows yet: add one with `tangazo window add`");
+                return Ok(());
+            }
+            println!("{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  title", "id", "status", "rev", "start", "end");
+            for w in &windows {
+                println!(
+                    "{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  {}",
+                    w.id,
+                    w.status,
+                    w.revision,
+                    format_instant(w.schedule.starts_at(), w.zone, Locale::En, true),
+                    format_instant(w.schedule.ends_at(), w.zone, Locale::En, true),
+                    w.title.en
+                );
+            }
+            Ok(())
+        }
+        WindowCommand::Show { id } => {
+            let (store, w) = load(ctx, id).await?;
+            let history = store.history(w.id).await?;
+            if ctx.cli_json {
+                let mut v = window_json(&w);
+                v["history"] = serde_json::to_value(&history).unwrap_or_default();
+                return ctx.print_json(&v);
+            }
+            let when = |t| format_instant(t, w.zone, Locale::En, true);
+            println!("window {}: {}", w.id, w.title.en);
+            if let Some(sw) = &w.title.sw {
+                println!("  title (sw)   {sw}");
+            }
+            println!("  status       {} (revision {})", w.status, w.revision);
+            println!("  start        {}  ({})", when(w.schedule.starts_at()), w.schedule.starts_at().to_rfc3339());
+            println!("  end          {}  ({})", when(w.schedule.ends_at()), w.schedule.ends_at().to_rfc3339());
+            println!("  zone         {}", w.zone);
+            println!("  components   {}", w.components.iter().map(ComponentId::as_str).collect::<Vec<_>>().join(", "));
+            println!("  completes    {}", if w.auto_complete { "automatically at the end" } else { "when an operator confirms" });
+            if let Some(r) = &w.cancel_reason {
+                println!("  reason       {r}");
+            }
+            if w.overrun(now) {
+                println!("  ALARM        past its planned end and not confirmed complete");
+            }
+            println!("history:");
+            for h in history {
+                println!("  r{:<3} {}  {:<12} by {:<12} {}", h.revision, h.at.to_rfc3339(), h.action, h.actor, h.details);
+            }
+            Ok(())
+        }
+        WindowCommand::Reschedule { id, start, end, zone } => {
+            let (store, w) = load(ctx, id).await?;
+            let zone = zone_arg(&zone, w.zone)?;
+            let schedule =
+                Schedule::new(instant_arg(&start, zone, "--start")?, instant_arg(&end, zone, "--end")?).map_err(bad_field("--end"))?;
+            let next = w.reschedule(schedule, now).map_err(bad_input)?;
+            change(ctx, &store, &w, next).await
+        }
+        WindowCommand::Extend { id, end, zone } => {
+            let (store, w) = load(ctx, id).await?;
+            let zone = zone_arg(&zone, w.zone)?;
+            let next = w.extend(instant_arg(&end, zone, "--end")?, now).map_err(bad_field("--end"))?;
+            change(ctx, &store, &w, next).await
+        }
+        WindowCommand::Cancel { id, reason } => {
+            let (store, w) = load(ctx, id).await?;
+            let next = w.cancel(reason, now).map_err(bad_input)?;
+            change(ctx, &store, &w, next).await
+        }
+        WindowCommand::Complete { id } => {
+            let (store, w) = load(ctx, id).await?;
+            let next = w.complete(now).map_err(bad_input)?;
+            change(ctx, &store, &w, next).await
+        }
+    }
+}
+
+async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after: Window) -> CliResult {
+    let superseded = store.save_change(before, &after, &ctx.actor, ctx.now()).await?;
+    if ctx.cli_json {
+        let mut v = window_json(&after);
+        v["superseded_deliveries"] = json!(superseded);
+        return ctx.print_json(&v);
+    }
+    println!(
+        "window {} is now {} (revision {}); {} unsent deliveries of earlier revisions superseded",
+        after.id, after.status, after.revision, superseded
+    );
+    Ok(())
+}
+
+fn parse_components(ctx: &Ctx, list: &str) -> CliResult<Vec<ComponentId>> {
+    let mut out = Vec::new();
+    for c in split_list(list) {
+        let id: ComponentId = c.parse().map_err(bad_field("--components"))?;
+        if !ctx.config.knows(&id) {
+            let known: Vec<&str> = ctx.config.components.keys().map(ComponentId::as_str).collect();
+            return Err(bad_field("--components")(format!("unknown component '{id}' (configured: {})", known.join(", "))));
+        }
+        out.push(id);
+    }
+    Ok(out)
+}
+
+pub fn window_json(w: &Window) -> serde_json::Value {
+    json!({
+        "id": w.id.0,
+        "title": w.title.en,
+        "title_sw": w.title.sw,
+        "description": w.description.en,
+        "status": w.status.as_str(),
+        "revision": w.revision,
+        "starts_at": w.schedule.starts_at().to_rfc3339(),
+        "ends_at": w.schedule.ends_at().to_rfc3339(),
+        "zone": w.zone.name(),
+        "components": w.components.iter().map(ComponentId::as_str).collect::<Vec<_>>(),
+        "auto_complete": w.auto_complete,
+        "cancel_reason": w.cancel_reason,
+        "created_at": w.created_at.to_rfc3339(),
+    })
+}

@@ -1,0 +1,239 @@
+//! Dispatch: claim due deliveries, render each body once, hand batches to the channel's
+//! senders, and record every outcome.
+//!
+//! Nothing is sent without a `deliveries` row claimed first. Bodies are rendered once per
+//! (window, revision, notice, channel, locale, zone) and stored once in `bodies`. Failures are
+//! classified by the backend; this module only asks the classification and applies the retry
+//! schedule. Depends on `storage`, `render`, `channels` and `domain`.
+
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::channels::{Message, SendError, Senders};
+use crate::config::{ComponentNames, DispatchConfig};
+use crate::domain::{Channel, ComponentId, Locale, Notice, RecipientId, Window, WindowId, Zone, from_millis, idempotency_key};
+use crate::render::{NoticeFacts, Rendered, Renderer};
+use crate::storage::{ClaimedRow, Finish, Store, StoreError};
+use retry::{AfterFailure, after_failure};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DispatchReport {
+    pub claimed: u64,
+    pub sent: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub expired: u64,
+}
+
+impl DispatchReport {
+    fn add(&mut self, other: DispatchReport) {
+        self.claimed += other.claimed;
+        self.sent += other.sent;
+        self.retried += other.retried;
+        self.failed += other.failed;
+        self.expired += other.expired;
+    }
+}
+
+pub struct Dispatcher {
+    store: Store,
+    renderer: Arc<Renderer>,
+    senders: Senders,
+    config: DispatchConfig,
+    components: std::collections::BTreeMap<ComponentId, ComponentNames>,
+    owner: String,
+}
+
+/// A rendered body and its row in `bodies`.
+struct Body {
+    id: i64,
+    content: Rendered,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        renderer: Arc<Renderer>,
+        senders: Senders,
+        config: DispatchConfig,
+        components: std::collections::BTreeMap<ComponentId, ComponentNames>,
+        owner: String,
+    ) -> Dispatcher {
+        Dispatcher { store, renderer, senders, config, components, owner }
+    }
+
+    /// Works the queue until nothing is due at `now` or `stop` says to stop between batches.
+    pub async fn run_due(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<DispatchReport, DispatchError> {
+        let mut report = DispatchReport::default();
+        let mut windows: HashMap<WindowId, Window> = HashMap::new();
+        let mut bodies: HashMap<String, Body> = HashMap::new();
+        while !stop() {
+            let lease_until = now + self.config.lease.delta();
+            let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+            let claimed = self.store.claim_due(now, batch_size, &self.owner, lease_until).await?;
+            if claimed.is_empty() {
+                break;
+            }
+            let r = self.dispatch_batch(claimed, now, &mut windows, &mut bodies).await?;
+            tracing::info!(claimed = r.claimed, sent = r.sent, retried = r.retried, failed = r.failed, expired = r.expired, "batch dispatched");
+            report.add(r);
+        }
+        Ok(report)
+    }
+
+    async fn dispatch_batch(
+        &self,
+        claimed: Vec<ClaimedRow>,
+        now: DateTime<Utc>,
+        windows: &mut HashMap<WindowId, Window>,
+        bodies: &mut HashMap<String, Body>,
+    ) -> Result<DispatchReport, DispatchError> {
+        let mut report = DispatchReport { claimed: claimed.len() as u64, ..DispatchReport::default() };
+        let mut finishes = Vec::with_capacity(claimed.len());
+        // (claimed row, message, body id), grouped by channel below.
+        let mut ready: Vec<(ClaimedRow, Message, i64)> = Vec::with_capacity(claimed.len());
+        for row in claimed {
+            match self.prepare(&row, windows, bodies).await {
+                Ok((message, body_id)) => ready.push((row, message, body_id)),
+                Err(Prepare::Store(e)) => return Err(e.into()),
+                Err(Prepare::Fail(error)) => {
+                    report.failed += 1;
+                    finishes.push(Finish::Failed { id: row.id, error });
+                }
+            }
+        }
+        for channel in Channel::ALL {
+            let (rows, messages): (Vec<(ClaimedRow, i64)>, Vec<Message>) =
+                ready.iter().filter(|(_, m, _)| m.channel == channel).map(|(r, m, b)| ((r.clone(), *b), m.clone())).unzip();
+            if messages.is_empty() {
+                continue;
+            }
+            let results = self.send_with_failover(channel, &messages).await;
+            for ((row, body_id), (backend, result)) in rows.into_iter().zip(results) {
+                match result {
+                    Ok(receipt) => {
+                        report.sent += 1;
+                        finishes.push(Finish::Sent { id: row.id, backend, provider_id: receipt.provider_id, body_id: Some(body_id) });
+                    }
+                    Err(err) => {
+                        let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
+                        match after_failure(&err, attempts, &self.config.retry, now, from_millis(row.deadline)) {
+                            AfterFailure::RetryAt(at) => {
+                                report.retried += 1;
+                                tracing::warn!(delivery = row.id, %channel, backend, error = %err, retry_at = %at, "transient send failure");
+                                finishes.push(Finish::Retry { id: row.id, at, error: format!("{backend}: {err}") });
+                            }
+                            AfterFailure::Fail(error) => {
+                                report.failed += 1;
+                                tracing::warn!(delivery = row.id, %channel, backend, error, "delivery failed");
+                                finishes.push(Finish::Failed { id: row.id, error: format!("{backend}: {error}") });
+                            }
+                            AfterFailure::Expire(error) => {
+                                report.expired += 1;
+                                finishes.push(Finish::Expired { id: row.id, error: format!("{backend}: {error}") });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.store.finish(&finishes, now).await?;
+        Ok(report)
+    }
+
+    /// Tries the channel's senders in order: what one backend failed transiently goes to the
+    /// next; a permanent failure or a success is final. Returns, per message, the backend that
+    /// had the last word and its result.
+    async fn send_with_failover(&self, channel: Channel, messages: &[Message]) -> Vec<(String, Result<crate::channels::Receipt, SendError>)> {
+        let route = self.senders.route(channel);
+        let mut results: Vec<(String, Result<_, SendError>)> = messages
+            .iter()
+            .map(|_| ("none".to_owned(), Err(SendError::Permanent { message: format!("no sender configured for {channel}") })))
+            .collect();
+        let mut pending: Vec<usize> = (0..messages.len()).collect();
+        for sender in route {
+            if pending.is_empty() {
+                break;
+            }
+            let batch: Vec<Message> = pending.iter().map(|&i| messages[i].clone()).collect();
+            let outcome = sender.send(&batch).await;
+            let mut still = Vec::new();
+            for (k, &i) in pending.iter().enumerate() {
+                let r = outcome.get(k).cloned().unwrap_or_else(|| {
+                    Err(SendError::Transient { message: format!("{} returned no result", sender.name()), retry_after: None })
+                });
+                if matches!(&r, Err(e) if e.is_transient()) {
+                    still.push(i);
+                }
+                results[i] = (sender.name().to_owned(), r);
+            }
+            pending = still;
+        }
+        results
+    }
+
+    async fn prepare(
+        &self,
+        row: &ClaimedRow,
+        windows: &mut HashMap<WindowId, Window>,
+        bodies: &mut HashMap<String, Body>,
+    ) -> Result<(Message, i64), Prepare> {
+        let corrupt = |what: &str| Prepare::Fail(format!("stored delivery has an invalid {what}"));
+        let channel: Channel = row.channel.parse().map_err(|_| corrupt("channel"))?;
+        let notice: Notice = row.notice.parse().map_err(|_| corrupt("notice"))?;
+        let locale: Locale = row.locale.parse().map_err(|_| corrupt("locale"))?;
+        let zone: Zone = row.zone.parse().map_err(|_| corrupt("zone"))?;
+        let revision = u32::try_from(row.revision).map_err(|_| corrupt("revision"))?;
+        let window_id = WindowId(row.window_id);
+        if !windows.contains_key(&window_id) {
+            let w = self.store.window(window_id).await.map_err(Prepare::Store)?;
+            windows.insert(window_id, w);
+        }
+        let window = windows.get(&window_id).ok_or_else(|| corrupt("window"))?;
+        if window.revision != revision {
+            // The window moved on after this row was claimed; its facts are gone.
+            return Err(Prepare::Fail(format!("window {window_id} is at revision {}, not {revision}", window.revision)));
+        }
+        let to = match channel {
+            Channel::Sms => row.phone.clone().ok_or_else(|| Prepare::Fail("recipient has no phone number".into()))?,
+            Channel::Email => row.email.clone().ok_or_else(|| Prepare::Fail("recipient has no email address".into()))?,
+            Channel::Webhook => RecipientId(row.recipient_id).to_string(),
+        };
+        let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}");
+        if !bodies.contains_key(&key) {
+            let facts = NoticeFacts::new(window, notice, &self.components);
+            let content = self.renderer.render(&facts, channel, locale, zone).map_err(|e| Prepare::Fail(e.to_string()))?;
+            let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
+            let id = self.store.body_id(&key, &json).await.map_err(Prepare::Store)?;
+            bodies.insert(key.clone(), Body { id, content });
+        }
+        let body = bodies.get(&key).ok_or_else(|| corrupt("body"))?;
+        let message = Message {
+            idempotency_key: idempotency_key(window_id, revision, notice, RecipientId(row.recipient_id), channel),
+            channel,
+            to,
+            kind: notice.kind().as_str().to_owned(),
+            notice: notice.to_string(),
+            window_id: window_id.0,
+            revision,
+            locale,
+            content: body.content.clone(),
+        };
+        Ok((message, body.id))
+    }
+}
+
+enum Prepare {
+    Store(StoreError),
+    Fail(String),
+}

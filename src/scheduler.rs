@@ -1,0 +1,176 @@
+//! The scheduler's tick: state transitions, planning, expiry and dispatch, in that order.
+//!
+//! `tick(now)` is the whole daemon's work for one instant; the daemon calls it in a loop, the
+//! `run-once` command and the demo call it directly with the clock they were given. Every
+//! comparison with time uses `now`, never the database's clock.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::dispatch::{DispatchError, DispatchReport, Dispatcher};
+use crate::domain::{Audience, Notice, NoticeKind, PlannedDelivery, RecipientId, Window, WindowStatus};
+use crate::planner::{self, Decision, Outcome, Policy, Reach};
+use crate::storage::{Store, StoreError};
+
+/// Recipients read per page while fanning out, and rows enqueued per transaction.
+pub const PAGE: i64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+}
+
+/// A window running past its planned end that no operator has confirmed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alarm {
+    pub window_id: i64,
+    pub title: String,
+    pub ends_at: DateTime<Utc>,
+    pub message: String,
+}
+
+impl Alarm {
+    pub fn overrun(w: &Window, now: DateTime<Utc>) -> Option<Alarm> {
+        w.overrun(now).then(|| Alarm {
+            window_id: w.id.0,
+            title: w.title.en.clone(),
+            ends_at: w.schedule.ends_at(),
+            message: format!(
+                "window {} ('{}') passed its planned end {} {} ago and is not confirmed complete: run `tangazo window complete {}` or `tangazo window extend {} --end …`",
+                w.id,
+                w.title.en,
+                w.schedule.ends_at().to_rfc3339(),
+                humanize(now - w.schedule.ends_at()),
+                w.id,
+                w.id
+            ),
+        })
+    }
+}
+
+fn humanize(d: chrono::TimeDelta) -> String {
+    let m = d.num_minutes();
+    if m < 120 { format!("{m} min") } else { format!("{} h {} min", m / 60, m % 60) }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TickReport {
+    pub transitions: Vec<String>,
+    pub planned: Vec<String>,
+    pub recorded: Vec<String>,
+    pub enqueued: u64,
+    pub superseded: u64,
+    pub expired: u64,
+    pub released: u64,
+    pub dispatch: DispatchReport,
+    pub alarms: Vec<Alarm>,
+}
+
+pub struct Scheduler {
+    store: Store,
+    policy: Policy,
+    dispatcher: Dispatcher,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, policy: Policy, dispatcher: Dispatcher) -> Scheduler {
+        Scheduler { store, policy, dispatcher }
+    }
+
+    /// One tick at `now`. `stop` is asked between dispatch batches (shutdown).
+    pub async fn tick(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<TickReport, TickError> {
+        let mut report = TickReport { released: self.store.release_lapsed_claims(now).await?, ..TickReport::default() };
+        for window in self.store.open_windows().await? {
+            let window = self.transition(window, now, &mut report).await?;
+            self.plan(&window, now, &mut report).await?;
+            if let Some(alarm) = Alarm::overrun(&window, now) {
+                tracing::warn!(window = window.id.0, "{}", alarm.message);
+                report.alarms.push(alarm);
+            }
+        }
+        report.expired = self.store.expire_due(now).await?;
+        report.dispatch = self.dispatcher.run_due(now, stop).await?;
+        Ok(report)
+    }
+
+    /// Starts windows whose time has come and completes those that complete themselves.
+    async fn transition(&self, mut window: Window, now: DateTime<Utc>, report: &mut TickReport) -> Result<Window, StoreError> {
+        if window.status == WindowStatus::Scheduled && now >= window.schedule.starts_at() {
+            let next = window.start(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
+            tracing::info!(window = next.id.0, revision = next.revision, "window started");
+            report.transitions.push(format!("window {} started", next.id));
+            window = next;
+        }
+        if window.status == WindowStatus::InProgress && window.auto_complete && now >= window.schedule.ends_at() {
+            let next = window.complete(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
+            tracing::info!(window = next.id.0, revision = next.revision, "window completed automatically");
+            report.transitions.push(format!("window {} completed (auto)", next.id));
+            window = next;
+        }
+        Ok(window)
+    }
+
+    async fn plan(&self, window: &Window, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), StoreError> {
+        let decided = self.store.decided(window.id, window.revision).await?;
+        for decision in planner::decide(window, &self.policy, &decided, now) {
+            if decision.outcome == Outcome::Planned {
+                let n = self.fan_out(window, &decision).await?;
+                report.enqueued += n;
+                tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, deliveries = n, "notice planned");
+                report.planned.push(format!("window {} r{} {} → {} {} deliveries", window.id, decision.revision, decision.notice, decision.audience, n));
+            } else {
+                tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, outcome = decision.outcome.as_str(), "notice recorded");
+                report.recorded.push(format!("window {} r{} {} ({}) {}", window.id, decision.revision, decision.notice, decision.audience, decision.outcome.as_str()));
+            }
+            report.superseded += self.store.record_decision(window.id, &decision, now).await?;
+        }
+        if let Some(last) = terminal_notice(window) {
+            let decided = self.store.decided(window.id, window.revision).await?;
+            if Audience::ALL.iter().all(|a| decided.contains(&(last, *a))) {
+                self.store.close_window(window.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues a planned decision's deliveries, a page of recipients at a time.
+    async fn fan_out(&self, window: &Window, decision: &Decision) -> Result<u64, StoreError> {
+        let mut after = RecipientId(0);
+        let mut buffer: Vec<PlannedDelivery> = Vec::new();
+        let mut enqueued = 0;
+        loop {
+            let page = self.store.recipients_page(Some(decision.audience), after, PAGE).await?;
+            let (Some(first), Some(last)) = (page.first(), page.last()) else {
+                break;
+            };
+            let told: HashSet<RecipientId> = match decision.reach {
+                Reach::Eligible => HashSet::new(),
+                Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first.id, last.id).await?,
+            };
+            after = last.id;
+            buffer.extend(planner::fan_out(decision, window, &page, |id| told.contains(&id)));
+            if buffer.len() >= PAGE as usize {
+                enqueued += self.store.enqueue(&buffer).await?;
+                buffer.clear();
+            }
+        }
+        enqueued += self.store.enqueue(&buffer).await?;
+        Ok(enqueued)
+    }
+}
+
+/// The last notice a finished window owes; once decided for every audience the window closes.
+fn terminal_notice(w: &Window) -> Option<Notice> {
+    match w.status {
+        WindowStatus::Completed => Some(Notice::new(NoticeKind::Completed)),
+        WindowStatus::Cancelled => Some(Notice::new(NoticeKind::Cancelled)),
+        WindowStatus::Scheduled | WindowStatus::InProgress => None,
+    }
+}
