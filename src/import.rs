@@ -6,7 +6,7 @@
 //! bad. Rows are upserted by natural key in transactions of [`BATCH`] rows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -134,7 +134,7 @@ pub fn parse_row(get: impl Fn(&str) -> String, rules: &RowRules) -> Result<Profi
 /// The rows of a CSV file, parsed one at a time: `Ok(Ok(profile))`, `Ok(Err(bad row))`, or
 /// `Err` when the file itself cannot be read.
 pub struct Rows<'a, R: Read> {
-    reader: csv::Reader<R>,
+    reader: csv::Reader<BufReader<R>>,
     columns: Columns,
     rules: &'a RowRules<'a>,
     record: csv::StringRecord,
@@ -142,7 +142,15 @@ pub struct Rows<'a, R: Read> {
 
 impl<'a, R: Read> Rows<'a, R> {
     pub fn new(input: R, rules: &'a RowRules<'a>) -> Result<Rows<'a, R>, ImportError> {
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+        // The BOM is removed here, not by the csv crate, whose line numbers are off by one
+        // after it strips one itself.
+        let mut input = BufReader::new(input);
+        if input.fill_buf().map_err(csv::Error::from)?.starts_with(b"\xef\xbb\xbf") {
+            input.consume(3);
+        }
+        // Records end at LF; the CR of a CRLF stays in the last field and is trimmed with the
+        // other white space. (With the crate's CRLF terminator its line numbers run one behind.)
+        let mut reader = csv::ReaderBuilder::new().flexible(true).terminator(csv::Terminator::Any(b'\n')).from_reader(input);
         let columns = Columns::from_headers(reader.headers()?)?;
         Ok(Rows { reader, columns, rules, record: csv::StringRecord::new() })
     }

@@ -121,11 +121,26 @@ impl Renderer {
                     move |h: &Helper, r: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output| -> HelperResult {
                         let ids = param(h, 0, "components")?;
                         let locale = root_locale(ctx);
-                        let list: Vec<String> = ids
-                            .as_array()
-                            .map(|a| a.iter().filter_map(Value::as_str).map(|id| component_name(&names, id, locale)).collect())
-                            .unwrap_or_default();
-                        out.write(&r.get_escape_fn()(&join_words(&list, locale)))?;
+                        let ids: Vec<&str> = ids.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                        let service = ctx.data().get("service").and_then(Value::as_str).unwrap_or_default();
+                        let text = if names.len() > 1 && names.keys().all(|k| ids.contains(&k.as_str())) {
+                            // Everything is affected: say so in three words, not a list of all.
+                            match locale {
+                                Locale::En => format!("all {service} services"),
+                                Locale::Sw => format!("huduma zote za {service}"),
+                            }
+                        } else {
+                            let list: Vec<String> = ids.iter().map(|id| component_name(&names, id, locale)).collect();
+                            join_words(&list, locale)
+                        };
+                        // `sentence=true`: the list opens a sentence, so its first letter is a capital.
+                        let text = if h.hash_get("sentence").is_some_and(|v| v.value().as_bool() == Some(true)) {
+                            let mut chars = text.chars();
+                            chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+                        } else {
+                            text
+                        };
+                        out.write(&r.get_escape_fn()(&text))?;
                         Ok(())
                     },
                 ),

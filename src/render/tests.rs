@@ -118,3 +118,14 @@ fn webhook_payload_is_versioned() {
     assert_eq!(p["notice"], "reminder:24h");
     assert_eq!(p["window"]["starts_at"], "2015-04-17T21:00:00+00:00");
 }
+
+#[test]
+fn a_window_affecting_everything_says_so() {
+    let r = renderer();
+    let mut facts = NoticeFacts::sample(NoticeKind::Started, &names());
+    facts.components = names().keys().cloned().collect();
+    for (locale, phrase) in [(Locale::En, "All M-PESA services will be unavailable"), (Locale::Sw, "huduma zote za M-PESA")] {
+        let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap() else { panic!() };
+        assert!(body.contains(phrase), "{body}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Test databases and fixtures.
+//!
+//! SQLite: a fresh file in a temporary folder. PostgreSQL: a fresh database on the server named
+//! by `TANGAZO_TEST_POSTGRES` (an admin URL such as postgres://postgres@127.0.0.1:5432/test).
+//! Without that variable the PostgreSQL cases say they were skipped, except under `CI=true`,
+//! where a missing or unreachable PostgreSQL fails the run.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::Connection;
+use tangazo::domain::{
+    Audience, Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile, Schedule, Zone,
+};
+use tangazo::storage::Store;
+
+pub struct TestDb {
+    #[allow(dead_code)]
+    pub url: String,
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tangazo.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        TestDb { url, store, _dir: Some(dir), pg: None }
+    }
+
+    /// A fresh PostgreSQL database, or `None` when the suite is not enabled here.
+    pub async fn postgres() -> Option<TestDb> {
+        let admin = match std::env::var("TANGAZO_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true but TANGAZO_TEST_POSTGRES is not set: the PostgreSQL suite must run in CI"
+                );
+                eprintln!("PostgreSQL suite skipped: set TANGAZO_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test to run it");
+                return None;
+            }
+        };
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "tangazo_t_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst),
+            Utc::now().timestamp_subsec_micros()
+        );
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at TANGAZO_TEST_POSTGRES is unreachable: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+        let url = format!("{base}/{name}");
+        let store = Store::connect(&url).await.unwrap();
+        Some(TestDb { url, store, _dir: None, pg: Some((admin, name)) })
+    }
+
+    /// Drops a PostgreSQL test database (SQLite folders go with the TempDir).
+    pub async fn finish(self) {
+        self.store.close().await;
+        if let Some((admin, name)) = self.pg {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Runs an async test case on SQLite and on PostgreSQL, as `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    let db = $crate::helpers::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(db) = $crate::helpers::TestDb::postgres().await {
+                        super::$name(&db).await;
+                        db.finish().await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+pub fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+}
+
+/// 2015-04-18 00:00 EAT.
+pub fn start() -> DateTime<Utc> {
+    utc(2015, 4, 17, 21, 0)
+}
+
+pub fn new_window(hours: i64) -> NewWindow {
+    NewWindow {
+        title: Localized { en: "Data centre move".into(), sw: Some("Uhamisho wa kituo cha data".into()) },
+        description: Localized::default(),
+        components: vec!["send-money".parse::<ComponentId>().unwrap(), "withdraw".parse().unwrap()],
+        schedule: Schedule::new(start(), start() + chrono::TimeDelta::hours(hours)).unwrap(),
+        zone: Zone::NAIROBI,
+        auto_complete: false,
+    }
+}
+
+pub fn customer(i: u32, locale: Locale) -> Profile {
+    Profile::new(
+        Audience::Customer,
+        &format!("Customer {i}"),
+        Some(PhoneNumber::parse(&format!("07{:08}", 10_000_000 + i)).unwrap()),
+        (i % 2 == 0).then(|| EmailAddress::parse(&format!("c{i}@example.co.ke")).unwrap()),
+        locale,
+        Zone::NAIROBI,
+        vec![],
+        vec![],
+        false,
+    )
+    .unwrap()
+}
+
+pub fn biller(i: u32) -> Profile {
+    Profile::new(
+        Audience::Biller,
+        &format!("Biller {i}"),
+        None,
+        Some(EmailAddress::parse(&format!("ops{i}@biller.example.co.ke")).unwrap()),
+        Locale::En,
+        "Europe/Berlin".parse().unwrap(),
+        vec![],
+        vec![Channel::Email, Channel::Webhook],
+        false,
+    )
+    .unwrap()
+}
