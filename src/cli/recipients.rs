@@ -130,13 +130,13 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 let p = &r.profile;
                 println!(
                     "{:>8}  {:<8}  {:<24}  {:<15}  {:<28}  {:<2}  {:<16}  {}",
-                    r.id,
-                    p.kind,
+                    r.id.0,
+                    p.kind.as_str(),
                     truncate(&p.name, 24),
                     p.phone.as_ref().map(|x| x.as_str()).unwrap_or("-"),
                     truncate(p.email.as_ref().map(|x| x.as_str()).unwrap_or("-"), 28),
-                    p.locale,
-                    p.zone,
+                    p.locale.as_str(),
+                    p.zone.name(),
                     if p.opt_out { "opted-out" } else { "" }
                 );
             }

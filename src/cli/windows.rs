@@ -140,8 +140,8 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             for w in &windows {
                 println!(
                     "{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  {}",
-                    w.id,
-                    w.status,
+                    w.id.0,
+                    w.status.as_str(),
                     w.revision,
                     format_instant(w.schedule.starts_at(), w.zone, Locale::En, true),
                     format_instant(w.schedule.ends_at(), w.zone, Locale::En, true),
