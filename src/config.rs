@@ -193,10 +193,13 @@ impl Config {
                 toml::Value::String(dir.display().to_string()),
             );
         }
-        let raw: RawConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: "configuration".into(),
-            message: e.message().to_owned(),
-        })?;
+        let raw: RawConfig =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: "configuration".into(),
+                    message: e.message().to_owned(),
+                })?;
         Config::validate(raw)
     }
 
@@ -216,19 +219,30 @@ impl Config {
             return Err(invalid("dispatch.batch_size must be at least 1".into()));
         }
         if raw.dispatch.lease.secs() == 0 || raw.dispatch.tick.secs() == 0 {
-            return Err(invalid("dispatch.lease and dispatch.tick must be longer than 0s".into()));
+            return Err(invalid(
+                "dispatch.lease and dispatch.tick must be longer than 0s".into(),
+            ));
         }
-        for (audience, p) in [("customers", &raw.policy.customers), ("billers", &raw.policy.billers)] {
+        for (audience, p) in [
+            ("customers", &raw.policy.customers),
+            ("billers", &raw.policy.billers),
+        ] {
             if p.reminders.iter().any(|s| s.secs() == 0) {
-                return Err(invalid(format!("policy.{audience}.reminders: a reminder must come before the start, not at it (0s)")));
+                return Err(invalid(format!(
+                    "policy.{audience}.reminders: a reminder must come before the start, not at it (0s)"
+                )));
             }
         }
         let mut components = BTreeMap::new();
         if raw.components.is_empty() {
-            return Err(invalid("[components] must name at least one component".into()));
+            return Err(invalid(
+                "[components] must name at least one component".into(),
+            ));
         }
         for (id, names) in &raw.components {
-            let cid: ComponentId = id.parse().map_err(|e| invalid(format!("components: {e}")))?;
+            let cid: ComponentId = id
+                .parse()
+                .map_err(|e| invalid(format!("components: {e}")))?;
             let name = |l: &str| {
                 names
                     .get(l)
@@ -237,9 +251,17 @@ impl Config {
                     .ok_or_else(|| invalid(format!("components.{id}: missing the '{l}' name")))
             };
             if let Some(extra) = names.keys().find(|k| !matches!(k.as_str(), "en" | "sw")) {
-                return Err(invalid(format!("components.{id}: unknown locale '{extra}' (en, sw)")));
+                return Err(invalid(format!(
+                    "components.{id}: unknown locale '{extra}' (en, sw)"
+                )));
             }
-            components.insert(cid, ComponentNames { en: name("en")?, sw: name("sw")? });
+            components.insert(
+                cid,
+                ComponentNames {
+                    en: name("en")?,
+                    sw: name("sw")?,
+                },
+            );
         }
         for (name, sender) in &raw.senders {
             match sender {
@@ -264,7 +286,9 @@ impl Config {
             channels.insert(channel, names.clone());
         }
         if let Some(c) = Channel::ALL.iter().find(|c| !channels.contains_key(c)) {
-            return Err(invalid(format!("channels.{c}: no sender is configured for this channel")));
+            return Err(invalid(format!(
+                "channels.{c}: no sender is configured for this channel"
+            )));
         }
         Ok(Config {
             database_url: raw.database_url.clone(),
@@ -293,7 +317,8 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut raw = self.raw.clone();
         raw.database_url = redact_url(&raw.database_url);
-        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+        toml::to_string_pretty(&raw)
+            .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 
     /// Whether `component` is configured.
@@ -303,10 +328,11 @@ impl Config {
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: e.to_string().trim().to_owned(),
-    })
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -397,13 +423,23 @@ mod tests {
         .unwrap();
         assert_eq!(c.service_name, "Pesa");
         assert_eq!(c.policy.customers.reminders(), [Span::hours(48)]);
-        assert_eq!(c.policy.billers.reminders().len(), 4, "merged, not replaced");
+        assert_eq!(
+            c.policy.billers.reminders().len(),
+            4,
+            "merged, not replaced"
+        );
         assert_eq!(c.policy.completed_grace, Span::hours(12));
         assert_eq!(c.dispatch.batch_size, 42);
         let c = Config::from_parts(
             None,
-            [("TANGAZO_DATABASE_URL".to_string(), "sqlite://env.db".to_string())],
-            &Overrides { database_url: Some("sqlite://flag.db".into()), templates: None },
+            [(
+                "TANGAZO_DATABASE_URL".to_string(),
+                "sqlite://env.db".to_string(),
+            )],
+            &Overrides {
+                database_url: Some("sqlite://flag.db".into()),
+                templates: None,
+            },
         )
         .unwrap();
         assert_eq!(c.database_url, "sqlite://flag.db");
@@ -411,7 +447,11 @@ mod tests {
 
     #[test]
     fn components_replace_the_defaults() {
-        let c = load("[components.ussd]\nen = \"USSD menu\"\nsw = \"Menyu ya USSD\"\n", &[]).unwrap();
+        let c = load(
+            "[components.ussd]\nen = \"USSD menu\"\nsw = \"Menyu ya USSD\"\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.components.len(), 1);
     }
 
@@ -422,7 +462,10 @@ mod tests {
             ("[policy]\ncompleted_grace = \"soon\"", "soon"),
             ("default_zone = \"Mars/Base\"", "Mars/Base"),
             ("[channels]\nsms = [\"smtp\"]", "no sender named 'smtp'"),
-            ("[components.x]\nen = \"X\"", "components.x: missing the 'sw' name"),
+            (
+                "[components.x]\nen = \"X\"",
+                "components.x: missing the 'sw' name",
+            ),
             ("[senders.a]\ntype = \"carrier-pigeon\"", "carrier-pigeon"),
             ("[dispatch]\nbatch_size = 0", "batch_size"),
         ];
@@ -434,12 +477,18 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact_url("postgres://app:hunter2@db:5432/t"), "postgres://app:[redacted]@db:5432/t");
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/t"),
+            "postgres://app:[redacted]@db:5432/t"
+        );
         assert_eq!(redact_url("sqlite://tangazo.db"), "sqlite://tangazo.db");
         let c = Config::from_parts(
             None,
             std::iter::empty(),
-            &Overrides { database_url: Some("postgres://app:hunter2@db/t".into()), templates: None },
+            &Overrides {
+                database_url: Some("postgres://app:hunter2@db/t".into()),
+                templates: None,
+            },
         )
         .unwrap();
         let shown = c.to_redacted_toml();

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::config::ComponentNames;
 use crate::domain::{
-    Audience, Channel, ComponentId, EmailAddress, Locale, PhoneNumber, Profile, RecipientError, Zone, split_list,
+    Audience, Channel, ComponentId, EmailAddress, Locale, PhoneNumber, Profile, RecipientError,
+    Zone, split_list,
 };
 use crate::storage::{Store, StoreError};
 
@@ -57,7 +58,17 @@ pub struct RowRules<'a> {
     pub components: &'a BTreeMap<ComponentId, ComponentNames>,
 }
 
-const KNOWN: [&str; 9] = ["kind", "name", "phone", "email", "locale", "zone", "components", "channels", "opt_out"];
+const KNOWN: [&str; 9] = [
+    "kind",
+    "name",
+    "phone",
+    "email",
+    "locale",
+    "zone",
+    "components",
+    "channels",
+    "opt_out",
+];
 
 struct Columns(HashMap<&'static str, usize>);
 
@@ -70,7 +81,10 @@ impl Columns {
                 map.entry(*k).or_insert(i);
             }
         }
-        let missing: Vec<&str> = ["kind", "name"].into_iter().filter(|k| !map.contains_key(k)).collect();
+        let missing: Vec<&str> = ["kind", "name"]
+            .into_iter()
+            .filter(|k| !map.contains_key(k))
+            .collect();
         if !missing.is_empty() {
             return Err(ImportError::Header(format!(
                 "line 1: the header has no {} column (expected kind,name,phone,email,locale,zone,components,channels[,opt_out])",
@@ -78,13 +92,19 @@ impl Columns {
             )));
         }
         if !map.contains_key("phone") && !map.contains_key("email") {
-            return Err(ImportError::Header("line 1: the header has neither a phone nor an email column".into()));
+            return Err(ImportError::Header(
+                "line 1: the header has neither a phone nor an email column".into(),
+            ));
         }
         Ok(Columns(map))
     }
 
     fn get<'r>(&self, record: &'r csv::StringRecord, name: &str) -> &'r str {
-        self.0.get(name).and_then(|&i| record.get(i)).map(str::trim).unwrap_or("")
+        self.0
+            .get(name)
+            .and_then(|&i| record.get(i))
+            .map(str::trim)
+            .unwrap_or("")
     }
 }
 
@@ -114,7 +134,12 @@ pub fn parse_row(get: impl Fn(&str) -> String, rules: &RowRules) -> Result<Profi
             if !rules.components.contains_key(&id) {
                 return Err(format!(
                     "components: '{id}' is not a configured component ({})",
-                    rules.components.keys().map(ComponentId::as_str).collect::<Vec<_>>().join(", ")
+                    rules
+                        .components
+                        .keys()
+                        .map(ComponentId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             Ok(id)
@@ -128,7 +153,18 @@ pub fn parse_row(get: impl Fn(&str) -> String, rules: &RowRules) -> Result<Profi
         "true" | "yes" | "1" | "y" => true,
         other => return Err(field("opt_out", RecipientError::OptOut(other.to_owned()))),
     };
-    Profile::new(kind, &get("name"), phone, email, locale, zone, components, channels, opt_out).map_err(|e| e.to_string())
+    Profile::new(
+        kind,
+        &get("name"),
+        phone,
+        email,
+        locale,
+        zone,
+        components,
+        channels,
+        opt_out,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The rows of a CSV file, parsed one at a time: `Ok(Ok(profile))`, `Ok(Err(bad row))`, or
@@ -145,14 +181,26 @@ impl<'a, R: Read> Rows<'a, R> {
         // The BOM is removed here, not by the csv crate, whose line numbers are off by one
         // after it strips one itself.
         let mut input = BufReader::new(input);
-        if input.fill_buf().map_err(csv::Error::from)?.starts_with(b"\xef\xbb\xbf") {
+        if input
+            .fill_buf()
+            .map_err(csv::Error::from)?
+            .starts_with(b"\xef\xbb\xbf")
+        {
             input.consume(3);
         }
         // Records end at LF; the CR of a CRLF stays in the last field and is trimmed with the
         // other white space. (With the crate's CRLF terminator its line numbers run one behind.)
-        let mut reader = csv::ReaderBuilder::new().flexible(true).terminator(csv::Terminator::Any(b'\n')).from_reader(input);
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_reader(input);
         let columns = Columns::from_headers(reader.headers()?)?;
-        Ok(Rows { reader, columns, rules, record: csv::StringRecord::new() })
+        Ok(Rows {
+            reader,
+            columns,
+            rules,
+            record: csv::StringRecord::new(),
+        })
     }
 }
 
@@ -169,7 +217,10 @@ impl<R: Read> Iterator for Rows<'_, R> {
                 Err(e) => {
                     // A row that is not UTF-8 or not CSV: report it and go on with the next.
                     let line = e.position().map(|p| p.line()).unwrap_or(line);
-                    return Some(Ok(Err(RowError { line, reason: csv_reason(&e) })));
+                    return Some(Ok(Err(RowError {
+                        line,
+                        reason: csv_reason(&e),
+                    })));
                 }
             }
             if self.record.iter().all(|f| f.trim().is_empty()) {

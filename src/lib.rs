@@ -3,16 +3,16 @@
 //!
 //! See ARCHITECTURE.md for the codemap and the invariants.
 
-pub mod domain;
+pub mod channels;
+pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod import;
 pub mod planner;
 pub mod render;
 pub mod scheduler;
-pub mod storage;
-pub mod channels;
-pub mod dispatch;
-pub mod clock;
-pub mod import;
 pub mod shutdown;
-pub mod cli;
+pub mod storage;
 pub mod telemetry;

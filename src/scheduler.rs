@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::dispatch::{DispatchError, DispatchReport, Dispatcher};
-use crate::domain::{Audience, Notice, NoticeKind, PlannedDelivery, RecipientId, Window, WindowStatus};
+use crate::domain::{
+    Audience, Notice, NoticeKind, PlannedDelivery, RecipientId, Window, WindowStatus,
+};
 use crate::planner::{self, Decision, Outcome, Policy, Reach};
 use crate::storage::{Store, StoreError};
 
@@ -55,7 +57,11 @@ impl Alarm {
 
 fn humanize(d: chrono::TimeDelta) -> String {
     let m = d.num_minutes();
-    if m < 120 { format!("{m} min") } else { format!("{} h {} min", m / 60, m % 60) }
+    if m < 120 {
+        format!("{m} min")
+    } else {
+        format!("{} h {} min", m / 60, m % 60)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -79,12 +85,23 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(store: Store, policy: Policy, dispatcher: Dispatcher) -> Scheduler {
-        Scheduler { store, policy, dispatcher }
+        Scheduler {
+            store,
+            policy,
+            dispatcher,
+        }
     }
 
     /// One tick at `now`. `stop` is asked between dispatch batches (shutdown).
-    pub async fn tick(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<TickReport, TickError> {
-        let mut report = TickReport { released: self.store.release_lapsed_claims(now).await?, ..TickReport::default() };
+    pub async fn tick(
+        &self,
+        now: DateTime<Utc>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<TickReport, TickError> {
+        let mut report = TickReport {
+            released: self.store.release_lapsed_claims(now).await?,
+            ..TickReport::default()
+        };
         for window in self.store.open_windows().await? {
             let window = self.transition(window, now, &mut report).await?;
             self.plan(&window, now, &mut report).await?;
@@ -99,37 +116,85 @@ impl Scheduler {
     }
 
     /// Starts windows whose time has come and completes those that complete themselves.
-    async fn transition(&self, mut window: Window, now: DateTime<Utc>, report: &mut TickReport) -> Result<Window, StoreError> {
+    async fn transition(
+        &self,
+        mut window: Window,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<Window, StoreError> {
         if window.status == WindowStatus::Scheduled && now >= window.schedule.starts_at() {
-            let next = window.start(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
-            tracing::info!(window = next.id.0, revision = next.revision, "window started");
-            report.transitions.push(format!("window {} started", next.id));
+            let next = window
+                .start(now)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            report.superseded += self
+                .store
+                .save_change(&window, &next, "scheduler", now)
+                .await?;
+            tracing::info!(
+                window = next.id.0,
+                revision = next.revision,
+                "window started"
+            );
+            report
+                .transitions
+                .push(format!("window {} started", next.id));
             window = next;
         }
-        if window.status == WindowStatus::InProgress && window.auto_complete && now >= window.schedule.ends_at() {
-            let next = window.complete(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
-            tracing::info!(window = next.id.0, revision = next.revision, "window completed automatically");
-            report.transitions.push(format!("window {} completed (auto)", next.id));
+        if window.status == WindowStatus::InProgress
+            && window.auto_complete
+            && now >= window.schedule.ends_at()
+        {
+            let next = window
+                .complete(now)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            report.superseded += self
+                .store
+                .save_change(&window, &next, "scheduler", now)
+                .await?;
+            tracing::info!(
+                window = next.id.0,
+                revision = next.revision,
+                "window completed automatically"
+            );
+            report
+                .transitions
+                .push(format!("window {} completed (auto)", next.id));
             window = next;
         }
         Ok(window)
     }
 
-    async fn plan(&self, window: &Window, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), StoreError> {
+    async fn plan(
+        &self,
+        window: &Window,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), StoreError> {
         let decided = self.store.decided(window.id, window.revision).await?;
         for decision in planner::decide(window, &self.policy, &decided, now) {
             if decision.outcome == Outcome::Planned {
                 let n = self.fan_out(window, &decision).await?;
                 report.enqueued += n;
                 tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, deliveries = n, "notice planned");
-                report.planned.push(format!("window {} r{} {} → {} {} deliveries", window.id, decision.revision, decision.notice, decision.audience, n));
+                report.planned.push(format!(
+                    "window {} r{} {} → {} {} deliveries",
+                    window.id, decision.revision, decision.notice, decision.audience, n
+                ));
             } else {
                 tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, outcome = decision.outcome.as_str(), "notice recorded");
-                report.recorded.push(format!("window {} r{} {} ({}) {}", window.id, decision.revision, decision.notice, decision.audience, decision.outcome.as_str()));
+                report.recorded.push(format!(
+                    "window {} r{} {} ({}) {}",
+                    window.id,
+                    decision.revision,
+                    decision.notice,
+                    decision.audience,
+                    decision.outcome.as_str()
+                ));
             }
-            report.superseded += self.store.record_decision(window.id, &decision, now).await?;
+            report.superseded += self
+                .store
+                .record_decision(window.id, &decision, now)
+                .await?;
         }
         if let Some(last) = terminal_notice(window) {
             let decided = self.store.decided(window.id, window.revision).await?;
@@ -146,16 +211,23 @@ impl Scheduler {
         let mut buffer: Vec<PlannedDelivery> = Vec::new();
         let mut enqueued = 0;
         loop {
-            let page = self.store.recipients_page(Some(decision.audience), after, PAGE).await?;
+            let page = self
+                .store
+                .recipients_page(Some(decision.audience), after, PAGE)
+                .await?;
             let (Some(first), Some(last)) = (page.first(), page.last()) else {
                 break;
             };
             let told: HashSet<RecipientId> = match decision.reach {
                 Reach::Eligible => HashSet::new(),
-                Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first.id, last.id).await?,
+                Reach::AlreadyTold | Reach::NotYetTold => {
+                    self.store.told_among(window.id, first.id, last.id).await?
+                }
             };
             after = last.id;
-            buffer.extend(planner::fan_out(decision, window, &page, |id| told.contains(&id)));
+            buffer.extend(planner::fan_out(decision, window, &page, |id| {
+                told.contains(&id)
+            }));
             if buffer.len() >= PAGE as usize {
                 enqueued += self.store.enqueue(&buffer).await?;
                 buffer.clear();

@@ -8,7 +8,13 @@ pub fn init(long_running: bool) {
     let default = if long_running { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("TANGAZO_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("TANGAZO_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second initialisation (tests) is harmless: the first subscriber stays.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

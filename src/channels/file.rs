@@ -16,7 +16,10 @@ pub struct FileSender {
 
 impl FileSender {
     pub fn new(name: &str, dir: PathBuf) -> FileSender {
-        FileSender { name: name.to_owned(), dir }
+        FileSender {
+            name: name.to_owned(),
+            dir,
+        }
     }
 
     pub fn path(&self, channel: Channel) -> PathBuf {
@@ -25,7 +28,11 @@ impl FileSender {
 
     async fn append(&self, channel: Channel, lines: &[u8]) -> std::io::Result<()> {
         tokio::fs::create_dir_all(&self.dir).await?;
-        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(self.path(channel)).await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(channel))
+            .await?;
         file.write_all(lines).await?;
         file.flush().await
     }
@@ -42,29 +49,47 @@ impl Sender for FileSender {
             for channel in Channel::ALL {
                 let mut buf = Vec::new();
                 let mut members = Vec::new();
-                for (i, m) in batch.iter().enumerate().filter(|(_, m)| m.channel == channel) {
+                for (i, m) in batch
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.channel == channel)
+                {
                     match serde_json::to_writer(&mut buf, m) {
                         Ok(()) => {
                             buf.push(b'\n');
                             members.push(i);
                         }
-                        Err(e) => results[i] = Some(Err(SendError::Permanent { message: format!("cannot encode message: {e}") })),
+                        Err(e) => {
+                            results[i] = Some(Err(SendError::Permanent {
+                                message: format!("cannot encode message: {e}"),
+                            }))
+                        }
                     }
                 }
                 if members.is_empty() {
                     continue;
                 }
-                let outcome = self.append(channel, &buf).await.map(|()| Receipt::default()).map_err(|e| SendError::Transient {
-                    message: format!("cannot append to {}: {e}", self.path(channel).display()),
-                    retry_after: None,
-                });
+                let outcome = self
+                    .append(channel, &buf)
+                    .await
+                    .map(|()| Receipt::default())
+                    .map_err(|e| SendError::Transient {
+                        message: format!("cannot append to {}: {e}", self.path(channel).display()),
+                        retry_after: None,
+                    });
                 for i in members {
                     results[i] = Some(outcome.clone());
                 }
             }
             results
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|| Err(SendError::Permanent { message: "message was not written".into() })))
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(SendError::Permanent {
+                            message: "message was not written".into(),
+                        })
+                    })
+                })
                 .collect()
         })
     }

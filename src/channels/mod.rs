@@ -94,7 +94,11 @@ pub struct Senders {
 
 impl std::fmt::Debug for Senders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: BTreeMap<_, Vec<&str>> = self.routes.iter().map(|(c, s)| (c, s.iter().map(|s| s.name()).collect())).collect();
+        let names: BTreeMap<_, Vec<&str>> = self
+            .routes
+            .iter()
+            .map(|(c, s)| (c, s.iter().map(|s| s.name()).collect()))
+            .collect();
         f.debug_struct("Senders").field("routes", &names).finish()
     }
 }
@@ -131,6 +135,9 @@ impl Senders {
     }
 
     pub fn route(&self, channel: Channel) -> &[Arc<dyn Sender>] {
-        self.routes.get(&channel).map(Vec::as_slice).unwrap_or_default()
+        self.routes
+            .get(&channel)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }

@@ -20,10 +20,23 @@ use crate::storage::Store;
 const MARKER: &str = ".tangazo-demo";
 
 const FIRST: [&str; 16] = [
-    "Wanjiku", "Otieno", "Achieng", "Kamau", "Njeri", "Mwangi", "Akinyi", "Kiprono", "Chebet", "Mutua", "Wambui", "Omondi",
-    "Nyambura", "Kipchoge", "Atieno", "Barasa",
+    "Wanjiku", "Otieno", "Achieng", "Kamau", "Njeri", "Mwangi", "Akinyi", "Kiprono", "Chebet",
+    "Mutua", "Wambui", "Omondi", "Nyambura", "Kipchoge", "Atieno", "Barasa",
 ];
-const LAST: [&str; 12] = ["Kariuki", "Odhiambo", "Njoroge", "Wekesa", "Kilonzo", "Mohamed", "Cheruiyot", "Ndungu", "Okoth", "Maina", "Langat", "Ali"];
+const LAST: [&str; 12] = [
+    "Kariuki",
+    "Odhiambo",
+    "Njoroge",
+    "Wekesa",
+    "Kilonzo",
+    "Mohamed",
+    "Cheruiyot",
+    "Ndungu",
+    "Okoth",
+    "Maina",
+    "Langat",
+    "Ali",
+];
 
 /// A small deterministic generator: the same demo every run.
 struct Rng(u64);
@@ -45,42 +58,75 @@ fn at(text: &str) -> CliResult<DateTime<Utc>> {
 
 fn prepare(dir: &Path) -> CliResult<PathBuf> {
     if dir.exists() {
-        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
         if !dir.join(MARKER).exists() && !empty {
             return Err(bad_input(anyhow::anyhow!(
                 "{} exists and was not made by `tangazo demo`; choose another --dir",
                 dir.display()
             )));
         }
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing the previous demo in {}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), "made by `tangazo demo`; removed and rebuilt by the next run\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by `tangazo demo`; removed and rebuilt by the next run\n",
+    )?;
     Ok(std::path::absolute(dir)?)
 }
 
 fn write_recipients(path: &Path, customers: u32) -> CliResult {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(out, "kind,name,phone,email,locale,zone,components,channels,opt_out")?;
+    writeln!(
+        out,
+        "kind,name,phone,email,locale,zone,components,channels,opt_out"
+    )?;
     let mut rng = Rng(0x2015_0418);
     for i in 0..customers {
         let first = FIRST[rng.below(FIRST.len() as u64) as usize];
         let last = LAST[rng.below(LAST.len() as u64) as usize];
         let phone = format!("07{:08}", 10_000_000 + u64::from(i));
         let email = if rng.below(10) < 4 {
-            format!("{}.{}{i}@example.co.ke", first.to_lowercase(), last.to_lowercase())
+            format!(
+                "{}.{}{i}@example.co.ke",
+                first.to_lowercase(),
+                last.to_lowercase()
+            )
         } else {
             String::new()
         };
         let locale = if rng.below(100) < 55 { "sw" } else { "en" };
-        let zone = if rng.below(100) == 0 { "Europe/London" } else { "" };
-        let components = if rng.below(10) == 0 { "pay-bill;buy-goods" } else { "" };
+        let zone = if rng.below(100) == 0 {
+            "Europe/London"
+        } else {
+            ""
+        };
+        let components = if rng.below(10) == 0 {
+            "pay-bill;buy-goods"
+        } else {
+            ""
+        };
         let opt_out = if rng.below(100) < 3 { "true" } else { "" };
-        writeln!(out, "customer,{first} {last},{phone},{email},{locale},{zone},{components},,{opt_out}")?;
+        writeln!(
+            out,
+            "customer,{first} {last},{phone},{email},{locale},{zone},{components},,{opt_out}"
+        )?;
     }
-    writeln!(out, "biller,Kenya Power,0722000001,outages@kplc.example.co.ke,en,Africa/Nairobi,pay-bill;partner-api,sms;email;webhook,")?;
-    writeln!(out, "biller,Nairobi Securities Exchange,,ops@nse.example.co.ke,en,Africa/Nairobi,bank-transfer;partner-api,email;webhook,")?;
-    writeln!(out, "biller,Frankfurt Partner Exchange,,noc@fpx.example.de,en,Europe/Berlin,partner-api,email;webhook,")?;
+    writeln!(
+        out,
+        "biller,Kenya Power,0722000001,outages@kplc.example.co.ke,en,Africa/Nairobi,pay-bill;partner-api,sms;email;webhook,"
+    )?;
+    writeln!(
+        out,
+        "biller,Nairobi Securities Exchange,,ops@nse.example.co.ke,en,Africa/Nairobi,bank-transfer;partner-api,email;webhook,"
+    )?;
+    writeln!(
+        out,
+        "biller,Frankfurt Partner Exchange,,noc@fpx.example.de,en,Europe/Berlin,partner-api,email;webhook,"
+    )?;
     out.flush()?;
     Ok(())
 }
@@ -91,11 +137,23 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
     let db = dir.join("tangazo.db");
     let outbox = dir.join("outbox");
     let config_text = EXAMPLE
-        .replace("database_url = \"sqlite://tangazo.db\"", &format!("database_url = {:?}", format!("sqlite://{}", db.display())))
-        .replace("dir = \"outbox\"", &format!("dir = {:?}", outbox.display().to_string()));
+        .replace(
+            "database_url = \"sqlite://tangazo.db\"",
+            &format!("database_url = {:?}", format!("sqlite://{}", db.display())),
+        )
+        .replace(
+            "dir = \"outbox\"",
+            &format!("dir = {:?}", outbox.display().to_string()),
+        );
     let config_path = dir.join("tangazo.toml");
     std::fs::write(&config_path, &config_text)?;
-    let config = Config::load(&config_path, true, std::iter::empty(), &Overrides::default()).map_err(bad_input)?;
+    let config = Config::load(
+        &config_path,
+        true,
+        std::iter::empty(),
+        &Overrides::default(),
+    )
+    .map_err(bad_input)?;
     let store = Store::connect(&config.database_url).await?;
 
     // The operator's week, in EAT.
@@ -108,7 +166,10 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
 
     let csv = dir.join("recipients.csv");
     write_recipients(&csv, customers)?;
-    let rules = RowRules { default_zone: config.default_zone, components: &config.components };
+    let rules = RowRules {
+        default_zone: config.default_zone,
+        components: &config.components,
+    };
     let file = std::io::BufReader::new(std::fs::File::open(&csv)?);
     let import = import_csv(&store, file, &rules, announce, &mut |_| {}).await?;
 
@@ -139,12 +200,19 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             let next = w.complete(now).map_err(bad_input)?;
             store.save_change(&w, &next, "demo-operator", now).await?;
             completed = true;
-            timeline.push(format!("{}  operator confirms the work is complete", eat(now)));
+            timeline.push(format!(
+                "{}  operator confirms the work is complete",
+                eat(now)
+            ));
         }
         let in_outage = now >= outage.0 && now < outage.1;
         if in_outage {
             if now < outage.0 + step {
-                timeline.push(format!("{}  the daemon's host goes down until {}", eat(now), eat(outage.1)));
+                timeline.push(format!(
+                    "{}  the daemon's host goes down until {}",
+                    eat(now),
+                    eat(outage.1)
+                ));
             }
         } else {
             let report = scheduler.tick(now, &|| false).await.context("demo tick")?;
@@ -177,7 +245,10 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             "deliveries": rows, "notices": log, "bodies": bodies, "delivery_rows": deliveries,
             "seconds": started.elapsed().as_secs_f64(),
         });
-        println!("{}", serde_json::to_string_pretty(&out).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("encoding JSON")?
+        );
         return Ok(());
     }
 
@@ -190,18 +261,29 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
         eat(end),
         eat(announce)
     );
-    println!("\ntimeline ({} ticks of the daemon's scheduler, one every 15 simulated minutes):", ticks);
+    println!(
+        "\ntimeline ({} ticks of the daemon's scheduler, one every 15 simulated minutes):",
+        ticks
+    );
     for line in &timeline {
         println!("  {line}");
     }
     println!("\ndeliveries by notice, channel and locale:");
-    println!("  {:<16} {:<8} {:<3} {:>7} {:>7} {:>7} {:>10}", "notice", "channel", "lc", "sent", "failed", "expired", "superseded");
-    let mut table: BTreeMap<(usize, String, String, String), BTreeMap<String, i64>> = BTreeMap::new();
+    println!(
+        "  {:<16} {:<8} {:<3} {:>7} {:>7} {:>7} {:>10}",
+        "notice", "channel", "lc", "sent", "failed", "expired", "superseded"
+    );
+    let mut table: BTreeMap<(usize, String, String, String), BTreeMap<String, i64>> =
+        BTreeMap::new();
     let mut order: BTreeMap<String, usize> = BTreeMap::new();
     for (notice, channel, locale, state, n) in &by_locale {
         let k = order.len();
         let pos = *order.entry(notice.clone()).or_insert(k);
-        *table.entry((pos, notice.clone(), channel.clone(), locale.clone())).or_default().entry(state.clone()).or_default() += n;
+        *table
+            .entry((pos, notice.clone(), channel.clone(), locale.clone()))
+            .or_default()
+            .entry(state.clone())
+            .or_default() += n;
     }
     for ((_, notice, channel, locale), counts) in &table {
         let get = |s: &str| counts.get(s).copied().unwrap_or(0);
@@ -220,12 +302,20 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             "superseded" => "the daemon was down when it fell due; the later reminder went instead",
             _ => "its deadline passed first",
         };
-        println!("  {:<14} {:<8} {:<10} ({why})", l.notice, l.audience, l.outcome);
+        println!(
+            "  {:<14} {:<8} {:<10} ({why})",
+            l.notice, l.audience, l.outcome
+        );
     }
-    println!("\n{deliveries} deliveries in the ledger share {bodies} stored bodies (one per notice, channel, locale and zone).");
+    println!(
+        "\n{deliveries} deliveries in the ledger share {bodies} stored bodies (one per notice, channel, locale and zone)."
+    );
     println!("outbox:   {}/{{sms,email,webhook}}.jsonl", outbox.display());
     println!("database: {}", db.display());
-    println!("look around: tangazo --config {} deliveries summary", config_path.display());
+    println!(
+        "look around: tangazo --config {} deliveries summary",
+        config_path.display()
+    );
     println!("finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

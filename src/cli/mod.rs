@@ -166,10 +166,16 @@ impl Ctx {
             Some(p) => (p.clone(), true),
             None => (default_path, false),
         };
-        let overrides = Overrides { database_url: cli.database.clone(), templates: cli.templates.clone() };
-        let config = Config::load(&path, required, std::env::vars(), &overrides).map_err(bad_input)?;
+        let overrides = Overrides {
+            database_url: cli.database.clone(),
+            templates: cli.templates.clone(),
+        };
+        let config =
+            Config::load(&path, required, std::env::vars(), &overrides).map_err(bad_input)?;
         let clock = match &cli.now {
-            Some(text) => Clock::Fixed(parse_instant(text, config.default_zone).map_err(bad_field("--now"))?),
+            Some(text) => {
+                Clock::Fixed(parse_instant(text, config.default_zone).map_err(bad_field("--now"))?)
+            }
             None => Clock::System,
         };
         let actor = cli
@@ -178,7 +184,13 @@ impl Ctx {
             .or_else(|| std::env::var("USER").ok())
             .filter(|a| !a.trim().is_empty())
             .unwrap_or_else(|| "operator".to_owned());
-        Ok(Ctx { cli_json: cli.json, config, clock, actor, database_override: cli.database.is_some() })
+        Ok(Ctx {
+            cli_json: cli.json,
+            config,
+            clock,
+            actor,
+            database_override: cli.database.is_some(),
+        })
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -190,16 +202,26 @@ impl Ctx {
         match Store::connect(url).await {
             Ok(s) => Ok(s),
             Err(e @ crate::storage::StoreError::UnsupportedUrl(_)) => {
-                Err(bad_field::<_>(if self.database_override { "--database" } else { "database_url" })(e))
+                Err(bad_field::<_>(if self.database_override {
+                    "--database"
+                } else {
+                    "database_url"
+                })(e))
             }
-            Err(e) => Err(Failure::Runtime(
-                anyhow::Error::new(e).context(format!("cannot open database {}", crate::config::redact_url(url))),
-            )),
+            Err(e) => Err(Failure::Runtime(anyhow::Error::new(e).context(format!(
+                "cannot open database {}",
+                crate::config::redact_url(url)
+            )))),
         }
     }
 
     pub fn renderer(&self) -> CliResult<Renderer> {
-        Renderer::load(self.config.templates.as_deref(), &self.config.service_name, &self.config.components).map_err(bad_input)
+        Renderer::load(
+            self.config.templates.as_deref(),
+            &self.config.service_name,
+            &self.config.components,
+        )
+        .map_err(bad_input)
     }
 
     pub fn scheduler(&self, store: &Store, owner: &str) -> CliResult<Scheduler> {
@@ -207,7 +229,10 @@ impl Ctx {
     }
 
     pub fn print_json(&self, value: &impl serde::Serialize) -> CliResult {
-        println!("{}", serde_json::to_string_pretty(value).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).context("encoding JSON")?
+        );
         Ok(())
     }
 }
@@ -215,7 +240,12 @@ impl Ctx {
 /// The scheduler with its dispatcher, renderer and senders, wired from configuration: the one
 /// place the daemon, `run-once` and the demo get theirs from.
 pub fn wire_scheduler(config: &Config, store: &Store, owner: &str) -> CliResult<Scheduler> {
-    let renderer = Renderer::load(config.templates.as_deref(), &config.service_name, &config.components).map_err(bad_input)?;
+    let renderer = Renderer::load(
+        config.templates.as_deref(),
+        &config.service_name,
+        &config.components,
+    )
+    .map_err(bad_input)?;
     let senders = Senders::build(config).map_err(bad_input)?;
     let dispatcher = Dispatcher::new(
         store.clone(),
@@ -225,7 +255,11 @@ pub fn wire_scheduler(config: &Config, store: &Store, owner: &str) -> CliResult<
         config.components.clone(),
         owner.to_owned(),
     );
-    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
+    Ok(Scheduler::new(
+        store.clone(),
+        config.policy.clone(),
+        dispatcher,
+    ))
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -256,7 +290,9 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Templates(TemplatesCommand::Check) => ops::templates_check(&ctx),
         Command::RunOnce => ops::run_once(&ctx).await,
         Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,
-        Command::Deliveries(DeliveriesCommand::Summary { window }) => ops::summary(&ctx, window).await,
+        Command::Deliveries(DeliveriesCommand::Summary { window }) => {
+            ops::summary(&ctx, window).await
+        }
         Command::Demo { .. } => Ok(()),
     }
 }

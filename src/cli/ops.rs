@@ -18,10 +18,16 @@ use crate::storage::{Dialect, Store};
 pub fn init(path: Option<&Path>, force: bool) -> CliResult {
     let path = path.unwrap_or(Path::new("tangazo.toml"));
     if path.exists() && !force {
-        return Err(bad_input(anyhow::anyhow!("{} already exists (use --force to overwrite)", path.display())));
+        return Err(bad_input(anyhow::anyhow!(
+            "{} already exists (use --force to overwrite)",
+            path.display()
+        )));
     }
     std::fs::write(path, EXAMPLE).with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}: every key is documented there; check it with `tangazo config check`", path.display());
+    println!(
+        "wrote {}: every key is documented there; check it with `tangazo config check`",
+        path.display()
+    );
     Ok(())
 }
 
@@ -30,7 +36,8 @@ pub fn config_check(ctx: &Ctx) -> CliResult {
     crate::channels::Senders::build(&ctx.config).map_err(bad_input)?;
     if ctx.cli_json {
         let text = ctx.config.to_redacted_toml();
-        let value: toml::Value = toml::from_str(&text).context("re-reading the effective configuration")?;
+        let value: toml::Value =
+            toml::from_str(&text).context("re-reading the effective configuration")?;
         return ctx.print_json(&value);
     }
     println!("# effective configuration (secrets redacted)");
@@ -46,7 +53,9 @@ pub fn templates_check(ctx: &Ctx) -> CliResult {
         if ctx.cli_json {
             return ctx.print_json(&json!({"templates": combos, "problems": []}));
         }
-        println!("all {combos} templates render (2 locales × 6 notice kinds × sms, email subject, text and html)");
+        println!(
+            "all {combos} templates render (2 locales × 6 notice kinds × sms, email subject, text and html)"
+        );
         return Ok(());
     }
     if ctx.cli_json {
@@ -56,7 +65,10 @@ pub fn templates_check(ctx: &Ctx) -> CliResult {
             eprintln!("{p}");
         }
     }
-    Err(bad_input(anyhow::anyhow!("{} of {combos} templates do not render", problems.len())))
+    Err(bad_input(anyhow::anyhow!(
+        "{} of {combos} templates do not render",
+        problems.len()
+    )))
 }
 
 fn owner(tag: &str) -> String {
@@ -69,7 +81,10 @@ pub async fn run_once(ctx: &Ctx) -> CliResult {
     let scheduler = ctx.scheduler(&store, &owner("run-once"))?;
     let stop = Shutdown::new();
     stop.on_signals();
-    let report = scheduler.tick(ctx.now(), &|| stop.is_triggered()).await.context("tick")?;
+    let report = scheduler
+        .tick(ctx.now(), &|| stop.is_triggered())
+        .await
+        .context("tick")?;
     print_tick(ctx, &report)
 }
 
@@ -107,7 +122,9 @@ struct DaemonLock {
 fn lock_sqlite(db: &Path) -> CliResult<DaemonLock> {
     let path = db.with_file_name(format!(
         "{}.lock",
-        db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tangazo.db".into())
+        db.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "tangazo.db".into())
     ));
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -122,7 +139,9 @@ fn lock_sqlite(db: &Path) -> CliResult<DaemonLock> {
             db.display(),
             path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Failure::Runtime(anyhow::Error::new(e).context(format!("locking {}", path.display())))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Failure::Runtime(
+            anyhow::Error::new(e).context(format!("locking {}", path.display())),
+        )),
     }
 }
 
@@ -132,8 +151,15 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
         (Dialect::Sqlite, Some(file)) => Some(lock_sqlite(file)?),
         _ => None,
     };
-    let clock = if fixed_now { Clock::starting_at(ctx.now()) } else { Clock::System };
-    let every = Duration::from_secs(tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs()).max(1));
+    let clock = if fixed_now {
+        Clock::starting_at(ctx.now())
+    } else {
+        Clock::System
+    };
+    let every = Duration::from_secs(
+        tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs())
+            .max(1),
+    );
     let scheduler = ctx.scheduler(&store, &owner("daemon"))?;
     let stop = Shutdown::new();
     stop.on_signals();
@@ -143,7 +169,9 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
         match scheduler.tick(now, &|| stop.is_triggered()).await {
             Ok(r) => {
                 let d = &r.dispatch;
-                if r.enqueued + r.superseded + r.expired + d.claimed > 0 || !r.transitions.is_empty() {
+                if r.enqueued + r.superseded + r.expired + d.claimed > 0
+                    || !r.transitions.is_empty()
+                {
                     tracing::info!(
                         at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
                         sent = d.sent, retrying = d.retried, failed = d.failed, "tick"
@@ -186,7 +214,12 @@ pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
     Ok(())
 }
 
-pub(super) fn print_summary(_store: &Store, rows: &[crate::storage::SummaryRow], log: &[crate::storage::NoticeLogRow], alarms: &[Alarm]) {
+pub(super) fn print_summary(
+    _store: &Store,
+    rows: &[crate::storage::SummaryRow],
+    log: &[crate::storage::NoticeLogRow],
+    alarms: &[Alarm],
+) {
     if rows.is_empty() {
         println!("no deliveries recorded");
     } else {
@@ -196,12 +229,17 @@ pub(super) fn print_summary(_store: &Store, rows: &[crate::storage::SummaryRow],
             print!("  {s:>10}");
         }
         println!();
-        let mut table: BTreeMap<(i64, usize, String, String), BTreeMap<String, i64>> = BTreeMap::new();
+        let mut table: BTreeMap<(i64, usize, String, String), BTreeMap<String, i64>> =
+            BTreeMap::new();
         let mut order: BTreeMap<(i64, String), usize> = BTreeMap::new();
         for r in rows {
             let n = order.len();
             let pos = *order.entry((r.window_id, r.notice.clone())).or_insert(n);
-            *table.entry((r.window_id, pos, r.notice.clone(), r.channel.clone())).or_default().entry(r.state.clone()).or_default() += r.count;
+            *table
+                .entry((r.window_id, pos, r.notice.clone(), r.channel.clone()))
+                .or_default()
+                .entry(r.state.clone())
+                .or_default() += r.count;
         }
         for ((w, _, notice, channel), counts) in &table {
             print!("{w:>6}  {notice:<16}  {channel:<8}");
@@ -214,7 +252,10 @@ pub(super) fn print_summary(_store: &Store, rows: &[crate::storage::SummaryRow],
     if !log.is_empty() {
         println!("notices not sent as a whole (recorded once, not per recipient):");
         for l in log {
-            println!("  window {} r{} {:<14} {:<8} {}", l.window_id, l.revision, l.notice, l.audience, l.outcome);
+            println!(
+                "  window {} r{} {:<14} {:<8} {}",
+                l.window_id, l.revision, l.notice, l.audience, l.outcome
+            );
         }
     }
     for a in alarms {

@@ -50,10 +50,17 @@ pub enum RecipientsCommand {
 const ERRORS_SHOWN: usize = 200;
 
 pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
-    let rules = RowRules { default_zone: ctx.config.default_zone, components: &ctx.config.components };
+    let rules = RowRules {
+        default_zone: ctx.config.default_zone,
+        components: &ctx.config.components,
+    };
     match command {
         RecipientsCommand::Import { file, strict } => {
-            let open = || std::fs::File::open(&file).map(std::io::BufReader::new).map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", file.display())));
+            let open = || {
+                std::fs::File::open(&file)
+                    .map(std::io::BufReader::new)
+                    .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", file.display())))
+            };
             let import_error = |e: ImportError| match e {
                 ImportError::Header(_) => bad_input(anyhow::anyhow!("{}: {e}", file.display())),
                 e => e.into(),
@@ -79,15 +86,24 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             let mut progress = |rows: u64| {
                 if verbose && rows >= last_note + 100_000 {
                     last_note = rows;
-                    eprintln!("… {rows} rows read ({:.0} rows/s)", rows as f64 / started.elapsed().as_secs_f64().max(1e-3));
+                    eprintln!(
+                        "… {rows} rows read ({:.0} rows/s)",
+                        rows as f64 / started.elapsed().as_secs_f64().max(1e-3)
+                    );
                 }
             };
-            let report = import_csv(&store, open()?, &rules, ctx.now(), &mut progress).await.map_err(import_error)?;
+            let report = import_csv(&store, open()?, &rules, ctx.now(), &mut progress)
+                .await
+                .map_err(import_error)?;
             for e in report.errors.iter().take(ERRORS_SHOWN) {
                 eprintln!("{}: {e}", file.display());
             }
             if report.errors.len() > ERRORS_SHOWN {
-                eprintln!("{}: … and {} more bad rows", file.display(), report.errors.len() - ERRORS_SHOWN);
+                eprintln!(
+                    "{}: … and {} more bad rows",
+                    file.display(),
+                    report.errors.len() - ERRORS_SHOWN
+                );
             }
             if ctx.cli_json {
                 return ctx.print_json(&json!({
@@ -106,9 +122,14 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             Ok(())
         }
         RecipientsCommand::List { limit, after, kind } => {
-            let kind = kind.map(|k| k.parse::<Audience>()).transpose().map_err(bad_field("--kind"))?;
+            let kind = kind
+                .map(|k| k.parse::<Audience>())
+                .transpose()
+                .map_err(bad_field("--kind"))?;
             let store = ctx.store().await?;
-            let page = store.recipients_page(kind, RecipientId(after), limit.max(0)).await?;
+            let page = store
+                .recipients_page(kind, RecipientId(after), limit.max(0))
+                .await?;
             if ctx.cli_json {
                 let rows: Vec<_> = page
                     .iter()
@@ -125,7 +146,10 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                     .collect();
                 return ctx.print_json(&rows);
             }
-            println!("{:>8}  {:<8}  {:<24}  {:<15}  {:<28}  {:<2}  {:<16}  flags", "id", "kind", "name", "phone", "email", "lc", "zone");
+            println!(
+                "{:>8}  {:<8}  {:<24}  {:<15}  {:<28}  {:<2}  {:<16}  flags",
+                "id", "kind", "name", "phone", "email", "lc", "zone"
+            );
             for r in &page {
                 let p = &r.profile;
                 println!(
@@ -140,10 +164,8 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                     if p.opt_out { "opted-out" } else { "" }
                 );
             }
-            if let Some(last) = page.last() {
-                if page.len() as i64 == limit {
-                    println!("… more with --after {}", last.id);
-                }
+            if let Some(last) = page.last().filter(|_| page.len() as i64 == limit) {
+                println!("… more with --after {}", last.id);
             }
             Ok(())
         }
@@ -151,36 +173,68 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             let store = ctx.store().await?;
             let counts = store.recipient_counts().await?;
             if ctx.cli_json {
-                let rows: Vec<_> = counts.iter().map(|(k, o, n)| json!({"kind": k, "opt_out": o, "count": n})).collect();
+                let rows: Vec<_> = counts
+                    .iter()
+                    .map(|(k, o, n)| json!({"kind": k, "opt_out": o, "count": n}))
+                    .collect();
                 return ctx.print_json(&rows);
             }
             let total: i64 = counts.iter().map(|c| c.2).sum();
             for (kind, opted_out, n) in &counts {
-                println!("{kind:<9} {:<12} {n:>10}", if *opted_out { "opted out" } else { "reachable" });
+                println!(
+                    "{kind:<9} {:<12} {n:>10}",
+                    if *opted_out { "opted out" } else { "reachable" }
+                );
             }
             println!("{:<22} {total:>10}", "total");
             Ok(())
         }
-        RecipientsCommand::OptOut { phone_or_email } => set_opt_out(ctx, &phone_or_email, true).await,
-        RecipientsCommand::OptIn { phone_or_email } => set_opt_out(ctx, &phone_or_email, false).await,
+        RecipientsCommand::OptOut { phone_or_email } => {
+            set_opt_out(ctx, &phone_or_email, true).await
+        }
+        RecipientsCommand::OptIn { phone_or_email } => {
+            set_opt_out(ctx, &phone_or_email, false).await
+        }
     }
 }
 
 async fn set_opt_out(ctx: &Ctx, who: &str, opt_out: bool) -> CliResult {
     let key = if who.contains('@') {
-        EmailAddress::parse(who).map_err(bad_field("PHONE_OR_EMAIL"))?.as_str().to_ascii_lowercase()
+        EmailAddress::parse(who)
+            .map_err(bad_field("PHONE_OR_EMAIL"))?
+            .as_str()
+            .to_ascii_lowercase()
     } else {
-        PhoneNumber::parse(who).map_err(bad_field("PHONE_OR_EMAIL"))?.as_str().to_owned()
+        PhoneNumber::parse(who)
+            .map_err(bad_field("PHONE_OR_EMAIL"))?
+            .as_str()
+            .to_owned()
     };
     let store = ctx.store().await?;
-    let found = store.set_opt_out(&key, opt_out, ctx.now()).await.context("updating the recipient")?;
+    let found = store
+        .set_opt_out(&key, opt_out, ctx.now())
+        .await
+        .context("updating the recipient")?;
     if !found {
-        return Err(bad_input(anyhow::anyhow!("no recipient has the phone or email {key}")));
+        return Err(bad_input(anyhow::anyhow!(
+            "no recipient has the phone or email {key}"
+        )));
     }
-    println!("{key}: {}", if opt_out { "opted out" } else { "opted back in" });
+    println!(
+        "{key}: {}",
+        if opt_out {
+            "opted out"
+        } else {
+            "opted back in"
+        }
+    );
     Ok(())
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_owned() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
 }

@@ -5,9 +5,11 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{CliResult, Ctx, bad_field, bad_input};
-use crate::domain::{ComponentId, Localized, NewWindow, Schedule, Window, WindowId, Zone, parse_instant, split_list};
-use crate::render::format_instant;
 use crate::domain::Locale;
+use crate::domain::{
+    ComponentId, Localized, NewWindow, Schedule, Window, WindowId, Zone, parse_instant, split_list,
+};
+use crate::render::format_instant;
 use crate::storage::StoreError;
 
 #[derive(Debug, Subcommand)]
@@ -97,15 +99,31 @@ async fn load(ctx: &Ctx, id: i64) -> CliResult<(crate::storage::Store, Window)> 
 pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
     let now = ctx.now();
     match command {
-        WindowCommand::Add { title, title_sw, description, description_sw, components, start, end, zone, auto_complete } => {
+        WindowCommand::Add {
+            title,
+            title_sw,
+            description,
+            description_sw,
+            components,
+            start,
+            end,
+            zone,
+            auto_complete,
+        } => {
             let zone = zone_arg(&zone, ctx.config.default_zone)?;
             let starts_at = instant_arg(&start, zone, "--start")?;
             let ends_at = instant_arg(&end, zone, "--end")?;
             let schedule = Schedule::new(starts_at, ends_at).map_err(bad_field("--end"))?;
             let components = parse_components(ctx, &components)?;
             let new = NewWindow {
-                title: Localized { en: title, sw: title_sw },
-                description: Localized { en: description, sw: description_sw },
+                title: Localized {
+                    en: title,
+                    sw: title_sw,
+                },
+                description: Localized {
+                    en: description,
+                    sw: description_sw,
+                },
                 components,
                 schedule,
                 zone,
@@ -136,7 +154,10 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 println!("no windows yet: add one with `tangazo window add`");
                 return Ok(());
             }
-            println!("{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  title", "id", "status", "rev", "start", "end");
+            println!(
+                "{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  title",
+                "id", "status", "rev", "start", "end"
+            );
             for w in &windows {
                 println!(
                     "{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  {}",
@@ -164,11 +185,33 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 println!("  title (sw)   {sw}");
             }
             println!("  status       {} (revision {})", w.status, w.revision);
-            println!("  start        {}  ({})", when(w.schedule.starts_at()), w.schedule.starts_at().to_rfc3339());
-            println!("  end          {}  ({})", when(w.schedule.ends_at()), w.schedule.ends_at().to_rfc3339());
+            println!(
+                "  start        {}  ({})",
+                when(w.schedule.starts_at()),
+                w.schedule.starts_at().to_rfc3339()
+            );
+            println!(
+                "  end          {}  ({})",
+                when(w.schedule.ends_at()),
+                w.schedule.ends_at().to_rfc3339()
+            );
             println!("  zone         {}", w.zone);
-            println!("  components   {}", w.components.iter().map(ComponentId::as_str).collect::<Vec<_>>().join(", "));
-            println!("  completes    {}", if w.auto_complete { "automatically at the end" } else { "when an operator confirms" });
+            println!(
+                "  components   {}",
+                w.components
+                    .iter()
+                    .map(ComponentId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!(
+                "  completes    {}",
+                if w.auto_complete {
+                    "automatically at the end"
+                } else {
+                    "when an operator confirms"
+                }
+            );
             if let Some(r) = &w.cancel_reason {
                 println!("  reason       {r}");
             }
@@ -177,22 +220,39 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             }
             println!("history:");
             for h in history {
-                println!("  r{:<3} {}  {:<12} by {:<12} {}", h.revision, h.at.to_rfc3339(), h.action, h.actor, h.details);
+                println!(
+                    "  r{:<3} {}  {:<12} by {:<12} {}",
+                    h.revision,
+                    h.at.to_rfc3339(),
+                    h.action,
+                    h.actor,
+                    h.details
+                );
             }
             Ok(())
         }
-        WindowCommand::Reschedule { id, start, end, zone } => {
+        WindowCommand::Reschedule {
+            id,
+            start,
+            end,
+            zone,
+        } => {
             let (store, w) = load(ctx, id).await?;
             let zone = zone_arg(&zone, w.zone)?;
-            let schedule =
-                Schedule::new(instant_arg(&start, zone, "--start")?, instant_arg(&end, zone, "--end")?).map_err(bad_field("--end"))?;
+            let schedule = Schedule::new(
+                instant_arg(&start, zone, "--start")?,
+                instant_arg(&end, zone, "--end")?,
+            )
+            .map_err(bad_field("--end"))?;
             let next = w.reschedule(schedule, now).map_err(bad_input)?;
             change(ctx, &store, &w, next).await
         }
         WindowCommand::Extend { id, end, zone } => {
             let (store, w) = load(ctx, id).await?;
             let zone = zone_arg(&zone, w.zone)?;
-            let next = w.extend(instant_arg(&end, zone, "--end")?, now).map_err(bad_field("--end"))?;
+            let next = w
+                .extend(instant_arg(&end, zone, "--end")?, now)
+                .map_err(bad_field("--end"))?;
             change(ctx, &store, &w, next).await
         }
         WindowCommand::Cancel { id, reason } => {
@@ -208,8 +268,15 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
     }
 }
 
-async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after: Window) -> CliResult {
-    let superseded = store.save_change(before, &after, &ctx.actor, ctx.now()).await?;
+async fn change(
+    ctx: &Ctx,
+    store: &crate::storage::Store,
+    before: &Window,
+    after: Window,
+) -> CliResult {
+    let superseded = store
+        .save_change(before, &after, &ctx.actor, ctx.now())
+        .await?;
     if ctx.cli_json {
         let mut v = window_json(&after);
         v["superseded_deliveries"] = json!(superseded);
@@ -227,8 +294,16 @@ fn parse_components(ctx: &Ctx, list: &str) -> CliResult<Vec<ComponentId>> {
     for c in split_list(list) {
         let id: ComponentId = c.parse().map_err(bad_field("--components"))?;
         if !ctx.config.knows(&id) {
-            let known: Vec<&str> = ctx.config.components.keys().map(ComponentId::as_str).collect();
-            return Err(bad_field("--components")(format!("unknown component '{id}' (configured: {})", known.join(", "))));
+            let known: Vec<&str> = ctx
+                .config
+                .components
+                .keys()
+                .map(ComponentId::as_str)
+                .collect();
+            return Err(bad_field("--components")(format!(
+                "unknown component '{id}' (configured: {})",
+                known.join(", ")
+            )));
         }
         out.push(id);
     }

@@ -15,7 +15,10 @@ use chrono::{DateTime, Utc};
 
 use crate::channels::{Message, SendError, Senders};
 use crate::config::{ComponentNames, DispatchConfig};
-use crate::domain::{Channel, ComponentId, Locale, Notice, RecipientId, Window, WindowId, Zone, from_millis, idempotency_key};
+use crate::domain::{
+    Channel, ComponentId, Locale, Notice, RecipientId, Window, WindowId, Zone, from_millis,
+    idempotency_key,
+};
 use crate::render::{NoticeFacts, Rendered, Renderer};
 use crate::storage::{ClaimedRow, Finish, Store, StoreError};
 use retry::{AfterFailure, after_failure};
@@ -69,23 +72,46 @@ impl Dispatcher {
         components: std::collections::BTreeMap<ComponentId, ComponentNames>,
         owner: String,
     ) -> Dispatcher {
-        Dispatcher { store, renderer, senders, config, components, owner }
+        Dispatcher {
+            store,
+            renderer,
+            senders,
+            config,
+            components,
+            owner,
+        }
     }
 
     /// Works the queue until nothing is due at `now` or `stop` says to stop between batches.
-    pub async fn run_due(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<DispatchReport, DispatchError> {
+    pub async fn run_due(
+        &self,
+        now: DateTime<Utc>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<DispatchReport, DispatchError> {
         let mut report = DispatchReport::default();
         let mut windows: HashMap<WindowId, Window> = HashMap::new();
         let mut bodies: HashMap<String, Body> = HashMap::new();
         while !stop() {
             let lease_until = now + self.config.lease.delta();
             let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-            let claimed = self.store.claim_due(now, batch_size, &self.owner, lease_until).await?;
+            let claimed = self
+                .store
+                .claim_due(now, batch_size, &self.owner, lease_until)
+                .await?;
             if claimed.is_empty() {
                 break;
             }
-            let r = self.dispatch_batch(claimed, now, &mut windows, &mut bodies).await?;
-            tracing::info!(claimed = r.claimed, sent = r.sent, retried = r.retried, failed = r.failed, expired = r.expired, "batch dispatched");
+            let r = self
+                .dispatch_batch(claimed, now, &mut windows, &mut bodies)
+                .await?;
+            tracing::info!(
+                claimed = r.claimed,
+                sent = r.sent,
+                retried = r.retried,
+                failed = r.failed,
+                expired = r.expired,
+                "batch dispatched"
+            );
             report.add(r);
         }
         Ok(report)
@@ -98,7 +124,10 @@ impl Dispatcher {
         windows: &mut HashMap<WindowId, Window>,
         bodies: &mut HashMap<String, Body>,
     ) -> Result<DispatchReport, DispatchError> {
-        let mut report = DispatchReport { claimed: claimed.len() as u64, ..DispatchReport::default() };
+        let mut report = DispatchReport {
+            claimed: claimed.len() as u64,
+            ..DispatchReport::default()
+        };
         let mut finishes = Vec::with_capacity(claimed.len());
         // (claimed row, message, body id), grouped by channel below.
         let mut ready: Vec<(ClaimedRow, Message, i64)> = Vec::with_capacity(claimed.len());
@@ -113,8 +142,11 @@ impl Dispatcher {
             }
         }
         for channel in Channel::ALL {
-            let (rows, messages): (Vec<(ClaimedRow, i64)>, Vec<Message>) =
-                ready.iter().filter(|(_, m, _)| m.channel == channel).map(|(r, m, b)| ((r.clone(), *b), m.clone())).unzip();
+            let (rows, messages): (Vec<(ClaimedRow, i64)>, Vec<Message>) = ready
+                .iter()
+                .filter(|(_, m, _)| m.channel == channel)
+                .map(|(r, m, b)| ((r.clone(), *b), m.clone()))
+                .unzip();
             if messages.is_empty() {
                 continue;
             }
@@ -123,24 +155,45 @@ impl Dispatcher {
                 match result {
                     Ok(receipt) => {
                         report.sent += 1;
-                        finishes.push(Finish::Sent { id: row.id, backend, provider_id: receipt.provider_id, body_id: Some(body_id) });
+                        finishes.push(Finish::Sent {
+                            id: row.id,
+                            backend,
+                            provider_id: receipt.provider_id,
+                            body_id: Some(body_id),
+                        });
                     }
                     Err(err) => {
                         let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
-                        match after_failure(&err, attempts, &self.config.retry, now, from_millis(row.deadline)) {
+                        match after_failure(
+                            &err,
+                            attempts,
+                            &self.config.retry,
+                            now,
+                            from_millis(row.deadline),
+                        ) {
                             AfterFailure::RetryAt(at) => {
                                 report.retried += 1;
                                 tracing::warn!(delivery = row.id, %channel, backend, error = %err, retry_at = %at, "transient send failure");
-                                finishes.push(Finish::Retry { id: row.id, at, error: format!("{backend}: {err}") });
+                                finishes.push(Finish::Retry {
+                                    id: row.id,
+                                    at,
+                                    error: format!("{backend}: {err}"),
+                                });
                             }
                             AfterFailure::Fail(error) => {
                                 report.failed += 1;
                                 tracing::warn!(delivery = row.id, %channel, backend, error, "delivery failed");
-                                finishes.push(Finish::Failed { id: row.id, error: format!("{backend}: {error}") });
+                                finishes.push(Finish::Failed {
+                                    id: row.id,
+                                    error: format!("{backend}: {error}"),
+                                });
                             }
                             AfterFailure::Expire(error) => {
                                 report.expired += 1;
-                                finishes.push(Finish::Expired { id: row.id, error: format!("{backend}: {error}") });
+                                finishes.push(Finish::Expired {
+                                    id: row.id,
+                                    error: format!("{backend}: {error}"),
+                                });
                             }
                         }
                     }
@@ -154,11 +207,22 @@ impl Dispatcher {
     /// Tries the channel's senders in order: what one backend failed transiently goes to the
     /// next; a permanent failure or a success is final. Returns, per message, the backend that
     /// had the last word and its result.
-    async fn send_with_failover(&self, channel: Channel, messages: &[Message]) -> Vec<(String, Result<crate::channels::Receipt, SendError>)> {
+    async fn send_with_failover(
+        &self,
+        channel: Channel,
+        messages: &[Message],
+    ) -> Vec<(String, Result<crate::channels::Receipt, SendError>)> {
         let route = self.senders.route(channel);
         let mut results: Vec<(String, Result<_, SendError>)> = messages
             .iter()
-            .map(|_| ("none".to_owned(), Err(SendError::Permanent { message: format!("no sender configured for {channel}") })))
+            .map(|_| {
+                (
+                    "none".to_owned(),
+                    Err(SendError::Permanent {
+                        message: format!("no sender configured for {channel}"),
+                    }),
+                )
+            })
             .collect();
         let mut pending: Vec<usize> = (0..messages.len()).collect();
         for sender in route {
@@ -170,7 +234,10 @@ impl Dispatcher {
             let mut still = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
                 let r = outcome.get(k).cloned().unwrap_or_else(|| {
-                    Err(SendError::Transient { message: format!("{} returned no result", sender.name()), retry_after: None })
+                    Err(SendError::Transient {
+                        message: format!("{} returned no result", sender.name()),
+                        retry_after: None,
+                    })
                 });
                 if matches!(&r, Err(e) if e.is_transient()) {
                     still.push(i);
@@ -195,31 +262,54 @@ impl Dispatcher {
         let zone: Zone = row.zone.parse().map_err(|_| corrupt("zone"))?;
         let revision = u32::try_from(row.revision).map_err(|_| corrupt("revision"))?;
         let window_id = WindowId(row.window_id);
-        if !windows.contains_key(&window_id) {
-            let w = self.store.window(window_id).await.map_err(Prepare::Store)?;
-            windows.insert(window_id, w);
-        }
-        let window = windows.get(&window_id).ok_or_else(|| corrupt("window"))?;
+        let window = match windows.entry(window_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.store.window(window_id).await.map_err(Prepare::Store)?)
+            }
+        };
         if window.revision != revision {
             // The window moved on after this row was claimed; its facts are gone.
-            return Err(Prepare::Fail(format!("window {window_id} is at revision {}, not {revision}", window.revision)));
+            return Err(Prepare::Fail(format!(
+                "window {window_id} is at revision {}, not {revision}",
+                window.revision
+            )));
         }
         let to = match channel {
-            Channel::Sms => row.phone.clone().ok_or_else(|| Prepare::Fail("recipient has no phone number".into()))?,
-            Channel::Email => row.email.clone().ok_or_else(|| Prepare::Fail("recipient has no email address".into()))?,
+            Channel::Sms => row
+                .phone
+                .clone()
+                .ok_or_else(|| Prepare::Fail("recipient has no phone number".into()))?,
+            Channel::Email => row
+                .email
+                .clone()
+                .ok_or_else(|| Prepare::Fail("recipient has no email address".into()))?,
             Channel::Webhook => RecipientId(row.recipient_id).to_string(),
         };
         let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}");
         if !bodies.contains_key(&key) {
             let facts = NoticeFacts::new(window, notice, &self.components);
-            let content = self.renderer.render(&facts, channel, locale, zone).map_err(|e| Prepare::Fail(e.to_string()))?;
+            let content = self
+                .renderer
+                .render(&facts, channel, locale, zone)
+                .map_err(|e| Prepare::Fail(e.to_string()))?;
             let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
-            let id = self.store.body_id(&key, &json).await.map_err(Prepare::Store)?;
+            let id = self
+                .store
+                .body_id(&key, &json)
+                .await
+                .map_err(Prepare::Store)?;
             bodies.insert(key.clone(), Body { id, content });
         }
         let body = bodies.get(&key).ok_or_else(|| corrupt("body"))?;
         let message = Message {
-            idempotency_key: idempotency_key(window_id, revision, notice, RecipientId(row.recipient_id), channel),
+            idempotency_key: idempotency_key(
+                window_id,
+                revision,
+                notice,
+                RecipientId(row.recipient_id),
+                channel,
+            ),
             channel,
             to,
             kind: notice.kind().as_str().to_owned(),

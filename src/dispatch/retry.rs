@@ -47,7 +47,10 @@ mod tests {
     use std::time::Duration;
 
     fn transient(retry_after: Option<u64>) -> SendError {
-        SendError::Transient { message: "busy".into(), retry_after: retry_after.map(Duration::from_secs) }
+        SendError::Transient {
+            message: "busy".into(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
     }
 
     #[test]
@@ -55,9 +58,18 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2015, 4, 17, 0, 0, 0).unwrap();
         let deadline = now + TimeDelta::hours(10);
         let schedule = ["30s".parse().unwrap(), "10m".parse().unwrap()];
-        assert_eq!(after_failure(&transient(None), 1, &schedule, now, deadline), AfterFailure::RetryAt(now + TimeDelta::seconds(30)));
-        assert_eq!(after_failure(&transient(None), 2, &schedule, now, deadline), AfterFailure::RetryAt(now + TimeDelta::minutes(10)));
-        assert!(matches!(after_failure(&transient(None), 3, &schedule, now, deadline), AfterFailure::Fail(_)));
+        assert_eq!(
+            after_failure(&transient(None), 1, &schedule, now, deadline),
+            AfterFailure::RetryAt(now + TimeDelta::seconds(30))
+        );
+        assert_eq!(
+            after_failure(&transient(None), 2, &schedule, now, deadline),
+            AfterFailure::RetryAt(now + TimeDelta::minutes(10))
+        );
+        assert!(matches!(
+            after_failure(&transient(None), 3, &schedule, now, deadline),
+            AfterFailure::Fail(_)
+        ));
         assert_eq!(
             after_failure(&transient(Some(120)), 1, &schedule, now, deadline),
             AfterFailure::RetryAt(now + TimeDelta::minutes(2))
@@ -67,6 +79,9 @@ mod tests {
             AfterFailure::Fail(m) if m == "invalid number"
         ));
         let close = now + TimeDelta::seconds(20);
-        assert!(matches!(after_failure(&transient(None), 1, &schedule, now, close), AfterFailure::Expire(_)));
+        assert!(matches!(
+            after_failure(&transient(None), 1, &schedule, now, close),
+            AfterFailure::Expire(_)
+        ));
     }
 }

@@ -50,9 +50,14 @@ impl FromStr for ComponentId {
         let t = s.trim();
         let ok = !t.is_empty()
             && t.len() <= 64
-            && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && t.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !t.starts_with('-');
-        if ok { Ok(ComponentId(t.to_owned())) } else { Err(ComponentError(s.to_owned())) }
+        if ok {
+            Ok(ComponentId(t.to_owned()))
+        } else {
+            Err(ComponentError(s.to_owned()))
+        }
     }
 }
 

@@ -10,8 +10,7 @@ use super::{ComponentId, Zone};
 
 /// The two audiences. Billers and partners (a power utility, an exchange) often want earlier
 /// notice and signed webhooks; customers are the millions reached by SMS and email.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Audience {
     Customer,
@@ -45,8 +44,7 @@ impl FromStr for Audience {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-#[derive(serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Locale {
     #[default]
@@ -81,8 +79,7 @@ impl FromStr for Locale {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Sms,
@@ -144,8 +141,8 @@ impl PhoneNumber {
         } else {
             compact
         };
-        let parsed =
-            phonenumber::parse(Some(phonenumber::country::Id::KE), &candidate).map_err(|_| bad())?;
+        let parsed = phonenumber::parse(Some(phonenumber::country::Id::KE), &candidate)
+            .map_err(|_| bad())?;
         if !phonenumber::is_valid(&parsed) {
             return Err(bad());
         }
@@ -304,7 +301,9 @@ impl Profile {
         }
         for &c in &channels {
             match c {
-                Channel::Sms if phone.is_none() => return Err(RecipientError::ChannelWithoutAddress(c)),
+                Channel::Sms if phone.is_none() => {
+                    return Err(RecipientError::ChannelWithoutAddress(c));
+                }
                 Channel::Email if email.is_none() => {
                     return Err(RecipientError::ChannelWithoutAddress(c));
                 }
@@ -371,7 +370,9 @@ pub enum RecipientError {
     Locale(String),
     #[error("channel '{0}' is not one of sms, email, webhook")]
     Channel(String),
-    #[error("phone '{0}' is not a valid phone number (E.164 like +254712345678, or Kenyan 07…/01…)")]
+    #[error(
+        "phone '{0}' is not a valid phone number (E.164 like +254712345678, or Kenyan 07…/01…)"
+    )]
     Phone(String),
     #[error("email '{0}' is not a valid email address")]
     Email(String),
@@ -393,32 +394,68 @@ mod tests {
 
     #[test]
     fn kenyan_forms_normalise_to_e164() {
-        for input in ["0712345678", "0712 345 678", "254712345678", "+254712345678", "+254 712-345-678"] {
-            assert_eq!(PhoneNumber::parse(input).unwrap().as_str(), "+254712345678", "{input}");
+        for input in [
+            "0712345678",
+            "0712 345 678",
+            "254712345678",
+            "+254712345678",
+            "+254 712-345-678",
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(input).unwrap().as_str(),
+                "+254712345678",
+                "{input}"
+            );
         }
-        assert_eq!(PhoneNumber::parse("0110123456").unwrap().as_str(), "+254110123456");
-        assert_eq!(PhoneNumber::parse("+4915123456789").unwrap().as_str(), "+4915123456789");
+        assert_eq!(
+            PhoneNumber::parse("0110123456").unwrap().as_str(),
+            "+254110123456"
+        );
+        assert_eq!(
+            PhoneNumber::parse("+4915123456789").unwrap().as_str(),
+            "+4915123456789"
+        );
     }
 
     #[test]
     fn bad_phones_are_refused() {
-        for input in ["", "12", "07123", "+2547123456789999", "hello", "+999123456789"] {
+        for input in [
+            "",
+            "12",
+            "07123",
+            "+2547123456789999",
+            "hello",
+            "+999123456789",
+        ] {
             assert!(PhoneNumber::parse(input).is_err(), "{input}");
         }
     }
 
     #[test]
     fn emails() {
-        assert_eq!(EmailAddress::parse(" Jane.Doe@Example.CO.KE ").unwrap().as_str(), "Jane.Doe@example.co.ke");
-        for bad in ["", "a", "a@b", "@x.ke", "a@@x.ke", "a b@x.ke", "a@x..ke", "a@-x.ke", ".a@x.ke"] {
+        assert_eq!(
+            EmailAddress::parse(" Jane.Doe@Example.CO.KE ")
+                .unwrap()
+                .as_str(),
+            "Jane.Doe@example.co.ke"
+        );
+        for bad in [
+            "", "a", "a@b", "@x.ke", "a@@x.ke", "a b@x.ke", "a@x..ke", "a@-x.ke", ".a@x.ke",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn masking_hides_the_middle() {
-        assert_eq!(PhoneNumber::parse("0712345678").unwrap().masked(), "+2547****5678");
-        assert_eq!(EmailAddress::parse("jane@x.ke").unwrap().masked(), "j***@x.ke");
+        assert_eq!(
+            PhoneNumber::parse("0712345678").unwrap().masked(),
+            "+2547****5678"
+        );
+        assert_eq!(
+            EmailAddress::parse("jane@x.ke").unwrap().masked(),
+            "j***@x.ke"
+        );
     }
 
     fn profile(channels: Vec<Channel>, kind: Audience) -> Result<Profile, RecipientError> {
@@ -437,7 +474,12 @@ mod tests {
 
     #[test]
     fn channels_need_addresses() {
-        assert_eq!(profile(vec![], Audience::Customer).unwrap().effective_channels(), vec![Channel::Sms]);
+        assert_eq!(
+            profile(vec![], Audience::Customer)
+                .unwrap()
+                .effective_channels(),
+            vec![Channel::Sms]
+        );
         assert_eq!(
             profile(vec![Channel::Email], Audience::Customer),
             Err(RecipientError::ChannelWithoutAddress(Channel::Email))

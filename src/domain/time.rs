@@ -85,10 +85,15 @@ pub fn parse_instant(input: &str, zone: Zone) -> Result<DateTime<Utc>, TimeError
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
         return Ok(dt.with_timezone(&Utc));
     }
-    let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        .ok_or_else(|| TimeError::Unparsable(input.to_owned()))?;
+    let naive = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+    .ok_or_else(|| TimeError::Unparsable(input.to_owned()))?;
     let tz = zone.tz();
     match tz.from_local_datetime(&naive) {
         LocalResult::Single(dt) => Ok(dt.with_timezone(&Utc)),
@@ -118,7 +123,11 @@ pub fn parse_instant(input: &str, zone: Zone) -> Result<DateTime<Utc>, TimeError
 }
 
 fn describe(dt: DateTime<Tz>) -> String {
-    format!("{} ({})", dt.format("%Y-%m-%dT%H:%M:%S%:z"), dt.format("%Z"))
+    format!(
+        "{} ({})",
+        dt.format("%Y-%m-%dT%H:%M:%S%:z"),
+        dt.format("%Z")
+    )
 }
 
 /// A non-negative whole-second duration written as `72h`, `90m`, `1d`, `45s` or `1h30m`.

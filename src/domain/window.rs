@@ -240,8 +240,15 @@ impl Window {
     }
 
     /// Moves the end of a scheduled or running window.
-    pub fn extend(&self, ends_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<Window, WindowError> {
-        if !matches!(self.status, WindowStatus::Scheduled | WindowStatus::InProgress) {
+    pub fn extend(
+        &self,
+        ends_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Window, WindowError> {
+        if !matches!(
+            self.status,
+            WindowStatus::Scheduled | WindowStatus::InProgress
+        ) {
             return Err(WindowError::NotAllowed {
                 id: self.id,
                 status: self.status,
@@ -261,7 +268,11 @@ impl Window {
         Ok(w)
     }
 
-    pub fn cancel(&self, reason: Option<String>, now: DateTime<Utc>) -> Result<Window, WindowError> {
+    pub fn cancel(
+        &self,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Window, WindowError> {
         if self.status != WindowStatus::Scheduled {
             return Err(WindowError::NotAllowed {
                 id: self.id,
@@ -357,7 +368,10 @@ mod tests {
 
     fn window() -> Window {
         let new = NewWindow {
-            title: Localized { en: "Migration".into(), sw: None },
+            title: Localized {
+                en: "Migration".into(),
+                sw: None,
+            },
             description: Localized::default(),
             components: vec!["send-money".parse().unwrap()],
             schedule: Schedule::new(at(10), at(20)).unwrap(),
@@ -369,18 +383,32 @@ mod tests {
 
     #[test]
     fn end_must_follow_start() {
-        assert!(matches!(Schedule::new(at(5), at(5)), Err(WindowError::EndNotAfterStart { .. })));
-        assert!(matches!(Schedule::new(at(6), at(5)), Err(WindowError::EndNotAfterStart { .. })));
+        assert!(matches!(
+            Schedule::new(at(5), at(5)),
+            Err(WindowError::EndNotAfterStart { .. })
+        ));
+        assert!(matches!(
+            Schedule::new(at(6), at(5)),
+            Err(WindowError::EndNotAfterStart { .. })
+        ));
     }
 
     #[test]
     fn every_change_bumps_the_revision_and_keeps_the_old_times() {
         let w = window();
-        let moved = w.reschedule(Schedule::new(at(12), at(22)).unwrap(), at(2)).unwrap();
-        assert_eq!((moved.revision, moved.last_change), (2, Change::Rescheduled));
+        let moved = w
+            .reschedule(Schedule::new(at(12), at(22)).unwrap(), at(2))
+            .unwrap();
+        assert_eq!(
+            (moved.revision, moved.last_change),
+            (2, Change::Rescheduled)
+        );
         assert_eq!(moved.previous, w.schedule);
         let started = moved.start(at(12)).unwrap();
-        assert_eq!((started.revision, started.status), (3, WindowStatus::InProgress));
+        assert_eq!(
+            (started.revision, started.status),
+            (3, WindowStatus::InProgress)
+        );
         let extended = started.extend(at(23), at(13)).unwrap();
         assert_eq!(extended.previous.ends_at(), at(22));
         let done = extended.complete(at(23)).unwrap();
@@ -392,11 +420,21 @@ mod tests {
         let w = window();
         assert!(w.complete(at(2)).is_err());
         assert!(w.start(at(9)).is_err());
-        assert!(matches!(w.reschedule(w.schedule, at(2)), Err(WindowError::NothingChanged(_))));
+        assert!(matches!(
+            w.reschedule(w.schedule, at(2)),
+            Err(WindowError::NothingChanged(_))
+        ));
         let running = w.start(at(10)).unwrap();
         assert!(running.cancel(None, at(11)).is_err());
-        assert!(running.reschedule(Schedule::new(at(12), at(22)).unwrap(), at(11)).is_err());
-        assert!(matches!(running.extend(at(10), at(11)), Err(WindowError::EndNotAfterStart { .. })));
+        assert!(
+            running
+                .reschedule(Schedule::new(at(12), at(22)).unwrap(), at(11))
+                .is_err()
+        );
+        assert!(matches!(
+            running.extend(at(10), at(11)),
+            Err(WindowError::EndNotAfterStart { .. })
+        ));
         assert!(running.overrun(at(20)));
         let cancelled = w.cancel(Some("no longer needed".into()), at(3)).unwrap();
         assert!(cancelled.extend(at(21), at(4)).is_err());

@@ -121,7 +121,12 @@ pub struct Decision {
 pub type Decided = HashSet<(Notice, Audience)>;
 
 /// What the window's current revision owes now that has not been decided yet.
-pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime<Utc>) -> Vec<Decision> {
+pub fn decide(
+    window: &Window,
+    policy: &Policy,
+    decided: &Decided,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
     let mut out = Vec::new();
     let start = window.schedule.starts_at();
     let end = window.schedule.ends_at();
@@ -141,7 +146,9 @@ pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime
                 let b = d.primary(Announced, Reach::NotYetTold, window.revised_at, start);
                 a || b
             }
-            (WindowStatus::Scheduled, _) => d.primary(Announced, Reach::Eligible, window.created_at, start),
+            (WindowStatus::Scheduled, _) => {
+                d.primary(Announced, Reach::Eligible, window.created_at, start)
+            }
             (WindowStatus::InProgress, Change::Rescheduled) => {
                 let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at, end);
                 let b = d.primary(Started, Reach::NotYetTold, window.revised_at, end);
@@ -152,9 +159,12 @@ pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime
                 let deadline = end + policy.completed_grace.delta();
                 d.primary(Completed, Reach::Eligible, window.revised_at, deadline)
             }
-            (WindowStatus::Cancelled, _) => {
-                d.primary(Cancelled, Reach::AlreadyTold, window.revised_at, window.previous.starts_at())
-            }
+            (WindowStatus::Cancelled, _) => d.primary(
+                Cancelled,
+                Reach::AlreadyTold,
+                window.revised_at,
+                window.previous.starts_at(),
+            ),
         };
         if window.status == WindowStatus::Scheduled {
             d.reminders(policy.for_audience(audience).reminders(), primary);
@@ -172,7 +182,14 @@ struct Decider<'a> {
 }
 
 impl Decider<'_> {
-    fn record(&mut self, notice: Notice, outcome: Outcome, reach: Reach, due_at: DateTime<Utc>, deadline: DateTime<Utc>) {
+    fn record(
+        &mut self,
+        notice: Notice,
+        outcome: Outcome,
+        reach: Reach,
+        due_at: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) {
         self.out.push(Decision {
             revision: self.window.revision,
             notice,
@@ -186,7 +203,13 @@ impl Decider<'_> {
     }
 
     /// The notice a change owes. Returns whether it is planned now.
-    fn primary(&mut self, kind: NoticeKind, reach: Reach, due_at: DateTime<Utc>, deadline: DateTime<Utc>) -> bool {
+    fn primary(
+        &mut self,
+        kind: NoticeKind,
+        reach: Reach,
+        due_at: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) -> bool {
         let notice = Notice::new(kind);
         if self.decided.contains(&(notice, self.audience)) || due_at > self.now {
             return false;
@@ -227,7 +250,13 @@ impl Decider<'_> {
         // A notice planned in this same pass already carries the same facts.
         let all_overtaken = self.now >= start || primary_planned_now;
         for &offset in earlier.iter().chain(all_overtaken.then_some(&latest)) {
-            self.record(Notice::reminder(offset), overtaken, Reach::Eligible, start - offset.delta(), start);
+            self.record(
+                Notice::reminder(offset),
+                overtaken,
+                Reach::Eligible,
+                start - offset.delta(),
+                start,
+            );
         }
         if !all_overtaken {
             let mut d = Decision {
@@ -238,7 +267,11 @@ impl Decider<'_> {
                 reach: Reach::Eligible,
                 due_at: start - latest.delta(),
                 deadline: start,
-                supersedes: offsets.iter().filter(|&&o| o > latest).map(|&o| Notice::reminder(o)).collect(),
+                supersedes: offsets
+                    .iter()
+                    .filter(|&&o| o > latest)
+                    .map(|&o| Notice::reminder(o))
+                    .collect(),
             };
             d.supersedes.sort();
             self.out.push(d);
@@ -249,7 +282,12 @@ impl Decider<'_> {
 /// The queue rows of a planned decision for a stream of recipients (any order, any audience:
 /// those it does not concern are passed over). `told` says whether a recipient was already told
 /// something about this window; it is asked only for `AlreadyTold`/`NotYetTold` decisions.
-pub fn fan_out<'a, I, F>(decision: &'a Decision, window: &'a Window, recipients: I, told: F) -> impl Iterator<Item = PlannedDelivery> + 'a
+pub fn fan_out<'a, I, F>(
+    decision: &'a Decision,
+    window: &'a Window,
+    recipients: I,
+    told: F,
+) -> impl Iterator<Item = PlannedDelivery> + 'a
 where
     I: IntoIterator<Item = &'a Recipient> + 'a,
     F: Fn(RecipientId) -> bool + 'a,
@@ -269,15 +307,18 @@ where
                 }
         })
         .flat_map(move |r| {
-            r.profile.effective_channels().into_iter().map(move |channel| PlannedDelivery {
-                window: window.id,
-                revision: decision.revision,
-                notice: decision.notice,
-                recipient: r.id,
-                channel,
-                due_at: decision.due_at,
-                deadline: decision.deadline,
-            })
+            r.profile
+                .effective_channels()
+                .into_iter()
+                .map(move |channel| PlannedDelivery {
+                    window: window.id,
+                    revision: decision.revision,
+                    notice: decision.notice,
+                    recipient: r.id,
+                    channel,
+                    due_at: decision.due_at,
+                    deadline: decision.deadline,
+                })
         })
 }
 

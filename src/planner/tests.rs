@@ -4,7 +4,8 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use super::*;
 use crate::domain::{
-    Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile, Schedule, WindowId, Zone,
+    Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile,
+    Schedule, WindowId, Zone,
 };
 
 /// 2015-04-18 00:00 EAT, the start of the M-Pesa migration.
@@ -22,7 +23,10 @@ fn comp(s: &str) -> ComponentId {
 
 fn window_created_at(created: DateTime<Utc>) -> Window {
     let new = NewWindow {
-        title: Localized { en: "Data centre move".into(), sw: None },
+        title: Localized {
+            en: "Data centre move".into(),
+            sw: None,
+        },
         description: Localized::default(),
         components: vec![comp("send-money"), comp("withdraw")],
         schedule: Schedule::new(start(), start() + hours(48)).unwrap(),
@@ -100,10 +104,19 @@ fn default_offsets_per_audience() {
     );
     assert_eq!(
         planned(&decisions, Audience::Biller),
-        ["announced", "reminder:168h", "reminder:72h", "reminder:24h", "reminder:1h"]
+        [
+            "announced",
+            "reminder:168h",
+            "reminder:72h",
+            "reminder:24h",
+            "reminder:1h"
+        ]
     );
     // Each reminder is due exactly its offset before the start, with the start as deadline.
-    for d in decisions.iter().filter(|d| d.notice.kind() == NoticeKind::Reminder) {
+    for d in decisions
+        .iter()
+        .filter(|d| d.notice.kind() == NoticeKind::Reminder)
+    {
         assert_eq!(d.due_at, start() - d.notice.offset().unwrap().delta());
         assert_eq!(d.deadline, start());
     }
@@ -119,9 +132,19 @@ fn offsets_are_configurable_per_audience() {
         completed_grace: Span::hours(24),
     };
     let created = start() - hours(20 * 24);
-    let decisions = run(&window_created_at(created), &policy, &hourly(created, start()));
-    assert_eq!(planned(&decisions, Audience::Customer), ["announced", "reminder:2h"]);
-    assert_eq!(planned(&decisions, Audience::Biller), ["announced", "reminder:336h", "reminder:12h"]);
+    let decisions = run(
+        &window_created_at(created),
+        &policy,
+        &hourly(created, start()),
+    );
+    assert_eq!(
+        planned(&decisions, Audience::Customer),
+        ["announced", "reminder:2h"]
+    );
+    assert_eq!(
+        planned(&decisions, Audience::Biller),
+        ["announced", "reminder:336h", "reminder:12h"]
+    );
 }
 
 #[test]
@@ -130,8 +153,14 @@ fn catch_up_sends_only_the_latest_reminder() {
     let w = window_created_at(created);
     // The daemon ran at creation, then was down until 20 hours before the start.
     let decisions = run(&w, &Policy::default(), &[created, start() - hours(20)]);
-    assert_eq!(planned(&decisions, Audience::Customer), ["announced", "reminder:24h"]);
-    assert_eq!(with_outcome(&decisions, Audience::Customer, Outcome::Superseded), ["reminder:72h"]);
+    assert_eq!(
+        planned(&decisions, Audience::Customer),
+        ["announced", "reminder:24h"]
+    );
+    assert_eq!(
+        with_outcome(&decisions, Audience::Customer, Outcome::Superseded),
+        ["reminder:72h"]
+    );
     assert_eq!(
         with_outcome(&decisions, Audience::Biller, Outcome::Superseded),
         ["reminder:168h", "reminder:72h"]
@@ -163,14 +192,23 @@ fn reminders_already_past_at_creation_are_skipped_once() {
     let w = window_created_at(created);
     let ticks = hourly(created, start());
     let decisions = run(&w, &Policy::default(), &ticks);
-    assert_eq!(planned(&decisions, Audience::Customer), ["announced", "reminder:24h", "reminder:1h"]);
-    assert_eq!(with_outcome(&decisions, Audience::Customer, Outcome::Skipped), ["reminder:72h"]);
+    assert_eq!(
+        planned(&decisions, Audience::Customer),
+        ["announced", "reminder:24h", "reminder:1h"]
+    );
+    assert_eq!(
+        with_outcome(&decisions, Audience::Customer, Outcome::Skipped),
+        ["reminder:72h"]
+    );
     assert_eq!(
         with_outcome(&decisions, Audience::Biller, Outcome::Skipped),
         ["reminder:168h", "reminder:72h"]
     );
     // Recorded once per (notice, audience) however many ticks ran, and never per recipient.
-    let skipped = decisions.iter().filter(|d| d.outcome == Outcome::Skipped).count();
+    let skipped = decisions
+        .iter()
+        .filter(|d| d.outcome == Outcome::Skipped)
+        .count();
     assert_eq!(skipped, 3);
 }
 
@@ -178,7 +216,10 @@ fn reminders_already_past_at_creation_are_skipped_once() {
 fn reminder_due_exactly_at_creation_is_skipped() {
     let created = start() - hours(24);
     let decisions = run(&window_created_at(created), &Policy::default(), &[created]);
-    assert_eq!(with_outcome(&decisions, Audience::Customer, Outcome::Skipped), ["reminder:72h", "reminder:24h"]);
+    assert_eq!(
+        with_outcome(&decisions, Audience::Customer, Outcome::Skipped),
+        ["reminder:72h", "reminder:24h"]
+    );
     assert_eq!(planned(&decisions, Audience::Customer), ["announced"]);
 }
 
@@ -190,7 +231,11 @@ fn deadlines_of_every_notice() {
     let d = decide(&w, &policy, &Decided::new(), created);
     let planned: Vec<&Decision> = d.iter().filter(|d| d.outcome == Outcome::Planned).collect();
     assert_eq!(planned.len(), 2);
-    assert!(planned.iter().all(|d| d.notice.kind() == NoticeKind::Announced && d.deadline == start()));
+    assert!(
+        planned
+            .iter()
+            .all(|d| d.notice.kind() == NoticeKind::Announced && d.deadline == start())
+    );
 
     let running = w.start(start()).unwrap();
     let d = decide(&running, &policy, &Decided::new(), start() + hours(1));
@@ -198,12 +243,20 @@ fn deadlines_of_every_notice() {
     assert_eq!((d[0].due_at, d[0].deadline), (start(), start() + hours(48)));
 
     // Extension while in progress: the correction is worth sending until the new end.
-    let extended = running.extend(start() + hours(52), start() + hours(40)).unwrap();
+    let extended = running
+        .extend(start() + hours(52), start() + hours(40))
+        .unwrap();
     let d = decide(&extended, &policy, &Decided::new(), start() + hours(40));
-    let resched = d.iter().find(|d| d.notice.kind() == NoticeKind::Rescheduled).unwrap();
+    let resched = d
+        .iter()
+        .find(|d| d.notice.kind() == NoticeKind::Rescheduled)
+        .unwrap();
     assert_eq!(resched.deadline, start() + hours(52));
     assert_eq!(resched.reach, Reach::AlreadyTold);
-    let started_again = d.iter().find(|d| d.notice.kind() == NoticeKind::Started).unwrap();
+    let started_again = d
+        .iter()
+        .find(|d| d.notice.kind() == NoticeKind::Started)
+        .unwrap();
     assert_eq!(started_again.reach, Reach::NotYetTold);
 
     let done = extended.complete(start() + hours(51)).unwrap();
@@ -218,17 +271,26 @@ fn deadlines_of_every_notice() {
     let later = Schedule::new(start() + hours(24), start() + hours(72)).unwrap();
     let moved = w.reschedule(later, created + hours(1)).unwrap();
     let d = decide(&moved, &policy, &Decided::new(), created + hours(1));
-    let resched = d.iter().find(|d| d.notice.kind() == NoticeKind::Rescheduled).unwrap();
+    let resched = d
+        .iter()
+        .find(|d| d.notice.kind() == NoticeKind::Rescheduled)
+        .unwrap();
     assert_eq!(resched.deadline, start());
     let earlier = Schedule::new(start() - hours(12), start() + hours(36)).unwrap();
     let moved = w.reschedule(earlier, created + hours(1)).unwrap();
     let d = decide(&moved, &policy, &Decided::new(), created + hours(1));
-    let resched = d.iter().find(|d| d.notice.kind() == NoticeKind::Rescheduled).unwrap();
+    let resched = d
+        .iter()
+        .find(|d| d.notice.kind() == NoticeKind::Rescheduled)
+        .unwrap();
     assert_eq!(resched.deadline, start() - hours(12));
 
     let cancelled = w.cancel(None, created + hours(2)).unwrap();
     let d = decide(&cancelled, &policy, &Decided::new(), created + hours(2));
-    assert!(d.iter().all(|d| d.notice.kind() == NoticeKind::Cancelled && d.deadline == start()));
+    assert!(
+        d.iter()
+            .all(|d| d.notice.kind() == NoticeKind::Cancelled && d.deadline == start())
+    );
     assert!(d.iter().all(|d| d.reach == Reach::AlreadyTold));
 }
 
@@ -237,13 +299,26 @@ fn reschedule_tells_only_those_already_told_and_restarts_reminders() {
     let policy = Policy::default();
     let created = start() - hours(100);
     let w = window_created_at(created);
-    let people: Vec<Recipient> = (1..=4).map(|i| recipient(i, Audience::Customer, &[], false)).collect();
+    let people: Vec<Recipient> = (1..=4)
+        .map(|i| recipient(i, Audience::Customer, &[], false))
+        .collect();
     let told = |id: RecipientId| id.0 <= 2;
     let later = Schedule::new(start() + hours(24 * 7), start() + hours(24 * 9)).unwrap();
     let moved = w.reschedule(later, created + hours(10)).unwrap();
-    let (decisions, rows) = plan(&moved, &people, told, &policy, &Decided::new(), created + hours(10));
+    let (decisions, rows) = plan(
+        &moved,
+        &people,
+        told,
+        &policy,
+        &Decided::new(),
+        created + hours(10),
+    );
     let by_notice = |n: &str| -> Vec<i64> {
-        let mut ids: Vec<i64> = rows.iter().filter(|r| r.notice.to_string() == n).map(|r| r.recipient.0).collect();
+        let mut ids: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.notice.to_string() == n)
+            .map(|r| r.recipient.0)
+            .collect();
         ids.dedup();
         ids
     };
@@ -251,11 +326,21 @@ fn reschedule_tells_only_those_already_told_and_restarts_reminders() {
     assert_eq!(by_notice("announced"), [3, 4]);
     assert!(rows.iter().all(|r| r.revision == 2));
     // The new schedule gets its own reminders at the new times.
-    let decisions_later = run(&moved, &policy, &hourly(created + hours(10), moved.schedule.starts_at()));
+    let decisions_later = run(
+        &moved,
+        &policy,
+        &hourly(created + hours(10), moved.schedule.starts_at()),
+    );
     assert!(decisions.iter().all(|d| d.revision == 2));
     assert_eq!(
         planned(&decisions_later, Audience::Customer),
-        ["rescheduled", "announced", "reminder:72h", "reminder:24h", "reminder:1h"]
+        [
+            "rescheduled",
+            "announced",
+            "reminder:72h",
+            "reminder:24h",
+            "reminder:1h"
+        ]
     );
     let r24 = decisions_later
         .iter()
@@ -264,11 +349,23 @@ fn reschedule_tells_only_those_already_told_and_restarts_reminders() {
     assert_eq!(r24.due_at, later.starts_at() - hours(24));
 
     // Cancel: only those told hear about it.
-    let cancelled = w.cancel(Some("vendor delay".into()), created + hours(5)).unwrap();
-    let (_, rows) = plan(&cancelled, &people, told, &policy, &Decided::new(), created + hours(5));
+    let cancelled = w
+        .cancel(Some("vendor delay".into()), created + hours(5))
+        .unwrap();
+    let (_, rows) = plan(
+        &cancelled,
+        &people,
+        told,
+        &policy,
+        &Decided::new(),
+        created + hours(5),
+    );
     let ids: HashSet<i64> = rows.iter().map(|r| r.recipient.0).collect();
     assert_eq!(ids, HashSet::from([1, 2]));
-    assert!(rows.iter().all(|r| r.notice.kind() == NoticeKind::Cancelled));
+    assert!(
+        rows.iter()
+            .all(|r| r.notice.kind() == NoticeKind::Cancelled)
+    );
 }
 
 #[test]
@@ -298,7 +395,10 @@ fn opt_outs_and_component_filters() {
             (5, Channel::Email)
         ]
     );
-    assert!(rows.iter().all(|r| r.notice.kind() == NoticeKind::Announced));
+    assert!(
+        rows.iter()
+            .all(|r| r.notice.kind() == NoticeKind::Announced)
+    );
 }
 
 #[test]

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc, Weekday};
-use handlebars::{Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason};
+use handlebars::{
+    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -36,7 +38,12 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [Part::Sms, Part::EmailSubject, Part::EmailText, Part::EmailHtml];
+    pub const ALL: [Part; 4] = [
+        Part::Sms,
+        Part::EmailSubject,
+        Part::EmailText,
+        Part::EmailHtml,
+    ];
     fn suffix(self) -> &'static str {
         match self {
             Part::Sms => "sms",
@@ -96,7 +103,9 @@ pub struct Renderer {
 
 impl std::fmt::Debug for Renderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renderer").field("origin", &self.origin).finish_non_exhaustive()
+        f.debug_struct("Renderer")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,25 +127,47 @@ impl Renderer {
             hb.register_helper(
                 "components",
                 Box::new(
-                    move |h: &Helper, r: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output| -> HelperResult {
+                    move |h: &Helper,
+                          r: &Handlebars,
+                          ctx: &Context,
+                          _: &mut RenderContext,
+                          out: &mut dyn Output|
+                          -> HelperResult {
                         let ids = param(h, 0, "components")?;
                         let locale = root_locale(ctx);
-                        let ids: Vec<&str> = ids.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                        let service = ctx.data().get("service").and_then(Value::as_str).unwrap_or_default();
-                        let text = if names.len() > 1 && names.keys().all(|k| ids.contains(&k.as_str())) {
-                            // Everything is affected: say so in three words, not a list of all.
-                            match locale {
-                                Locale::En => format!("all {service} services"),
-                                Locale::Sw => format!("huduma zote za {service}"),
-                            }
-                        } else {
-                            let list: Vec<String> = ids.iter().map(|id| component_name(&names, id, locale)).collect();
-                            join_words(&list, locale)
-                        };
+                        let ids: Vec<&str> = ids
+                            .as_array()
+                            .map(|a| a.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        let service = ctx
+                            .data()
+                            .get("service")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        let text =
+                            if names.len() > 1 && names.keys().all(|k| ids.contains(&k.as_str())) {
+                                // Everything is affected: say so in three words, not a list of all.
+                                match locale {
+                                    Locale::En => format!("all {service} services"),
+                                    Locale::Sw => format!("huduma zote za {service}"),
+                                }
+                            } else {
+                                let list: Vec<String> = ids
+                                    .iter()
+                                    .map(|id| component_name(&names, id, locale))
+                                    .collect();
+                                join_words(&list, locale)
+                            };
                         // `sentence=true`: the list opens a sentence, so its first letter is a capital.
-                        let text = if h.hash_get("sentence").is_some_and(|v| v.value().as_bool() == Some(true)) {
+                        let text = if h
+                            .hash_get("sentence")
+                            .is_some_and(|v| v.value().as_bool() == Some(true))
+                        {
                             let mut chars = text.chars();
-                            chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+                            chars
+                                .next()
+                                .map(|c| c.to_uppercase().chain(chars).collect())
+                                .unwrap_or_default()
                         } else {
                             text
                         };
@@ -152,23 +183,35 @@ impl Renderer {
                     let name = part.template_name(locale, kind);
                     let file = file_name(dir, &name);
                     let source = match dir {
-                        Some(d) => std::fs::read_to_string(d.join(format!("{name}.hbs"))).map_err(|source| {
-                            if source.kind() == std::io::ErrorKind::NotFound {
-                                RenderError::Missing { file: file.clone() }
-                            } else {
-                                RenderError::Read { file: file.clone(), source }
-                            }
-                        })?,
+                        Some(d) => std::fs::read_to_string(d.join(format!("{name}.hbs"))).map_err(
+                            |source| {
+                                if source.kind() == std::io::ErrorKind::NotFound {
+                                    RenderError::Missing { file: file.clone() }
+                                } else {
+                                    RenderError::Read {
+                                        file: file.clone(),
+                                        source,
+                                    }
+                                }
+                            },
+                        )?,
                         None => embedded::EMBEDDED
                             .iter()
                             .find(|(n, _)| n.strip_suffix(".hbs") == Some(name.as_str()))
                             .map(|(_, s)| (*s).to_owned())
                             .ok_or_else(|| RenderError::Missing { file: file.clone() })?,
                     };
-                    let registry = if part == Part::EmailHtml { &mut html } else { &mut text };
+                    let registry = if part == Part::EmailHtml {
+                        &mut html
+                    } else {
+                        &mut text
+                    };
                     registry
                         .register_template_string(&name, source)
-                        .map_err(|e| RenderError::Syntax { file, message: e.to_string() })?;
+                        .map_err(|e| RenderError::Syntax {
+                            file,
+                            message: e.to_string(),
+                        })?;
                 }
             }
         }
@@ -180,31 +223,61 @@ impl Renderer {
         })
     }
 
-    fn render_part(&self, part: Part, locale: Locale, kind: NoticeKind, ctx: &Value) -> Result<String, RenderError> {
+    fn render_part(
+        &self,
+        part: Part,
+        locale: Locale,
+        kind: NoticeKind,
+        ctx: &Value,
+    ) -> Result<String, RenderError> {
         let name = part.template_name(locale, kind);
-        let registry = if part == Part::EmailHtml { &self.html } else { &self.text };
-        registry.render(&name, ctx).map_err(|e| RenderError::Render {
-            file: file_name(self.origin.as_deref(), &name),
-            message: describe(&e),
-        })
+        let registry = if part == Part::EmailHtml {
+            &self.html
+        } else {
+            &self.text
+        };
+        registry
+            .render(&name, ctx)
+            .map_err(|e| RenderError::Render {
+                file: file_name(self.origin.as_deref(), &name),
+                message: describe(&e),
+            })
     }
 
     /// Renders one notice for one channel, locale and zone.
-    pub fn render(&self, facts: &NoticeFacts, channel: Channel, locale: Locale, zone: Zone) -> Result<Rendered, RenderError> {
+    pub fn render(
+        &self,
+        facts: &NoticeFacts,
+        channel: Channel,
+        locale: Locale,
+        zone: Zone,
+    ) -> Result<Rendered, RenderError> {
         let kind = facts.notice.kind();
         let ctx = self.context(facts, locale, zone);
         Ok(match channel {
             Channel::Sms => {
-                let body = self.render_part(Part::Sms, locale, kind, &ctx)?.trim().to_owned();
+                let body = self
+                    .render_part(Part::Sms, locale, kind, &ctx)?
+                    .trim()
+                    .to_owned();
                 let cost = sms::cost(&body);
-                Rendered::Sms { body, encoding: cost.encoding, segments: cost.segments }
+                Rendered::Sms {
+                    body,
+                    encoding: cost.encoding,
+                    segments: cost.segments,
+                }
             }
             Channel::Email => Rendered::Email {
-                subject: self.render_part(Part::EmailSubject, locale, kind, &ctx)?.trim().to_owned(),
+                subject: self
+                    .render_part(Part::EmailSubject, locale, kind, &ctx)?
+                    .trim()
+                    .to_owned(),
                 text: self.render_part(Part::EmailText, locale, kind, &ctx)?,
                 html: self.render_part(Part::EmailHtml, locale, kind, &ctx)?,
             },
-            Channel::Webhook => Rendered::Webhook { payload: webhook_payload(facts, locale) },
+            Channel::Webhook => Rendered::Webhook {
+                payload: webhook_payload(facts, locale),
+            },
         })
     }
 
@@ -272,7 +345,11 @@ pub struct NoticeFacts {
 }
 
 impl NoticeFacts {
-    pub fn new(window: &Window, notice: Notice, names: &BTreeMap<ComponentId, ComponentNames>) -> NoticeFacts {
+    pub fn new(
+        window: &Window,
+        notice: Notice,
+        names: &BTreeMap<ComponentId, ComponentNames>,
+    ) -> NoticeFacts {
         NoticeFacts {
             window_id: window.id,
             revision: window.revision,
@@ -295,9 +372,15 @@ impl NoticeFacts {
 
     /// A realistic window for checking templates: the April 2015 migration.
     pub fn sample(kind: NoticeKind, names: &BTreeMap<ComponentId, ComponentNames>) -> NoticeFacts {
-        let at = |d, h, m| Utc.with_ymd_and_hms(2015, 4, d, h, m, 0).single().expect("a valid fixed date");
-        let schedule = Schedule::new(at(17, 21, 0), at(19, 20, 59)).expect("fixed sample: end after start");
-        let previous = Schedule::new(at(10, 21, 0), at(12, 20, 59)).expect("fixed sample: end after start");
+        let at = |d, h, m| {
+            Utc.with_ymd_and_hms(2015, 4, d, h, m, 0)
+                .single()
+                .expect("a valid fixed date")
+        };
+        let schedule =
+            Schedule::new(at(17, 21, 0), at(19, 20, 59)).expect("fixed sample: end after start");
+        let previous =
+            Schedule::new(at(10, 21, 0), at(12, 20, 59)).expect("fixed sample: end after start");
         let notice = match kind {
             NoticeKind::Reminder => Notice::reminder(Span::hours(24)),
             k => Notice::new(k),
@@ -321,13 +404,18 @@ impl NoticeFacts {
                     .filter_map(|c| c.parse().ok())
                     .filter(|c| names.contains_key(c))
                     .collect();
-                if preferred.is_empty() { names.keys().take(3).cloned().collect() } else { preferred }
+                if preferred.is_empty() {
+                    names.keys().take(3).cloned().collect()
+                } else {
+                    preferred
+                }
             },
             component_names: names.clone(),
             schedule,
             previous,
             zone: Zone::NAIROBI,
-            reason: (kind == NoticeKind::Cancelled).then(|| "The vendor postponed the hardware delivery.".into()),
+            reason: (kind == NoticeKind::Cancelled)
+                .then(|| "The vendor postponed the hardware delivery.".into()),
         }
     }
 }
@@ -380,7 +468,11 @@ fn describe(e: &handlebars::RenderError) -> String {
     }
 }
 
-fn param<'a>(h: &'a Helper, i: usize, helper: &'static str) -> Result<&'a Value, RenderErrorReason> {
+fn param<'a>(
+    h: &'a Helper,
+    i: usize,
+    helper: &'static str,
+) -> Result<&'a Value, RenderErrorReason> {
     h.param(i)
         .map(|p| p.value())
         .ok_or(RenderErrorReason::ParamNotFoundForIndex(helper, i))
@@ -406,12 +498,24 @@ fn instant(v: &Value, helper: &'static str) -> Result<DateTime<Utc>, RenderError
     v.as_str()
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|d| d.with_timezone(&Utc))
-        .ok_or_else(|| RenderErrorReason::InvalidParamType(if helper == "time" { "an RFC 3339 instant" } else { "an RFC 3339 instant or a duration" }))
+        .ok_or_else(|| {
+            RenderErrorReason::InvalidParamType(if helper == "time" {
+                "an RFC 3339 instant"
+            } else {
+                "an RFC 3339 instant or a duration"
+            })
+        })
 }
 
 /// `{{time t}}`: the instant in the recipient's zone and language, followed by the window's own
 /// zone in brackets when the recipient lives elsewhere (a biller in Berlin sees CEST and EAT).
-fn time_helper(h: &Helper, r: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn time_helper(
+    h: &Helper,
+    r: &Handlebars,
+    ctx: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let t = instant(param(h, 0, "time")?, "time")?;
     let locale = root_locale(ctx);
     let zone = root_zone(ctx, &["zone"]);
@@ -428,9 +532,18 @@ fn time_helper(h: &Helper, r: &Handlebars, ctx: &Context, _: &mut RenderContext,
 pub fn format_instant(t: DateTime<Utc>, zone: Zone, locale: Locale, with_year: bool) -> String {
     let local = t.with_timezone(&zone.tz());
     let hm = local.format("%H:%M %Z");
-    let year = if with_year { format!(" {}", local.year()) } else { String::new() };
+    let year = if with_year {
+        format!(" {}", local.year())
+    } else {
+        String::new()
+    };
     match locale {
-        Locale::En => format!("{} {:02} {}{year} {hm}", local.format("%a"), local.day(), local.format("%b")),
+        Locale::En => format!(
+            "{} {:02} {}{year} {hm}",
+            local.format("%a"),
+            local.day(),
+            local.format("%b")
+        ),
         Locale::Sw => format!(
             "{} {} {}{year} {hm}",
             SW_DAYS[local.weekday().num_days_from_monday() as usize],
@@ -440,23 +553,35 @@ pub fn format_instant(t: DateTime<Utc>, zone: Zone, locale: Locale, with_year: b
     }
 }
 
-const SW_DAYS: [&str; 7] = ["Jumatatu", "Jumanne", "Jumatano", "Alhamisi", "Ijumaa", "Jumamosi", "Jumapili"];
+const SW_DAYS: [&str; 7] = [
+    "Jumatatu", "Jumanne", "Jumatano", "Alhamisi", "Ijumaa", "Jumamosi", "Jumapili",
+];
 const SW_MONTHS: [&str; 12] = [
-    "Januari", "Februari", "Machi", "Aprili", "Mei", "Juni", "Julai", "Agosti", "Septemba", "Oktoba", "Novemba",
-    "Desemba",
+    "Januari", "Februari", "Machi", "Aprili", "Mei", "Juni", "Julai", "Agosti", "Septemba",
+    "Oktoba", "Novemba", "Desemba",
 ];
 
 // Keeps the weekday table honest: index 0 is Monday.
 const _: () = assert!(Weekday::Mon.num_days_from_monday() == 0);
 
 /// `{{duration from to}}` or `{{duration "24h"}}`: a duration in words.
-fn duration_helper(h: &Helper, r: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn duration_helper(
+    h: &Helper,
+    r: &Handlebars,
+    ctx: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let first = param(h, 0, "duration")?;
     let secs = match h.param(1) {
-        Some(second) => (instant(second.value(), "duration")? - instant(first, "duration")?).num_seconds(),
+        Some(second) => {
+            (instant(second.value(), "duration")? - instant(first, "duration")?).num_seconds()
+        }
         None => match first.as_str().and_then(|s| s.parse::<Span>().ok()) {
             Some(span) => span.secs(),
-            None => return Err(RenderErrorReason::InvalidParamType("a duration such as 24h").into()),
+            None => {
+                return Err(RenderErrorReason::InvalidParamType("a duration such as 24h").into());
+            }
         },
     };
     out.write(&r.get_escape_fn()(&duration_words(secs, root_locale(ctx))))?;
@@ -487,7 +612,11 @@ pub fn duration_words(secs: i64, locale: Locale) -> String {
     }
 }
 
-fn component_name(names: &BTreeMap<ComponentId, ComponentNames>, id: &str, locale: Locale) -> String {
+fn component_name(
+    names: &BTreeMap<ComponentId, ComponentNames>,
+    id: &str,
+    locale: Locale,
+) -> String {
     id.parse::<ComponentId>()
         .ok()
         .and_then(|c| names.get(&c))

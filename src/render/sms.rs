@@ -57,7 +57,11 @@ pub fn cost(text: &str) -> SmsCost {
         Some(n) => (Encoding::Gsm7, n, 160, 153),
         None => (Encoding::Ucs2, text.encode_utf16().count(), 70, 67),
     };
-    let segments = if units <= single { 1 } else { units.div_ceil(part) };
+    let segments = if units <= single {
+        1
+    } else {
+        units.div_ceil(part)
+    };
     SmsCost {
         encoding,
         units,
@@ -88,6 +92,9 @@ mod tests {
             let c = cost(text);
             assert_eq!((c.encoding, c.segments), (*enc, *segs), "{text}");
         }
-        assert_eq!(first_non_gsm7("ok \u{201c}quoted\u{201d}"), Some('\u{201c}'));
+        assert_eq!(
+            first_non_gsm7("ok \u{201c}quoted\u{201d}"),
+            Some('\u{201c}')
+        );
     }
 }

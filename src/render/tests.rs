@@ -17,21 +17,42 @@ fn every_built_in_template_renders_in_both_locales() {
     for kind in NoticeKind::ALL {
         let facts = NoticeFacts::sample(kind, &names());
         for locale in Locale::ALL {
-            let Rendered::Sms { body, encoding, segments } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap()
+            let Rendered::Sms {
+                body,
+                encoding,
+                segments,
+            } = r
+                .render(&facts, Channel::Sms, locale, Zone::NAIROBI)
+                .unwrap()
             else {
                 panic!("sms")
             };
             assert!(body.starts_with("M-PESA:"), "{body}");
             assert_eq!(encoding, Encoding::Gsm7, "{kind} {locale}: {body}");
-            assert!(segments <= 2, "{kind} {locale}: {segments} segments: {body}");
+            assert!(
+                segments <= 2,
+                "{kind} {locale}: {segments} segments: {body}"
+            );
             assert!(!body.contains("{{"), "{body}");
-            let Rendered::Email { subject, text, html } =
-                r.render(&facts, Channel::Email, locale, Zone::NAIROBI).unwrap()
+            let Rendered::Email {
+                subject,
+                text,
+                html,
+            } = r
+                .render(&facts, Channel::Email, locale, Zone::NAIROBI)
+                .unwrap()
             else {
                 panic!("email")
             };
-            assert!(!subject.is_empty() && !subject.contains('\n'), "{subject:?}");
-            assert!(text.contains(&facts.title.get(locale).to_string()) || kind == NoticeKind::Completed || !text.is_empty());
+            assert!(
+                !subject.is_empty() && !subject.contains('\n'),
+                "{subject:?}"
+            );
+            assert!(
+                text.contains(&facts.title.get(locale).to_string())
+                    || kind == NoticeKind::Completed
+                    || !text.is_empty()
+            );
             assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
         }
     }
@@ -41,12 +62,18 @@ fn every_built_in_template_renders_in_both_locales() {
 fn swahili_is_swahili() {
     let r = renderer();
     let facts = NoticeFacts::sample(NoticeKind::Announced, &names());
-    let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, Locale::Sw, Zone::NAIROBI).unwrap() else {
+    let Rendered::Sms { body, .. } = r
+        .render(&facts, Channel::Sms, Locale::Sw, Zone::NAIROBI)
+        .unwrap()
+    else {
         panic!()
     };
     assert!(body.contains("Jumamosi 18 Aprili 2015 00:00 EAT"), "{body}");
     assert!(body.contains("Kutuma pesa"), "{body}");
-    let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, Locale::En, Zone::NAIROBI).unwrap() else {
+    let Rendered::Sms { body, .. } = r
+        .render(&facts, Channel::Sms, Locale::En, Zone::NAIROBI)
+        .unwrap()
+    else {
         panic!()
     };
     assert!(body.contains("Sat 18 Apr 2015 00:00 EAT"), "{body}");
@@ -56,13 +83,22 @@ fn swahili_is_swahili() {
 fn recipients_abroad_see_their_zone_and_the_window_zone() {
     let t = Utc.with_ymd_and_hms(2015, 4, 17, 21, 0, 0).unwrap();
     let berlin: Zone = "Europe/Berlin".parse().unwrap();
-    assert_eq!(format_instant(t, berlin, Locale::En, true), "Fri 17 Apr 2015 23:00 CEST");
+    assert_eq!(
+        format_instant(t, berlin, Locale::En, true),
+        "Fri 17 Apr 2015 23:00 CEST"
+    );
     let r = renderer();
     let facts = NoticeFacts::sample(NoticeKind::Announced, &names());
-    let Rendered::Email { text, .. } = r.render(&facts, Channel::Email, Locale::En, berlin).unwrap() else {
+    let Rendered::Email { text, .. } = r
+        .render(&facts, Channel::Email, Locale::En, berlin)
+        .unwrap()
+    else {
         panic!()
     };
-    assert!(text.contains("Fri 17 Apr 2015 23:00 CEST (Sat 18 Apr 00:00 EAT)"), "{text}");
+    assert!(
+        text.contains("Fri 17 Apr 2015 23:00 CEST (Sat 18 Apr 00:00 EAT)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -70,7 +106,10 @@ fn durations_in_words() {
     assert_eq!(duration_words(48 * 3600 - 60, Locale::En), "48 hours");
     assert_eq!(duration_words(48 * 3600 - 60, Locale::Sw), "saa 48");
     assert_eq!(duration_words(3600, Locale::En), "1 hour");
-    assert_eq!(duration_words(5400, Locale::En), "1 hours 30 minutes".replace("1 hours", "1 hour"));
+    assert_eq!(
+        duration_words(5400, Locale::En),
+        "1 hours 30 minutes".replace("1 hours", "1 hour")
+    );
     assert_eq!(duration_words(5400, Locale::Sw), "saa 1 na dakika 30");
     assert_eq!(duration_words(1800, Locale::En), "30 minutes");
 }
@@ -79,8 +118,13 @@ fn durations_in_words() {
 fn html_is_escaped_and_text_is_not() {
     let r = renderer();
     let mut facts = NoticeFacts::sample(NoticeKind::Announced, &names());
-    facts.title = Localized { en: "Tom & Jerry <b>".into(), sw: None };
-    let Rendered::Email { subject, html, .. } = r.render(&facts, Channel::Email, Locale::En, Zone::NAIROBI).unwrap()
+    facts.title = Localized {
+        en: "Tom & Jerry <b>".into(),
+        sw: None,
+    };
+    let Rendered::Email { subject, html, .. } = r
+        .render(&facts, Channel::Email, Locale::En, Zone::NAIROBI)
+        .unwrap()
     else {
         panic!()
     };
@@ -96,7 +140,11 @@ fn a_missing_variable_names_the_file_and_the_variable() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, source).unwrap();
     }
-    std::fs::write(dir.path().join("sw/started.sms.hbs"), "{{service}}: {{window.colour}}").unwrap();
+    std::fs::write(
+        dir.path().join("sw/started.sms.hbs"),
+        "{{service}}: {{window.colour}}",
+    )
+    .unwrap();
     let r = Renderer::load(Some(dir.path()), "M-PESA", &names()).unwrap();
     let problems = r.check(&names());
     assert_eq!(problems.len(), 1, "{problems:#?}");
@@ -106,7 +154,10 @@ fn a_missing_variable_names_the_file_and_the_variable() {
 
     std::fs::remove_file(dir.path().join("en/completed.email.html.hbs")).unwrap();
     let err = Renderer::load(Some(dir.path()), "M-PESA", &names()).unwrap_err();
-    assert!(err.to_string().contains("en/completed.email.html.hbs"), "{err}");
+    assert!(
+        err.to_string().contains("en/completed.email.html.hbs"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -124,8 +175,16 @@ fn a_window_affecting_everything_says_so() {
     let r = renderer();
     let mut facts = NoticeFacts::sample(NoticeKind::Started, &names());
     facts.components = names().keys().cloned().collect();
-    for (locale, phrase) in [(Locale::En, "All M-PESA services will be unavailable"), (Locale::Sw, "huduma zote za M-PESA")] {
-        let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap() else { panic!() };
+    for (locale, phrase) in [
+        (Locale::En, "All M-PESA services will be unavailable"),
+        (Locale::Sw, "huduma zote za M-PESA"),
+    ] {
+        let Rendered::Sms { body, .. } = r
+            .render(&facts, Channel::Sms, locale, Zone::NAIROBI)
+            .unwrap()
+        else {
+            panic!()
+        };
         assert!(body.contains(phrase), "{body}");
     }
 }

@@ -16,11 +16,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, QueryBuilder, Row};
 
 use crate::domain::{
-    Audience, NewWindow, Notice, PlannedDelivery, Profile, Recipient, RecipientId, Window, WindowId, to_millis,
+    Audience, NewWindow, Notice, PlannedDelivery, Profile, Recipient, RecipientId, Window,
+    WindowId, to_millis,
 };
 use crate::planner::{Decided, Decision, Outcome};
 pub use rows::ClaimedRow;
@@ -36,7 +39,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("window {0} does not exist")]
     NoSuchWindow(WindowId),
-    #[error("window {id} was changed by someone else (expected revision {expected}); look again and retry")]
+    #[error(
+        "window {id} was changed by someone else (expected revision {expected}); look again and retry"
+    )]
     Conflict { id: WindowId, expected: u32 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -139,10 +144,18 @@ impl Store {
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
             let file = options.get_filename();
-            let sqlite_file = (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:")).then(|| file.to_owned());
-            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+            let sqlite_file = (!file.as_os_str().is_empty()
+                && file != std::path::Path::new(":memory:"))
+            .then(|| file.to_owned());
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-            Ok(Store { pool: Pool::Sqlite(pool), sqlite_file })
+            Ok(Store {
+                pool: Pool::Sqlite(pool),
+                sqlite_file,
+            })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
                 .max_connections(8)
@@ -150,7 +163,10 @@ impl Store {
                 .connect(url)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
-            Ok(Store { pool: Pool::Postgres(pool), sqlite_file: None })
+            Ok(Store {
+                pool: Pool::Postgres(pool),
+                sqlite_file: None,
+            })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
@@ -175,7 +191,12 @@ impl Store {
     // ----- windows -------------------------------------------------------------------------
 
     /// Stores a new window and its first history entry in one transaction.
-    pub async fn create_window(&self, new: NewWindow, now: DateTime<Utc>, actor: &str) -> Result<Window, StoreError> {
+    pub async fn create_window(
+        &self,
+        new: NewWindow,
+        now: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Window, StoreError> {
         let draft = Window::create(WindowId(0), new, now);
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -221,7 +242,13 @@ impl Store {
     /// Persists the next revision of a window, its history entry, and supersedes every unsent
     /// delivery of older revisions, in one transaction. Fails with `Conflict` if the window
     /// moved on since `before` was read.
-    pub async fn save_change(&self, before: &Window, after: &Window, actor: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub async fn save_change(
+        &self,
+        before: &Window,
+        after: &Window,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let mut details = window_details(after);
         if let Some(reason) = &after.cancel_reason {
             details["reason"] = reason.clone().into();
@@ -282,14 +309,16 @@ impl Store {
     /// Every window, newest first.
     pub async fn windows(&self) -> Result<Vec<Window>, StoreError> {
         let sql = format!("SELECT {WINDOW_COLUMNS} FROM windows ORDER BY id DESC");
-        let rows: Vec<WindowRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
+        let rows: Vec<WindowRow> =
+            on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
         rows.into_iter().map(Window::try_from).collect()
     }
 
     /// Windows the scheduler still has work for, oldest first.
     pub async fn open_windows(&self) -> Result<Vec<Window>, StoreError> {
         let sql = format!("SELECT {WINDOW_COLUMNS} FROM windows WHERE closed = FALSE ORDER BY id");
-        let rows: Vec<WindowRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
+        let rows: Vec<WindowRow> =
+            on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
         rows.into_iter().map(Window::try_from).collect()
     }
 
@@ -315,7 +344,8 @@ impl Store {
                 at: crate::domain::from_millis(at),
                 actor,
                 action,
-                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+                details: serde_json::from_str(&details)
+                    .unwrap_or(serde_json::Value::String(details)),
             })
             .collect())
     }
@@ -333,8 +363,12 @@ impl Store {
         .await?);
         rows.into_iter()
             .map(|(n, a)| {
-                let notice: Notice = n.parse().map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
-                let audience: Audience = a.parse().map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
+                let notice: Notice = n
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
+                let audience: Audience = a
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
                 Ok((notice, audience))
             })
             .collect()
@@ -342,7 +376,12 @@ impl Store {
 
     /// Records a decision once. For a planned reminder, also supersedes the unsent deliveries of
     /// the earlier reminders it overtakes, in the same transaction.
-    pub async fn record_decision(&self, window: WindowId, d: &Decision, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub async fn record_decision(
+        &self,
+        window: WindowId,
+        d: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
@@ -383,7 +422,10 @@ impl Store {
     }
 
     /// Notice-level outcomes other than `planned` (skipped, superseded, expired).
-    pub async fn notice_log(&self, window: Option<WindowId>) -> Result<Vec<NoticeLogRow>, StoreError> {
+    pub async fn notice_log(
+        &self,
+        window: Option<WindowId>,
+    ) -> Result<Vec<NoticeLogRow>, StoreError> {
         let rows: Vec<(i64, i64, String, String, String)> = on_pool!(self, p => sqlx::query_as(
             "SELECT window_id, revision, notice, audience, outcome FROM window_notices \
              WHERE outcome <> 'planned' AND ($1 IS NULL OR window_id = $1) ORDER BY window_id, revision, due_at, audience",
@@ -393,7 +435,15 @@ impl Store {
         .await?);
         Ok(rows
             .into_iter()
-            .map(|(window_id, revision, notice, audience, outcome)| NoticeLogRow { window_id, revision, notice, audience, outcome })
+            .map(
+                |(window_id, revision, notice, audience, outcome)| NoticeLogRow {
+                    window_id,
+                    revision,
+                    notice,
+                    audience,
+                    outcome,
+                },
+            )
             .collect())
     }
 
@@ -401,13 +451,21 @@ impl Store {
 
     /// Inserts or updates recipients by natural key, in one transaction. An opt-out is never
     /// cleared by an import: only `recipients opt-in` does that.
-    pub async fn upsert_recipients(&self, batch: &[Profile], now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn upsert_recipients(
+        &self,
+        batch: &[Profile],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         // PostgreSQL refuses to update one row twice in a statement: keep the last of each key.
         let mut seen = HashSet::new();
-        let mut unique: Vec<&Profile> = batch.iter().rev().filter(|p| seen.insert(p.natural_key())).collect();
+        let mut unique: Vec<&Profile> = batch
+            .iter()
+            .rev()
+            .filter(|p| seen.insert(p.natural_key()))
+            .collect();
         unique.reverse();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -442,7 +500,9 @@ impl Store {
     }
 
     pub async fn count_recipients(&self) -> Result<i64, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM recipients").fetch_one(p).await?))
+        Ok(
+            on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM recipients").fetch_one(p).await?),
+        )
     }
 
     /// Counts by kind and opt-out: `(kind, opted_out, count)`.
@@ -455,7 +515,12 @@ impl Store {
     }
 
     /// Up to `limit` recipients of `kind` with ids after `after`, in id order.
-    pub async fn recipients_page(&self, kind: Option<Audience>, after: RecipientId, limit: i64) -> Result<Vec<Recipient>, StoreError> {
+    pub async fn recipients_page(
+        &self,
+        kind: Option<Audience>,
+        after: RecipientId,
+        limit: i64,
+    ) -> Result<Vec<Recipient>, StoreError> {
         let sql = format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE ($1 IS NULL OR kind = $1) AND id > $2 ORDER BY id LIMIT $3"
         );
@@ -470,7 +535,12 @@ impl Store {
 
     /// Sets or clears the opt-out of the recipient with this phone number or email address.
     /// Returns whether such a recipient exists.
-    pub async fn set_opt_out(&self, natural_key: &str, opt_out: bool, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub async fn set_opt_out(
+        &self,
+        natural_key: &str,
+        opt_out: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let n = on_pool!(self, p => sqlx::query("UPDATE recipients SET opt_out = $1, updated_at = $2 WHERE natural_key = $3")
             .bind(opt_out)
             .bind(to_millis(now))
@@ -482,7 +552,12 @@ impl Store {
     }
 
     /// Which recipients with ids in `first..=last` were sent something about `window`.
-    pub async fn told_among(&self, window: WindowId, first: RecipientId, last: RecipientId) -> Result<HashSet<RecipientId>, StoreError> {
+    pub async fn told_among(
+        &self,
+        window: WindowId,
+        first: RecipientId,
+        last: RecipientId,
+    ) -> Result<HashSet<RecipientId>, StoreError> {
         let ids: Vec<i64> = on_pool!(self, p => sqlx::query_scalar(
             "SELECT DISTINCT recipient_id FROM deliveries WHERE window_id = $1 AND state = 'sent' \
              AND recipient_id >= $2 AND recipient_id <= $3",
@@ -680,7 +755,10 @@ impl Store {
     }
 
     /// Counts by notice kind, channel, recipient locale and state (the demo's report).
-    pub async fn locale_summary(&self, window: WindowId) -> Result<Vec<(String, String, String, String, i64)>, StoreError> {
+    pub async fn locale_summary(
+        &self,
+        window: WindowId,
+    ) -> Result<Vec<(String, String, String, String, i64)>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(
             "SELECT d.notice, d.channel, r.locale, d.state, COUNT(*) FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
              WHERE d.window_id = $1 GROUP BY d.notice, d.channel, r.locale, d.state ORDER BY MIN(d.due_at), d.notice, d.channel, r.locale, d.state",
@@ -692,7 +770,9 @@ impl Store {
 
     /// The rendered body of a delivery, by idempotency key parts (for tests and `preview`).
     pub async fn body(&self, id: i64) -> Result<Option<String>, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query_scalar("SELECT content FROM bodies WHERE id = $1").bind(id).fetch_optional(p).await?))
+        Ok(
+            on_pool!(self, p => sqlx::query_scalar("SELECT content FROM bodies WHERE id = $1").bind(id).fetch_optional(p).await?),
+        )
     }
 
     /// How many rows each table holds: `(bodies, deliveries)`.

@@ -14,11 +14,17 @@ struct Cli {
 
 impl Cli {
     fn new() -> Cli {
-        Cli { dir: tempfile::tempdir().unwrap(), database: None }
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+            database: None,
+        }
     }
 
     fn with_database(url: &str) -> Cli {
-        Cli { dir: tempfile::tempdir().unwrap(), database: Some(url.to_owned()) }
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+            database: Some(url.to_owned()),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -67,7 +73,11 @@ impl Cli {
     fn outbox_lines(&self) -> usize {
         ["sms", "email", "webhook"]
             .iter()
-            .map(|c| std::fs::read_to_string(self.path(&format!("outbox/{c}.jsonl"))).map(|s| s.lines().count()).unwrap_or(0))
+            .map(|c| {
+                std::fs::read_to_string(self.path(&format!("outbox/{c}.jsonl")))
+                    .map(|s| s.lines().count())
+                    .unwrap_or(0)
+            })
             .sum()
     }
 }
@@ -76,8 +86,19 @@ const NOW: &str = "--now=2015-04-10T09:00:00+03:00";
 
 fn add_window(cli: &Cli) -> String {
     cli.ok(&[
-        "window", "add", NOW, "--title", "Systems migration", "--title-sw", "Uhamisho wa mifumo", "--components",
-        "send-money,withdraw", "--start", "2015-04-18 00:00", "--end", "2015-04-19 23:59",
+        "window",
+        "add",
+        NOW,
+        "--title",
+        "Systems migration",
+        "--title-sw",
+        "Uhamisho wa mifumo",
+        "--components",
+        "send-money,withdraw",
+        "--start",
+        "2015-04-18 00:00",
+        "--end",
+        "2015-04-19 23:59",
     ])
     .trim()
     .to_owned()
@@ -87,9 +108,16 @@ fn recipients_csv(dir: &Path) -> PathBuf {
     let path = dir.join("people.csv");
     let mut text = String::from("kind,name,phone,email,locale,zone,components,channels,opt_out\n");
     for i in 0..30 {
-        let email = if i % 3 == 0 { format!("p{i}@example.co.ke") } else { String::new() };
+        let email = if i % 3 == 0 {
+            format!("p{i}@example.co.ke")
+        } else {
+            String::new()
+        };
         let locale = if i % 2 == 0 { "sw" } else { "en" };
-        text.push_str(&format!("customer,Person {i},07{:08},{email},{locale},,,,\n", 20_000_000 + i));
+        text.push_str(&format!(
+            "customer,Person {i},07{:08},{email},{locale},,,,\n",
+            20_000_000 + i
+        ));
     }
     text.push_str("biller,Kenya Power,,ops@kplc.example.co.ke,en,,,email;webhook,\n");
     std::fs::write(&path, text).unwrap();
@@ -100,29 +128,81 @@ fn recipients_csv(dir: &Path) -> PathBuf {
 fn time_zones_and_daylight_saving() {
     let cli = Cli::new();
     let gap = cli.bad(&[
-        "window", "add", NOW, "--title", "T", "--components", "send-money", "--zone", "Europe/Berlin", "--start",
-        "2026-03-29 02:30", "--end", "2026-03-29 06:00",
+        "window",
+        "add",
+        NOW,
+        "--title",
+        "T",
+        "--components",
+        "send-money",
+        "--zone",
+        "Europe/Berlin",
+        "--start",
+        "2026-03-29 02:30",
+        "--end",
+        "2026-03-29 06:00",
     ]);
-    assert!(gap.contains("--start") && gap.contains("does not exist in Europe/Berlin"), "{gap}");
-    assert!(gap.contains("2026-03-29T03:30:00+02:00 (CEST)") && gap.contains("2026-03-29T01:30:00+01:00 (CET)"), "{gap}");
+    assert!(
+        gap.contains("--start") && gap.contains("does not exist in Europe/Berlin"),
+        "{gap}"
+    );
+    assert!(
+        gap.contains("2026-03-29T03:30:00+02:00 (CEST)")
+            && gap.contains("2026-03-29T01:30:00+01:00 (CET)"),
+        "{gap}"
+    );
     let overlap = cli.bad(&[
-        "window", "add", NOW, "--title", "T", "--components", "send-money", "--zone", "Europe/Berlin", "--start",
-        "2026-10-25 01:00", "--end", "2026-10-25 02:30",
+        "window",
+        "add",
+        NOW,
+        "--title",
+        "T",
+        "--components",
+        "send-money",
+        "--zone",
+        "Europe/Berlin",
+        "--start",
+        "2026-10-25 01:00",
+        "--end",
+        "2026-10-25 02:30",
     ]);
-    assert!(overlap.contains("--end") && overlap.contains("happens twice in Europe/Berlin"), "{overlap}");
-    assert!(overlap.contains("2026-10-25T02:30:00+02:00 (CEST)") && overlap.contains("2026-10-25T02:30:00+01:00 (CET)"));
-    assert_eq!(cli.ok(&["window", "list", "--json"]).trim(), "[]", "nothing half-written");
+    assert!(
+        overlap.contains("--end") && overlap.contains("happens twice in Europe/Berlin"),
+        "{overlap}"
+    );
+    assert!(
+        overlap.contains("2026-10-25T02:30:00+02:00 (CEST)")
+            && overlap.contains("2026-10-25T02:30:00+01:00 (CET)")
+    );
+    assert_eq!(
+        cli.ok(&["window", "list", "--json"]).trim(),
+        "[]",
+        "nothing half-written"
+    );
 
     let berlin = cli.ok(&[
-        "window", "add", NOW, "--title", "T", "--components", "partner-api", "--zone", "Europe/Berlin", "--start",
-        "2026-10-25 03:30", "--end", "2026-10-25 05:00",
+        "window",
+        "add",
+        NOW,
+        "--title",
+        "T",
+        "--components",
+        "partner-api",
+        "--zone",
+        "Europe/Berlin",
+        "--start",
+        "2026-10-25 03:30",
+        "--end",
+        "2026-10-25 05:00",
     ]);
     let nairobi = add_window(&cli);
     assert_eq!((berlin.trim(), nairobi.as_str()), ("1", "2"));
-    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", "1", "--json"])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["window", "show", "1", "--json"])).unwrap();
     assert_eq!(shown["starts_at"], "2026-10-25T02:30:00+00:00");
     assert_eq!(shown["zone"], "Europe/Berlin");
-    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", "2", "--json"])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["window", "show", "2", "--json"])).unwrap();
     assert_eq!(shown["starts_at"], "2015-04-17T21:00:00+00:00");
     assert_eq!(shown["history"][0]["action"], "created");
 }
@@ -132,35 +212,137 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
     let cli = Cli::new();
     let base = ["window", "add", NOW, "--title", "T"];
     let cases: &[(&[&str], &str)] = &[
-        (&["--components", "send-money", "--start", "2015-04-18 06:00", "--end", "2015-04-18 06:00"], "--end"),
-        (&["--components", "send-money", "--start", "2015-04-18 06:00", "--end", "2015-04-18 05:00"], "not after start"),
-        (&["--components", "send-money", "--start", "2015-04-01 06:00", "--end", "2015-04-18 05:00"], "not in the future"),
-        (&["--components", "lottery", "--start", "2015-04-18 06:00", "--end", "2015-04-18 07:00"], "--components"),
-        (&["--components", "send-money", "--start", "tomorrow", "--end", "2015-04-18 07:00"], "--start"),
-        (&["--components", "send-money", "--start", "2015-04-18 06:00", "--end", "2015-04-18 07:00", "--zone", "Mars/Base"], "--zone"),
+        (
+            &[
+                "--components",
+                "send-money",
+                "--start",
+                "2015-04-18 06:00",
+                "--end",
+                "2015-04-18 06:00",
+            ],
+            "--end",
+        ),
+        (
+            &[
+                "--components",
+                "send-money",
+                "--start",
+                "2015-04-18 06:00",
+                "--end",
+                "2015-04-18 05:00",
+            ],
+            "not after start",
+        ),
+        (
+            &[
+                "--components",
+                "send-money",
+                "--start",
+                "2015-04-01 06:00",
+                "--end",
+                "2015-04-18 05:00",
+            ],
+            "not in the future",
+        ),
+        (
+            &[
+                "--components",
+                "lottery",
+                "--start",
+                "2015-04-18 06:00",
+                "--end",
+                "2015-04-18 07:00",
+            ],
+            "--components",
+        ),
+        (
+            &[
+                "--components",
+                "send-money",
+                "--start",
+                "tomorrow",
+                "--end",
+                "2015-04-18 07:00",
+            ],
+            "--start",
+        ),
+        (
+            &[
+                "--components",
+                "send-money",
+                "--start",
+                "2015-04-18 06:00",
+                "--end",
+                "2015-04-18 07:00",
+                "--zone",
+                "Mars/Base",
+            ],
+            "--zone",
+        ),
     ];
     for (extra, needle) in cases {
         let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
         let err = cli.bad(&args);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    assert!(cli.bad(&["window", "list", "--now", "yesterday"]).contains("--now"));
-    assert!(cli.bad(&["window", "show", "42"]).contains("window 42 does not exist"));
-    assert!(cli.bad(&["window", "cancel", "42"]).contains("window 42 does not exist"));
-    assert!(cli.bad(&["recipients", "opt-out", "12"]).contains("not a valid phone number"));
-    assert!(cli.bad(&["recipients", "opt-out", "0712345678"]).contains("no recipient"));
-    assert!(cli.bad(&["recipients", "import", "missing.csv"]).contains("missing.csv"));
-    assert!(cli.bad(&["--database", "mysql://x", "window", "list"]).contains("--database"));
-    assert!(cli.bad(&["window", "frobnicate"]).contains("unrecognized subcommand"));
+    assert!(
+        cli.bad(&["window", "list", "--now", "yesterday"])
+            .contains("--now")
+    );
+    assert!(
+        cli.bad(&["window", "show", "42"])
+            .contains("window 42 does not exist")
+    );
+    assert!(
+        cli.bad(&["window", "cancel", "42"])
+            .contains("window 42 does not exist")
+    );
+    assert!(
+        cli.bad(&["recipients", "opt-out", "12"])
+            .contains("not a valid phone number")
+    );
+    assert!(
+        cli.bad(&["recipients", "opt-out", "0712345678"])
+            .contains("no recipient")
+    );
+    assert!(
+        cli.bad(&["recipients", "import", "missing.csv"])
+            .contains("missing.csv")
+    );
+    assert!(
+        cli.bad(&["--database", "mysql://x", "window", "list"])
+            .contains("--database")
+    );
+    assert!(
+        cli.bad(&["window", "frobnicate"])
+            .contains("unrecognized subcommand")
+    );
     assert_eq!(cli.ok(&["window", "list", "--json"]).trim(), "[]");
 
     let id = add_window(&cli);
     let err = cli.bad(&["window", "complete", &id, NOW]);
-    assert!(err.contains("only a window in progress can be completed"), "{err}");
-    let err = cli.bad(&["window", "reschedule", &id, NOW, "--start", "2015-04-18 00:00", "--end", "2015-04-19 23:59"]);
+    assert!(
+        err.contains("only a window in progress can be completed"),
+        "{err}"
+    );
+    let err = cli.bad(&[
+        "window",
+        "reschedule",
+        &id,
+        NOW,
+        "--start",
+        "2015-04-18 00:00",
+        "--end",
+        "2015-04-19 23:59",
+    ]);
     assert!(err.contains("already has those times"), "{err}");
-    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
-    assert_eq!(shown["revision"], 1, "refused changes leave the window as it was");
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
+    assert_eq!(
+        shown["revision"], 1,
+        "refused changes leave the window as it was"
+    );
 }
 
 #[test]
@@ -169,23 +351,39 @@ fn import_reports_bad_rows_strict_imports_nothing_and_reimport_adds_none() {
     let csv = cli.path("mixed.csv");
     std::fs::write(&csv, "kind,name,phone,email\ncustomer,Jane,0712345678,\ncustomer,Joe,12,\nbiller,KPLC,,not-an-email\ncustomer,Ann,0712345679,\n").unwrap();
     let err = cli.bad(&["recipients", "import", "--strict", csv.to_str().unwrap()]);
-    assert!(err.contains("line 3: phone") && err.contains("line 4: email"), "{err}");
+    assert!(
+        err.contains("line 3: phone") && err.contains("line 4: email"),
+        "{err}"
+    );
     assert!(err.contains("nothing was imported"), "{err}");
-    assert!(cli.ok(&["recipients", "count"]).contains("total                           0"));
+    assert!(
+        cli.ok(&["recipients", "count"])
+            .contains("total                           0")
+    );
     let out = cli.run(&["recipients", "import", csv.to_str().unwrap()]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("4 rows: 2 imported, 0 updated, 2 rejected"), "{stdout}");
+    assert!(
+        stdout.contains("4 rows: 2 imported, 0 updated, 2 rejected"),
+        "{stdout}"
+    );
     assert!(stderr.contains("mixed.csv: line 3: phone"), "{stderr}");
     let again = cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
-    assert!(again.contains("4 rows: 0 imported, 2 updated, 2 rejected"), "{again}");
+    assert!(
+        again.contains("4 rows: 0 imported, 2 updated, 2 rejected"),
+        "{again}"
+    );
     cli.ok(&["recipients", "opt-out", "+254712345678"]);
     let again = cli.ok(&["recipients", "import", csv.to_str().unwrap(), "--json"]);
     let report: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(report["imported"], 0);
-    let listed: serde_json::Value = serde_json::from_str(&cli.ok(&["recipients", "list", "--json"])).unwrap();
-    assert_eq!(listed[0]["opt_out"], true, "a re-import never clears an opt-out");
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["recipients", "list", "--json"])).unwrap();
+    assert_eq!(
+        listed[0]["opt_out"], true,
+        "a re-import never clears an opt-out"
+    );
 }
 
 fn run_once_twice(cli: &Cli) {
@@ -198,18 +396,40 @@ fn run_once_twice(cli: &Cli) {
     assert_eq!(first["enqueued"], 42);
     assert_eq!(first["dispatch"]["sent"], 42);
     assert_eq!(cli.outbox_lines(), 42);
-    let second: serde_json::Value = serde_json::from_str(&cli.ok(&["run-once", NOW, "--json"])).unwrap();
-    assert_eq!((second["enqueued"].as_u64(), second["dispatch"]["claimed"].as_u64()), (Some(0), Some(0)));
+    let second: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["run-once", NOW, "--json"])).unwrap();
+    assert_eq!(
+        (
+            second["enqueued"].as_u64(),
+            second["dispatch"]["claimed"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
     assert_eq!(cli.outbox_lines(), 42, "nothing sent twice");
-    let summary: serde_json::Value = serde_json::from_str(&cli.ok(&["deliveries", "summary", "--window", &id, "--json"])).unwrap();
-    let total: i64 = summary["deliveries"].as_array().unwrap().iter().map(|r| r["count"].as_i64().unwrap()).sum();
+    let summary: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["deliveries", "summary", "--window", &id, "--json"]))
+            .unwrap();
+    let total: i64 = summary["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].as_i64().unwrap())
+        .sum();
     assert_eq!(total, 42, "nothing recorded twice");
     let sms = std::fs::read_to_string(cli.path("outbox/sms.jsonl")).unwrap();
     let first_sms: serde_json::Value = serde_json::from_str(sms.lines().next().unwrap()).unwrap();
-    assert_eq!(first_sms["idempotency_key"], format!("w{id}.r1.announced.1.sms"));
+    assert_eq!(
+        first_sms["idempotency_key"],
+        format!("w{id}.r1.announced.1.sms")
+    );
     assert_eq!(first_sms["to"], "+254720000000");
     assert_eq!(first_sms["encoding"], "GSM-7");
-    assert!(first_sms["body"].as_str().unwrap().contains("Jumamosi 18 Aprili 2015 00:00 EAT"));
+    assert!(
+        first_sms["body"]
+            .as_str()
+            .unwrap()
+            .contains("Jumamosi 18 Aprili 2015 00:00 EAT")
+    );
 }
 
 #[test]
@@ -219,27 +439,47 @@ fn run_once_twice_at_the_same_now_sends_nothing_twice_on_sqlite() {
 
 #[tokio::test]
 async fn run_once_twice_at_the_same_now_sends_nothing_twice_on_postgres() {
-    let Some(db) = TestDb::postgres().await else { return };
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let url = db.url.clone();
-    tokio::task::spawn_blocking(move || run_once_twice(&Cli::with_database(&url))).await.unwrap();
+    tokio::task::spawn_blocking(move || run_once_twice(&Cli::with_database(&url)))
+        .await
+        .unwrap();
     db.finish().await;
 }
 
 #[test]
 fn templates_check_names_the_file_and_the_variable() {
     let cli = Cli::new();
-    assert!(cli.ok(&["templates", "check"]).contains("all 48 templates render"));
+    assert!(
+        cli.ok(&["templates", "check"])
+            .contains("all 48 templates render")
+    );
     let dir = cli.path("tpl");
     for locale in ["en", "sw"] {
         std::fs::create_dir_all(dir.join(locale)).unwrap();
-        for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("templates").join(locale)).unwrap() {
+        for entry in std::fs::read_dir(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("templates")
+                .join(locale),
+        )
+        .unwrap()
+        {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.join(locale).join(entry.file_name())).unwrap();
         }
     }
-    std::fs::write(dir.join("sw/reminder.sms.hbs"), "{{service}}: {{window.headline}}").unwrap();
+    std::fs::write(
+        dir.join("sw/reminder.sms.hbs"),
+        "{{service}}: {{window.headline}}",
+    )
+    .unwrap();
     let err = cli.bad(&["templates", "check", "--templates", dir.to_str().unwrap()]);
-    assert!(err.contains("sw/reminder.sms.hbs") && err.contains("window.headline"), "{err}");
+    assert!(
+        err.contains("sw/reminder.sms.hbs") && err.contains("window.headline"),
+        "{err}"
+    );
     std::fs::write(dir.join("sw/reminder.sms.hbs"), "{{#if}").unwrap();
     let err = cli.bad(&["templates", "check", "--templates", dir.to_str().unwrap()]);
     assert!(err.contains("sw/reminder.sms.hbs"), "{err}");
@@ -250,9 +490,22 @@ fn configuration_init_check_and_redaction() {
     let cli = Cli::new();
     assert!(cli.ok(&["init"]).contains("tangazo.toml"));
     assert!(cli.bad(&["init"]).contains("already exists"));
-    let shown = cli.ok(&["--database", "postgres://app:hunter2@db.internal/tangazo", "config", "check"]);
-    assert!(!shown.contains("hunter2") && shown.contains("postgres://app:[redacted]@db.internal/tangazo"), "{shown}");
-    std::fs::write(cli.path("tangazo.toml"), "[policy.customers]\nreminders = [\"soon\"]\n").unwrap();
+    let shown = cli.ok(&[
+        "--database",
+        "postgres://app:hunter2@db.internal/tangazo",
+        "config",
+        "check",
+    ]);
+    assert!(
+        !shown.contains("hunter2")
+            && shown.contains("postgres://app:[redacted]@db.internal/tangazo"),
+        "{shown}"
+    );
+    std::fs::write(
+        cli.path("tangazo.toml"),
+        "[policy.customers]\nreminders = [\"soon\"]\n",
+    )
+    .unwrap();
     let err = cli.bad(&["config", "check"]);
     assert!(err.contains("soon"), "{err}");
     let err = cli.bad(&["--config", "nope.toml", "config", "check"]);
@@ -267,7 +520,11 @@ fn configuration_init_check_and_redaction() {
 #[test]
 fn a_second_daemon_on_one_sqlite_file_refuses_and_kill_9_does_not_block_a_restart() {
     let cli = Cli::new();
-    let mut first = cli.command(&["daemon", "--tick", "1"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut first = cli
+        .command(&["daemon", "--tick", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait for the first daemon to hold the lock (it creates the database first).
     let lock = cli.path("tangazo.db.lock");
     for _ in 0..200 {
@@ -282,18 +539,32 @@ fn a_second_daemon_on_one_sqlite_file_refuses_and_kill_9_does_not_block_a_restar
     let second = cli.run(&["daemon", "--tick", "1"]);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("another tangazo daemon is already running"), "{stderr}");
+    assert!(
+        stderr.contains("another tangazo daemon is already running"),
+        "{stderr}"
+    );
     // Reading and enqueueing commands work alongside it.
     add_window(&cli);
     assert!(cli.ok(&["window", "list"]).contains("Systems migration"));
     // kill -9: the kernel drops the lock with the process.
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut again = cli.command(&["daemon", "--tick", "1"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut again = cli
+        .command(&["daemon", "--tick", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
-    assert!(again.try_wait().unwrap().is_none(), "the restarted daemon is running");
+    assert!(
+        again.try_wait().unwrap().is_none(),
+        "the restarted daemon is running"
+    );
     // SIGTERM: a clean stop.
-    Command::new("kill").arg("-TERM").arg(again.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(again.id().to_string())
+        .status()
+        .unwrap();
     let status = again.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Connection;
 use tangazo::domain::{
-    Audience, Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile, Schedule, Zone,
+    Audience, Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber,
+    Profile, Schedule, Zone,
 };
 use tangazo::storage::Store;
 
@@ -27,7 +28,12 @@ impl TestDb {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("tangazo.db").display());
         let store = Store::connect(&url).await.unwrap();
-        TestDb { url, store, _dir: Some(dir), pg: None }
+        TestDb {
+            url,
+            store,
+            _dir: Some(dir),
+            pg: None,
+        }
     }
 
     /// A fresh PostgreSQL database, or `None` when the suite is not enabled here.
@@ -39,7 +45,9 @@ impl TestDb {
                     std::env::var("CI").as_deref() != Ok("true"),
                     "CI=true but TANGAZO_TEST_POSTGRES is not set: the PostgreSQL suite must run in CI"
                 );
-                eprintln!("PostgreSQL suite skipped: set TANGAZO_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test to run it");
+                eprintln!(
+                    "PostgreSQL suite skipped: set TANGAZO_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/test to run it"
+                );
                 return None;
             }
         };
@@ -53,23 +61,32 @@ impl TestDb {
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at TANGAZO_TEST_POSTGRES is unreachable: {e}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
         let url = format!("{base}/{name}");
         let store = Store::connect(&url).await.unwrap();
-        Some(TestDb { url, store, _dir: None, pg: Some((admin, name)) })
+        Some(TestDb {
+            url,
+            store,
+            _dir: None,
+            pg: Some((admin, name)),
+        })
     }
 
     /// Drops a PostgreSQL test database (SQLite folders go with the TempDir).
     pub async fn finish(self) {
         self.store.close().await;
-        if let Some((admin, name)) = self.pg {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                    .execute(&mut conn)
-                    .await;
-            }
+        if let Some((admin, name)) = self.pg
+            && let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut conn)
+                .await;
         }
     }
 }
@@ -109,9 +126,15 @@ pub fn start() -> DateTime<Utc> {
 
 pub fn new_window(hours: i64) -> NewWindow {
     NewWindow {
-        title: Localized { en: "Data centre move".into(), sw: Some("Uhamisho wa kituo cha data".into()) },
+        title: Localized {
+            en: "Data centre move".into(),
+            sw: Some("Uhamisho wa kituo cha data".into()),
+        },
         description: Localized::default(),
-        components: vec!["send-money".parse::<ComponentId>().unwrap(), "withdraw".parse().unwrap()],
+        components: vec![
+            "send-money".parse::<ComponentId>().unwrap(),
+            "withdraw".parse().unwrap(),
+        ],
         schedule: Schedule::new(start(), start() + chrono::TimeDelta::hours(hours)).unwrap(),
         zone: Zone::NAIROBI,
         auto_complete: false,
@@ -123,7 +146,8 @@ pub fn customer(i: u32, locale: Locale) -> Profile {
         Audience::Customer,
         &format!("Customer {i}"),
         Some(PhoneNumber::parse(&format!("07{:08}", 10_000_000 + i)).unwrap()),
-        (i % 2 == 0).then(|| EmailAddress::parse(&format!("c{i}@example.co.ke")).unwrap()),
+        i.is_multiple_of(2)
+            .then(|| EmailAddress::parse(&format!("c{i}@example.co.ke")).unwrap()),
         locale,
         Zone::NAIROBI,
         vec![],

@@ -20,16 +20,36 @@ Bad Locale,customer,0712000005,,fr,,,,,\r\n\
 Short Row,customer,0712000006\r\n";
 
 fn rules(config: &Config) -> RowRules<'_> {
-    RowRules { default_zone: config.default_zone, components: &config.components }
+    RowRules {
+        default_zone: config.default_zone,
+        components: &config.components,
+    }
 }
 
 #[tokio::test]
 async fn bad_rows_are_reported_by_line_and_skipped() {
     let db = TestDb::sqlite().await;
     let config = Config::defaults(&Overrides::default()).unwrap();
-    let report = import_csv(&db.store, GOOD_AND_BAD.as_bytes(), &rules(&config), utc(2015, 4, 1, 0, 0), &mut |_| {}).await.unwrap();
+    let report = import_csv(
+        &db.store,
+        GOOD_AND_BAD.as_bytes(),
+        &rules(&config),
+        utc(2015, 4, 1, 0, 0),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
-    assert_eq!((report.rows, report.imported, report.updated, report.rejected), (11, 3, 0, 8), "{errors:#?}");
+    assert_eq!(
+        (
+            report.rows,
+            report.imported,
+            report.updated,
+            report.rejected
+        ),
+        (11, 3, 0, 8),
+        "{errors:#?}"
+    );
     let expect = [
         (4, "phone"),
         (5, "a phone or an email is required"),
@@ -41,18 +61,40 @@ async fn bad_rows_are_reported_by_line_and_skipped() {
         (11, "locale 'fr'"),
     ];
     for ((line, needle), got) in expect.iter().zip(&errors) {
-        assert!(got.starts_with(&format!("line {line}:")) && got.contains(needle), "{got} (wanted line {line}: {needle})");
+        assert!(
+            got.starts_with(&format!("line {line}:")) && got.contains(needle),
+            "{got} (wanted line {line}: {needle})"
+        );
     }
-    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    let all = db
+        .store
+        .recipients_page(None, RecipientId(0), 10)
+        .await
+        .unwrap();
     let jane = &all[0].profile;
-    assert_eq!((jane.name.as_str(), jane.locale, jane.phone.as_ref().unwrap().as_str()), ("Jane Wanjiku", Locale::Sw, "+254712345678"));
+    assert_eq!(
+        (
+            jane.name.as_str(),
+            jane.locale,
+            jane.phone.as_ref().unwrap().as_str()
+        ),
+        ("Jane Wanjiku", Locale::Sw, "+254712345678")
+    );
     let kplc = &all[1].profile;
     assert_eq!(kplc.kind, Audience::Biller);
     assert_eq!(kplc.channels, [Channel::Email, Channel::Webhook]);
     assert_eq!(all[2].profile.name, "Short Row");
 
     // The same file again adds nothing and updates the three good rows.
-    let again = import_csv(&db.store, GOOD_AND_BAD.as_bytes(), &rules(&config), utc(2015, 4, 2, 0, 0), &mut |_| {}).await.unwrap();
+    let again = import_csv(
+        &db.store,
+        GOOD_AND_BAD.as_bytes(),
+        &rules(&config),
+        utc(2015, 4, 2, 0, 0),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!((again.imported, again.updated, again.rejected), (0, 3, 8));
     assert_eq!(db.store.count_recipients().await.unwrap(), 3);
     db.finish().await;
@@ -68,10 +110,23 @@ fn strict_validation_touches_nothing_and_lists_every_bad_row() {
 #[test]
 fn a_header_without_required_columns_is_refused() {
     let config = Config::defaults(&Overrides::default()).unwrap();
-    let err = validate_csv("name,phone\nJane,0712345678\n".as_bytes(), &rules(&config)).err().unwrap();
-    assert!(matches!(err, ImportError::Header(ref m) if m.contains("kind")), "{err}");
-    let err = validate_csv("kind,name,locale\ncustomer,Jane,en\n".as_bytes(), &rules(&config)).err().unwrap();
-    assert!(err.to_string().contains("neither a phone nor an email"), "{err}");
+    let err = validate_csv("name,phone\nJane,0712345678\n".as_bytes(), &rules(&config))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ImportError::Header(ref m) if m.contains("kind")),
+        "{err}"
+    );
+    let err = validate_csv(
+        "kind,name,locale\ncustomer,Jane,en\n".as_bytes(),
+        &rules(&config),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("neither a phone nor an email"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -82,5 +137,11 @@ fn invalid_utf8_is_a_bad_row_not_a_crash() {
     bytes.extend_from_slice(b",0712345679\ncustomer,Joe,0712345670\n");
     let report = validate_csv(bytes.as_slice(), &rules(&config)).unwrap();
     assert_eq!((report.rows, report.rejected), (3, 1));
-    assert!(report.errors[0].to_string().starts_with("line 3: not valid UTF-8"), "{:?}", report.errors);
+    assert!(
+        report.errors[0]
+            .to_string()
+            .starts_with("line 3: not valid UTF-8"),
+        "{:?}",
+        report.errors
+    );
 }

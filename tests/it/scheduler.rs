@@ -11,19 +11,34 @@ use tangazo::scheduler::Scheduler;
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
 use crate::on_both;
 
-on_both!(run_once_twice_at_the_same_now_does_nothing_twice, a_window_from_announcement_to_completion, cancel_tells_only_those_told);
+on_both!(
+    run_once_twice_at_the_same_now_does_nothing_twice,
+    a_window_from_announcement_to_completion,
+    cancel_tells_only_those_told
+);
 
 fn config(outbox: &Path) -> Config {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tangazo.toml");
-    std::fs::write(&path, format!("[senders.outbox]\ntype = \"file\"\ndir = {:?}\n", outbox.display().to_string())).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[senders.outbox]\ntype = \"file\"\ndir = {:?}\n",
+            outbox.display().to_string()
+        ),
+    )
+    .unwrap();
     Config::load(&path, true, std::iter::empty(), &Overrides::default()).unwrap()
 }
 
 fn lines(outbox: &Path) -> usize {
     ["sms", "email", "webhook"]
         .iter()
-        .map(|c| std::fs::read_to_string(outbox.join(format!("{c}.jsonl"))).map(|s| s.lines().count()).unwrap_or(0))
+        .map(|c| {
+            std::fs::read_to_string(outbox.join(format!("{c}.jsonl")))
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        })
         .sum()
 }
 
@@ -36,7 +51,8 @@ impl Rig {
     fn new(db: &TestDb) -> Rig {
         let outbox = tempfile::tempdir().unwrap();
         let config = config(outbox.path());
-        let scheduler = tangazo::cli::wire_scheduler(&config, &db.store, "test").unwrap_or_else(|_| panic!("wiring"));
+        let scheduler = tangazo::cli::wire_scheduler(&config, &db.store, "test")
+            .unwrap_or_else(|_| panic!("wiring"));
         Rig { scheduler, outbox }
     }
     async fn tick(&self, now: DateTime<Utc>) -> tangazo::scheduler::TickReport {
@@ -48,10 +64,15 @@ impl Rig {
 }
 
 async fn seed(db: &TestDb) {
-    let mut people: Vec<_> = (0..20).map(|i| customer(i, if i % 3 == 0 { Locale::Sw } else { Locale::En })).collect();
+    let mut people: Vec<_> = (0..20)
+        .map(|i| customer(i, if i % 3 == 0 { Locale::Sw } else { Locale::En }))
+        .collect();
     people[5].opt_out = true;
     people.push(biller(100));
-    db.store.upsert_recipients(&people, utc(2015, 4, 1, 0, 0)).await.unwrap();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
 }
 
 /// 19 reachable customers (the 10 even ones have email; number 5 opted out) and one biller on
@@ -62,7 +83,10 @@ async fn run_once_twice_at_the_same_now_does_nothing_twice(db: &TestDb) {
     seed(db).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
-    db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    db.store
+        .create_window(new_window(48), created, "ops")
+        .await
+        .unwrap();
     let first = rig.tick(created).await;
     assert_eq!(first.enqueued as usize, ANNOUNCEMENT_ROWS);
     assert_eq!(first.dispatch.sent as usize, ANNOUNCEMENT_ROWS);
@@ -73,14 +97,22 @@ async fn run_once_twice_at_the_same_now_does_nothing_twice(db: &TestDb) {
     assert_eq!(rig.sent(), ANNOUNCEMENT_ROWS);
     assert_eq!(db.store.sizes().await.unwrap(), (bodies, rows));
     // Bodies are stored once per (notice, channel, locale, zone), not per recipient.
-    assert_eq!(bodies, 2 + 2 + 2, "sms en/sw, email en/sw (Nairobi), email+webhook for the Berlin biller");
+    assert_eq!(
+        bodies,
+        2 + 2 + 2,
+        "sms en/sw, email en/sw (Nairobi), email+webhook for the Berlin biller"
+    );
 }
 
 async fn a_window_from_announcement_to_completion(db: &TestDb) {
     seed(db).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
-    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), created, "ops")
+        .await
+        .unwrap();
     rig.tick(created).await;
     let mut hour = created;
     while hour < start() + TimeDelta::hours(40) {
@@ -94,41 +126,84 @@ async fn a_window_from_announcement_to_completion(db: &TestDb) {
     let now = start() + TimeDelta::hours(40);
     let running = db.store.window(w.id).await.unwrap();
     let extended = running.extend(start() + TimeDelta::hours(54), now).unwrap();
-    db.store.save_change(&running, &extended, "ops", now).await.unwrap();
+    db.store
+        .save_change(&running, &extended, "ops", now)
+        .await
+        .unwrap();
     let r = rig.tick(now).await;
-    assert_eq!(r.dispatch.sent as usize, per_notice, "rescheduled to everyone already told");
+    assert_eq!(
+        r.dispatch.sent as usize, per_notice,
+        "rescheduled to everyone already told"
+    );
     // No alarm before the new end, one after it until the operator confirms.
-    assert!(rig.tick(start() + TimeDelta::hours(53)).await.alarms.is_empty());
+    assert!(
+        rig.tick(start() + TimeDelta::hours(53))
+            .await
+            .alarms
+            .is_empty()
+    );
     let late = start() + TimeDelta::hours(55);
     assert_eq!(rig.tick(late).await.alarms.len(), 1);
     let w2 = db.store.window(w.id).await.unwrap();
-    db.store.save_change(&w2, &w2.complete(late).unwrap(), "ops", late).await.unwrap();
+    db.store
+        .save_change(&w2, &w2.complete(late).unwrap(), "ops", late)
+        .await
+        .unwrap();
     let r = rig.tick(late).await;
     assert_eq!(r.dispatch.sent as usize, per_notice);
     assert!(r.alarms.is_empty());
-    assert!(db.store.open_windows().await.unwrap().is_empty(), "a completed window closes once its notice is planned");
+    assert!(
+        db.store.open_windows().await.unwrap().is_empty(),
+        "a completed window closes once its notice is planned"
+    );
     let log = db.store.notice_log(Some(w.id)).await.unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
-    assert_eq!((log[0].notice.as_str(), log[0].outcome.as_str()), ("reminder:168h", "skipped"));
+    assert_eq!(
+        (log[0].notice.as_str(), log[0].outcome.as_str()),
+        ("reminder:168h", "skipped")
+    );
 }
 
 async fn cancel_tells_only_those_told(db: &TestDb) {
     seed(db).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
-    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), created, "ops")
+        .await
+        .unwrap();
     rig.tick(created).await;
     // Someone imported after the announcement was never told.
-    db.store.upsert_recipients(&[customer(500, Locale::En)], created).await.unwrap();
+    db.store
+        .upsert_recipients(&[customer(500, Locale::En)], created)
+        .await
+        .unwrap();
     let now = created + TimeDelta::hours(2);
     let cancelled = w.cancel(Some("vendor delay".into()), now).unwrap();
-    db.store.save_change(&w, &cancelled, "ops", now).await.unwrap();
+    db.store
+        .save_change(&w, &cancelled, "ops", now)
+        .await
+        .unwrap();
     let before = rig.sent();
     let r = rig.tick(now).await;
     assert_eq!(r.dispatch.sent as usize, ANNOUNCEMENT_ROWS);
     assert_eq!(rig.sent(), before + ANNOUNCEMENT_ROWS);
-    let newcomer = db.store.recipients_page(None, RecipientId(0), 100).await.unwrap().last().unwrap().id;
-    assert!(db.store.told_among(w.id, newcomer, newcomer).await.unwrap().is_empty());
+    let newcomer = db
+        .store
+        .recipients_page(None, RecipientId(0), 100)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .id;
+    assert!(
+        db.store
+            .told_among(w.id, newcomer, newcomer)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Nothing else is ever planned for a cancelled window.
     let r = rig.tick(start() - TimeDelta::hours(1)).await;
     assert_eq!((r.enqueued, r.dispatch.claimed), (0, 0));

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use chrono::TimeDelta;
 use tangazo::domain::{
-    Audience, Channel, Locale, Notice, NoticeKind, PlannedDelivery, RecipientId, Schedule, Span, WindowId, WindowStatus,
+    Audience, Channel, Locale, Notice, NoticeKind, PlannedDelivery, RecipientId, Schedule, Span,
+    WindowId, WindowStatus,
 };
 use tangazo::planner::{Decision, Outcome, Reach};
 use tangazo::storage::{Finish, StoreError};
@@ -29,7 +30,13 @@ async fn states(db: &TestDb, window: WindowId) -> BTreeMap<String, i64> {
     out
 }
 
-fn planned(window: WindowId, revision: u32, notice: Notice, recipients: &[i64], due_hours_before: i64) -> Vec<PlannedDelivery> {
+fn planned(
+    window: WindowId,
+    revision: u32,
+    notice: Notice,
+    recipients: &[i64],
+    due_hours_before: i64,
+) -> Vec<PlannedDelivery> {
     recipients
         .iter()
         .map(|&r| PlannedDelivery {
@@ -46,96 +53,246 @@ fn planned(window: WindowId, revision: u32, notice: Notice, recipients: &[i64], 
 
 async fn seed(db: &TestDb, n: u32) -> Vec<i64> {
     let people: Vec<_> = (0..n).map(|i| customer(i, Locale::En)).collect();
-    db.store.upsert_recipients(&people, utc(2015, 4, 1, 0, 0)).await.unwrap();
-    db.store.recipients_page(None, RecipientId(0), 1000).await.unwrap().iter().map(|r| r.id.0).collect()
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    db.store
+        .recipients_page(None, RecipientId(0), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.0)
+        .collect()
 }
 
 async fn windows_keep_history_and_refuse_stale_changes(db: &TestDb) {
     let created = utc(2015, 4, 10, 6, 0);
-    let w = db.store.create_window(new_window(48), created, "alice").await.unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), created, "alice")
+        .await
+        .unwrap();
     assert_eq!(db.store.window(w.id).await.unwrap(), w);
-    let moved = w.reschedule(Schedule::new(start() + TimeDelta::hours(24), start() + TimeDelta::hours(72)).unwrap(), created).unwrap();
-    db.store.save_change(&w, &moved, "bob", created).await.unwrap();
+    let moved = w
+        .reschedule(
+            Schedule::new(
+                start() + TimeDelta::hours(24),
+                start() + TimeDelta::hours(72),
+            )
+            .unwrap(),
+            created,
+        )
+        .unwrap();
+    db.store
+        .save_change(&w, &moved, "bob", created)
+        .await
+        .unwrap();
     let again = w.cancel(None, created).unwrap();
-    assert!(matches!(db.store.save_change(&w, &again, "carol", created).await, Err(StoreError::Conflict { .. })));
+    assert!(matches!(
+        db.store.save_change(&w, &again, "carol", created).await,
+        Err(StoreError::Conflict { .. })
+    ));
     let stored = db.store.window(w.id).await.unwrap();
     assert_eq!(stored, moved);
     let history = db.store.history(w.id).await.unwrap();
-    let summary: Vec<(u32, &str, &str)> = history.iter().map(|h| (h.revision, h.action.as_str(), h.actor.as_str())).collect();
-    assert_eq!(summary, [(1, "created", "alice"), (2, "rescheduled", "bob")]);
-    assert!(matches!(db.store.window(WindowId(999)).await, Err(StoreError::NoSuchWindow(_))));
+    let summary: Vec<(u32, &str, &str)> = history
+        .iter()
+        .map(|h| (h.revision, h.action.as_str(), h.actor.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [(1, "created", "alice"), (2, "rescheduled", "bob")]
+    );
+    assert!(matches!(
+        db.store.window(WindowId(999)).await,
+        Err(StoreError::NoSuchWindow(_))
+    ));
     assert_eq!(db.store.open_windows().await.unwrap().len(), 1);
 }
 
 async fn enqueue_is_idempotent(db: &TestDb) {
     let ids = seed(db, 25).await;
-    let w = db.store.create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t").await.unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
     let rows = planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100);
     assert_eq!(db.store.enqueue(&rows).await.unwrap(), 25);
     assert_eq!(db.store.enqueue(&rows).await.unwrap(), 0);
     assert_eq!(db.store.enqueue(&rows[..10]).await.unwrap(), 0);
     let other = planned(w.id, 1, Notice::reminder(Span::hours(24)), &ids, 24);
     assert_eq!(db.store.enqueue(&other).await.unwrap(), 25);
-    assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 50)]));
+    assert_eq!(
+        states(db, w.id).await,
+        BTreeMap::from([("pending".into(), 50)])
+    );
 }
 
 async fn claims_finish_expire_and_lapse(db: &TestDb) {
     let ids = seed(db, 10).await;
-    let w = db.store.create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t").await.unwrap();
-    db.store.enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100)).await.unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    db.store
+        .enqueue(&planned(
+            w.id,
+            1,
+            Notice::new(NoticeKind::Announced),
+            &ids,
+            100,
+        ))
+        .await
+        .unwrap();
     let now = start() - TimeDelta::hours(50);
     let lease = now + TimeDelta::minutes(5);
     // Not due yet: nothing to claim before the due time.
-    assert!(db.store.claim_due(start() - TimeDelta::hours(101), 100, "w1", lease).await.unwrap().is_empty());
+    assert!(
+        db.store
+            .claim_due(start() - TimeDelta::hours(101), 100, "w1", lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let first = db.store.claim_due(now, 4, "w1", lease).await.unwrap();
     assert_eq!(first.len(), 4);
     assert!(first.iter().all(|c| c.attempts == 1 && c.phone.is_some()));
     let second = db.store.claim_due(now, 100, "w2", lease).await.unwrap();
     assert_eq!(second.len(), 6, "a claimed delivery is not claimed twice");
     let mut finishes = vec![
-        Finish::Sent { id: first[0].id, backend: "file".into(), provider_id: None, body_id: None },
-        Finish::Failed { id: first[1].id, error: "invalid number".into() },
-        Finish::Retry { id: first[2].id, at: now + TimeDelta::minutes(1), error: "busy".into() },
+        Finish::Sent {
+            id: first[0].id,
+            backend: "file".into(),
+            provider_id: None,
+            body_id: None,
+        },
+        Finish::Failed {
+            id: first[1].id,
+            error: "invalid number".into(),
+        },
+        Finish::Retry {
+            id: first[2].id,
+            at: now + TimeDelta::minutes(1),
+            error: "busy".into(),
+        },
     ];
-    finishes.push(Finish::Sent { id: first[3].id, backend: "file".into(), provider_id: Some("p-1".into()), body_id: None });
+    finishes.push(Finish::Sent {
+        id: first[3].id,
+        backend: "file".into(),
+        provider_id: Some("p-1".into()),
+        body_id: None,
+    });
     db.store.finish(&finishes, now).await.unwrap();
     // The retry is not due before its time, then it is.
-    assert!(db.store.claim_due(now, 100, "w3", lease).await.unwrap().is_empty());
-    let retry = db.store.claim_due(now + TimeDelta::minutes(2), 100, "w3", lease + TimeDelta::minutes(2)).await.unwrap();
+    assert!(
+        db.store
+            .claim_due(now, 100, "w3", lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retry = db
+        .store
+        .claim_due(
+            now + TimeDelta::minutes(2),
+            100,
+            "w3",
+            lease + TimeDelta::minutes(2),
+        )
+        .await
+        .unwrap();
     assert_eq!(retry.len(), 1);
     assert_eq!(retry[0].attempts, 2);
     // The second worker died: its claims lapse and return to the queue.
-    assert_eq!(db.store.release_lapsed_claims(lease + TimeDelta::minutes(3)).await.unwrap(), 7);
+    assert_eq!(
+        db.store
+            .release_lapsed_claims(lease + TimeDelta::minutes(3))
+            .await
+            .unwrap(),
+        7
+    );
     // Deadline passed: everything unsent expires, nothing sent changes.
     assert_eq!(db.store.expire_due(start()).await.unwrap(), 7);
     assert_eq!(
         states(db, w.id).await,
-        BTreeMap::from([("expired".into(), 7), ("failed".into(), 1), ("sent".into(), 2)])
+        BTreeMap::from([
+            ("expired".into(), 7),
+            ("failed".into(), 1),
+            ("sent".into(), 2)
+        ])
     );
 }
 
 async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
     let ids = seed(db, 6).await;
     let created = utc(2015, 4, 10, 6, 0);
-    let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
-    db.store.enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100)).await.unwrap();
-    let now = start() - TimeDelta::hours(90);
-    let claimed = db.store.claim_due(now, 2, "w", now + TimeDelta::minutes(5)).await.unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), created, "t")
+        .await
+        .unwrap();
     db.store
-        .finish(&[Finish::Sent { id: claimed[0].id, backend: "file".into(), provider_id: None, body_id: None }], now)
+        .enqueue(&planned(
+            w.id,
+            1,
+            Notice::new(NoticeKind::Announced),
+            &ids,
+            100,
+        ))
+        .await
+        .unwrap();
+    let now = start() - TimeDelta::hours(90);
+    let claimed = db
+        .store
+        .claim_due(now, 2, "w", now + TimeDelta::minutes(5))
+        .await
+        .unwrap();
+    db.store
+        .finish(
+            &[Finish::Sent {
+                id: claimed[0].id,
+                backend: "file".into(),
+                provider_id: None,
+                body_id: None,
+            }],
+            now,
+        )
         .await
         .unwrap();
     // One sent, one in flight, four queued: the cancellation supersedes the five unsent.
     let cancelled = w.cancel(Some("vendor delay".into()), now).unwrap();
-    assert_eq!(db.store.save_change(&w, &cancelled, "ops", now).await.unwrap(), 5);
+    assert_eq!(
+        db.store
+            .save_change(&w, &cancelled, "ops", now)
+            .await
+            .unwrap(),
+        5
+    );
     // The in-flight one finishing late does not resurrect it.
     db.store
-        .finish(&[Finish::Sent { id: claimed[1].id, backend: "file".into(), provider_id: None, body_id: None }], now)
+        .finish(
+            &[Finish::Sent {
+                id: claimed[1].id,
+                backend: "file".into(),
+                provider_id: None,
+                body_id: None,
+            }],
+            now,
+        )
         .await
         .unwrap();
-    assert_eq!(states(db, w.id).await, BTreeMap::from([("sent".into(), 1), ("superseded".into(), 5)]));
+    assert_eq!(
+        states(db, w.id).await,
+        BTreeMap::from([("sent".into(), 1), ("superseded".into(), 5)])
+    );
     let stored = db.store.window(w.id).await.unwrap();
-    assert_eq!((stored.status, stored.revision), (WindowStatus::Cancelled, 2));
+    assert_eq!(
+        (stored.status, stored.revision),
+        (WindowStatus::Cancelled, 2)
+    );
     assert_eq!(stored.cancel_reason.as_deref(), Some("vendor delay"));
 }
 
@@ -143,37 +300,95 @@ async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
     let now = utc(2015, 4, 1, 0, 0);
     let mut a = customer(1, Locale::En);
     let b = biller(2);
-    db.store.upsert_recipients(&[a.clone(), b.clone()], now).await.unwrap();
+    db.store
+        .upsert_recipients(&[a.clone(), b.clone()], now)
+        .await
+        .unwrap();
     assert_eq!(db.store.count_recipients().await.unwrap(), 2);
-    assert!(db.store.set_opt_out(a.phone.as_ref().unwrap().as_str(), true, now).await.unwrap());
-    assert!(!db.store.set_opt_out("+254799999999", true, now).await.unwrap());
+    assert!(
+        db.store
+            .set_opt_out(a.phone.as_ref().unwrap().as_str(), true, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.store
+            .set_opt_out("+254799999999", true, now)
+            .await
+            .unwrap()
+    );
     // Re-import with a new name and locale and opt_out = false: updated, still opted out.
     a.name = "Renamed".into();
     a.locale = Locale::Sw;
-    db.store.upsert_recipients(&[a.clone(), a.clone()], now).await.unwrap();
+    db.store
+        .upsert_recipients(&[a.clone(), a.clone()], now)
+        .await
+        .unwrap();
     assert_eq!(db.store.count_recipients().await.unwrap(), 2);
-    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    let all = db
+        .store
+        .recipients_page(None, RecipientId(0), 10)
+        .await
+        .unwrap();
     let first = &all[0].profile;
-    assert_eq!((first.name.as_str(), first.locale, first.opt_out), ("Renamed", Locale::Sw, true));
-    let billers = db.store.recipients_page(Some(Audience::Biller), RecipientId(0), 10).await.unwrap();
+    assert_eq!(
+        (first.name.as_str(), first.locale, first.opt_out),
+        ("Renamed", Locale::Sw, true)
+    );
+    let billers = db
+        .store
+        .recipients_page(Some(Audience::Biller), RecipientId(0), 10)
+        .await
+        .unwrap();
     assert_eq!(billers.len(), 1);
     assert_eq!(billers[0].profile, b);
-    assert!(db.store.set_opt_out(a.phone.as_ref().unwrap().as_str(), false, now).await.unwrap());
-    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    assert!(
+        db.store
+            .set_opt_out(a.phone.as_ref().unwrap().as_str(), false, now)
+            .await
+            .unwrap()
+    );
+    let all = db
+        .store
+        .recipients_page(None, RecipientId(0), 10)
+        .await
+        .unwrap();
     assert!(!all[0].profile.opt_out);
 }
 
 async fn told_and_decisions(db: &TestDb) {
     let ids = seed(db, 5).await;
-    let w = db.store.create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t").await.unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
     let r72 = Notice::reminder(Span::hours(72));
-    db.store.enqueue(&planned(w.id, 1, r72, &ids, 72)).await.unwrap();
+    db.store
+        .enqueue(&planned(w.id, 1, r72, &ids, 72))
+        .await
+        .unwrap();
     let now = start() - TimeDelta::hours(71);
-    let claimed = db.store.claim_due(now, 2, "w", now + TimeDelta::minutes(5)).await.unwrap();
-    let sent: Vec<Finish> =
-        claimed.iter().map(|c| Finish::Sent { id: c.id, backend: "file".into(), provider_id: None, body_id: None }).collect();
+    let claimed = db
+        .store
+        .claim_due(now, 2, "w", now + TimeDelta::minutes(5))
+        .await
+        .unwrap();
+    let sent: Vec<Finish> = claimed
+        .iter()
+        .map(|c| Finish::Sent {
+            id: c.id,
+            backend: "file".into(),
+            provider_id: None,
+            body_id: None,
+        })
+        .collect();
     db.store.finish(&sent, now).await.unwrap();
-    let told = db.store.told_among(w.id, RecipientId(ids[0]), RecipientId(ids[4])).await.unwrap();
+    let told = db
+        .store
+        .told_among(w.id, RecipientId(ids[0]), RecipientId(ids[4]))
+        .await
+        .unwrap();
     assert_eq!(told.len(), 2);
     assert!(told.contains(&RecipientId(claimed[0].recipient_id)));
     // A later reminder supersedes the unsent rest of the earlier one for its audience.
