@@ -179,6 +179,12 @@ impl Config {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            // Only variables naming a top-level key are configuration; others with the prefix
+            // (TANGAZO_TEST_POSTGRES, say) belong to someone else. Below the top level,
+            // unknown keys are errors as in the file.
+            if !table.contains_key(&path[0]) && path[0] != "templates" {
+                continue;
+            }
             set_path(&mut table, &path, env_value(&value)).map_err(|m| ConfigError::Syntax {
                 origin: format!("environment variable {name}"),
                 message: m,
@@ -418,6 +424,7 @@ mod tests {
                 ("TANGAZO_DISPATCH__BATCH_SIZE", "42"),
                 ("TANGAZO_CONFIG", "ignored.toml"),
                 ("OTHER", "x"),
+                ("TANGAZO_TEST_POSTGRES", "postgres://elsewhere"),
             ],
         )
         .unwrap();

@@ -21,6 +21,10 @@ use crate::storage::{Store, StoreError};
 /// Rows per transaction.
 pub const BATCH: usize = 10_000;
 
+/// Bad rows kept with their reasons; more are counted in `rejected` but not kept, so a
+/// thoroughly wrong file of millions of rows still imports in constant memory.
+pub const ERRORS_KEPT: usize = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{0}")]
@@ -50,6 +54,15 @@ pub struct ImportReport {
     pub updated: u64,
     pub rejected: u64,
     pub errors: Vec<RowError>,
+}
+
+impl ImportReport {
+    fn reject(&mut self, e: RowError) {
+        self.rejected += 1;
+        if self.errors.len() < ERRORS_KEPT {
+            self.errors.push(e);
+        }
+    }
 }
 
 /// Everything a row needs to become a profile.
@@ -240,8 +253,7 @@ pub fn validate_csv<R: Read>(input: R, rules: &RowRules<'_>) -> Result<ImportRep
     for row in Rows::new(input, rules)? {
         report.rows += 1;
         if let Err(e) = row? {
-            report.rejected += 1;
-            report.errors.push(e);
+            report.reject(e);
         }
     }
     Ok(report)
@@ -263,10 +275,7 @@ pub async fn import_csv<R: Read>(
         report.rows += 1;
         match row? {
             Ok(profile) => batch.push(profile),
-            Err(e) => {
-                report.rejected += 1;
-                report.errors.push(e);
-            }
+            Err(e) => report.reject(e),
         }
         if batch.len() >= BATCH {
             store.upsert_recipients(&batch, now).await?;

@@ -43,6 +43,18 @@ pub enum WindowCommand {
         #[arg(long)]
         auto_complete: bool,
     },
+    /// Correct the wording (title, description): no new revision, nobody re-notified
+    Edit {
+        id: i64,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        title_sw: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        description_sw: Option<String>,
+    },
     /// List windows, newest first
     List,
     /// Show a window and its history
@@ -142,6 +154,36 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             } else {
                 println!("{}", w.id);
             }
+            Ok(())
+        }
+        WindowCommand::Edit {
+            id,
+            title,
+            title_sw,
+            description,
+            description_sw,
+        } => {
+            let (store, w) = load(ctx, id).await?;
+            let title = Localized {
+                en: title.unwrap_or_else(|| w.title.en.clone()),
+                sw: title_sw.or_else(|| w.title.sw.clone()),
+            };
+            let description = Localized {
+                en: description.unwrap_or_else(|| w.description.en.clone()),
+                sw: description_sw.or_else(|| w.description.sw.clone()),
+            };
+            let next = w.edit_text(title, description).map_err(|e| match e {
+                crate::domain::WindowError::MissingTitle => bad_field("--title")(e),
+                e => bad_input(e),
+            })?;
+            store.save_text(&w, &next, &ctx.actor, now).await?;
+            if ctx.cli_json {
+                return ctx.print_json(&window_json(&next));
+            }
+            println!(
+                "window {} edited (still revision {}; nobody is re-notified)",
+                next.id, next.revision
+            );
             Ok(())
         }
         WindowCommand::List => {

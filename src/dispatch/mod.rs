@@ -287,21 +287,26 @@ impl Dispatcher {
             Channel::Webhook => RecipientId(row.recipient_id).to_string(),
         };
         let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}");
-        if !bodies.contains_key(&key) {
-            let facts = NoticeFacts::new(window, notice, &self.components);
-            let content = self
-                .renderer
-                .render(&facts, channel, locale, zone)
-                .map_err(|e| Prepare::Fail(e.to_string()))?;
-            let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
-            let id = self
-                .store
-                .body_id(&key, &json)
-                .await
-                .map_err(Prepare::Store)?;
-            bodies.insert(key.clone(), Body { id, content });
-        }
-        let body = bodies.get(&key).ok_or_else(|| corrupt("body"))?;
+        let body = match bodies.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let facts = NoticeFacts::new(window, notice, &self.components);
+                let content = self
+                    .renderer
+                    .render(&facts, channel, locale, zone)
+                    .map_err(|e| Prepare::Fail(e.to_string()))?;
+                let json =
+                    serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
+                // The fingerprint keeps a corrected wording (same revision) from reusing a stale row.
+                let stored_key = format!("{}#{:016x}", e.key(), fnv1a(json.as_bytes()));
+                let id = self
+                    .store
+                    .body_id(&stored_key, &json)
+                    .await
+                    .map_err(Prepare::Store)?;
+                e.insert(Body { id, content })
+            }
+        };
         let message = Message {
             idempotency_key: idempotency_key(
                 window_id,
@@ -321,6 +326,13 @@ impl Dispatcher {
         };
         Ok((message, body.id))
     }
+}
+
+/// FNV-1a: a stable 64-bit fingerprint (unlike `DefaultHasher`, the same in every build).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 enum Prepare {

@@ -287,6 +287,26 @@ impl Window {
         Ok(w)
     }
 
+    /// Corrects the title or description. Not a new revision: nobody is re-notified for a
+    /// wording change, and notices not yet rendered use the new text.
+    pub fn edit_text(
+        &self,
+        title: Localized,
+        description: Localized,
+    ) -> Result<Window, WindowError> {
+        if title.en.trim().is_empty() {
+            return Err(WindowError::MissingTitle);
+        }
+        if title == self.title && description == self.description {
+            return Err(WindowError::NothingChanged(self.id));
+        }
+        Ok(Window {
+            title,
+            description,
+            ..self.clone()
+        })
+    }
+
     /// The scheduler's transition at the planned start.
     pub fn start(&self, now: DateTime<Utc>) -> Result<Window, WindowError> {
         if self.status != WindowStatus::Scheduled || now < self.schedule.starts_at {
@@ -351,7 +371,7 @@ pub enum WindowError {
         action: &'static str,
         hint: &'static str,
     },
-    #[error("window {0} already has those times")]
+    #[error("window {0} already has those values")]
     NothingChanged(WindowId),
     #[error("stored window is corrupt: {0}")]
     Corrupt(String),

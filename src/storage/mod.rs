@@ -300,6 +300,51 @@ impl Store {
         })
     }
 
+    /// Stores a text-only edit (title, description): same revision, a history entry, nothing
+    /// superseded. Fails with `Conflict` if the window moved on since `before` was read.
+    pub async fn save_text(
+        &self,
+        before: &Window,
+        after: &Window,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let details = serde_json::json!({
+            "title": after.title.en, "title_sw": after.title.sw,
+            "description": after.description.en, "description_sw": after.description.sw,
+        });
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE windows SET title_en = $1, title_sw = $2, description_en = $3, description_sw = $4 \
+                 WHERE id = $5 AND revision = $6",
+            )
+            .bind(&after.title.en)
+            .bind(&after.title.sw)
+            .bind(&after.description.en)
+            .bind(&after.description.sw)
+            .bind(after.id.0)
+            .bind(i64::from(before.revision))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated != 1 {
+                return Err(StoreError::Conflict { id: before.id, expected: before.revision });
+            }
+            sqlx::query("INSERT INTO window_history (window_id, revision, at, actor, action, details) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(after.id.0)
+                .bind(i64::from(after.revision))
+                .bind(to_millis(now))
+                .bind(actor)
+                .bind("edited")
+                .bind(details.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     pub async fn window(&self, id: WindowId) -> Result<Window, StoreError> {
         let sql = format!("SELECT {WINDOW_COLUMNS} FROM windows WHERE id = $1");
         let row: Option<WindowRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).bind(id.0).fetch_optional(p).await?);
@@ -691,9 +736,45 @@ impl Store {
     /// claimed are touched: a delivery superseded while in flight stays superseded.
     pub async fn finish(&self, outcomes: &[Finish], now: DateTime<Utc>) -> Result<(), StoreError> {
         let now = to_millis(now);
+        // The common case, a batch sent through one backend with one body per group, is one
+        // statement per group rather than one per row.
+        let mut plain_sent: std::collections::BTreeMap<(&str, Option<i64>), Vec<i64>> =
+            Default::default();
+        let mut others = Vec::new();
+        for f in outcomes {
+            match f {
+                Finish::Sent {
+                    id,
+                    backend,
+                    provider_id: None,
+                    body_id,
+                } => plain_sent
+                    .entry((backend.as_str(), *body_id))
+                    .or_default()
+                    .push(*id),
+                other => others.push(other),
+            }
+        }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for f in outcomes {
+            for ((backend, body_id), ids) in &plain_sent {
+                for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                    let mut qb = QueryBuilder::new("UPDATE deliveries SET state = 'sent', sent_at = ");
+                    qb.push_bind(now)
+                        .push(", backend = ")
+                        .push_bind(*backend)
+                        .push(", body_id = ")
+                        .push_bind(*body_id)
+                        .push(", last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE state = 'claimed' AND id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+            }
+            for f in others {
                 let q = match f {
                     Finish::Sent { id, backend, provider_id, body_id } => sqlx::query(
                         "UPDATE deliveries SET state = 'sent', sent_at = $2, backend = $3, provider_id = $4, body_id = $5, \

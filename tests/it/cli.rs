@@ -336,7 +336,7 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
         "--end",
         "2015-04-19 23:59",
     ]);
-    assert!(err.contains("already has those times"), "{err}");
+    assert!(err.contains("already has those values"), "{err}");
     let shown: serde_json::Value =
         serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
     assert_eq!(
@@ -567,4 +567,52 @@ fn a_second_daemon_on_one_sqlite_file_refuses_and_kill_9_does_not_block_a_restar
         .unwrap();
     let status = again.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_wording_fix_is_not_a_new_revision_and_notifies_nobody() {
+    let cli = Cli::new();
+    let csv = recipients_csv(cli.dir.path());
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let id = add_window(&cli);
+    cli.ok(&["run-once", NOW]);
+    let sent = cli.outbox_lines();
+    cli.ok(&[
+        "window",
+        "edit",
+        &id,
+        NOW,
+        "--title",
+        "Systems migration to Nairobi",
+        "--actor",
+        "editor",
+    ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
+    assert_eq!(
+        (shown["revision"].as_u64(), shown["title"].as_str()),
+        (Some(1), Some("Systems migration to Nairobi"))
+    );
+    assert_eq!(shown["history"][1]["action"], "edited");
+    assert_eq!(shown["history"][1]["actor"], "editor");
+    let again: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["run-once", NOW, "--json"])).unwrap();
+    assert_eq!(again["enqueued"], 0);
+    assert_eq!(cli.outbox_lines(), sent);
+    assert!(
+        cli.bad(&["window", "edit", &id, "--title", " "])
+            .contains("--title")
+    );
+    // The next notice uses the corrected wording.
+    cli.ok(&["run-once", "--now", "2015-04-15T00:30:00+03:00"]);
+    let email = std::fs::read_to_string(cli.path("outbox/email.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(email.lines().last().unwrap()).unwrap();
+    assert_eq!(last["notice"], "reminder:72h");
+    assert!(
+        last["subject"]
+            .as_str()
+            .unwrap()
+            .contains("Systems migration to Nairobi"),
+        "{last}"
+    );
 }
