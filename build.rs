@@ -19,8 +19,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let templates = root.join("templates");
     println!("cargo:rerun-if-changed=templates");
     let mut files = Vec::new();
@@ -34,15 +33,9 @@ fn main() {
             .expect("collected under templates/")
             .to_string_lossy()
             .replace('\\', "/");
-        writeln!(
-            code,
-            "    ({name:?}, include_str!({:?})),",
-            file.display().to_string()
-        )
-        .expect("write to String");
+        writeln!(code, "    ({name:?}, include_str!({:?})),", file.display().to_string()).expect("write to String");
     }
     code.push_str("];\n");
-    let out =
-        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("templates.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("templates.rs");
     std::fs::write(out, code).expect("write generated templates list");
 }

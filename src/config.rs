@@ -22,10 +22,7 @@ const NOT_KEYS: [&str; 5] = ["CONFIG", "NOW", "LOG", "ACTOR", "LOG_FORMAT"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
     #[error("configuration: {0}")]
@@ -41,6 +38,7 @@ struct RawConfig {
     service_name: String,
     default_zone: String,
     policy: RawPolicy,
+    sms: RawSms,
     dispatch: RawDispatch,
     senders: BTreeMap<String, SenderConfig>,
     channels: BTreeMap<String, Vec<String>>,
@@ -59,6 +57,12 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawAudiencePolicy {
     reminders: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSms {
+    max_segments: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +114,8 @@ pub struct Config {
     pub service_name: String,
     pub default_zone: Zone,
     pub policy: Policy,
+    /// The most segments one SMS may be billed as.
+    pub max_sms_segments: usize,
     pub dispatch: DispatchConfig,
     pub senders: BTreeMap<String, SenderConfig>,
     /// For each channel, the sender names in order of preference (never empty).
@@ -194,18 +200,12 @@ impl Config {
             table.insert("database_url".into(), toml::Value::String(url.clone()));
         }
         if let Some(dir) = &overrides.templates {
-            table.insert(
-                "templates".into(),
-                toml::Value::String(dir.display().to_string()),
-            );
+            table.insert("templates".into(), toml::Value::String(dir.display().to_string()));
         }
-        let raw: RawConfig =
-            table
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    origin: "configuration".into(),
-                    message: e.message().to_owned(),
-                })?;
+        let raw: RawConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            origin: "configuration".into(),
+            message: e.message().to_owned(),
+        })?;
         Config::validate(raw)
     }
 
@@ -221,6 +221,9 @@ impl Config {
         if raw.database_url.trim().is_empty() {
             return Err(invalid("database_url must not be empty".into()));
         }
+        if raw.sms.max_segments == 0 {
+            return Err(invalid("sms.max_segments must be at least 1".into()));
+        }
         if raw.dispatch.batch_size == 0 {
             return Err(invalid("dispatch.batch_size must be at least 1".into()));
         }
@@ -229,10 +232,7 @@ impl Config {
                 "dispatch.lease and dispatch.tick must be longer than 0s".into(),
             ));
         }
-        for (audience, p) in [
-            ("customers", &raw.policy.customers),
-            ("billers", &raw.policy.billers),
-        ] {
+        for (audience, p) in [("customers", &raw.policy.customers), ("billers", &raw.policy.billers)] {
             if p.reminders.iter().any(|s| s.secs() == 0) {
                 return Err(invalid(format!(
                     "policy.{audience}.reminders: a reminder must come before the start, not at it (0s)"
@@ -241,14 +241,10 @@ impl Config {
         }
         let mut components = BTreeMap::new();
         if raw.components.is_empty() {
-            return Err(invalid(
-                "[components] must name at least one component".into(),
-            ));
+            return Err(invalid("[components] must name at least one component".into()));
         }
         for (id, names) in &raw.components {
-            let cid: ComponentId = id
-                .parse()
-                .map_err(|e| invalid(format!("components: {e}")))?;
+            let cid: ComponentId = id.parse().map_err(|e| invalid(format!("components: {e}")))?;
             let name = |l: &str| {
                 names
                     .get(l)
@@ -257,9 +253,7 @@ impl Config {
                     .ok_or_else(|| invalid(format!("components.{id}: missing the '{l}' name")))
             };
             if let Some(extra) = names.keys().find(|k| !matches!(k.as_str(), "en" | "sw")) {
-                return Err(invalid(format!(
-                    "components.{id}: unknown locale '{extra}' (en, sw)"
-                )));
+                return Err(invalid(format!("components.{id}: unknown locale '{extra}' (en, sw)")));
             }
             components.insert(
                 cid,
@@ -306,6 +300,7 @@ impl Config {
                 billers: AudiencePolicy::new(raw.policy.billers.reminders.clone()),
                 completed_grace: raw.policy.completed_grace,
             },
+            max_sms_segments: raw.sms.max_segments,
             dispatch: DispatchConfig {
                 batch_size: raw.dispatch.batch_size,
                 retry: raw.dispatch.retry.clone(),
@@ -323,8 +318,7 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut raw = self.raw.clone();
         raw.database_url = redact_url(&raw.database_url);
-        toml::to_string_pretty(&raw)
-            .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 
     /// Whether `component` is configured.
@@ -334,11 +328,10 @@ impl Config {
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError::Syntax {
-            origin: origin.to_owned(),
-            message: e.to_string().trim().to_owned(),
-        })
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+        origin: origin.to_owned(),
+        message: e.to_string().trim().to_owned(),
+    })
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -367,9 +360,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
         let entry = cur
             .entry(p.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("'{p}' is not a table"))?;
+        cur = entry.as_table_mut().ok_or_else(|| format!("'{p}' is not a table"))?;
     }
     cur.insert(last.clone(), value);
     Ok(())
@@ -430,19 +421,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.service_name, "Pesa");
         assert_eq!(c.policy.customers.reminders(), [Span::hours(48)]);
-        assert_eq!(
-            c.policy.billers.reminders().len(),
-            4,
-            "merged, not replaced"
-        );
+        assert_eq!(c.policy.billers.reminders().len(), 4, "merged, not replaced");
         assert_eq!(c.policy.completed_grace, Span::hours(12));
         assert_eq!(c.dispatch.batch_size, 42);
         let c = Config::from_parts(
             None,
-            [(
-                "TANGAZO_DATABASE_URL".to_string(),
-                "sqlite://env.db".to_string(),
-            )],
+            [("TANGAZO_DATABASE_URL".to_string(), "sqlite://env.db".to_string())],
             &Overrides {
                 database_url: Some("sqlite://flag.db".into()),
                 templates: None,
@@ -454,11 +438,7 @@ mod tests {
 
     #[test]
     fn components_replace_the_defaults() {
-        let c = load(
-            "[components.ussd]\nen = \"USSD menu\"\nsw = \"Menyu ya USSD\"\n",
-            &[],
-        )
-        .unwrap();
+        let c = load("[components.ussd]\nen = \"USSD menu\"\nsw = \"Menyu ya USSD\"\n", &[]).unwrap();
         assert_eq!(c.components.len(), 1);
     }
 
@@ -469,10 +449,7 @@ mod tests {
             ("[policy]\ncompleted_grace = \"soon\"", "soon"),
             ("default_zone = \"Mars/Base\"", "Mars/Base"),
             ("[channels]\nsms = [\"smtp\"]", "no sender named 'smtp'"),
-            (
-                "[components.x]\nen = \"X\"",
-                "components.x: missing the 'sw' name",
-            ),
+            ("[components.x]\nen = \"X\"", "components.x: missing the 'sw' name"),
             ("[senders.a]\ntype = \"carrier-pigeon\"", "carrier-pigeon"),
             ("[dispatch]\nbatch_size = 0", "batch_size"),
         ];

@@ -13,8 +13,7 @@ use serde::Serialize;
 
 use crate::config::ComponentNames;
 use crate::domain::{
-    Audience, Channel, ComponentId, EmailAddress, Locale, PhoneNumber, Profile, RecipientError,
-    Zone, split_list,
+    Audience, Channel, ComponentId, EmailAddress, Locale, PhoneNumber, Profile, RecipientError, Zone, split_list,
 };
 use crate::storage::{Store, StoreError};
 
@@ -94,10 +93,7 @@ impl Columns {
                 map.entry(*k).or_insert(i);
             }
         }
-        let missing: Vec<&str> = ["kind", "name"]
-            .into_iter()
-            .filter(|k| !map.contains_key(k))
-            .collect();
+        let missing: Vec<&str> = ["kind", "name"].into_iter().filter(|k| !map.contains_key(k)).collect();
         if !missing.is_empty() {
             return Err(ImportError::Header(format!(
                 "line 1: the header has no {} column (expected kind,name,phone,email,locale,zone,components,channels[,opt_out])",
@@ -194,11 +190,7 @@ impl<'a, R: Read> Rows<'a, R> {
         // The BOM is removed here, not by the csv crate, whose line numbers are off by one
         // after it strips one itself.
         let mut input = BufReader::new(input);
-        if input
-            .fill_buf()
-            .map_err(csv::Error::from)?
-            .starts_with(b"\xef\xbb\xbf")
-        {
+        if input.fill_buf().map_err(csv::Error::from)?.starts_with(b"\xef\xbb\xbf") {
             input.consume(3);
         }
         // Records end at LF; the CR of a CRLF stays in the last field and is trimmed with the

@@ -10,9 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::dispatch::{DispatchError, DispatchReport, Dispatcher};
-use crate::domain::{
-    Audience, Notice, NoticeKind, PlannedDelivery, RecipientId, Window, WindowStatus,
-};
+use crate::domain::{Audience, Notice, NoticeKind, PlannedDelivery, RecipientId, Window, WindowStatus};
 use crate::planner::{self, Decision, Outcome, Policy, Reach};
 use crate::storage::{Store, StoreError};
 
@@ -93,11 +91,7 @@ impl Scheduler {
     }
 
     /// One tick at `now`. `stop` is asked between dispatch batches (shutdown).
-    pub async fn tick(
-        &self,
-        now: DateTime<Utc>,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<TickReport, TickError> {
+    pub async fn tick(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<TickReport, TickError> {
         let mut report = TickReport {
             released: self.store.release_lapsed_claims(now).await?,
             ..TickReport::default()
@@ -123,53 +117,27 @@ impl Scheduler {
         report: &mut TickReport,
     ) -> Result<Window, StoreError> {
         if window.status == WindowStatus::Scheduled && now >= window.schedule.starts_at() {
-            let next = window
-                .start(now)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            report.superseded += self
-                .store
-                .save_change(&window, &next, "scheduler", now)
-                .await?;
-            tracing::info!(
-                window = next.id.0,
-                revision = next.revision,
-                "window started"
-            );
-            report
-                .transitions
-                .push(format!("window {} started", next.id));
+            let next = window.start(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
+            tracing::info!(window = next.id.0, revision = next.revision, "window started");
+            report.transitions.push(format!("window {} started", next.id));
             window = next;
         }
-        if window.status == WindowStatus::InProgress
-            && window.auto_complete
-            && now >= window.schedule.ends_at()
-        {
-            let next = window
-                .complete(now)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            report.superseded += self
-                .store
-                .save_change(&window, &next, "scheduler", now)
-                .await?;
+        if window.status == WindowStatus::InProgress && window.auto_complete && now >= window.schedule.ends_at() {
+            let next = window.complete(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
             tracing::info!(
                 window = next.id.0,
                 revision = next.revision,
                 "window completed automatically"
             );
-            report
-                .transitions
-                .push(format!("window {} completed (auto)", next.id));
+            report.transitions.push(format!("window {} completed (auto)", next.id));
             window = next;
         }
         Ok(window)
     }
 
-    async fn plan(
-        &self,
-        window: &Window,
-        now: DateTime<Utc>,
-        report: &mut TickReport,
-    ) -> Result<(), StoreError> {
+    async fn plan(&self, window: &Window, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), StoreError> {
         let decided = self.store.decided(window.id, window.revision).await?;
         for decision in planner::decide(window, &self.policy, &decided, now) {
             if decision.outcome == Outcome::Planned {
@@ -191,10 +159,7 @@ impl Scheduler {
                     decision.outcome.as_str()
                 ));
             }
-            report.superseded += self
-                .store
-                .record_decision(window.id, &decision, now)
-                .await?;
+            report.superseded += self.store.record_decision(window.id, &decision, now).await?;
         }
         if let Some(last) = terminal_notice(window) {
             let decided = self.store.decided(window.id, window.revision).await?;
@@ -211,23 +176,16 @@ impl Scheduler {
         let mut buffer: Vec<PlannedDelivery> = Vec::new();
         let mut enqueued = 0;
         loop {
-            let page = self
-                .store
-                .recipients_page(Some(decision.audience), after, PAGE)
-                .await?;
+            let page = self.store.recipients_page(Some(decision.audience), after, PAGE).await?;
             let (Some(first), Some(last)) = (page.first(), page.last()) else {
                 break;
             };
             let told: HashSet<RecipientId> = match decision.reach {
                 Reach::Eligible => HashSet::new(),
-                Reach::AlreadyTold | Reach::NotYetTold => {
-                    self.store.told_among(window.id, first.id, last.id).await?
-                }
+                Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first.id, last.id).await?,
             };
             after = last.id;
-            buffer.extend(planner::fan_out(decision, window, &page, |id| {
-                told.contains(&id)
-            }));
+            buffer.extend(planner::fan_out(decision, window, &page, |id| told.contains(&id)));
             if buffer.len() >= PAGE as usize {
                 enqueued += self.store.enqueue(&buffer).await?;
                 buffer.clear();

@@ -45,17 +45,15 @@ impl Shutdown {
         tokio::spawn(async move {
             #[cfg(unix)]
             {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot listen for SIGTERM");
-                            let _ = tokio::signal::ctrl_c().await;
-                            me.trigger();
-                            return;
-                        }
-                    };
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = tokio::signal::ctrl_c().await;
+                        me.trigger();
+                        return;
+                    }
+                };
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {},
                     _ = term.recv() => {},

@@ -49,11 +49,7 @@ impl Sender for FileSender {
             for channel in Channel::ALL {
                 let mut buf = Vec::new();
                 let mut members = Vec::new();
-                for (i, m) in batch
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, m)| m.channel == channel)
-                {
+                for (i, m) in batch.iter().enumerate().filter(|(_, m)| m.channel == channel) {
                     match serde_json::to_writer(&mut buf, m) {
                         Ok(()) => {
                             buf.push(b'\n');

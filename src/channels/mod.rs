@@ -135,9 +135,6 @@ impl Senders {
     }
 
     pub fn route(&self, channel: Channel) -> &[Arc<dyn Sender>] {
-        self.routes
-            .get(&channel)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        self.routes.get(&channel).map(Vec::as_slice).unwrap_or_default()
     }
 }

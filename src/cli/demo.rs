@@ -20,8 +20,8 @@ use crate::storage::Store;
 const MARKER: &str = ".tangazo-demo";
 
 const FIRST: [&str; 16] = [
-    "Wanjiku", "Otieno", "Achieng", "Kamau", "Njeri", "Mwangi", "Akinyi", "Kiprono", "Chebet",
-    "Mutua", "Wambui", "Omondi", "Nyambura", "Kipchoge", "Atieno", "Barasa",
+    "Wanjiku", "Otieno", "Achieng", "Kamau", "Njeri", "Mwangi", "Akinyi", "Kiprono", "Chebet", "Mutua", "Wambui",
+    "Omondi", "Nyambura", "Kipchoge", "Atieno", "Barasa",
 ];
 const LAST: [&str; 12] = [
     "Kariuki",
@@ -58,17 +58,14 @@ fn at(text: &str) -> CliResult<DateTime<Utc>> {
 
 fn prepare(dir: &Path) -> CliResult<PathBuf> {
     if dir.exists() {
-        let empty = std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !dir.join(MARKER).exists() && !empty {
             return Err(bad_input(anyhow::anyhow!(
                 "{} exists and was not made by `tangazo demo`; choose another --dir",
                 dir.display()
             )));
         }
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing the previous demo in {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
@@ -80,35 +77,20 @@ fn prepare(dir: &Path) -> CliResult<PathBuf> {
 
 fn write_recipients(path: &Path, customers: u32) -> CliResult {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(
-        out,
-        "kind,name,phone,email,locale,zone,components,channels,opt_out"
-    )?;
+    writeln!(out, "kind,name,phone,email,locale,zone,components,channels,opt_out")?;
     let mut rng = Rng(0x2015_0418);
     for i in 0..customers {
         let first = FIRST[rng.below(FIRST.len() as u64) as usize];
         let last = LAST[rng.below(LAST.len() as u64) as usize];
         let phone = format!("07{:08}", 10_000_000 + u64::from(i));
         let email = if rng.below(10) < 4 {
-            format!(
-                "{}.{}{i}@example.co.ke",
-                first.to_lowercase(),
-                last.to_lowercase()
-            )
+            format!("{}.{}{i}@example.co.ke", first.to_lowercase(), last.to_lowercase())
         } else {
             String::new()
         };
         let locale = if rng.below(100) < 55 { "sw" } else { "en" };
-        let zone = if rng.below(100) == 0 {
-            "Europe/London"
-        } else {
-            ""
-        };
-        let components = if rng.below(10) == 0 {
-            "pay-bill;buy-goods"
-        } else {
-            ""
-        };
+        let zone = if rng.below(100) == 0 { "Europe/London" } else { "" };
+        let components = if rng.below(10) == 0 { "pay-bill;buy-goods" } else { "" };
         let opt_out = if rng.below(100) < 3 { "true" } else { "" };
         writeln!(
             out,
@@ -141,19 +123,10 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             "database_url = \"sqlite://tangazo.db\"",
             &format!("database_url = {:?}", format!("sqlite://{}", db.display())),
         )
-        .replace(
-            "dir = \"outbox\"",
-            &format!("dir = {:?}", outbox.display().to_string()),
-        );
+        .replace("dir = \"outbox\"", &format!("dir = {:?}", outbox.display().to_string()));
     let config_path = dir.join("tangazo.toml");
     std::fs::write(&config_path, &config_text)?;
-    let config = Config::load(
-        &config_path,
-        true,
-        std::iter::empty(),
-        &Overrides::default(),
-    )
-    .map_err(bad_input)?;
+    let config = Config::load(&config_path, true, std::iter::empty(), &Overrides::default()).map_err(bad_input)?;
     let store = Store::connect(&config.database_url).await?;
 
     // The operator's week, in EAT.
@@ -174,7 +147,10 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
     let import = import_csv(&store, file, &rules, announce, &mut |_| {}).await?;
 
     let new = NewWindow {
-        title: Localized { en: "M-PESA systems migration to Kenya".into(), sw: Some("Uhamisho wa mifumo ya M-PESA kwenda Kenya".into()) },
+        title: Localized {
+            en: "M-PESA systems migration to Kenya".into(),
+            sw: Some("Uhamisho wa mifumo ya M-PESA kwenda Kenya".into()),
+        },
         description: Localized {
             en: "M-PESA is moving its systems from Germany to a new data centre in Kenya.".into(),
             sw: Some("M-PESA inahamisha mifumo yake kutoka Ujerumani kwenda kituo kipya cha data nchini Kenya.".into()),
@@ -200,10 +176,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             let next = w.complete(now).map_err(bad_input)?;
             store.save_change(&w, &next, "demo-operator", now).await?;
             completed = true;
-            timeline.push(format!(
-                "{}  operator confirms the work is complete",
-                eat(now)
-            ));
+            timeline.push(format!("{}  operator confirms the work is complete", eat(now)));
         }
         let in_outage = now >= outage.0 && now < outage.1;
         if in_outage {
@@ -245,10 +218,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             "deliveries": rows, "notices": log, "bodies": bodies, "delivery_rows": deliveries,
             "seconds": started.elapsed().as_secs_f64(),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).context("encoding JSON")?
-        );
+        println!("{}", serde_json::to_string_pretty(&out).context("encoding JSON")?);
         return Ok(());
     }
 
@@ -273,8 +243,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
         "  {:<16} {:<8} {:<3} {:>7} {:>7} {:>7} {:>10}",
         "notice", "channel", "lc", "sent", "failed", "expired", "superseded"
     );
-    let mut table: BTreeMap<(usize, String, String, String), BTreeMap<String, i64>> =
-        BTreeMap::new();
+    let mut table: BTreeMap<(usize, String, String, String), BTreeMap<String, i64>> = BTreeMap::new();
     let mut order: BTreeMap<String, usize> = BTreeMap::new();
     for (notice, channel, locale, state, n) in &by_locale {
         let k = order.len();
@@ -302,10 +271,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             "superseded" => "the daemon was down when it fell due; the later reminder went instead",
             _ => "its deadline passed first",
         };
-        println!(
-            "  {:<14} {:<8} {:<10} ({why})",
-            l.notice, l.audience, l.outcome
-        );
+        println!("  {:<14} {:<8} {:<10} ({why})", l.notice, l.audience, l.outcome);
     }
     println!(
         "\n{deliveries} deliveries in the ledger share {bodies} stored bodies (one per notice, channel, locale and zone)."

@@ -170,12 +170,9 @@ impl Ctx {
             database_url: cli.database.clone(),
             templates: cli.templates.clone(),
         };
-        let config =
-            Config::load(&path, required, std::env::vars(), &overrides).map_err(bad_input)?;
+        let config = Config::load(&path, required, std::env::vars(), &overrides).map_err(bad_input)?;
         let clock = match &cli.now {
-            Some(text) => {
-                Clock::Fixed(parse_instant(text, config.default_zone).map_err(bad_field("--now"))?)
-            }
+            Some(text) => Clock::Fixed(parse_instant(text, config.default_zone).map_err(bad_field("--now"))?),
             None => Clock::System,
         };
         let actor = cli
@@ -201,27 +198,19 @@ impl Ctx {
         let url = &self.config.database_url;
         match Store::connect(url).await {
             Ok(s) => Ok(s),
-            Err(e @ crate::storage::StoreError::UnsupportedUrl(_)) => {
-                Err(bad_field::<_>(if self.database_override {
-                    "--database"
-                } else {
-                    "database_url"
-                })(e))
-            }
-            Err(e) => Err(Failure::Runtime(anyhow::Error::new(e).context(format!(
-                "cannot open database {}",
-                crate::config::redact_url(url)
-            )))),
+            Err(e @ crate::storage::StoreError::UnsupportedUrl(_)) => Err(bad_field::<_>(if self.database_override {
+                "--database"
+            } else {
+                "database_url"
+            })(e)),
+            Err(e) => Err(Failure::Runtime(
+                anyhow::Error::new(e).context(format!("cannot open database {}", crate::config::redact_url(url))),
+            )),
         }
     }
 
     pub fn renderer(&self) -> CliResult<Renderer> {
-        Renderer::load(
-            self.config.templates.as_deref(),
-            &self.config.service_name,
-            &self.config.components,
-        )
-        .map_err(bad_input)
+        load_renderer(&self.config)
     }
 
     pub fn scheduler(&self, store: &Store, owner: &str) -> CliResult<Scheduler> {
@@ -229,23 +218,24 @@ impl Ctx {
     }
 
     pub fn print_json(&self, value: &impl serde::Serialize) -> CliResult {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).context("encoding JSON")?
-        );
+        println!("{}", serde_json::to_string_pretty(value).context("encoding JSON")?);
         Ok(())
     }
+}
+
+/// The templates the configuration names, with its SMS segment limit.
+pub fn load_renderer(config: &Config) -> CliResult<Renderer> {
+    Ok(
+        Renderer::load(config.templates.as_deref(), &config.service_name, &config.components)
+            .map_err(bad_input)?
+            .with_sms_limit(config.max_sms_segments),
+    )
 }
 
 /// The scheduler with its dispatcher, renderer and senders, wired from configuration: the one
 /// place the daemon, `run-once` and the demo get theirs from.
 pub fn wire_scheduler(config: &Config, store: &Store, owner: &str) -> CliResult<Scheduler> {
-    let renderer = Renderer::load(
-        config.templates.as_deref(),
-        &config.service_name,
-        &config.components,
-    )
-    .map_err(bad_input)?;
+    let renderer = load_renderer(config)?;
     let senders = Senders::build(config).map_err(bad_input)?;
     let dispatcher = Dispatcher::new(
         store.clone(),
@@ -255,11 +245,7 @@ pub fn wire_scheduler(config: &Config, store: &Store, owner: &str) -> CliResult<
         config.components.clone(),
         owner.to_owned(),
     );
-    Ok(Scheduler::new(
-        store.clone(),
-        config.policy.clone(),
-        dispatcher,
-    ))
+    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -290,9 +276,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Templates(TemplatesCommand::Check) => ops::templates_check(&ctx),
         Command::RunOnce => ops::run_once(&ctx).await,
         Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,
-        Command::Deliveries(DeliveriesCommand::Summary { window }) => {
-            ops::summary(&ctx, window).await
-        }
+        Command::Deliveries(DeliveriesCommand::Summary { window }) => ops::summary(&ctx, window).await,
         Command::Demo { .. } => Ok(()),
     }
 }

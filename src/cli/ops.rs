@@ -36,8 +36,7 @@ pub fn config_check(ctx: &Ctx) -> CliResult {
     crate::channels::Senders::build(&ctx.config).map_err(bad_input)?;
     if ctx.cli_json {
         let text = ctx.config.to_redacted_toml();
-        let value: toml::Value =
-            toml::from_str(&text).context("re-reading the effective configuration")?;
+        let value: toml::Value = toml::from_str(&text).context("re-reading the effective configuration")?;
         return ctx.print_json(&value);
     }
     println!("# effective configuration (secrets redacted)");
@@ -47,28 +46,32 @@ pub fn config_check(ctx: &Ctx) -> CliResult {
 
 pub fn templates_check(ctx: &Ctx) -> CliResult {
     let renderer = ctx.renderer()?;
-    let problems = renderer.check(&ctx.config.components);
+    let report = renderer.check(&ctx.config.components);
     let combos = 2 * 6 * 4;
-    if problems.is_empty() {
-        if ctx.cli_json {
-            return ctx.print_json(&json!({"templates": combos, "problems": []}));
-        }
-        println!(
-            "all {combos} templates render (2 locales × 6 notice kinds × sms, email subject, text and html)"
-        );
-        return Ok(());
-    }
+    let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     if ctx.cli_json {
-        ctx.print_json(&json!({"templates": combos, "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>()}))?;
+        ctx.print_json(&json!({"templates": combos, "problems": problems, "warnings": report.warnings}))?;
     } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
         for p in &problems {
-            eprintln!("{p}");
+            eprintln!("error: {p}");
         }
     }
-    Err(bad_input(anyhow::anyhow!(
-        "{} of {combos} templates do not render",
-        problems.len()
-    )))
+    if !problems.is_empty() {
+        return Err(bad_input(anyhow::anyhow!(
+            "{} of {combos} templates do not render",
+            problems.len()
+        )));
+    }
+    if !ctx.cli_json {
+        println!(
+            "all {combos} templates render (2 locales × 6 notice kinds × sms, email subject, text and html; SMS within {} segments)",
+            ctx.config.max_sms_segments
+        );
+    }
+    Ok(())
 }
 
 fn owner(tag: &str) -> String {
@@ -156,10 +159,7 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
     } else {
         Clock::System
     };
-    let every = Duration::from_secs(
-        tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs())
-            .max(1),
-    );
+    let every = Duration::from_secs(tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs()).max(1));
     let scheduler = ctx.scheduler(&store, &owner("daemon"))?;
     let stop = Shutdown::new();
     stop.on_signals();
@@ -169,9 +169,7 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
         match scheduler.tick(now, &|| stop.is_triggered()).await {
             Ok(r) => {
                 let d = &r.dispatch;
-                if r.enqueued + r.superseded + r.expired + d.claimed > 0
-                    || !r.transitions.is_empty()
-                {
+                if r.enqueued + r.superseded + r.expired + d.claimed > 0 || !r.transitions.is_empty() {
                     tracing::info!(
                         at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
                         sent = d.sent, retrying = d.retried, failed = d.failed, "tick"
@@ -229,8 +227,7 @@ pub(super) fn print_summary(
             print!("  {s:>10}");
         }
         println!();
-        let mut table: BTreeMap<(i64, usize, String, String), BTreeMap<String, i64>> =
-            BTreeMap::new();
+        let mut table: BTreeMap<(i64, usize, String, String), BTreeMap<String, i64>> = BTreeMap::new();
         let mut order: BTreeMap<(i64, String), usize> = BTreeMap::new();
         for r in rows {
             let n = order.len();

@@ -127,9 +127,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 .transpose()
                 .map_err(bad_field("--kind"))?;
             let store = ctx.store().await?;
-            let page = store
-                .recipients_page(kind, RecipientId(after), limit.max(0))
-                .await?;
+            let page = store.recipients_page(kind, RecipientId(after), limit.max(0)).await?;
             if ctx.cli_json {
                 let rows: Vec<_> = page
                     .iter()
@@ -189,12 +187,8 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             println!("{:<22} {total:>10}", "total");
             Ok(())
         }
-        RecipientsCommand::OptOut { phone_or_email } => {
-            set_opt_out(ctx, &phone_or_email, true).await
-        }
-        RecipientsCommand::OptIn { phone_or_email } => {
-            set_opt_out(ctx, &phone_or_email, false).await
-        }
+        RecipientsCommand::OptOut { phone_or_email } => set_opt_out(ctx, &phone_or_email, true).await,
+        RecipientsCommand::OptIn { phone_or_email } => set_opt_out(ctx, &phone_or_email, false).await,
     }
 }
 
@@ -216,18 +210,9 @@ async fn set_opt_out(ctx: &Ctx, who: &str, opt_out: bool) -> CliResult {
         .await
         .context("updating the recipient")?;
     if !found {
-        return Err(bad_input(anyhow::anyhow!(
-            "no recipient has the phone or email {key}"
-        )));
+        return Err(bad_input(anyhow::anyhow!("no recipient has the phone or email {key}")));
     }
-    println!(
-        "{key}: {}",
-        if opt_out {
-            "opted out"
-        } else {
-            "opted back in"
-        }
-    );
+    println!("{key}: {}", if opt_out { "opted out" } else { "opted back in" });
     Ok(())
 }
 

@@ -6,9 +6,7 @@ use serde_json::json;
 
 use super::{CliResult, Ctx, bad_field, bad_input};
 use crate::domain::Locale;
-use crate::domain::{
-    ComponentId, Localized, NewWindow, Schedule, Window, WindowId, Zone, parse_instant, split_list,
-};
+use crate::domain::{ComponentId, Localized, NewWindow, Schedule, Window, WindowId, Zone, parse_instant, split_list};
 use crate::render::format_instant;
 use crate::storage::StoreError;
 
@@ -273,19 +271,11 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             }
             Ok(())
         }
-        WindowCommand::Reschedule {
-            id,
-            start,
-            end,
-            zone,
-        } => {
+        WindowCommand::Reschedule { id, start, end, zone } => {
             let (store, w) = load(ctx, id).await?;
             let zone = zone_arg(&zone, w.zone)?;
-            let schedule = Schedule::new(
-                instant_arg(&start, zone, "--start")?,
-                instant_arg(&end, zone, "--end")?,
-            )
-            .map_err(bad_field("--end"))?;
+            let schedule = Schedule::new(instant_arg(&start, zone, "--start")?, instant_arg(&end, zone, "--end")?)
+                .map_err(bad_field("--end"))?;
             let next = w.reschedule(schedule, now).map_err(bad_input)?;
             change(ctx, &store, &w, next).await
         }
@@ -310,15 +300,8 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
     }
 }
 
-async fn change(
-    ctx: &Ctx,
-    store: &crate::storage::Store,
-    before: &Window,
-    after: Window,
-) -> CliResult {
-    let superseded = store
-        .save_change(before, &after, &ctx.actor, ctx.now())
-        .await?;
+async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after: Window) -> CliResult {
+    let superseded = store.save_change(before, &after, &ctx.actor, ctx.now()).await?;
     if ctx.cli_json {
         let mut v = window_json(&after);
         v["superseded_deliveries"] = json!(superseded);
@@ -336,12 +319,7 @@ fn parse_components(ctx: &Ctx, list: &str) -> CliResult<Vec<ComponentId>> {
     for c in split_list(list) {
         let id: ComponentId = c.parse().map_err(bad_field("--components"))?;
         if !ctx.config.knows(&id) {
-            let known: Vec<&str> = ctx
-                .config
-                .components
-                .keys()
-                .map(ComponentId::as_str)
-                .collect();
+            let known: Vec<&str> = ctx.config.components.keys().map(ComponentId::as_str).collect();
             return Err(bad_field("--components")(format!(
                 "unknown component '{id}' (configured: {})",
                 known.join(", ")

@@ -16,8 +16,7 @@ use chrono::{DateTime, Utc};
 use crate::channels::{Message, SendError, Senders};
 use crate::config::{ComponentNames, DispatchConfig};
 use crate::domain::{
-    Channel, ComponentId, Locale, Notice, RecipientId, Window, WindowId, Zone, from_millis,
-    idempotency_key,
+    Channel, ComponentId, Locale, Notice, RecipientId, Window, WindowId, Zone, from_millis, idempotency_key,
 };
 use crate::render::{NoticeFacts, Rendered, Renderer};
 use crate::storage::{ClaimedRow, Finish, Store, StoreError};
@@ -83,27 +82,18 @@ impl Dispatcher {
     }
 
     /// Works the queue until nothing is due at `now` or `stop` says to stop between batches.
-    pub async fn run_due(
-        &self,
-        now: DateTime<Utc>,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<DispatchReport, DispatchError> {
+    pub async fn run_due(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<DispatchReport, DispatchError> {
         let mut report = DispatchReport::default();
         let mut windows: HashMap<WindowId, Window> = HashMap::new();
         let mut bodies: HashMap<String, Body> = HashMap::new();
         while !stop() {
             let lease_until = now + self.config.lease.delta();
             let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-            let claimed = self
-                .store
-                .claim_due(now, batch_size, &self.owner, lease_until)
-                .await?;
+            let claimed = self.store.claim_due(now, batch_size, &self.owner, lease_until).await?;
             if claimed.is_empty() {
                 break;
             }
-            let r = self
-                .dispatch_batch(claimed, now, &mut windows, &mut bodies)
-                .await?;
+            let r = self.dispatch_batch(claimed, now, &mut windows, &mut bodies).await?;
             tracing::info!(
                 claimed = r.claimed,
                 sent = r.sent,
@@ -164,13 +154,7 @@ impl Dispatcher {
                     }
                     Err(err) => {
                         let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
-                        match after_failure(
-                            &err,
-                            attempts,
-                            &self.config.retry,
-                            now,
-                            from_millis(row.deadline),
-                        ) {
+                        match after_failure(&err, attempts, &self.config.retry, now, from_millis(row.deadline)) {
                             AfterFailure::RetryAt(at) => {
                                 report.retried += 1;
                                 tracing::warn!(delivery = row.id, %channel, backend, error = %err, retry_at = %at, "transient send failure");
@@ -295,26 +279,15 @@ impl Dispatcher {
                     .renderer
                     .render(&facts, channel, locale, zone)
                     .map_err(|e| Prepare::Fail(e.to_string()))?;
-                let json =
-                    serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
+                let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
                 // The fingerprint keeps a corrected wording (same revision) from reusing a stale row.
                 let stored_key = format!("{}#{:016x}", e.key(), fnv1a(json.as_bytes()));
-                let id = self
-                    .store
-                    .body_id(&stored_key, &json)
-                    .await
-                    .map_err(Prepare::Store)?;
+                let id = self.store.body_id(&stored_key, &json).await.map_err(Prepare::Store)?;
                 e.insert(Body { id, content })
             }
         };
         let message = Message {
-            idempotency_key: idempotency_key(
-                window_id,
-                revision,
-                notice,
-                RecipientId(row.recipient_id),
-                channel,
-            ),
+            idempotency_key: idempotency_key(window_id, revision, notice, RecipientId(row.recipient_id), channel),
             channel,
             to,
             kind: notice.kind().as_str().to_owned(),

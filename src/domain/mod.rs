@@ -12,17 +12,12 @@ mod window;
 use std::fmt;
 use std::str::FromStr;
 
-pub use notice::{
-    DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key,
-};
+pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key};
 pub use recipient::{
-    Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError,
-    RecipientId,
+    Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError, RecipientId,
 };
 pub use time::{Span, TimeError, Zone, from_millis, parse_instant, to_millis};
-pub use window::{
-    Change, Localized, NewWindow, Schedule, Window, WindowError, WindowId, WindowStatus,
-};
+pub use window::{Change, Localized, NewWindow, Schedule, Window, WindowError, WindowId, WindowStatus};
 
 /// A component id: a lowercase slug such as `send-money`. Which ids exist is configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -159,13 +159,7 @@ pub struct PlannedDelivery {
 
 impl PlannedDelivery {
     pub fn idempotency_key(&self) -> String {
-        idempotency_key(
-            self.window,
-            self.revision,
-            self.notice,
-            self.recipient,
-            self.channel,
-        )
+        idempotency_key(self.window, self.revision, self.notice, self.recipient, self.channel)
     }
 }
 
@@ -189,10 +183,7 @@ mod tests {
         for text in ["announced", "reminder:24h", "reminder:1h30m", "completed"] {
             assert_eq!(text.parse::<Notice>().unwrap().to_string(), text);
         }
-        assert_eq!(
-            "reminder:1d".parse::<Notice>().unwrap().to_string(),
-            "reminder:24h"
-        );
+        assert_eq!("reminder:1d".parse::<Notice>().unwrap().to_string(), "reminder:24h");
         for bad in ["reminder", "started:1h", "nope", "reminder:x"] {
             assert!(bad.parse::<Notice>().is_err(), "{bad}");
         }

@@ -133,22 +133,17 @@ impl PhoneNumber {
         if compact.is_empty() {
             return Err(bad());
         }
-        let candidate = if compact.len() == 12
-            && compact.starts_with("254")
-            && compact.bytes().all(|b| b.is_ascii_digit())
-        {
-            format!("+{compact}")
-        } else {
-            compact
-        };
-        let parsed = phonenumber::parse(Some(phonenumber::country::Id::KE), &candidate)
-            .map_err(|_| bad())?;
+        let candidate =
+            if compact.len() == 12 && compact.starts_with("254") && compact.bytes().all(|b| b.is_ascii_digit()) {
+                format!("+{compact}")
+            } else {
+                compact
+            };
+        let parsed = phonenumber::parse(Some(phonenumber::country::Id::KE), &candidate).map_err(|_| bad())?;
         if !phonenumber::is_valid(&parsed) {
             return Err(bad());
         }
-        Ok(PhoneNumber(
-            parsed.format().mode(phonenumber::Mode::E164).to_string(),
-        ))
+        Ok(PhoneNumber(parsed.format().mode(phonenumber::Mode::E164).to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -206,10 +201,7 @@ impl EmailAddress {
         if !local_ok || !domain_ok {
             return Err(bad());
         }
-        Ok(EmailAddress(format!(
-            "{local}@{}",
-            domain.to_ascii_lowercase()
-        )))
+        Ok(EmailAddress(format!("{local}@{}", domain.to_ascii_lowercase())))
     }
 
     pub fn as_str(&self) -> &str {
@@ -370,9 +362,7 @@ pub enum RecipientError {
     Locale(String),
     #[error("channel '{0}' is not one of sms, email, webhook")]
     Channel(String),
-    #[error(
-        "phone '{0}' is not a valid phone number (E.164 like +254712345678, or Kenyan 07…/01…)"
-    )]
+    #[error("phone '{0}' is not a valid phone number (E.164 like +254712345678, or Kenyan 07…/01…)")]
     Phone(String),
     #[error("email '{0}' is not a valid email address")]
     Email(String),
@@ -401,32 +391,15 @@ mod tests {
             "+254712345678",
             "+254 712-345-678",
         ] {
-            assert_eq!(
-                PhoneNumber::parse(input).unwrap().as_str(),
-                "+254712345678",
-                "{input}"
-            );
+            assert_eq!(PhoneNumber::parse(input).unwrap().as_str(), "+254712345678", "{input}");
         }
-        assert_eq!(
-            PhoneNumber::parse("0110123456").unwrap().as_str(),
-            "+254110123456"
-        );
-        assert_eq!(
-            PhoneNumber::parse("+4915123456789").unwrap().as_str(),
-            "+4915123456789"
-        );
+        assert_eq!(PhoneNumber::parse("0110123456").unwrap().as_str(), "+254110123456");
+        assert_eq!(PhoneNumber::parse("+4915123456789").unwrap().as_str(), "+4915123456789");
     }
 
     #[test]
     fn bad_phones_are_refused() {
-        for input in [
-            "",
-            "12",
-            "07123",
-            "+2547123456789999",
-            "hello",
-            "+999123456789",
-        ] {
+        for input in ["", "12", "07123", "+2547123456789999", "hello", "+999123456789"] {
             assert!(PhoneNumber::parse(input).is_err(), "{input}");
         }
     }
@@ -434,9 +407,7 @@ mod tests {
     #[test]
     fn emails() {
         assert_eq!(
-            EmailAddress::parse(" Jane.Doe@Example.CO.KE ")
-                .unwrap()
-                .as_str(),
+            EmailAddress::parse(" Jane.Doe@Example.CO.KE ").unwrap().as_str(),
             "Jane.Doe@example.co.ke"
         );
         for bad in [
@@ -448,14 +419,8 @@ mod tests {
 
     #[test]
     fn masking_hides_the_middle() {
-        assert_eq!(
-            PhoneNumber::parse("0712345678").unwrap().masked(),
-            "+2547****5678"
-        );
-        assert_eq!(
-            EmailAddress::parse("jane@x.ke").unwrap().masked(),
-            "j***@x.ke"
-        );
+        assert_eq!(PhoneNumber::parse("0712345678").unwrap().masked(), "+2547****5678");
+        assert_eq!(EmailAddress::parse("jane@x.ke").unwrap().masked(), "j***@x.ke");
     }
 
     fn profile(channels: Vec<Channel>, kind: Audience) -> Result<Profile, RecipientError> {
@@ -475,9 +440,7 @@ mod tests {
     #[test]
     fn channels_need_addresses() {
         assert_eq!(
-            profile(vec![], Audience::Customer)
-                .unwrap()
-                .effective_channels(),
+            profile(vec![], Audience::Customer).unwrap().effective_channels(),
             vec![Channel::Sms]
         );
         assert_eq!(

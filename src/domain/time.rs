@@ -123,11 +123,7 @@ pub fn parse_instant(input: &str, zone: Zone) -> Result<DateTime<Utc>, TimeError
 }
 
 fn describe(dt: DateTime<Tz>) -> String {
-    format!(
-        "{} ({})",
-        dt.format("%Y-%m-%dT%H:%M:%S%:z"),
-        dt.format("%Z")
-    )
+    format!("{} ({})", dt.format("%Y-%m-%dT%H:%M:%S%:z"), dt.format("%Z"))
 }
 
 /// A non-negative whole-second duration written as `72h`, `90m`, `1d`, `45s` or `1h30m`.
@@ -193,10 +189,7 @@ impl FromStr for Span {
             };
             let n: i64 = digits.parse().map_err(|_| bad())?;
             digits.clear();
-            total = n
-                .checked_mul(unit)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(bad)?;
+            total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
         }
         if !digits.is_empty() {
             return Err(bad());
@@ -275,10 +268,7 @@ mod tests {
             parse_instant("next tuesday", Zone::NAIROBI),
             Err(TimeError::Unparsable(_))
         ));
-        assert!(matches!(
-            "Mars/Olympus".parse::<Zone>(),
-            Err(TimeError::UnknownZone(_))
-        ));
+        assert!(matches!("Mars/Olympus".parse::<Zone>(), Err(TimeError::UnknownZone(_))));
     }
 
     #[test]

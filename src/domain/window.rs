@@ -240,15 +240,8 @@ impl Window {
     }
 
     /// Moves the end of a scheduled or running window.
-    pub fn extend(
-        &self,
-        ends_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Window, WindowError> {
-        if !matches!(
-            self.status,
-            WindowStatus::Scheduled | WindowStatus::InProgress
-        ) {
+    pub fn extend(&self, ends_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<Window, WindowError> {
+        if !matches!(self.status, WindowStatus::Scheduled | WindowStatus::InProgress) {
             return Err(WindowError::NotAllowed {
                 id: self.id,
                 status: self.status,
@@ -268,11 +261,7 @@ impl Window {
         Ok(w)
     }
 
-    pub fn cancel(
-        &self,
-        reason: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<Window, WindowError> {
+    pub fn cancel(&self, reason: Option<String>, now: DateTime<Utc>) -> Result<Window, WindowError> {
         if self.status != WindowStatus::Scheduled {
             return Err(WindowError::NotAllowed {
                 id: self.id,
@@ -289,11 +278,7 @@ impl Window {
 
     /// Corrects the title or description. Not a new revision: nobody is re-notified for a
     /// wording change, and notices not yet rendered use the new text.
-    pub fn edit_text(
-        &self,
-        title: Localized,
-        description: Localized,
-    ) -> Result<Window, WindowError> {
+    pub fn edit_text(&self, title: Localized, description: Localized) -> Result<Window, WindowError> {
         if title.en.trim().is_empty() {
             return Err(WindowError::MissingTitle);
         }
@@ -346,20 +331,11 @@ impl Window {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
     #[error("end {end} is not after start {start}")]
-    EndNotAfterStart {
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    },
+    EndNotAfterStart { start: DateTime<Utc>, end: DateTime<Utc> },
     #[error("start {start} is not in the future (now is {now})")]
-    StartInPast {
-        start: DateTime<Utc>,
-        now: DateTime<Utc>,
-    },
+    StartInPast { start: DateTime<Utc>, now: DateTime<Utc> },
     #[error("end {end} is not in the future (now is {now})")]
-    EndInPast {
-        end: DateTime<Utc>,
-        now: DateTime<Utc>,
-    },
+    EndInPast { end: DateTime<Utc>, now: DateTime<Utc> },
     #[error("title is required")]
     MissingTitle,
     #[error("at least one component is required")]
@@ -416,19 +392,11 @@ mod tests {
     #[test]
     fn every_change_bumps_the_revision_and_keeps_the_old_times() {
         let w = window();
-        let moved = w
-            .reschedule(Schedule::new(at(12), at(22)).unwrap(), at(2))
-            .unwrap();
-        assert_eq!(
-            (moved.revision, moved.last_change),
-            (2, Change::Rescheduled)
-        );
+        let moved = w.reschedule(Schedule::new(at(12), at(22)).unwrap(), at(2)).unwrap();
+        assert_eq!((moved.revision, moved.last_change), (2, Change::Rescheduled));
         assert_eq!(moved.previous, w.schedule);
         let started = moved.start(at(12)).unwrap();
-        assert_eq!(
-            (started.revision, started.status),
-            (3, WindowStatus::InProgress)
-        );
+        assert_eq!((started.revision, started.status), (3, WindowStatus::InProgress));
         let extended = started.extend(at(23), at(13)).unwrap();
         assert_eq!(extended.previous.ends_at(), at(22));
         let done = extended.complete(at(23)).unwrap();

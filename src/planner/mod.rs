@@ -14,8 +14,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Audience, Change, Notice, NoticeKind, PlannedDelivery, Recipient, RecipientId, Span, Window,
-    WindowStatus,
+    Audience, Change, Notice, NoticeKind, PlannedDelivery, Recipient, RecipientId, Span, Window, WindowStatus,
 };
 
 /// Reminder offsets for one audience.
@@ -57,12 +56,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             customers: AudiencePolicy::new(vec![Span::hours(72), Span::hours(24), Span::hours(1)]),
-            billers: AudiencePolicy::new(vec![
-                Span::hours(168),
-                Span::hours(72),
-                Span::hours(24),
-                Span::hours(1),
-            ]),
+            billers: AudiencePolicy::new(vec![Span::hours(168), Span::hours(72), Span::hours(24), Span::hours(1)]),
             completed_grace: Span::hours(24),
         }
     }
@@ -121,12 +115,7 @@ pub struct Decision {
 pub type Decided = HashSet<(Notice, Audience)>;
 
 /// What the window's current revision owes now that has not been decided yet.
-pub fn decide(
-    window: &Window,
-    policy: &Policy,
-    decided: &Decided,
-    now: DateTime<Utc>,
-) -> Vec<Decision> {
+pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime<Utc>) -> Vec<Decision> {
     let mut out = Vec::new();
     let start = window.schedule.starts_at();
     let end = window.schedule.ends_at();
@@ -146,9 +135,7 @@ pub fn decide(
                 let b = d.primary(Announced, Reach::NotYetTold, window.revised_at, start);
                 a || b
             }
-            (WindowStatus::Scheduled, _) => {
-                d.primary(Announced, Reach::Eligible, window.created_at, start)
-            }
+            (WindowStatus::Scheduled, _) => d.primary(Announced, Reach::Eligible, window.created_at, start),
             (WindowStatus::InProgress, Change::Rescheduled) => {
                 let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at, end);
                 let b = d.primary(Started, Reach::NotYetTold, window.revised_at, end);
@@ -203,13 +190,7 @@ impl Decider<'_> {
     }
 
     /// The notice a change owes. Returns whether it is planned now.
-    fn primary(
-        &mut self,
-        kind: NoticeKind,
-        reach: Reach,
-        due_at: DateTime<Utc>,
-        deadline: DateTime<Utc>,
-    ) -> bool {
+    fn primary(&mut self, kind: NoticeKind, reach: Reach, due_at: DateTime<Utc>, deadline: DateTime<Utc>) -> bool {
         let notice = Notice::new(kind);
         if self.decided.contains(&(notice, self.audience)) || due_at > self.now {
             return false;

@@ -4,8 +4,7 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use super::*;
 use crate::domain::{
-    Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile,
-    Schedule, WindowId, Zone,
+    Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile, Schedule, WindowId, Zone,
 };
 
 /// 2015-04-18 00:00 EAT, the start of the M-Pesa migration.
@@ -113,10 +112,7 @@ fn default_offsets_per_audience() {
         ]
     );
     // Each reminder is due exactly its offset before the start, with the start as deadline.
-    for d in decisions
-        .iter()
-        .filter(|d| d.notice.kind() == NoticeKind::Reminder)
-    {
+    for d in decisions.iter().filter(|d| d.notice.kind() == NoticeKind::Reminder) {
         assert_eq!(d.due_at, start() - d.notice.offset().unwrap().delta());
         assert_eq!(d.deadline, start());
     }
@@ -132,15 +128,8 @@ fn offsets_are_configurable_per_audience() {
         completed_grace: Span::hours(24),
     };
     let created = start() - hours(20 * 24);
-    let decisions = run(
-        &window_created_at(created),
-        &policy,
-        &hourly(created, start()),
-    );
-    assert_eq!(
-        planned(&decisions, Audience::Customer),
-        ["announced", "reminder:2h"]
-    );
+    let decisions = run(&window_created_at(created), &policy, &hourly(created, start()));
+    assert_eq!(planned(&decisions, Audience::Customer), ["announced", "reminder:2h"]);
     assert_eq!(
         planned(&decisions, Audience::Biller),
         ["announced", "reminder:336h", "reminder:12h"]
@@ -153,10 +142,7 @@ fn catch_up_sends_only_the_latest_reminder() {
     let w = window_created_at(created);
     // The daemon ran at creation, then was down until 20 hours before the start.
     let decisions = run(&w, &Policy::default(), &[created, start() - hours(20)]);
-    assert_eq!(
-        planned(&decisions, Audience::Customer),
-        ["announced", "reminder:24h"]
-    );
+    assert_eq!(planned(&decisions, Audience::Customer), ["announced", "reminder:24h"]);
     assert_eq!(
         with_outcome(&decisions, Audience::Customer, Outcome::Superseded),
         ["reminder:72h"]
@@ -205,10 +191,7 @@ fn reminders_already_past_at_creation_are_skipped_once() {
         ["reminder:168h", "reminder:72h"]
     );
     // Recorded once per (notice, audience) however many ticks ran, and never per recipient.
-    let skipped = decisions
-        .iter()
-        .filter(|d| d.outcome == Outcome::Skipped)
-        .count();
+    let skipped = decisions.iter().filter(|d| d.outcome == Outcome::Skipped).count();
     assert_eq!(skipped, 3);
 }
 
@@ -243,20 +226,12 @@ fn deadlines_of_every_notice() {
     assert_eq!((d[0].due_at, d[0].deadline), (start(), start() + hours(48)));
 
     // Extension while in progress: the correction is worth sending until the new end.
-    let extended = running
-        .extend(start() + hours(52), start() + hours(40))
-        .unwrap();
+    let extended = running.extend(start() + hours(52), start() + hours(40)).unwrap();
     let d = decide(&extended, &policy, &Decided::new(), start() + hours(40));
-    let resched = d
-        .iter()
-        .find(|d| d.notice.kind() == NoticeKind::Rescheduled)
-        .unwrap();
+    let resched = d.iter().find(|d| d.notice.kind() == NoticeKind::Rescheduled).unwrap();
     assert_eq!(resched.deadline, start() + hours(52));
     assert_eq!(resched.reach, Reach::AlreadyTold);
-    let started_again = d
-        .iter()
-        .find(|d| d.notice.kind() == NoticeKind::Started)
-        .unwrap();
+    let started_again = d.iter().find(|d| d.notice.kind() == NoticeKind::Started).unwrap();
     assert_eq!(started_again.reach, Reach::NotYetTold);
 
     let done = extended.complete(start() + hours(51)).unwrap();
@@ -271,18 +246,12 @@ fn deadlines_of_every_notice() {
     let later = Schedule::new(start() + hours(24), start() + hours(72)).unwrap();
     let moved = w.reschedule(later, created + hours(1)).unwrap();
     let d = decide(&moved, &policy, &Decided::new(), created + hours(1));
-    let resched = d
-        .iter()
-        .find(|d| d.notice.kind() == NoticeKind::Rescheduled)
-        .unwrap();
+    let resched = d.iter().find(|d| d.notice.kind() == NoticeKind::Rescheduled).unwrap();
     assert_eq!(resched.deadline, start());
     let earlier = Schedule::new(start() - hours(12), start() + hours(36)).unwrap();
     let moved = w.reschedule(earlier, created + hours(1)).unwrap();
     let d = decide(&moved, &policy, &Decided::new(), created + hours(1));
-    let resched = d
-        .iter()
-        .find(|d| d.notice.kind() == NoticeKind::Rescheduled)
-        .unwrap();
+    let resched = d.iter().find(|d| d.notice.kind() == NoticeKind::Rescheduled).unwrap();
     assert_eq!(resched.deadline, start() - hours(12));
 
     let cancelled = w.cancel(None, created + hours(2)).unwrap();
@@ -299,20 +268,11 @@ fn reschedule_tells_only_those_already_told_and_restarts_reminders() {
     let policy = Policy::default();
     let created = start() - hours(100);
     let w = window_created_at(created);
-    let people: Vec<Recipient> = (1..=4)
-        .map(|i| recipient(i, Audience::Customer, &[], false))
-        .collect();
+    let people: Vec<Recipient> = (1..=4).map(|i| recipient(i, Audience::Customer, &[], false)).collect();
     let told = |id: RecipientId| id.0 <= 2;
     let later = Schedule::new(start() + hours(24 * 7), start() + hours(24 * 9)).unwrap();
     let moved = w.reschedule(later, created + hours(10)).unwrap();
-    let (decisions, rows) = plan(
-        &moved,
-        &people,
-        told,
-        &policy,
-        &Decided::new(),
-        created + hours(10),
-    );
+    let (decisions, rows) = plan(&moved, &people, told, &policy, &Decided::new(), created + hours(10));
     let by_notice = |n: &str| -> Vec<i64> {
         let mut ids: Vec<i64> = rows
             .iter()
@@ -349,23 +309,11 @@ fn reschedule_tells_only_those_already_told_and_restarts_reminders() {
     assert_eq!(r24.due_at, later.starts_at() - hours(24));
 
     // Cancel: only those told hear about it.
-    let cancelled = w
-        .cancel(Some("vendor delay".into()), created + hours(5))
-        .unwrap();
-    let (_, rows) = plan(
-        &cancelled,
-        &people,
-        told,
-        &policy,
-        &Decided::new(),
-        created + hours(5),
-    );
+    let cancelled = w.cancel(Some("vendor delay".into()), created + hours(5)).unwrap();
+    let (_, rows) = plan(&cancelled, &people, told, &policy, &Decided::new(), created + hours(5));
     let ids: HashSet<i64> = rows.iter().map(|r| r.recipient.0).collect();
     assert_eq!(ids, HashSet::from([1, 2]));
-    assert!(
-        rows.iter()
-            .all(|r| r.notice.kind() == NoticeKind::Cancelled)
-    );
+    assert!(rows.iter().all(|r| r.notice.kind() == NoticeKind::Cancelled));
 }
 
 #[test]
@@ -395,10 +343,7 @@ fn opt_outs_and_component_filters() {
             (5, Channel::Email)
         ]
     );
-    assert!(
-        rows.iter()
-            .all(|r| r.notice.kind() == NoticeKind::Announced)
-    );
+    assert!(rows.iter().all(|r| r.notice.kind() == NoticeKind::Announced));
 }
 
 #[test]

@@ -11,16 +11,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc, Weekday};
-use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
-};
+use handlebars::{Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::ComponentNames;
 use crate::domain::{
-    Channel, ComponentId, Locale, Localized, Notice, NoticeKind, Schedule, Span, Window, WindowId,
-    WindowStatus, Zone,
+    Channel, ComponentId, Locale, Localized, Notice, NoticeKind, Schedule, Span, Window, WindowId, WindowStatus, Zone,
 };
 pub use sms::{Encoding, SmsCost};
 
@@ -38,12 +35,7 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [
-        Part::Sms,
-        Part::EmailSubject,
-        Part::EmailText,
-        Part::EmailHtml,
-    ];
+    pub const ALL: [Part; 4] = [Part::Sms, Part::EmailSubject, Part::EmailText, Part::EmailHtml];
     fn suffix(self) -> &'static str {
         match self {
             Part::Sms => "sms",
@@ -66,11 +58,10 @@ pub enum RenderError {
     Syntax { file: String, message: String },
     #[error("template {file}: {message}")]
     Render { file: String, message: String },
+    #[error("template {file}: the SMS renders as {segments} segments, more than the limit of {max} (sms.max_segments)")]
+    TooLong { file: String, segments: usize, max: usize },
     #[error("cannot read template {file}: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    Read { file: String, source: std::io::Error },
 }
 
 /// What a channel sends, rendered.
@@ -99,6 +90,14 @@ pub struct Renderer {
     /// Where the templates came from, to name files in errors.
     origin: Option<PathBuf>,
     service: String,
+    max_sms_segments: usize,
+}
+
+/// What `check` found: problems fail the check, warnings are printed.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub problems: Vec<RenderError>,
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -139,25 +138,17 @@ impl Renderer {
                             .as_array()
                             .map(|a| a.iter().filter_map(Value::as_str).collect())
                             .unwrap_or_default();
-                        let service = ctx
-                            .data()
-                            .get("service")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        let text =
-                            if names.len() > 1 && names.keys().all(|k| ids.contains(&k.as_str())) {
-                                // Everything is affected: say so in three words, not a list of all.
-                                match locale {
-                                    Locale::En => format!("all {service} services"),
-                                    Locale::Sw => format!("huduma zote za {service}"),
-                                }
-                            } else {
-                                let list: Vec<String> = ids
-                                    .iter()
-                                    .map(|id| component_name(&names, id, locale))
-                                    .collect();
-                                join_words(&list, locale)
-                            };
+                        let service = ctx.data().get("service").and_then(Value::as_str).unwrap_or_default();
+                        let text = if names.len() > 1 && names.keys().all(|k| ids.contains(&k.as_str())) {
+                            // Everything is affected: say so in three words, not a list of all.
+                            match locale {
+                                Locale::En => format!("all {service} services"),
+                                Locale::Sw => format!("huduma zote za {service}"),
+                            }
+                        } else {
+                            let list: Vec<String> = ids.iter().map(|id| component_name(&names, id, locale)).collect();
+                            join_words(&list, locale)
+                        };
                         // `sentence=true`: the list opens a sentence, so its first letter is a capital.
                         let text = if h
                             .hash_get("sentence")
@@ -183,29 +174,23 @@ impl Renderer {
                     let name = part.template_name(locale, kind);
                     let file = file_name(dir, &name);
                     let source = match dir {
-                        Some(d) => std::fs::read_to_string(d.join(format!("{name}.hbs"))).map_err(
-                            |source| {
-                                if source.kind() == std::io::ErrorKind::NotFound {
-                                    RenderError::Missing { file: file.clone() }
-                                } else {
-                                    RenderError::Read {
-                                        file: file.clone(),
-                                        source,
-                                    }
+                        Some(d) => std::fs::read_to_string(d.join(format!("{name}.hbs"))).map_err(|source| {
+                            if source.kind() == std::io::ErrorKind::NotFound {
+                                RenderError::Missing { file: file.clone() }
+                            } else {
+                                RenderError::Read {
+                                    file: file.clone(),
+                                    source,
                                 }
-                            },
-                        )?,
+                            }
+                        })?,
                         None => embedded::EMBEDDED
                             .iter()
                             .find(|(n, _)| n.strip_suffix(".hbs") == Some(name.as_str()))
                             .map(|(_, s)| (*s).to_owned())
                             .ok_or_else(|| RenderError::Missing { file: file.clone() })?,
                     };
-                    let registry = if part == Part::EmailHtml {
-                        &mut html
-                    } else {
-                        &mut text
-                    };
+                    let registry = if part == Part::EmailHtml { &mut html } else { &mut text };
                     registry
                         .register_template_string(&name, source)
                         .map_err(|e| RenderError::Syntax {
@@ -220,28 +205,27 @@ impl Renderer {
             html,
             origin: dir.map(Path::to_owned),
             service: service.to_owned(),
+            max_sms_segments: usize::MAX,
         })
     }
 
-    fn render_part(
-        &self,
-        part: Part,
-        locale: Locale,
-        kind: NoticeKind,
-        ctx: &Value,
-    ) -> Result<String, RenderError> {
+    /// Refuses SMS bodies billed as more than `max` segments.
+    pub fn with_sms_limit(mut self, max: usize) -> Renderer {
+        self.max_sms_segments = max;
+        self
+    }
+
+    fn render_part(&self, part: Part, locale: Locale, kind: NoticeKind, ctx: &Value) -> Result<String, RenderError> {
         let name = part.template_name(locale, kind);
         let registry = if part == Part::EmailHtml {
             &self.html
         } else {
             &self.text
         };
-        registry
-            .render(&name, ctx)
-            .map_err(|e| RenderError::Render {
-                file: file_name(self.origin.as_deref(), &name),
-                message: describe(&e),
-            })
+        registry.render(&name, ctx).map_err(|e| RenderError::Render {
+            file: file_name(self.origin.as_deref(), &name),
+            message: describe(&e),
+        })
     }
 
     /// Renders one notice for one channel, locale and zone.
@@ -256,11 +240,15 @@ impl Renderer {
         let ctx = self.context(facts, locale, zone);
         Ok(match channel {
             Channel::Sms => {
-                let body = self
-                    .render_part(Part::Sms, locale, kind, &ctx)?
-                    .trim()
-                    .to_owned();
+                let body = self.render_part(Part::Sms, locale, kind, &ctx)?.trim().to_owned();
                 let cost = sms::cost(&body);
+                if cost.segments > self.max_sms_segments {
+                    return Err(RenderError::TooLong {
+                        file: file_name(self.origin.as_deref(), &Part::Sms.template_name(locale, kind)),
+                        segments: cost.segments,
+                        max: self.max_sms_segments,
+                    });
+                }
                 Rendered::Sms {
                     body,
                     encoding: cost.encoding,
@@ -308,21 +296,38 @@ impl Renderer {
         })
     }
 
-    /// Renders every (locale × kind × channel) against a sample window. Returns the failures.
-    pub fn check(&self, components: &BTreeMap<ComponentId, ComponentNames>) -> Vec<RenderError> {
-        let mut problems = Vec::new();
+    /// Renders every (locale × kind × part) against a sample window: failures (a missing
+    /// variable, an SMS over the segment limit) and warnings (an SMS that forces UCS-2).
+    pub fn check(&self, components: &BTreeMap<ComponentId, ComponentNames>) -> CheckReport {
+        let mut report = CheckReport::default();
         for kind in NoticeKind::ALL {
             let facts = NoticeFacts::sample(kind, components);
             for locale in Locale::ALL {
                 let ctx = self.context(&facts, locale, Zone::NAIROBI);
-                for part in Part::ALL {
+                for part in [Part::EmailSubject, Part::EmailText, Part::EmailHtml] {
                     if let Err(e) = self.render_part(part, locale, kind, &ctx) {
-                        problems.push(e);
+                        report.problems.push(e);
                     }
+                }
+                match self.render(&facts, Channel::Sms, locale, Zone::NAIROBI) {
+                    Ok(Rendered::Sms {
+                        body,
+                        encoding: Encoding::Ucs2,
+                        ..
+                    }) => {
+                        let c = sms::first_non_gsm7(&body).unwrap_or('?');
+                        let file = file_name(self.origin.as_deref(), &Part::Sms.template_name(locale, kind));
+                        report.warnings.push(format!(
+                            "template {file}: '{c}' (U+{:04X}) is not in the GSM-7 alphabet, so every SMS from it is UCS-2: 70 characters per message instead of 160",
+                            u32::from(c)
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => report.problems.push(e),
                 }
             }
         }
-        problems
+        report
     }
 }
 
@@ -345,11 +350,7 @@ pub struct NoticeFacts {
 }
 
 impl NoticeFacts {
-    pub fn new(
-        window: &Window,
-        notice: Notice,
-        names: &BTreeMap<ComponentId, ComponentNames>,
-    ) -> NoticeFacts {
+    pub fn new(window: &Window, notice: Notice, names: &BTreeMap<ComponentId, ComponentNames>) -> NoticeFacts {
         NoticeFacts {
             window_id: window.id,
             revision: window.revision,
@@ -377,10 +378,8 @@ impl NoticeFacts {
                 .single()
                 .expect("a valid fixed date")
         };
-        let schedule =
-            Schedule::new(at(17, 21, 0), at(19, 20, 59)).expect("fixed sample: end after start");
-        let previous =
-            Schedule::new(at(10, 21, 0), at(12, 20, 59)).expect("fixed sample: end after start");
+        let schedule = Schedule::new(at(17, 21, 0), at(19, 20, 59)).expect("fixed sample: end after start");
+        let previous = Schedule::new(at(10, 21, 0), at(12, 20, 59)).expect("fixed sample: end after start");
         let notice = match kind {
             NoticeKind::Reminder => Notice::reminder(Span::hours(24)),
             k => Notice::new(k),
@@ -414,8 +413,7 @@ impl NoticeFacts {
             schedule,
             previous,
             zone: Zone::NAIROBI,
-            reason: (kind == NoticeKind::Cancelled)
-                .then(|| "The vendor postponed the hardware delivery.".into()),
+            reason: (kind == NoticeKind::Cancelled).then(|| "The vendor postponed the hardware delivery.".into()),
         }
     }
 }
@@ -468,11 +466,7 @@ fn describe(e: &handlebars::RenderError) -> String {
     }
 }
 
-fn param<'a>(
-    h: &'a Helper,
-    i: usize,
-    helper: &'static str,
-) -> Result<&'a Value, RenderErrorReason> {
+fn param<'a>(h: &'a Helper, i: usize, helper: &'static str) -> Result<&'a Value, RenderErrorReason> {
     h.param(i)
         .map(|p| p.value())
         .ok_or(RenderErrorReason::ParamNotFoundForIndex(helper, i))
@@ -509,20 +503,14 @@ fn instant(v: &Value, helper: &'static str) -> Result<DateTime<Utc>, RenderError
 
 /// `{{time t}}`: the instant in the recipient's zone and language, followed by the window's own
 /// zone in brackets when the recipient lives elsewhere (a biller in Berlin sees CEST and EAT).
-fn time_helper(
-    h: &Helper,
-    r: &Handlebars,
-    ctx: &Context,
-    _: &mut RenderContext,
-    out: &mut dyn Output,
-) -> HelperResult {
+fn time_helper(h: &Helper, r: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
     let t = instant(param(h, 0, "time")?, "time")?;
     let locale = root_locale(ctx);
     let zone = root_zone(ctx, &["zone"]);
     let home = root_zone(ctx, &["window", "zone"]);
     let mut text = format_instant(t, zone, locale, true);
     if zone.tz().name() != home.tz().name() {
-        text = format!("{text} ({})", format_instant(t, home, locale, false));
+        text = format!("{text} ({})", format_brief(t, home, locale));
     }
     out.write(&r.get_escape_fn()(&text))?;
     Ok(())
@@ -553,12 +541,22 @@ pub fn format_instant(t: DateTime<Utc>, zone: Zone, locale: Locale, with_year: b
     }
 }
 
+/// `Sat 00:00 EAT` / `Jumamosi 00:00 EAT`: the same instant in a second zone, kept short.
+pub fn format_brief(t: DateTime<Utc>, zone: Zone, locale: Locale) -> String {
+    let local = t.with_timezone(&zone.tz());
+    let hm = local.format("%H:%M %Z");
+    match locale {
+        Locale::En => format!("{} {hm}", local.format("%a")),
+        Locale::Sw => format!("{} {hm}", SW_DAYS[local.weekday().num_days_from_monday() as usize]),
+    }
+}
+
 const SW_DAYS: [&str; 7] = [
     "Jumatatu", "Jumanne", "Jumatano", "Alhamisi", "Ijumaa", "Jumamosi", "Jumapili",
 ];
 const SW_MONTHS: [&str; 12] = [
-    "Januari", "Februari", "Machi", "Aprili", "Mei", "Juni", "Julai", "Agosti", "Septemba",
-    "Oktoba", "Novemba", "Desemba",
+    "Januari", "Februari", "Machi", "Aprili", "Mei", "Juni", "Julai", "Agosti", "Septemba", "Oktoba", "Novemba",
+    "Desemba",
 ];
 
 // Keeps the weekday table honest: index 0 is Monday.
@@ -574,9 +572,7 @@ fn duration_helper(
 ) -> HelperResult {
     let first = param(h, 0, "duration")?;
     let secs = match h.param(1) {
-        Some(second) => {
-            (instant(second.value(), "duration")? - instant(first, "duration")?).num_seconds()
-        }
+        Some(second) => (instant(second.value(), "duration")? - instant(first, "duration")?).num_seconds(),
         None => match first.as_str().and_then(|s| s.parse::<Span>().ok()) {
             Some(span) => span.secs(),
             None => {
@@ -612,11 +608,7 @@ pub fn duration_words(secs: i64, locale: Locale) -> String {
     }
 }
 
-fn component_name(
-    names: &BTreeMap<ComponentId, ComponentNames>,
-    id: &str,
-    locale: Locale,
-) -> String {
+fn component_name(names: &BTreeMap<ComponentId, ComponentNames>, id: &str, locale: Locale) -> String {
     id.parse::<ComponentId>()
         .ok()
         .and_then(|c| names.get(&c))

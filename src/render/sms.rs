@@ -51,16 +51,28 @@ pub struct SmsCost {
     pub segments: usize,
 }
 
+/// The encoding, size and billed segment count of `text`. A character never straddles two
+/// parts: an extension character (two septets) or a surrogate pair (two UTF-16 units) that
+/// would not fit in what is left of a part starts the next one, as handsets and carriers do.
 pub fn cost(text: &str) -> SmsCost {
-    let septets: Option<usize> = text.chars().map(gsm7_septets).sum();
-    let (encoding, units, single, part) = match septets {
-        Some(n) => (Encoding::Gsm7, n, 160, 153),
-        None => (Encoding::Ucs2, text.encode_utf16().count(), 70, 67),
+    let septets: Option<Vec<usize>> = text.chars().map(gsm7_septets).collect();
+    let (encoding, widths, single, part) = match septets {
+        Some(w) => (Encoding::Gsm7, w, 160, 153),
+        None => (Encoding::Ucs2, text.chars().map(char::len_utf16).collect(), 70, 67),
     };
+    let units: usize = widths.iter().sum();
     let segments = if units <= single {
         1
     } else {
-        units.div_ceil(part)
+        let (mut count, mut used) = (1, 0);
+        for w in widths {
+            if used + w > part {
+                count += 1;
+                used = 0;
+            }
+            used += w;
+        }
+        count
     };
     SmsCost {
         encoding,
@@ -92,9 +104,46 @@ mod tests {
             let c = cost(text);
             assert_eq!((c.encoding, c.segments), (*enc, *segs), "{text}");
         }
-        assert_eq!(
-            first_non_gsm7("ok \u{201c}quoted\u{201d}"),
-            Some('\u{201c}')
-        );
+        assert_eq!(first_non_gsm7("ok \u{201c}quoted\u{201d}"), Some('\u{201c}'));
+    }
+
+    /// The counting agrees with an independent splitter on the cases that matter for cost.
+    #[test]
+    fn agrees_with_sms_splitter() {
+        let swahili = "M-PESA: Ndugu mteja, huduma za M-PESA hazitapatikana kuanzia Jumamosi 18 Aprili 2015 saa 00:00 hadi Jumapili 19 Aprili 2015 saa 23:59 kwa sababu ya matengenezo yaliyopangwa. Tunaomba radhi.";
+        let mut cases: Vec<String> = vec![
+            "Hello World!".into(),
+            "Plain GSM-7 with digits 0123456789 and @£$¥ symbols.".into(),
+            "Braces {like this} and [brackets] cost two septets each: ^ ~ | \\ €".into(),
+            swahili.into(),
+            "It\u{2019}s one smart quote away from UCS-2.".into(),
+            "Maintenance tonight 😀".into(),
+            "a".repeat(160),
+            "a".repeat(161),
+            "a".repeat(306),
+            "a".repeat(307),
+            "€".repeat(80),
+            "€".repeat(81),
+            "ł".repeat(70),
+            "ł".repeat(71),
+            "ł".repeat(134),
+            "ł".repeat(135),
+            format!("{}€", "a".repeat(152)) + &"b".repeat(10),
+            format!("{}€", "a".repeat(158)),
+            format!("{}😀", "ł".repeat(66)) + &"ł".repeat(10),
+            "😀".repeat(40),
+        ];
+        cases.push(format!("{swahili} {swahili}"));
+        for text in &cases {
+            let ours = cost(text);
+            let theirs = sms_splitter::SplitSms::default().split(text.clone());
+            let their_encoding = if theirs.character_set == "GSM" {
+                Encoding::Gsm7
+            } else {
+                Encoding::Ucs2
+            };
+            assert_eq!(ours.encoding, their_encoding, "{text:?}");
+            assert_eq!(ours.segments, theirs.parts.len(), "{text:?}: {} units", ours.units);
+        }
     }
 }

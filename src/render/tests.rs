@@ -12,8 +12,9 @@ fn renderer() -> Renderer {
 #[test]
 fn every_built_in_template_renders_in_both_locales() {
     let r = renderer();
-    let problems = r.check(&names());
-    assert!(problems.is_empty(), "{problems:#?}");
+    let report = r.check(&names());
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert!(report.warnings.is_empty(), "{:#?}", report.warnings);
     for kind in NoticeKind::ALL {
         let facts = NoticeFacts::sample(kind, &names());
         for locale in Locale::ALL {
@@ -21,33 +22,20 @@ fn every_built_in_template_renders_in_both_locales() {
                 body,
                 encoding,
                 segments,
-            } = r
-                .render(&facts, Channel::Sms, locale, Zone::NAIROBI)
-                .unwrap()
+            } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap()
             else {
                 panic!("sms")
             };
             assert!(body.starts_with("M-PESA:"), "{body}");
             assert_eq!(encoding, Encoding::Gsm7, "{kind} {locale}: {body}");
-            assert!(
-                segments <= 2,
-                "{kind} {locale}: {segments} segments: {body}"
-            );
+            assert!(segments <= 2, "{kind} {locale}: {segments} segments: {body}");
             assert!(!body.contains("{{"), "{body}");
-            let Rendered::Email {
-                subject,
-                text,
-                html,
-            } = r
-                .render(&facts, Channel::Email, locale, Zone::NAIROBI)
-                .unwrap()
+            let Rendered::Email { subject, text, html } =
+                r.render(&facts, Channel::Email, locale, Zone::NAIROBI).unwrap()
             else {
                 panic!("email")
             };
-            assert!(
-                !subject.is_empty() && !subject.contains('\n'),
-                "{subject:?}"
-            );
+            assert!(!subject.is_empty() && !subject.contains('\n'), "{subject:?}");
             assert!(
                 text.contains(&facts.title.get(locale).to_string())
                     || kind == NoticeKind::Completed
@@ -62,18 +50,12 @@ fn every_built_in_template_renders_in_both_locales() {
 fn swahili_is_swahili() {
     let r = renderer();
     let facts = NoticeFacts::sample(NoticeKind::Announced, &names());
-    let Rendered::Sms { body, .. } = r
-        .render(&facts, Channel::Sms, Locale::Sw, Zone::NAIROBI)
-        .unwrap()
-    else {
+    let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, Locale::Sw, Zone::NAIROBI).unwrap() else {
         panic!()
     };
     assert!(body.contains("Jumamosi 18 Aprili 2015 00:00 EAT"), "{body}");
     assert!(body.contains("Kutuma pesa"), "{body}");
-    let Rendered::Sms { body, .. } = r
-        .render(&facts, Channel::Sms, Locale::En, Zone::NAIROBI)
-        .unwrap()
-    else {
+    let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, Locale::En, Zone::NAIROBI).unwrap() else {
         panic!()
     };
     assert!(body.contains("Sat 18 Apr 2015 00:00 EAT"), "{body}");
@@ -89,16 +71,10 @@ fn recipients_abroad_see_their_zone_and_the_window_zone() {
     );
     let r = renderer();
     let facts = NoticeFacts::sample(NoticeKind::Announced, &names());
-    let Rendered::Email { text, .. } = r
-        .render(&facts, Channel::Email, Locale::En, berlin)
-        .unwrap()
-    else {
+    let Rendered::Email { text, .. } = r.render(&facts, Channel::Email, Locale::En, berlin).unwrap() else {
         panic!()
     };
-    assert!(
-        text.contains("Fri 17 Apr 2015 23:00 CEST (Sat 18 Apr 00:00 EAT)"),
-        "{text}"
-    );
+    assert!(text.contains("Fri 17 Apr 2015 23:00 CEST (Sat 00:00 EAT)"), "{text}");
 }
 
 #[test]
@@ -122,9 +98,7 @@ fn html_is_escaped_and_text_is_not() {
         en: "Tom & Jerry <b>".into(),
         sw: None,
     };
-    let Rendered::Email { subject, html, .. } = r
-        .render(&facts, Channel::Email, Locale::En, Zone::NAIROBI)
-        .unwrap()
+    let Rendered::Email { subject, html, .. } = r.render(&facts, Channel::Email, Locale::En, Zone::NAIROBI).unwrap()
     else {
         panic!()
     };
@@ -140,13 +114,9 @@ fn a_missing_variable_names_the_file_and_the_variable() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, source).unwrap();
     }
-    std::fs::write(
-        dir.path().join("sw/started.sms.hbs"),
-        "{{service}}: {{window.colour}}",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("sw/started.sms.hbs"), "{{service}}: {{window.colour}}").unwrap();
     let r = Renderer::load(Some(dir.path()), "M-PESA", &names()).unwrap();
-    let problems = r.check(&names());
+    let problems = r.check(&names()).problems;
     assert_eq!(problems.len(), 1, "{problems:#?}");
     let msg = problems[0].to_string();
     assert!(msg.contains("sw/started.sms.hbs"), "{msg}");
@@ -154,10 +124,7 @@ fn a_missing_variable_names_the_file_and_the_variable() {
 
     std::fs::remove_file(dir.path().join("en/completed.email.html.hbs")).unwrap();
     let err = Renderer::load(Some(dir.path()), "M-PESA", &names()).unwrap_err();
-    assert!(
-        err.to_string().contains("en/completed.email.html.hbs"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("en/completed.email.html.hbs"), "{err}");
 }
 
 #[test]
@@ -179,12 +146,45 @@ fn a_window_affecting_everything_says_so() {
         (Locale::En, "All M-PESA services will be unavailable"),
         (Locale::Sw, "huduma zote za M-PESA"),
     ] {
-        let Rendered::Sms { body, .. } = r
-            .render(&facts, Channel::Sms, locale, Zone::NAIROBI)
-            .unwrap()
-        else {
+        let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap() else {
             panic!()
         };
         assert!(body.contains(phrase), "{body}");
     }
+}
+
+#[test]
+fn check_warns_about_ucs2_and_fails_over_the_segment_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, source) in embedded::EMBEDDED {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, source).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("en/started.sms.hbs"),
+        "{{service}}: we\u{2019}ve started",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sw/completed.sms.hbs"),
+        "{{service}}: ".to_string() + &"imekamilika ".repeat(30),
+    )
+    .unwrap();
+    let r = Renderer::load(Some(dir.path()), "M-PESA", &names())
+        .unwrap()
+        .with_sms_limit(2);
+    let report = r.check(&names());
+    assert_eq!(report.warnings.len(), 1, "{:#?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("en/started.sms.hbs") && report.warnings[0].contains("U+2019"),
+        "{}",
+        report.warnings[0]
+    );
+    assert_eq!(report.problems.len(), 1, "{:#?}", report.problems);
+    let msg = report.problems[0].to_string();
+    assert!(
+        msg.contains("sw/completed.sms.hbs") && msg.contains("3 segments") && msg.contains("limit of 2"),
+        "{msg}"
+    );
 }

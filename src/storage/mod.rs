@@ -16,14 +16,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, QueryBuilder, Row};
 
 use crate::domain::{
-    Audience, NewWindow, Notice, PlannedDelivery, Profile, Recipient, RecipientId, Window,
-    WindowId, to_millis,
+    Audience, NewWindow, Notice, PlannedDelivery, Profile, Recipient, RecipientId, Window, WindowId, to_millis,
 };
 use crate::planner::{Decided, Decision, Outcome};
 pub use rows::ClaimedRow;
@@ -39,9 +36,7 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("window {0} does not exist")]
     NoSuchWindow(WindowId),
-    #[error(
-        "window {id} was changed by someone else (expected revision {expected}); look again and retry"
-    )]
+    #[error("window {id} was changed by someone else (expected revision {expected}); look again and retry")]
     Conflict { id: WindowId, expected: u32 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -144,9 +139,8 @@ impl Store {
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
             let file = options.get_filename();
-            let sqlite_file = (!file.as_os_str().is_empty()
-                && file != std::path::Path::new(":memory:"))
-            .then(|| file.to_owned());
+            let sqlite_file =
+                (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:")).then(|| file.to_owned());
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
@@ -191,12 +185,7 @@ impl Store {
     // ----- windows -------------------------------------------------------------------------
 
     /// Stores a new window and its first history entry in one transaction.
-    pub async fn create_window(
-        &self,
-        new: NewWindow,
-        now: DateTime<Utc>,
-        actor: &str,
-    ) -> Result<Window, StoreError> {
+    pub async fn create_window(&self, new: NewWindow, now: DateTime<Utc>, actor: &str) -> Result<Window, StoreError> {
         let draft = Window::create(WindowId(0), new, now);
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -347,23 +336,22 @@ impl Store {
 
     pub async fn window(&self, id: WindowId) -> Result<Window, StoreError> {
         let sql = format!("SELECT {WINDOW_COLUMNS} FROM windows WHERE id = $1");
-        let row: Option<WindowRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).bind(id.0).fetch_optional(p).await?);
+        let row: Option<WindowRow> =
+            on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).bind(id.0).fetch_optional(p).await?);
         row.ok_or(StoreError::NoSuchWindow(id))?.try_into()
     }
 
     /// Every window, newest first.
     pub async fn windows(&self) -> Result<Vec<Window>, StoreError> {
         let sql = format!("SELECT {WINDOW_COLUMNS} FROM windows ORDER BY id DESC");
-        let rows: Vec<WindowRow> =
-            on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
+        let rows: Vec<WindowRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
         rows.into_iter().map(Window::try_from).collect()
     }
 
     /// Windows the scheduler still has work for, oldest first.
     pub async fn open_windows(&self) -> Result<Vec<Window>, StoreError> {
         let sql = format!("SELECT {WINDOW_COLUMNS} FROM windows WHERE closed = FALSE ORDER BY id");
-        let rows: Vec<WindowRow> =
-            on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
+        let rows: Vec<WindowRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).fetch_all(p).await?);
         rows.into_iter().map(Window::try_from).collect()
     }
 
@@ -389,8 +377,7 @@ impl Store {
                 at: crate::domain::from_millis(at),
                 actor,
                 action,
-                details: serde_json::from_str(&details)
-                    .unwrap_or(serde_json::Value::String(details)),
+                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
             })
             .collect())
     }
@@ -408,12 +395,8 @@ impl Store {
         .await?);
         rows.into_iter()
             .map(|(n, a)| {
-                let notice: Notice = n
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
-                let audience: Audience = a
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
+                let notice: Notice = n.parse().map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
+                let audience: Audience = a.parse().map_err(|e| StoreError::Corrupt(format!("notice log: {e}")))?;
                 Ok((notice, audience))
             })
             .collect()
@@ -421,12 +404,7 @@ impl Store {
 
     /// Records a decision once. For a planned reminder, also supersedes the unsent deliveries of
     /// the earlier reminders it overtakes, in the same transaction.
-    pub async fn record_decision(
-        &self,
-        window: WindowId,
-        d: &Decision,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
+    pub async fn record_decision(&self, window: WindowId, d: &Decision, now: DateTime<Utc>) -> Result<u64, StoreError> {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
@@ -467,10 +445,7 @@ impl Store {
     }
 
     /// Notice-level outcomes other than `planned` (skipped, superseded, expired).
-    pub async fn notice_log(
-        &self,
-        window: Option<WindowId>,
-    ) -> Result<Vec<NoticeLogRow>, StoreError> {
+    pub async fn notice_log(&self, window: Option<WindowId>) -> Result<Vec<NoticeLogRow>, StoreError> {
         let rows: Vec<(i64, i64, String, String, String)> = on_pool!(self, p => sqlx::query_as(
             "SELECT window_id, revision, notice, audience, outcome FROM window_notices \
              WHERE outcome <> 'planned' AND ($1 IS NULL OR window_id = $1) ORDER BY window_id, revision, due_at, audience",
@@ -480,15 +455,13 @@ impl Store {
         .await?);
         Ok(rows
             .into_iter()
-            .map(
-                |(window_id, revision, notice, audience, outcome)| NoticeLogRow {
-                    window_id,
-                    revision,
-                    notice,
-                    audience,
-                    outcome,
-                },
-            )
+            .map(|(window_id, revision, notice, audience, outcome)| NoticeLogRow {
+                window_id,
+                revision,
+                notice,
+                audience,
+                outcome,
+            })
             .collect())
     }
 
@@ -496,21 +469,13 @@ impl Store {
 
     /// Inserts or updates recipients by natural key, in one transaction. An opt-out is never
     /// cleared by an import: only `recipients opt-in` does that.
-    pub async fn upsert_recipients(
-        &self,
-        batch: &[Profile],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn upsert_recipients(&self, batch: &[Profile], now: DateTime<Utc>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         // PostgreSQL refuses to update one row twice in a statement: keep the last of each key.
         let mut seen = HashSet::new();
-        let mut unique: Vec<&Profile> = batch
-            .iter()
-            .rev()
-            .filter(|p| seen.insert(p.natural_key()))
-            .collect();
+        let mut unique: Vec<&Profile> = batch.iter().rev().filter(|p| seen.insert(p.natural_key())).collect();
         unique.reverse();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -545,9 +510,7 @@ impl Store {
     }
 
     pub async fn count_recipients(&self) -> Result<i64, StoreError> {
-        Ok(
-            on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM recipients").fetch_one(p).await?),
-        )
+        Ok(on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM recipients").fetch_one(p).await?))
     }
 
     /// Counts by kind and opt-out: `(kind, opted_out, count)`.
@@ -580,12 +543,7 @@ impl Store {
 
     /// Sets or clears the opt-out of the recipient with this phone number or email address.
     /// Returns whether such a recipient exists.
-    pub async fn set_opt_out(
-        &self,
-        natural_key: &str,
-        opt_out: bool,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    pub async fn set_opt_out(&self, natural_key: &str, opt_out: bool, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let n = on_pool!(self, p => sqlx::query("UPDATE recipients SET opt_out = $1, updated_at = $2 WHERE natural_key = $3")
             .bind(opt_out)
             .bind(to_millis(now))
@@ -738,8 +696,7 @@ impl Store {
         let now = to_millis(now);
         // The common case, a batch sent through one backend with one body per group, is one
         // statement per group rather than one per row.
-        let mut plain_sent: std::collections::BTreeMap<(&str, Option<i64>), Vec<i64>> =
-            Default::default();
+        let mut plain_sent: std::collections::BTreeMap<(&str, Option<i64>), Vec<i64>> = Default::default();
         let mut others = Vec::new();
         for f in outcomes {
             match f {
@@ -748,10 +705,7 @@ impl Store {
                     backend,
                     provider_id: None,
                     body_id,
-                } => plain_sent
-                    .entry((backend.as_str(), *body_id))
-                    .or_default()
-                    .push(*id),
+                } => plain_sent.entry((backend.as_str(), *body_id)).or_default().push(*id),
                 other => others.push(other),
             }
         }

@@ -3,8 +3,8 @@
 use std::str::FromStr;
 
 use crate::domain::{
-    Audience, Channel, ComponentId, EmailAddress, Localized, PhoneNumber, Profile, Recipient,
-    RecipientId, Schedule, Window, WindowId, Zone, from_millis,
+    Audience, Channel, ComponentId, EmailAddress, Localized, PhoneNumber, Profile, Recipient, RecipientId, Schedule,
+    Window, WindowId, Zone, from_millis,
 };
 
 use super::StoreError;
@@ -47,11 +47,7 @@ where
 }
 
 pub(super) fn join_list<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn split<T: FromStr>(what: &str, id: i64, text: &str) -> Result<Vec<T>, StoreError>
@@ -67,8 +63,8 @@ where
 impl TryFrom<WindowRow> for Window {
     type Error = StoreError;
     fn try_from(r: WindowRow) -> Result<Window, StoreError> {
-        let schedule = Schedule::new(from_millis(r.starts_at), from_millis(r.ends_at))
-            .map_err(|e| corrupt("window", r.id, e))?;
+        let schedule =
+            Schedule::new(from_millis(r.starts_at), from_millis(r.ends_at)).map_err(|e| corrupt("window", r.id, e))?;
         let previous = Schedule::new(from_millis(r.prev_starts_at), from_millis(r.prev_ends_at))
             .map_err(|e| corrupt("window", r.id, e))?;
         Ok(Window {
@@ -110,8 +106,7 @@ pub(super) struct RecipientRow {
     pub opt_out: bool,
 }
 
-pub(super) const RECIPIENT_COLUMNS: &str =
-    "id, kind, name, phone, email, locale, zone, components, channels, opt_out";
+pub(super) const RECIPIENT_COLUMNS: &str = "id, kind, name, phone, email, locale, zone, components, channels, opt_out";
 
 impl TryFrom<RecipientRow> for Recipient {
     type Error = StoreError;

@@ -147,8 +147,7 @@ fn time_zones_and_daylight_saving() {
         "{gap}"
     );
     assert!(
-        gap.contains("2026-03-29T03:30:00+02:00 (CEST)")
-            && gap.contains("2026-03-29T01:30:00+01:00 (CET)"),
+        gap.contains("2026-03-29T03:30:00+02:00 (CEST)") && gap.contains("2026-03-29T01:30:00+01:00 (CET)"),
         "{gap}"
     );
     let overlap = cli.bad(&[
@@ -171,8 +170,7 @@ fn time_zones_and_daylight_saving() {
         "{overlap}"
     );
     assert!(
-        overlap.contains("2026-10-25T02:30:00+02:00 (CEST)")
-            && overlap.contains("2026-10-25T02:30:00+01:00 (CET)")
+        overlap.contains("2026-10-25T02:30:00+02:00 (CEST)") && overlap.contains("2026-10-25T02:30:00+01:00 (CET)")
     );
     assert_eq!(
         cli.ok(&["window", "list", "--json"]).trim(),
@@ -197,12 +195,10 @@ fn time_zones_and_daylight_saving() {
     ]);
     let nairobi = add_window(&cli);
     assert_eq!((berlin.trim(), nairobi.as_str()), ("1", "2"));
-    let shown: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["window", "show", "1", "--json"])).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", "1", "--json"])).unwrap();
     assert_eq!(shown["starts_at"], "2026-10-25T02:30:00+00:00");
     assert_eq!(shown["zone"], "Europe/Berlin");
-    let shown: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["window", "show", "2", "--json"])).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", "2", "--json"])).unwrap();
     assert_eq!(shown["starts_at"], "2015-04-17T21:00:00+00:00");
     assert_eq!(shown["history"][0]["action"], "created");
 }
@@ -286,14 +282,8 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
         let err = cli.bad(&args);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    assert!(
-        cli.bad(&["window", "list", "--now", "yesterday"])
-            .contains("--now")
-    );
-    assert!(
-        cli.bad(&["window", "show", "42"])
-            .contains("window 42 does not exist")
-    );
+    assert!(cli.bad(&["window", "list", "--now", "yesterday"]).contains("--now"));
+    assert!(cli.bad(&["window", "show", "42"]).contains("window 42 does not exist"));
     assert!(
         cli.bad(&["window", "cancel", "42"])
             .contains("window 42 does not exist")
@@ -314,18 +304,12 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
         cli.bad(&["--database", "mysql://x", "window", "list"])
             .contains("--database")
     );
-    assert!(
-        cli.bad(&["window", "frobnicate"])
-            .contains("unrecognized subcommand")
-    );
+    assert!(cli.bad(&["window", "frobnicate"]).contains("unrecognized subcommand"));
     assert_eq!(cli.ok(&["window", "list", "--json"]).trim(), "[]");
 
     let id = add_window(&cli);
     let err = cli.bad(&["window", "complete", &id, NOW]);
-    assert!(
-        err.contains("only a window in progress can be completed"),
-        "{err}"
-    );
+    assert!(err.contains("only a window in progress can be completed"), "{err}");
     let err = cli.bad(&[
         "window",
         "reschedule",
@@ -337,12 +321,8 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
         "2015-04-19 23:59",
     ]);
     assert!(err.contains("already has those values"), "{err}");
-    let shown: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
-    assert_eq!(
-        shown["revision"], 1,
-        "refused changes leave the window as it was"
-    );
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
+    assert_eq!(shown["revision"], 1, "refused changes leave the window as it was");
 }
 
 #[test]
@@ -351,10 +331,7 @@ fn import_reports_bad_rows_strict_imports_nothing_and_reimport_adds_none() {
     let csv = cli.path("mixed.csv");
     std::fs::write(&csv, "kind,name,phone,email\ncustomer,Jane,0712345678,\ncustomer,Joe,12,\nbiller,KPLC,,not-an-email\ncustomer,Ann,0712345679,\n").unwrap();
     let err = cli.bad(&["recipients", "import", "--strict", csv.to_str().unwrap()]);
-    assert!(
-        err.contains("line 3: phone") && err.contains("line 4: email"),
-        "{err}"
-    );
+    assert!(err.contains("line 3: phone") && err.contains("line 4: email"), "{err}");
     assert!(err.contains("nothing was imported"), "{err}");
     assert!(
         cli.ok(&["recipients", "count"])
@@ -364,26 +341,16 @@ fn import_reports_bad_rows_strict_imports_nothing_and_reimport_adds_none() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stdout.contains("4 rows: 2 imported, 0 updated, 2 rejected"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("4 rows: 2 imported, 0 updated, 2 rejected"), "{stdout}");
     assert!(stderr.contains("mixed.csv: line 3: phone"), "{stderr}");
     let again = cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
-    assert!(
-        again.contains("4 rows: 0 imported, 2 updated, 2 rejected"),
-        "{again}"
-    );
+    assert!(again.contains("4 rows: 0 imported, 2 updated, 2 rejected"), "{again}");
     cli.ok(&["recipients", "opt-out", "+254712345678"]);
     let again = cli.ok(&["recipients", "import", csv.to_str().unwrap(), "--json"]);
     let report: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(report["imported"], 0);
-    let listed: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["recipients", "list", "--json"])).unwrap();
-    assert_eq!(
-        listed[0]["opt_out"], true,
-        "a re-import never clears an opt-out"
-    );
+    let listed: serde_json::Value = serde_json::from_str(&cli.ok(&["recipients", "list", "--json"])).unwrap();
+    assert_eq!(listed[0]["opt_out"], true, "a re-import never clears an opt-out");
 }
 
 fn run_once_twice(cli: &Cli) {
@@ -396,19 +363,14 @@ fn run_once_twice(cli: &Cli) {
     assert_eq!(first["enqueued"], 42);
     assert_eq!(first["dispatch"]["sent"], 42);
     assert_eq!(cli.outbox_lines(), 42);
-    let second: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["run-once", NOW, "--json"])).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&cli.ok(&["run-once", NOW, "--json"])).unwrap();
     assert_eq!(
-        (
-            second["enqueued"].as_u64(),
-            second["dispatch"]["claimed"].as_u64()
-        ),
+        (second["enqueued"].as_u64(), second["dispatch"]["claimed"].as_u64()),
         (Some(0), Some(0))
     );
     assert_eq!(cli.outbox_lines(), 42, "nothing sent twice");
     let summary: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["deliveries", "summary", "--window", &id, "--json"]))
-            .unwrap();
+        serde_json::from_str(&cli.ok(&["deliveries", "summary", "--window", &id, "--json"])).unwrap();
     let total: i64 = summary["deliveries"]
         .as_array()
         .unwrap()
@@ -418,10 +380,7 @@ fn run_once_twice(cli: &Cli) {
     assert_eq!(total, 42, "nothing recorded twice");
     let sms = std::fs::read_to_string(cli.path("outbox/sms.jsonl")).unwrap();
     let first_sms: serde_json::Value = serde_json::from_str(sms.lines().next().unwrap()).unwrap();
-    assert_eq!(
-        first_sms["idempotency_key"],
-        format!("w{id}.r1.announced.1.sms")
-    );
+    assert_eq!(first_sms["idempotency_key"], format!("w{id}.r1.announced.1.sms"));
     assert_eq!(first_sms["to"], "+254720000000");
     assert_eq!(first_sms["encoding"], "GSM-7");
     assert!(
@@ -452,29 +411,16 @@ async fn run_once_twice_at_the_same_now_sends_nothing_twice_on_postgres() {
 #[test]
 fn templates_check_names_the_file_and_the_variable() {
     let cli = Cli::new();
-    assert!(
-        cli.ok(&["templates", "check"])
-            .contains("all 48 templates render")
-    );
+    assert!(cli.ok(&["templates", "check"]).contains("all 48 templates render"));
     let dir = cli.path("tpl");
     for locale in ["en", "sw"] {
         std::fs::create_dir_all(dir.join(locale)).unwrap();
-        for entry in std::fs::read_dir(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("templates")
-                .join(locale),
-        )
-        .unwrap()
-        {
+        for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("templates").join(locale)).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.join(locale).join(entry.file_name())).unwrap();
         }
     }
-    std::fs::write(
-        dir.join("sw/reminder.sms.hbs"),
-        "{{service}}: {{window.headline}}",
-    )
-    .unwrap();
+    std::fs::write(dir.join("sw/reminder.sms.hbs"), "{{service}}: {{window.headline}}").unwrap();
     let err = cli.bad(&["templates", "check", "--templates", dir.to_str().unwrap()]);
     assert!(
         err.contains("sw/reminder.sms.hbs") && err.contains("window.headline"),
@@ -497,15 +443,10 @@ fn configuration_init_check_and_redaction() {
         "check",
     ]);
     assert!(
-        !shown.contains("hunter2")
-            && shown.contains("postgres://app:[redacted]@db.internal/tangazo"),
+        !shown.contains("hunter2") && shown.contains("postgres://app:[redacted]@db.internal/tangazo"),
         "{shown}"
     );
-    std::fs::write(
-        cli.path("tangazo.toml"),
-        "[policy.customers]\nreminders = [\"soon\"]\n",
-    )
-    .unwrap();
+    std::fs::write(cli.path("tangazo.toml"), "[policy.customers]\nreminders = [\"soon\"]\n").unwrap();
     let err = cli.bad(&["config", "check"]);
     assert!(err.contains("soon"), "{err}");
     let err = cli.bad(&["--config", "nope.toml", "config", "check"]);
@@ -539,10 +480,7 @@ fn a_second_daemon_on_one_sqlite_file_refuses_and_kill_9_does_not_block_a_restar
     let second = cli.run(&["daemon", "--tick", "1"]);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("another tangazo daemon is already running"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("another tangazo daemon is already running"), "{stderr}");
     // Reading and enqueueing commands work alongside it.
     add_window(&cli);
     assert!(cli.ok(&["window", "list"]).contains("Systems migration"));
@@ -555,10 +493,7 @@ fn a_second_daemon_on_one_sqlite_file_refuses_and_kill_9_does_not_block_a_restar
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
-    assert!(
-        again.try_wait().unwrap().is_none(),
-        "the restarted daemon is running"
-    );
+    assert!(again.try_wait().unwrap().is_none(), "the restarted daemon is running");
     // SIGTERM: a clean stop.
     Command::new("kill")
         .arg("-TERM")
@@ -587,22 +522,17 @@ fn a_wording_fix_is_not_a_new_revision_and_notifies_nobody() {
         "--actor",
         "editor",
     ]);
-    let shown: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
     assert_eq!(
         (shown["revision"].as_u64(), shown["title"].as_str()),
         (Some(1), Some("Systems migration to Nairobi"))
     );
     assert_eq!(shown["history"][1]["action"], "edited");
     assert_eq!(shown["history"][1]["actor"], "editor");
-    let again: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["run-once", NOW, "--json"])).unwrap();
+    let again: serde_json::Value = serde_json::from_str(&cli.ok(&["run-once", NOW, "--json"])).unwrap();
     assert_eq!(again["enqueued"], 0);
     assert_eq!(cli.outbox_lines(), sent);
-    assert!(
-        cli.bad(&["window", "edit", &id, "--title", " "])
-            .contains("--title")
-    );
+    assert!(cli.bad(&["window", "edit", &id, "--title", " "]).contains("--title"));
     // The next notice uses the corrected wording.
     cli.ok(&["run-once", "--now", "2015-04-15T00:30:00+03:00"]);
     let email = std::fs::read_to_string(cli.path("outbox/email.jsonl")).unwrap();

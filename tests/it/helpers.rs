@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Connection;
 use tangazo::domain::{
-    Audience, Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber,
-    Profile, Schedule, Zone,
+    Audience, Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile, Schedule, Zone,
 };
 use tangazo::storage::Store;
 
@@ -84,9 +83,7 @@ impl TestDb {
             && let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await
         {
             let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
         }
     }
 }

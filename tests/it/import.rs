@@ -41,12 +41,7 @@ async fn bad_rows_are_reported_by_line_and_skipped() {
     .unwrap();
     let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
     assert_eq!(
-        (
-            report.rows,
-            report.imported,
-            report.updated,
-            report.rejected
-        ),
+        (report.rows, report.imported, report.updated, report.rejected),
         (11, 3, 0, 8),
         "{errors:#?}"
     );
@@ -66,18 +61,10 @@ async fn bad_rows_are_reported_by_line_and_skipped() {
             "{got} (wanted line {line}: {needle})"
         );
     }
-    let all = db
-        .store
-        .recipients_page(None, RecipientId(0), 10)
-        .await
-        .unwrap();
+    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
     let jane = &all[0].profile;
     assert_eq!(
-        (
-            jane.name.as_str(),
-            jane.locale,
-            jane.phone.as_ref().unwrap().as_str()
-        ),
+        (jane.name.as_str(), jane.locale, jane.phone.as_ref().unwrap().as_str()),
         ("Jane Wanjiku", Locale::Sw, "+254712345678")
     );
     let kplc = &all[1].profile;
@@ -113,20 +100,11 @@ fn a_header_without_required_columns_is_refused() {
     let err = validate_csv("name,phone\nJane,0712345678\n".as_bytes(), &rules(&config))
         .err()
         .unwrap();
-    assert!(
-        matches!(err, ImportError::Header(ref m) if m.contains("kind")),
-        "{err}"
-    );
-    let err = validate_csv(
-        "kind,name,locale\ncustomer,Jane,en\n".as_bytes(),
-        &rules(&config),
-    )
-    .err()
-    .unwrap();
-    assert!(
-        err.to_string().contains("neither a phone nor an email"),
-        "{err}"
-    );
+    assert!(matches!(err, ImportError::Header(ref m) if m.contains("kind")), "{err}");
+    let err = validate_csv("kind,name,locale\ncustomer,Jane,en\n".as_bytes(), &rules(&config))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("neither a phone nor an email"), "{err}");
 }
 
 #[test]
@@ -138,9 +116,7 @@ fn invalid_utf8_is_a_bad_row_not_a_crash() {
     let report = validate_csv(bytes.as_slice(), &rules(&config)).unwrap();
     assert_eq!((report.rows, report.rejected), (3, 1));
     assert!(
-        report.errors[0]
-            .to_string()
-            .starts_with("line 3: not valid UTF-8"),
+        report.errors[0].to_string().starts_with("line 3: not valid UTF-8"),
         "{:?}",
         report.errors
     );

@@ -51,8 +51,7 @@ impl Rig {
     fn new(db: &TestDb) -> Rig {
         let outbox = tempfile::tempdir().unwrap();
         let config = config(outbox.path());
-        let scheduler = tangazo::cli::wire_scheduler(&config, &db.store, "test")
-            .unwrap_or_else(|_| panic!("wiring"));
+        let scheduler = tangazo::cli::wire_scheduler(&config, &db.store, "test").unwrap_or_else(|_| panic!("wiring"));
         Rig { scheduler, outbox }
     }
     async fn tick(&self, now: DateTime<Utc>) -> tangazo::scheduler::TickReport {
@@ -83,10 +82,7 @@ async fn run_once_twice_at_the_same_now_does_nothing_twice(db: &TestDb) {
     seed(db).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
-    db.store
-        .create_window(new_window(48), created, "ops")
-        .await
-        .unwrap();
+    db.store.create_window(new_window(48), created, "ops").await.unwrap();
     let first = rig.tick(created).await;
     assert_eq!(first.enqueued as usize, ANNOUNCEMENT_ROWS);
     assert_eq!(first.dispatch.sent as usize, ANNOUNCEMENT_ROWS);
@@ -108,11 +104,7 @@ async fn a_window_from_announcement_to_completion(db: &TestDb) {
     seed(db).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
-    let w = db
-        .store
-        .create_window(new_window(48), created, "ops")
-        .await
-        .unwrap();
+    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
     rig.tick(created).await;
     let mut hour = created;
     while hour < start() + TimeDelta::hours(40) {
@@ -126,22 +118,14 @@ async fn a_window_from_announcement_to_completion(db: &TestDb) {
     let now = start() + TimeDelta::hours(40);
     let running = db.store.window(w.id).await.unwrap();
     let extended = running.extend(start() + TimeDelta::hours(54), now).unwrap();
-    db.store
-        .save_change(&running, &extended, "ops", now)
-        .await
-        .unwrap();
+    db.store.save_change(&running, &extended, "ops", now).await.unwrap();
     let r = rig.tick(now).await;
     assert_eq!(
         r.dispatch.sent as usize, per_notice,
         "rescheduled to everyone already told"
     );
     // No alarm before the new end, one after it until the operator confirms.
-    assert!(
-        rig.tick(start() + TimeDelta::hours(53))
-            .await
-            .alarms
-            .is_empty()
-    );
+    assert!(rig.tick(start() + TimeDelta::hours(53)).await.alarms.is_empty());
     let late = start() + TimeDelta::hours(55);
     assert_eq!(rig.tick(late).await.alarms.len(), 1);
     let w2 = db.store.window(w.id).await.unwrap();
@@ -168,11 +152,7 @@ async fn cancel_tells_only_those_told(db: &TestDb) {
     seed(db).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
-    let w = db
-        .store
-        .create_window(new_window(48), created, "ops")
-        .await
-        .unwrap();
+    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
     rig.tick(created).await;
     // Someone imported after the announcement was never told.
     db.store
@@ -181,10 +161,7 @@ async fn cancel_tells_only_those_told(db: &TestDb) {
         .unwrap();
     let now = created + TimeDelta::hours(2);
     let cancelled = w.cancel(Some("vendor delay".into()), now).unwrap();
-    db.store
-        .save_change(&w, &cancelled, "ops", now)
-        .await
-        .unwrap();
+    db.store.save_change(&w, &cancelled, "ops", now).await.unwrap();
     let before = rig.sent();
     let r = rig.tick(now).await;
     assert_eq!(r.dispatch.sent as usize, ANNOUNCEMENT_ROWS);
@@ -197,13 +174,7 @@ async fn cancel_tells_only_those_told(db: &TestDb) {
         .last()
         .unwrap()
         .id;
-    assert!(
-        db.store
-            .told_among(w.id, newcomer, newcomer)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(db.store.told_among(w.id, newcomer, newcomer).await.unwrap().is_empty());
     // Nothing else is ever planned for a cancelled window.
     let r = rig.tick(start() - TimeDelta::hours(1)).await;
     assert_eq!((r.enqueued, r.dispatch.claimed), (0, 0));

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::TimeDelta;
 use tangazo::domain::{
-    Audience, Channel, Locale, Notice, NoticeKind, PlannedDelivery, RecipientId, Schedule, Span,
-    WindowId, WindowStatus,
+    Audience, Channel, Locale, Notice, NoticeKind, PlannedDelivery, RecipientId, Schedule, Span, WindowId, WindowStatus,
 };
 use tangazo::planner::{Decision, Outcome, Reach};
 use tangazo::storage::{Finish, StoreError};
@@ -68,26 +67,15 @@ async fn seed(db: &TestDb, n: u32) -> Vec<i64> {
 
 async fn windows_keep_history_and_refuse_stale_changes(db: &TestDb) {
     let created = utc(2015, 4, 10, 6, 0);
-    let w = db
-        .store
-        .create_window(new_window(48), created, "alice")
-        .await
-        .unwrap();
+    let w = db.store.create_window(new_window(48), created, "alice").await.unwrap();
     assert_eq!(db.store.window(w.id).await.unwrap(), w);
     let moved = w
         .reschedule(
-            Schedule::new(
-                start() + TimeDelta::hours(24),
-                start() + TimeDelta::hours(72),
-            )
-            .unwrap(),
+            Schedule::new(start() + TimeDelta::hours(24), start() + TimeDelta::hours(72)).unwrap(),
             created,
         )
         .unwrap();
-    db.store
-        .save_change(&w, &moved, "bob", created)
-        .await
-        .unwrap();
+    db.store.save_change(&w, &moved, "bob", created).await.unwrap();
     let again = w.cancel(None, created).unwrap();
     assert!(matches!(
         db.store.save_change(&w, &again, "carol", created).await,
@@ -100,10 +88,7 @@ async fn windows_keep_history_and_refuse_stale_changes(db: &TestDb) {
         .iter()
         .map(|h| (h.revision, h.action.as_str(), h.actor.as_str()))
         .collect();
-    assert_eq!(
-        summary,
-        [(1, "created", "alice"), (2, "rescheduled", "bob")]
-    );
+    assert_eq!(summary, [(1, "created", "alice"), (2, "rescheduled", "bob")]);
     assert!(matches!(
         db.store.window(WindowId(999)).await,
         Err(StoreError::NoSuchWindow(_))
@@ -124,10 +109,7 @@ async fn enqueue_is_idempotent(db: &TestDb) {
     assert_eq!(db.store.enqueue(&rows[..10]).await.unwrap(), 0);
     let other = planned(w.id, 1, Notice::reminder(Span::hours(24)), &ids, 24);
     assert_eq!(db.store.enqueue(&other).await.unwrap(), 25);
-    assert_eq!(
-        states(db, w.id).await,
-        BTreeMap::from([("pending".into(), 50)])
-    );
+    assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 50)]));
 }
 
 async fn claims_finish_expire_and_lapse(db: &TestDb) {
@@ -138,13 +120,7 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
         .await
         .unwrap();
     db.store
-        .enqueue(&planned(
-            w.id,
-            1,
-            Notice::new(NoticeKind::Announced),
-            &ids,
-            100,
-        ))
+        .enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100))
         .await
         .unwrap();
     let now = start() - TimeDelta::hours(50);
@@ -187,21 +163,10 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
     });
     db.store.finish(&finishes, now).await.unwrap();
     // The retry is not due before its time, then it is.
-    assert!(
-        db.store
-            .claim_due(now, 100, "w3", lease)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(db.store.claim_due(now, 100, "w3", lease).await.unwrap().is_empty());
     let retry = db
         .store
-        .claim_due(
-            now + TimeDelta::minutes(2),
-            100,
-            "w3",
-            lease + TimeDelta::minutes(2),
-        )
+        .claim_due(now + TimeDelta::minutes(2), 100, "w3", lease + TimeDelta::minutes(2))
         .await
         .unwrap();
     assert_eq!(retry.len(), 1);
@@ -218,30 +183,16 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
     assert_eq!(db.store.expire_due(start()).await.unwrap(), 7);
     assert_eq!(
         states(db, w.id).await,
-        BTreeMap::from([
-            ("expired".into(), 7),
-            ("failed".into(), 1),
-            ("sent".into(), 2)
-        ])
+        BTreeMap::from([("expired".into(), 7), ("failed".into(), 1), ("sent".into(), 2)])
     );
 }
 
 async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
     let ids = seed(db, 6).await;
     let created = utc(2015, 4, 10, 6, 0);
-    let w = db
-        .store
-        .create_window(new_window(48), created, "t")
-        .await
-        .unwrap();
+    let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
     db.store
-        .enqueue(&planned(
-            w.id,
-            1,
-            Notice::new(NoticeKind::Announced),
-            &ids,
-            100,
-        ))
+        .enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100))
         .await
         .unwrap();
     let now = start() - TimeDelta::hours(90);
@@ -264,13 +215,7 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
         .unwrap();
     // One sent, one in flight, four queued: the cancellation supersedes the five unsent.
     let cancelled = w.cancel(Some("vendor delay".into()), now).unwrap();
-    assert_eq!(
-        db.store
-            .save_change(&w, &cancelled, "ops", now)
-            .await
-            .unwrap(),
-        5
-    );
+    assert_eq!(db.store.save_change(&w, &cancelled, "ops", now).await.unwrap(), 5);
     // The in-flight one finishing late does not resurrect it.
     db.store
         .finish(
@@ -289,10 +234,7 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
         BTreeMap::from([("sent".into(), 1), ("superseded".into(), 5)])
     );
     let stored = db.store.window(w.id).await.unwrap();
-    assert_eq!(
-        (stored.status, stored.revision),
-        (WindowStatus::Cancelled, 2)
-    );
+    assert_eq!((stored.status, stored.revision), (WindowStatus::Cancelled, 2));
     assert_eq!(stored.cancel_reason.as_deref(), Some("vendor delay"));
 }
 
@@ -300,10 +242,7 @@ async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
     let now = utc(2015, 4, 1, 0, 0);
     let mut a = customer(1, Locale::En);
     let b = biller(2);
-    db.store
-        .upsert_recipients(&[a.clone(), b.clone()], now)
-        .await
-        .unwrap();
+    db.store.upsert_recipients(&[a.clone(), b.clone()], now).await.unwrap();
     assert_eq!(db.store.count_recipients().await.unwrap(), 2);
     assert!(
         db.store
@@ -311,25 +250,13 @@ async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
             .await
             .unwrap()
     );
-    assert!(
-        !db.store
-            .set_opt_out("+254799999999", true, now)
-            .await
-            .unwrap()
-    );
+    assert!(!db.store.set_opt_out("+254799999999", true, now).await.unwrap());
     // Re-import with a new name and locale and opt_out = false: updated, still opted out.
     a.name = "Renamed".into();
     a.locale = Locale::Sw;
-    db.store
-        .upsert_recipients(&[a.clone(), a.clone()], now)
-        .await
-        .unwrap();
+    db.store.upsert_recipients(&[a.clone(), a.clone()], now).await.unwrap();
     assert_eq!(db.store.count_recipients().await.unwrap(), 2);
-    let all = db
-        .store
-        .recipients_page(None, RecipientId(0), 10)
-        .await
-        .unwrap();
+    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
     let first = &all[0].profile;
     assert_eq!(
         (first.name.as_str(), first.locale, first.opt_out),
@@ -348,11 +275,7 @@ async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
             .await
             .unwrap()
     );
-    let all = db
-        .store
-        .recipients_page(None, RecipientId(0), 10)
-        .await
-        .unwrap();
+    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
     assert!(!all[0].profile.opt_out);
 }
 
@@ -364,10 +287,7 @@ async fn told_and_decisions(db: &TestDb) {
         .await
         .unwrap();
     let r72 = Notice::reminder(Span::hours(72));
-    db.store
-        .enqueue(&planned(w.id, 1, r72, &ids, 72))
-        .await
-        .unwrap();
+    db.store.enqueue(&planned(w.id, 1, r72, &ids, 72)).await.unwrap();
     let now = start() - TimeDelta::hours(71);
     let claimed = db
         .store
