@@ -58,6 +58,7 @@ CREATE TABLE recipients (
     components  TEXT    NOT NULL DEFAULT '',    -- comma-separated; empty = all
     channels    TEXT    NOT NULL DEFAULT '',    -- comma-separated; empty = every channel with an address
     opt_out     BOOLEAN NOT NULL DEFAULT FALSE,
+    seed        BOOLEAN NOT NULL DEFAULT FALSE,  -- a canary address (staff), never in an audience
     updated_at  INTEGER NOT NULL
 );
 CREATE INDEX recipients_by_kind ON recipients (kind, id);
@@ -69,10 +70,26 @@ CREATE TABLE bodies (
     content   TEXT NOT NULL
 );
 
+-- Ad-hoc broadcasts: a window notice or a free message sent to a filtered audience.
+CREATE TABLE broadcasts (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL UNIQUE,          -- makes a rerun idempotent
+    window_id  INTEGER REFERENCES windows (id),      -- a window notice ...
+    revision   INTEGER,
+    notice     TEXT,
+    message    TEXT,                             -- ... or a free message: JSON by locale
+    filter     TEXT    NOT NULL,                 -- JSON: who it is for
+    deadline   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    actor      TEXT    NOT NULL,
+    CHECK ((window_id IS NOT NULL AND notice IS NOT NULL) OR message IS NOT NULL)
+);
+
 -- The queue and the ledger.
 CREATE TABLE deliveries (
     id           INTEGER PRIMARY KEY,
-    window_id    INTEGER NOT NULL REFERENCES windows (id),
+    window_id    INTEGER REFERENCES windows (id),
+    broadcast_id INTEGER REFERENCES broadcasts (id),
     revision     INTEGER NOT NULL,
     notice       TEXT    NOT NULL,
     recipient_id INTEGER NOT NULL REFERENCES recipients (id),
@@ -89,8 +106,14 @@ CREATE TABLE deliveries (
     body_id      INTEGER REFERENCES bodies (id),
     lease_owner  TEXT,
     lease_until  INTEGER,
-    UNIQUE (window_id, revision, notice, recipient_id, channel)
+    CHECK (window_id IS NOT NULL OR broadcast_id IS NOT NULL)
 );
+-- The idempotency keys: a window's own notices, and each broadcast's rows.
+CREATE UNIQUE INDEX deliveries_key ON deliveries (window_id, revision, notice, recipient_id, channel)
+    WHERE broadcast_id IS NULL;
+CREATE UNIQUE INDEX deliveries_broadcast_key ON deliveries (broadcast_id, recipient_id, channel)
+    WHERE broadcast_id IS NOT NULL;
 CREATE INDEX deliveries_due ON deliveries (due_at, id) WHERE state = 'pending';
+CREATE INDEX deliveries_expiry ON deliveries (deadline) WHERE state = 'pending';
 CREATE INDEX deliveries_claimed ON deliveries (lease_until) WHERE state = 'claimed';
 CREATE INDEX deliveries_told ON deliveries (window_id, recipient_id) WHERE state = 'sent';

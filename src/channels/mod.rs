@@ -31,7 +31,12 @@ pub struct Message {
     /// The notice kind (`reminder`) and the full notice (`reminder:24h`).
     pub kind: String,
     pub notice: String,
-    pub window_id: i64,
+    /// The window the notice is about; none for a free-text broadcast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_id: Option<i64>,
+    /// The ad-hoc broadcast this message belongs to, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<String>,
     pub revision: u32,
     pub locale: Locale,
     #[serde(flatten)]

@@ -13,7 +13,7 @@ use crate::config::EXAMPLE;
 use crate::domain::{DeliveryState, WindowId};
 use crate::scheduler::{Alarm, TickReport};
 use crate::shutdown::Shutdown;
-use crate::storage::{Dialect, Store};
+use crate::storage::{Dialect, NoticeLogRow, SummaryRow};
 
 pub fn init(path: Option<&Path>, force: bool) -> CliResult {
     let path = path.unwrap_or(Path::new("tangazo.toml"));
@@ -208,38 +208,44 @@ pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
     if ctx.cli_json {
         return ctx.print_json(&json!({"deliveries": rows, "notices": log, "alarms": alarms}));
     }
-    print_summary(&store, &rows, &log, &alarms);
+    print_summary(&rows, &log, &alarms);
     Ok(())
 }
 
-pub(super) fn print_summary(
-    _store: &Store,
-    rows: &[crate::storage::SummaryRow],
-    log: &[crate::storage::NoticeLogRow],
-    alarms: &[Alarm],
-) {
+/// Prints delivery counts as a table: one line per (window or broadcast, notice, channel),
+/// one column per state.
+pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &[Alarm]) {
     if rows.is_empty() {
         println!("no deliveries recorded");
     } else {
         let states: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
-        print!("{:>6}  {:<16}  {:<8}", "window", "notice", "channel");
+        print!("{:<8}  {:<16}  {:<8}", "source", "notice", "channel");
         for s in &states {
             print!("  {s:>10}");
         }
         println!();
-        let mut table: BTreeMap<(i64, usize, String, String), BTreeMap<String, i64>> = BTreeMap::new();
-        let mut order: BTreeMap<(i64, String), usize> = BTreeMap::new();
+        // Lines in first-seen order (the rows come oldest first).
+        let mut lines: Vec<(String, String, String, BTreeMap<String, i64>)> = Vec::new();
         for r in rows {
-            let n = order.len();
-            let pos = *order.entry((r.window_id, r.notice.clone())).or_insert(n);
-            *table
-                .entry((r.window_id, pos, r.notice.clone(), r.channel.clone()))
-                .or_default()
-                .entry(r.state.clone())
-                .or_default() += r.count;
+            let source = match (r.broadcast_id, r.window_id) {
+                (Some(b), _) => format!("b{b}"),
+                (None, Some(w)) => format!("w{w}"),
+                (None, None) => "-".to_owned(),
+            };
+            let pos = match lines
+                .iter()
+                .position(|l| l.0 == source && l.1 == r.notice && l.2 == r.channel)
+            {
+                Some(p) => p,
+                None => {
+                    lines.push((source, r.notice.clone(), r.channel.clone(), BTreeMap::new()));
+                    lines.len() - 1
+                }
+            };
+            *lines[pos].3.entry(r.state.clone()).or_default() += r.count;
         }
-        for ((w, _, notice, channel), counts) in &table {
-            print!("{w:>6}  {notice:<16}  {channel:<8}");
+        for (source, notice, channel, counts) in &lines {
+            print!("{source:<8}  {notice:<16}  {channel:<8}");
             for s in &states {
                 print!("  {:>10}", counts.get(*s).copied().unwrap_or(0));
             }

@@ -9,6 +9,7 @@
 pub mod retry;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -19,7 +20,7 @@ use crate::domain::{
     Channel, ComponentId, Locale, Notice, RecipientId, Window, WindowId, Zone, from_millis, idempotency_key,
 };
 use crate::render::{NoticeFacts, Rendered, Renderer};
-use crate::storage::{ClaimedRow, Finish, Store, StoreError};
+use crate::storage::{Broadcast, ClaimedRow, Finish, Store, StoreError};
 use retry::{AfterFailure, after_failure};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,17 +84,31 @@ impl Dispatcher {
 
     /// Works the queue until nothing is due at `now` or `stop` says to stop between batches.
     pub async fn run_due(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<DispatchReport, DispatchError> {
+        self.run_scoped(now, None, stop, &mut |_| {}).await
+    }
+
+    /// `run_due` limited to one broadcast's deliveries (`None`: all), reporting the running
+    /// totals after every batch.
+    pub async fn run_scoped(
+        &self,
+        now: DateTime<Utc>,
+        broadcast: Option<i64>,
+        stop: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(&DispatchReport),
+    ) -> Result<DispatchReport, DispatchError> {
         let mut report = DispatchReport::default();
-        let mut windows: HashMap<WindowId, Window> = HashMap::new();
-        let mut bodies: HashMap<String, Body> = HashMap::new();
+        let mut cache = Cache::default();
         while !stop() {
             let lease_until = now + self.config.lease.delta();
             let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-            let claimed = self.store.claim_due(now, batch_size, &self.owner, lease_until).await?;
+            let claimed = self
+                .store
+                .claim_due(now, batch_size, &self.owner, lease_until, broadcast)
+                .await?;
             if claimed.is_empty() {
                 break;
             }
-            let r = self.dispatch_batch(claimed, now, &mut windows, &mut bodies).await?;
+            let r = self.dispatch_batch(claimed, now, &mut cache).await?;
             tracing::info!(
                 claimed = r.claimed,
                 sent = r.sent,
@@ -103,6 +118,7 @@ impl Dispatcher {
                 "batch dispatched"
             );
             report.add(r);
+            progress(&report);
         }
         Ok(report)
     }
@@ -111,8 +127,7 @@ impl Dispatcher {
         &self,
         claimed: Vec<ClaimedRow>,
         now: DateTime<Utc>,
-        windows: &mut HashMap<WindowId, Window>,
-        bodies: &mut HashMap<String, Body>,
+        cache: &mut Cache,
     ) -> Result<DispatchReport, DispatchError> {
         let mut report = DispatchReport {
             claimed: claimed.len() as u64,
@@ -122,7 +137,7 @@ impl Dispatcher {
         // (claimed row, message, body id), grouped by channel below.
         let mut ready: Vec<(ClaimedRow, Message, i64)> = Vec::with_capacity(claimed.len());
         for row in claimed {
-            match self.prepare(&row, windows, bodies).await {
+            match self.prepare(&row, cache).await {
                 Ok((message, body_id)) => ready.push((row, message, body_id)),
                 Err(Prepare::Store(e)) => return Err(e.into()),
                 Err(Prepare::Fail(error)) => {
@@ -233,32 +248,13 @@ impl Dispatcher {
         results
     }
 
-    async fn prepare(
-        &self,
-        row: &ClaimedRow,
-        windows: &mut HashMap<WindowId, Window>,
-        bodies: &mut HashMap<String, Body>,
-    ) -> Result<(Message, i64), Prepare> {
+    async fn prepare(&self, row: &ClaimedRow, cache: &mut Cache) -> Result<(Message, i64), Prepare> {
         let corrupt = |what: &str| Prepare::Fail(format!("stored delivery has an invalid {what}"));
         let channel: Channel = row.channel.parse().map_err(|_| corrupt("channel"))?;
-        let notice: Notice = row.notice.parse().map_err(|_| corrupt("notice"))?;
         let locale: Locale = row.locale.parse().map_err(|_| corrupt("locale"))?;
         let zone: Zone = row.zone.parse().map_err(|_| corrupt("zone"))?;
         let revision = u32::try_from(row.revision).map_err(|_| corrupt("revision"))?;
-        let window_id = WindowId(row.window_id);
-        let window = match windows.entry(window_id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(self.store.window(window_id).await.map_err(Prepare::Store)?)
-            }
-        };
-        if window.revision != revision {
-            // The window moved on after this row was claimed; its facts are gone.
-            return Err(Prepare::Fail(format!(
-                "window {window_id} is at revision {}, not {revision}",
-                window.revision
-            )));
-        }
+        let recipient = RecipientId(row.recipient_id);
         let to = match channel {
             Channel::Sms => row
                 .phone
@@ -268,37 +264,105 @@ impl Dispatcher {
                 .email
                 .clone()
                 .ok_or_else(|| Prepare::Fail("recipient has no email address".into()))?,
-            Channel::Webhook => RecipientId(row.recipient_id).to_string(),
+            Channel::Webhook => recipient.to_string(),
         };
+        let broadcast = match row.broadcast_id {
+            Some(id) => Some(match cache.broadcasts.entry(id) {
+                Entry::Occupied(e) => e.into_mut().clone(),
+                Entry::Vacant(e) => e
+                    .insert(self.store.broadcast(id).await.map_err(Prepare::Store)?)
+                    .clone(),
+            }),
+            None => None,
+        };
+        // A free message has no window; everything else renders a window's notice.
+        if let Some(b) = broadcast.as_ref().filter(|b| b.window.is_none()) {
+            let text = b.message.as_ref().ok_or_else(|| corrupt("broadcast"))?;
+            let key = format!("b{}.{channel}.{locale}", b.id);
+            let body = self
+                .body(cache, key, || {
+                    self.renderer.render_message(text, &b.name, channel, locale)
+                })
+                .await?;
+            let message = Message {
+                idempotency_key: format!("b{}.{recipient}.{channel}", b.id),
+                channel,
+                to,
+                kind: "message".to_owned(),
+                notice: "message".to_owned(),
+                window_id: None,
+                broadcast: Some(b.name.clone()),
+                revision,
+                locale,
+                content: body.content.clone(),
+            };
+            return Ok((message, body.id));
+        }
+        let notice: Notice = row.notice.parse().map_err(|_| corrupt("notice"))?;
+        let window_id = WindowId(row.window_id.ok_or_else(|| corrupt("window"))?);
+        let window = match cache.windows.entry(window_id) {
+            Entry::Occupied(e) => e.into_mut().clone(),
+            Entry::Vacant(e) => e
+                .insert(self.store.window(window_id).await.map_err(Prepare::Store)?)
+                .clone(),
+        };
+        if window.revision != revision {
+            // The window moved on after this row was claimed; its facts are gone.
+            return Err(Prepare::Fail(format!(
+                "window {window_id} is at revision {}, not {revision}",
+                window.revision
+            )));
+        }
         let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}");
-        let body = match bodies.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let facts = NoticeFacts::new(window, notice, &self.components);
-                let content = self
-                    .renderer
-                    .render(&facts, channel, locale, zone)
-                    .map_err(|e| Prepare::Fail(e.to_string()))?;
-                let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
-                // The fingerprint keeps a corrected wording (same revision) from reusing a stale row.
-                let stored_key = format!("{}#{:016x}", e.key(), fnv1a(json.as_bytes()));
-                let id = self.store.body_id(&stored_key, &json).await.map_err(Prepare::Store)?;
-                e.insert(Body { id, content })
-            }
-        };
+        let facts = NoticeFacts::new(&window, notice, &self.components);
+        let body = self
+            .body(cache, key, || self.renderer.render(&facts, channel, locale, zone))
+            .await?;
         let message = Message {
-            idempotency_key: idempotency_key(window_id, revision, notice, RecipientId(row.recipient_id), channel),
+            idempotency_key: match &broadcast {
+                Some(b) => format!("b{}.{recipient}.{channel}", b.id),
+                None => idempotency_key(window_id, revision, notice, recipient, channel),
+            },
             channel,
             to,
             kind: notice.kind().as_str().to_owned(),
             notice: notice.to_string(),
-            window_id: window_id.0,
+            window_id: Some(window_id.0),
+            broadcast: broadcast.map(|b| b.name),
             revision,
             locale,
             content: body.content.clone(),
         };
         Ok((message, body.id))
     }
+
+    /// The body for `key`, rendered and stored the first time it is asked for in this run.
+    async fn body<'c>(
+        &self,
+        cache: &'c mut Cache,
+        key: String,
+        render: impl FnOnce() -> Result<Rendered, crate::render::RenderError>,
+    ) -> Result<&'c Body, Prepare> {
+        Ok(match cache.bodies.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let content = render().map_err(|e| Prepare::Fail(e.to_string()))?;
+                let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
+                // The fingerprint keeps a corrected wording (same revision) from reusing a stale row.
+                let stored_key = format!("{}#{:016x}", e.key(), fnv1a(json.as_bytes()));
+                let id = self.store.body_id(&stored_key, &json).await.map_err(Prepare::Store)?;
+                e.insert(Body { id, content })
+            }
+        })
+    }
+}
+
+/// What one dispatch run has already loaded or rendered.
+#[derive(Default)]
+struct Cache {
+    windows: HashMap<WindowId, Window>,
+    broadcasts: HashMap<i64, Broadcast>,
+    bodies: HashMap<String, Body>,
 }
 
 /// FNV-1a: a stable 64-bit fingerprint (unlike `DefaultHasher`, the same in every build).

@@ -4,6 +4,7 @@
 //! handlebars, tokio or any other edge crate. Every type here is built by parsing, so code that
 //! holds one never checks it again.
 
+mod broadcast;
 mod notice;
 mod recipient;
 mod time;
@@ -12,6 +13,7 @@ mod window;
 use std::fmt;
 use std::str::FromStr;
 
+pub use broadcast::{AudienceFilter, Matcher, Message, MessageError, MessageText};
 pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key};
 pub use recipient::{
     Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError, RecipientId,
@@ -53,6 +55,18 @@ impl FromStr for ComponentId {
         } else {
             Err(ComponentError(s.to_owned()))
         }
+    }
+}
+
+impl serde::Serialize for ComponentId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ComponentId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

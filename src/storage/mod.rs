@@ -20,11 +20,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{AssertSqlSafe, QueryBuilder, Row};
 
 use crate::domain::{
-    Audience, NewWindow, Notice, PlannedDelivery, Profile, Recipient, RecipientId, Window, WindowId, to_millis,
+    Audience, Channel, NewWindow, Notice, PlannedDelivery, Profile, Recipient, RecipientId, Window, WindowId, to_millis,
 };
 use crate::planner::{Decided, Decision, Outcome};
-pub use rows::ClaimedRow;
-use rows::{RECIPIENT_COLUMNS, RecipientRow, WINDOW_COLUMNS, WindowRow, join_list};
+pub use rows::{Broadcast, ClaimedRow, NewBroadcast};
+use rows::{BroadcastRow, RECIPIENT_COLUMNS, RecipientRow, WINDOW_COLUMNS, WindowRow, join_list};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +38,8 @@ pub enum StoreError {
     NoSuchWindow(WindowId),
     #[error("window {id} was changed by someone else (expected revision {expected}); look again and retry")]
     Conflict { id: WindowId, expected: u32 },
+    #[error("a different broadcast is already recorded under the name '{0}'; choose another --name")]
+    BroadcastNameTaken(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -111,7 +113,8 @@ pub enum Finish {
 /// A count of deliveries by window, notice, channel and state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SummaryRow {
-    pub window_id: i64,
+    pub window_id: Option<i64>,
+    pub broadcast_id: Option<i64>,
     pub notice: String,
     pub channel: String,
     pub state: String,
@@ -530,7 +533,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Recipient>, StoreError> {
         let sql = format!(
-            "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE ($1 IS NULL OR kind = $1) AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE ($1 IS NULL OR kind = $1) AND id > $2 AND seed = FALSE ORDER BY id LIMIT $3"
         );
         let rows: Vec<RecipientRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql))
             .bind(kind.map(Audience::as_str))
@@ -636,13 +639,14 @@ impl Store {
         limit: i64,
         owner: &str,
         lease_until: DateTime<Utc>,
+        only_broadcast: Option<i64>,
     ) -> Result<Vec<ClaimedRow>, StoreError> {
         let pick = match self.dialect() {
             Dialect::Sqlite => {
-                "SELECT id FROM deliveries WHERE state = 'pending' AND due_at <= $3 AND deadline > $3 ORDER BY due_at, id LIMIT $4"
+                "SELECT id FROM deliveries WHERE state = 'pending' AND due_at <= $3 AND deadline > $3 AND ($5 IS NULL OR broadcast_id = $5) ORDER BY due_at, id LIMIT $4"
             }
             Dialect::Postgres => {
-                "SELECT id FROM deliveries WHERE state = 'pending' AND due_at <= $3 AND deadline > $3 ORDER BY due_at, id LIMIT $4 \
+                "SELECT id FROM deliveries WHERE state = 'pending' AND due_at <= $3 AND deadline > $3 AND ($5 IS NULL OR broadcast_id = $5) ORDER BY due_at, id LIMIT $4 \
                  FOR UPDATE SKIP LOCKED"
             }
         };
@@ -657,6 +661,7 @@ impl Store {
                 .bind(to_millis(lease_until))
                 .bind(to_millis(now))
                 .bind(limit)
+                .bind(only_broadcast)
                 .fetch_all(&mut *tx)
                 .await?;
             if ids.is_empty() {
@@ -664,7 +669,7 @@ impl Store {
                 return Ok(Vec::new());
             }
             let mut qb = QueryBuilder::new(
-                "SELECT d.id, d.window_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, d.recipient_id, \
+                "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, d.recipient_id, \
                  r.phone, r.email, r.locale, r.zone FROM deliveries d JOIN recipients r ON r.id = d.recipient_id WHERE d.id IN (",
             );
             let mut sep = qb.separated(", ");
@@ -766,19 +771,36 @@ impl Store {
         })
     }
 
-    /// Counts by window, notice, channel and state.
+    /// Counts by window (or broadcast), notice, channel and state.
     pub async fn summary(&self, window: Option<WindowId>) -> Result<Vec<SummaryRow>, StoreError> {
+        self.summary_of(window, None).await
+    }
+
+    /// Counts for one broadcast by notice, channel and state.
+    pub async fn broadcast_summary(&self, broadcast: i64) -> Result<Vec<SummaryRow>, StoreError> {
+        self.summary_of(None, Some(broadcast)).await
+    }
+
+    async fn summary_of(
+        &self,
+        window: Option<WindowId>,
+        broadcast: Option<i64>,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
         let rows = on_pool!(self, p => sqlx::query(
-            "SELECT window_id, notice, channel, state, COUNT(*) AS n FROM deliveries WHERE ($1 IS NULL OR window_id = $1) \
-             GROUP BY window_id, notice, channel, state ORDER BY window_id, MIN(due_at), notice, channel, state",
+            "SELECT window_id, broadcast_id, notice, channel, state, COUNT(*) AS n FROM deliveries \
+             WHERE ($1 IS NULL OR window_id = $1) AND ($2 IS NULL OR broadcast_id = $2) \
+             GROUP BY window_id, broadcast_id, notice, channel, state \
+             ORDER BY MIN(id), window_id, broadcast_id, notice, channel, state",
         )
         .bind(window.map(|w| w.0))
+        .bind(broadcast)
         .fetch_all(p)
         .await?
         .into_iter()
         .map(|r| -> Result<SummaryRow, sqlx::Error> {
             Ok(SummaryRow {
                 window_id: r.try_get("window_id")?,
+                broadcast_id: r.try_get("broadcast_id")?,
                 notice: r.try_get("notice")?,
                 channel: r.try_get("channel")?,
                 state: r.try_get("state")?,
@@ -787,6 +809,149 @@ impl Store {
         })
         .collect::<Result<Vec<_>, _>>()?);
         Ok(rows)
+    }
+
+    // ----- broadcasts ----------------------------------------------------------------------
+
+    /// Records a broadcast under its name, or returns the one already recorded under it if it
+    /// is the same broadcast (a rerun). The same name for a different broadcast is refused.
+    pub async fn create_broadcast(
+        &self,
+        b: &NewBroadcast,
+        now: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Broadcast, StoreError> {
+        let message = b.message.as_ref().map(|m| serde_json::to_string(m).unwrap_or_default());
+        let filter = serde_json::to_string(&b.filter).unwrap_or_default();
+        on_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO broadcasts (name, window_id, revision, notice, message, filter, deadline, created_at, actor) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&b.name)
+            .bind(b.window.map(|w| w.0))
+            .bind(b.revision.map(i64::from))
+            .bind(b.notice.map(|n| n.to_string()))
+            .bind(&message)
+            .bind(&filter)
+            .bind(to_millis(b.deadline))
+            .bind(to_millis(now))
+            .bind(actor)
+            .execute(p)
+            .await?;
+        });
+        let stored = self
+            .broadcast_named(&b.name)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("broadcast '{}' vanished", b.name)))?;
+        let same = stored.window == b.window
+            && stored.revision == b.revision
+            && stored.notice == b.notice
+            && stored.message == b.message
+            && stored.filter == b.filter;
+        if !same {
+            return Err(StoreError::BroadcastNameTaken(b.name.clone()));
+        }
+        Ok(stored)
+    }
+
+    pub async fn broadcast(&self, id: i64) -> Result<Broadcast, StoreError> {
+        let row: Option<BroadcastRow> = on_pool!(self, p => sqlx::query_as(
+            "SELECT id, name, window_id, revision, notice, message, filter, deadline FROM broadcasts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(p)
+        .await?);
+        row.ok_or_else(|| StoreError::Corrupt(format!("no broadcast {id}")))?
+            .try_into()
+    }
+
+    async fn broadcast_named(&self, name: &str) -> Result<Option<Broadcast>, StoreError> {
+        let row: Option<BroadcastRow> = on_pool!(self, p => sqlx::query_as(
+            "SELECT id, name, window_id, revision, notice, message, filter, deadline FROM broadcasts WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(p)
+        .await?);
+        row.map(Broadcast::try_from).transpose()
+    }
+
+    /// Enqueues a broadcast's rows in one transaction; rows already queued are left alone.
+    pub async fn enqueue_broadcast(
+        &self,
+        b: &Broadcast,
+        rows: &[(RecipientId, Channel)],
+        due_at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let notice = b.notice.map(|n| n.to_string()).unwrap_or_else(|| "message".to_owned());
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let mut inserted = 0;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO deliveries (window_id, broadcast_id, revision, notice, recipient_id, channel, due_at, deadline) ",
+                );
+                qb.push_values(chunk, |mut q, (recipient, channel)| {
+                    q.push_bind(b.window.map(|w| w.0))
+                        .push_bind(b.id)
+                        .push_bind(i64::from(b.revision.unwrap_or(0)))
+                        .push_bind(notice.clone())
+                        .push_bind(recipient.0)
+                        .push_bind(channel.as_str())
+                        .push_bind(to_millis(due_at))
+                        .push_bind(to_millis(b.deadline));
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                inserted += qb.build().execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        })
+    }
+
+    /// Stores canary addresses as seed recipients (never in any audience) unless the address
+    /// already belongs to a recipient, and returns every one of them.
+    pub async fn seed_recipients(&self, seeds: &[Profile], now: DateTime<Utc>) -> Result<Vec<Recipient>, StoreError> {
+        if seeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = seeds.iter().map(Profile::natural_key).collect();
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in seeds.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO recipients (natural_key, kind, name, phone, email, locale, zone, components, channels, opt_out, seed, updated_at) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.natural_key())
+                        .push_bind(r.kind.as_str())
+                        .push_bind(r.name.clone())
+                        .push_bind(r.phone.as_ref().map(|p| p.as_str().to_owned()))
+                        .push_bind(r.email.as_ref().map(|e| e.as_str().to_owned()))
+                        .push_bind(r.locale.as_str())
+                        .push_bind(r.zone.name())
+                        .push_bind(join_list(&r.components))
+                        .push_bind(join_list(&r.channels))
+                        .push_bind(false)
+                        .push_bind(true)
+                        .push_bind(to_millis(now));
+                });
+                qb.push(" ON CONFLICT (natural_key) DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            let mut qb = QueryBuilder::new(format!("SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE natural_key IN ("));
+            let mut sep = qb.separated(", ");
+            for k in &keys {
+                sep.push_bind(k.clone());
+            }
+            qb.push(") ORDER BY id");
+            let rows: Vec<RecipientRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows.into_iter().map(Recipient::try_from).collect()
+        })
     }
 
     /// Counts by notice kind, channel, recipient locale and state (the demo's report).

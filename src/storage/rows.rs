@@ -2,9 +2,11 @@
 
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::{
-    Audience, Channel, ComponentId, EmailAddress, Localized, PhoneNumber, Profile, Recipient, RecipientId, Schedule,
-    Window, WindowId, Zone, from_millis,
+    Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Localized, Message, Notice, PhoneNumber, Profile,
+    Recipient, RecipientId, Schedule, Window, WindowId, Zone, from_millis,
 };
 
 use super::StoreError;
@@ -133,7 +135,8 @@ impl TryFrom<RecipientRow> for Recipient {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedRow {
     pub id: i64,
-    pub window_id: i64,
+    pub window_id: Option<i64>,
+    pub broadcast_id: Option<i64>,
     pub revision: i64,
     pub notice: String,
     pub channel: String,
@@ -144,4 +147,63 @@ pub struct ClaimedRow {
     pub email: Option<String>,
     pub locale: String,
     pub zone: String,
+}
+
+/// What an operator asks to broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBroadcast {
+    pub name: String,
+    pub window: Option<WindowId>,
+    pub revision: Option<u32>,
+    pub notice: Option<Notice>,
+    pub message: Option<Message>,
+    pub filter: AudienceFilter,
+    pub deadline: DateTime<Utc>,
+}
+
+/// A recorded broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    pub id: i64,
+    pub name: String,
+    pub window: Option<WindowId>,
+    pub revision: Option<u32>,
+    pub notice: Option<Notice>,
+    pub message: Option<Message>,
+    pub filter: AudienceFilter,
+    pub deadline: DateTime<Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct BroadcastRow {
+    pub id: i64,
+    pub name: String,
+    pub window_id: Option<i64>,
+    pub revision: Option<i64>,
+    pub notice: Option<String>,
+    pub message: Option<String>,
+    pub filter: String,
+    pub deadline: i64,
+}
+
+impl TryFrom<BroadcastRow> for Broadcast {
+    type Error = StoreError;
+    fn try_from(r: BroadcastRow) -> Result<Broadcast, StoreError> {
+        Ok(Broadcast {
+            id: r.id,
+            name: r.name,
+            window: r.window_id.map(WindowId),
+            revision: r
+                .revision
+                .map(|v| u32::try_from(v).map_err(|e| corrupt("broadcast", r.id, e)))
+                .transpose()?,
+            notice: r.notice.map(|n| parse::<Notice>("broadcast", r.id, &n)).transpose()?,
+            message: r
+                .message
+                .map(|m| serde_json::from_str(&m).map_err(|e| corrupt("broadcast", r.id, e)))
+                .transpose()?,
+            filter: serde_json::from_str(&r.filter).map_err(|e| corrupt("broadcast", r.id, e))?,
+            deadline: from_millis(r.deadline),
+        })
+    }
 }

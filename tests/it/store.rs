@@ -128,15 +128,15 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
     // Not due yet: nothing to claim before the due time.
     assert!(
         db.store
-            .claim_due(start() - TimeDelta::hours(101), 100, "w1", lease)
+            .claim_due(start() - TimeDelta::hours(101), 100, "w1", lease, None)
             .await
             .unwrap()
             .is_empty()
     );
-    let first = db.store.claim_due(now, 4, "w1", lease).await.unwrap();
+    let first = db.store.claim_due(now, 4, "w1", lease, None).await.unwrap();
     assert_eq!(first.len(), 4);
     assert!(first.iter().all(|c| c.attempts == 1 && c.phone.is_some()));
-    let second = db.store.claim_due(now, 100, "w2", lease).await.unwrap();
+    let second = db.store.claim_due(now, 100, "w2", lease, None).await.unwrap();
     assert_eq!(second.len(), 6, "a claimed delivery is not claimed twice");
     let mut finishes = vec![
         Finish::Sent {
@@ -163,10 +163,22 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
     });
     db.store.finish(&finishes, now).await.unwrap();
     // The retry is not due before its time, then it is.
-    assert!(db.store.claim_due(now, 100, "w3", lease).await.unwrap().is_empty());
+    assert!(
+        db.store
+            .claim_due(now, 100, "w3", lease, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let retry = db
         .store
-        .claim_due(now + TimeDelta::minutes(2), 100, "w3", lease + TimeDelta::minutes(2))
+        .claim_due(
+            now + TimeDelta::minutes(2),
+            100,
+            "w3",
+            lease + TimeDelta::minutes(2),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(retry.len(), 1);
@@ -198,7 +210,7 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
     let now = start() - TimeDelta::hours(90);
     let claimed = db
         .store
-        .claim_due(now, 2, "w", now + TimeDelta::minutes(5))
+        .claim_due(now, 2, "w", now + TimeDelta::minutes(5), None)
         .await
         .unwrap();
     db.store
@@ -291,7 +303,7 @@ async fn told_and_decisions(db: &TestDb) {
     let now = start() - TimeDelta::hours(71);
     let claimed = db
         .store
-        .claim_due(now, 2, "w", now + TimeDelta::minutes(5))
+        .claim_due(now, 2, "w", now + TimeDelta::minutes(5), None)
         .await
         .unwrap();
     let sent: Vec<Finish> = claimed
