@@ -39,6 +39,8 @@ struct RawConfig {
     default_zone: String,
     policy: RawPolicy,
     sms: RawSms,
+    broadcast: RawBroadcast,
+    costs: Costs,
     dispatch: RawDispatch,
     senders: BTreeMap<String, SenderConfig>,
     channels: BTreeMap<String, Vec<String>>,
@@ -67,6 +69,23 @@ struct RawSms {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawBroadcast {
+    confirm_above: u64,
+    deadline: Span,
+}
+
+/// Prices for estimates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Costs {
+    pub currency: String,
+    pub sms_segment: f64,
+    pub email: f64,
+    pub webhook: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDispatch {
     batch_size: usize,
     retry: Vec<Span>,
@@ -75,11 +94,29 @@ struct RawDispatch {
 }
 
 /// A sender backend's configuration. The `type` tag is the only registry of backends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SenderConfig {
     /// JSON Lines files, one per channel, appended.
-    File { dir: PathBuf },
+    File {
+        dir: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<f64>,
+    },
+    /// Pretty-printed on standard output.
+    Console {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<f64>,
+    },
+}
+
+impl SenderConfig {
+    /// The most messages per second this backend may be given, if limited.
+    pub fn rate(&self) -> Option<f64> {
+        match self {
+            SenderConfig::File { rate, .. } | SenderConfig::Console { rate } => *rate,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +153,11 @@ pub struct Config {
     pub policy: Policy,
     /// The most segments one SMS may be billed as.
     pub max_sms_segments: usize,
+    /// Broadcast audiences above this size need confirmation.
+    pub confirm_above: u64,
+    /// The default deadline of a free-text broadcast, from its start.
+    pub broadcast_deadline: Span,
+    pub costs: Costs,
     pub dispatch: DispatchConfig,
     pub senders: BTreeMap<String, SenderConfig>,
     /// For each channel, the sender names in order of preference (never empty).
@@ -264,12 +306,18 @@ impl Config {
             );
         }
         for (name, sender) in &raw.senders {
-            match sender {
-                SenderConfig::File { dir } if dir.as_os_str().is_empty() => {
-                    return Err(invalid(format!("senders.{name}.dir must not be empty")));
-                }
-                SenderConfig::File { .. } => {}
+            if let SenderConfig::File { dir, .. } = sender
+                && dir.as_os_str().is_empty()
+            {
+                return Err(invalid(format!("senders.{name}.dir must not be empty")));
             }
+            if sender.rate().is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err(invalid(format!("senders.{name}.rate must be a positive number of messages per second")));
+            }
+        }
+        let c = &raw.costs;
+        if [c.sms_segment, c.email, c.webhook].iter().any(|p| !(p.is_finite() && *p >= 0.0)) {
+            return Err(invalid("costs: prices must be zero or positive numbers".into()));
         }
         let mut channels = BTreeMap::new();
         for (key, names) in &raw.channels {
@@ -301,6 +349,9 @@ impl Config {
                 completed_grace: raw.policy.completed_grace,
             },
             max_sms_segments: raw.sms.max_segments,
+            confirm_above: raw.broadcast.confirm_above,
+            broadcast_deadline: raw.broadcast.deadline,
+            costs: raw.costs.clone(),
             dispatch: DispatchConfig {
                 batch_size: raw.dispatch.batch_size,
                 retry: raw.dispatch.retry.clone(),

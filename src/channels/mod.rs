@@ -6,6 +6,7 @@
 //! backends; [`Senders::build`] is the only place that turns configuration into senders.
 //! Depends on `domain`, `render` (the rendered content) and `config`.
 
+mod console;
 mod file;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::config::{Config, SenderConfig};
 use crate::domain::{Channel, Locale};
 use crate::render::Rendered;
+pub use console::ConsoleSender;
 pub use file::FileSender;
 
 /// One message, rendered and addressed.
@@ -91,10 +93,45 @@ pub enum BuildError {
     Sender { name: String, message: String },
 }
 
+/// A backend held to a rate: each batch waits until the previous ones would have gone out at
+/// `rate` messages per second. Real time: the simulated clock of a rehearsal is not paced.
+pub struct Paced {
+    inner: Arc<dyn Sender>,
+    rate: f64,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Paced {
+    pub fn new(inner: Arc<dyn Sender>, rate: f64) -> Paced {
+        Paced { inner, rate, next: tokio::sync::Mutex::new(tokio::time::Instant::now()) }
+    }
+}
+
+impl Sender for Paced {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
+        Box::pin(async move {
+            let start = {
+                let mut next = self.next.lock().await;
+                let start = (*next).max(tokio::time::Instant::now());
+                *next = start + Duration::from_secs_f64(batch.len() as f64 / self.rate);
+                start
+            };
+            tokio::time::sleep_until(start).await;
+            self.inner.send(batch).await
+        })
+    }
+}
+
 /// The senders of every channel, in order of preference.
 #[derive(Clone)]
 pub struct Senders {
     routes: BTreeMap<Channel, Vec<Arc<dyn Sender>>>,
+    /// Messages per second of each channel's first backend, where limited (for estimates).
+    rates: BTreeMap<Channel, f64>,
 }
 
 impl std::fmt::Debug for Senders {
@@ -114,7 +151,12 @@ impl Senders {
         let mut built: BTreeMap<String, Arc<dyn Sender>> = BTreeMap::new();
         for (name, sender) in &config.senders {
             let s: Arc<dyn Sender> = match sender {
-                SenderConfig::File { dir } => Arc::new(FileSender::new(name, dir.clone())),
+                SenderConfig::File { dir, .. } => Arc::new(FileSender::new(name, dir.clone())),
+                SenderConfig::Console { .. } => Arc::new(ConsoleSender::new(name)),
+            };
+            let s = match sender.rate() {
+                Some(rate) => Arc::new(Paced::new(s, rate)),
+                None => s,
             };
             built.insert(name.clone(), s);
         }
@@ -131,12 +173,22 @@ impl Senders {
                 .collect::<Result<Vec<_>, _>>()?;
             routes.insert(*channel, list);
         }
-        Ok(Senders { routes })
+        let rates = config
+            .channels
+            .iter()
+            .filter_map(|(c, names)| names.first().and_then(|n| config.senders.get(n)).and_then(|s| s.rate()).map(|r| (*c, r)))
+            .collect();
+        Ok(Senders { routes, rates })
     }
 
     /// Routes made by hand (tests, benchmarks).
     pub fn from_routes(routes: BTreeMap<Channel, Vec<Arc<dyn Sender>>>) -> Senders {
-        Senders { routes }
+        Senders { routes, rates: BTreeMap::new() }
+    }
+
+    /// The rate of the channel's first backend, if limited.
+    pub fn rate(&self, channel: Channel) -> Option<f64> {
+        self.rates.get(&channel).copied()
     }
 
     pub fn route(&self, channel: Channel) -> &[Arc<dyn Sender>] {

@@ -118,10 +118,10 @@ pub type Decided = HashSet<(Notice, Audience)>;
 pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime<Utc>) -> Vec<Decision> {
     let mut out = Vec::new();
     let start = window.schedule.starts_at();
-    let end = window.schedule.ends_at();
     for audience in Audience::ALL {
         let mut d = Decider {
             window,
+            policy,
             audience,
             decided,
             now,
@@ -130,28 +130,19 @@ pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime
         use NoticeKind::*;
         let primary = match (window.status, window.last_change) {
             (WindowStatus::Scheduled, Change::Rescheduled) => {
-                let deadline = start.min(window.previous.starts_at());
-                let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at, deadline);
-                let b = d.primary(Announced, Reach::NotYetTold, window.revised_at, start);
+                let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at);
+                let b = d.primary(Announced, Reach::NotYetTold, window.revised_at);
                 a || b
             }
-            (WindowStatus::Scheduled, _) => d.primary(Announced, Reach::Eligible, window.created_at, start),
+            (WindowStatus::Scheduled, _) => d.primary(Announced, Reach::Eligible, window.created_at),
             (WindowStatus::InProgress, Change::Rescheduled) => {
-                let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at, end);
-                let b = d.primary(Started, Reach::NotYetTold, window.revised_at, end);
+                let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at);
+                let b = d.primary(Started, Reach::NotYetTold, window.revised_at);
                 a || b
             }
-            (WindowStatus::InProgress, _) => d.primary(Started, Reach::Eligible, start, end),
-            (WindowStatus::Completed, _) => {
-                let deadline = end + policy.completed_grace.delta();
-                d.primary(Completed, Reach::Eligible, window.revised_at, deadline)
-            }
-            (WindowStatus::Cancelled, _) => d.primary(
-                Cancelled,
-                Reach::AlreadyTold,
-                window.revised_at,
-                window.previous.starts_at(),
-            ),
+            (WindowStatus::InProgress, _) => d.primary(Started, Reach::Eligible, start),
+            (WindowStatus::Completed, _) => d.primary(Completed, Reach::Eligible, window.revised_at),
+            (WindowStatus::Cancelled, _) => d.primary(Cancelled, Reach::AlreadyTold, window.revised_at),
         };
         if window.status == WindowStatus::Scheduled {
             d.reminders(policy.for_audience(audience).reminders(), primary);
@@ -162,6 +153,7 @@ pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime
 
 struct Decider<'a> {
     window: &'a Window,
+    policy: &'a Policy,
     audience: Audience,
     decided: &'a Decided,
     now: DateTime<Utc>,
@@ -190,7 +182,10 @@ impl Decider<'_> {
     }
 
     /// The notice a change owes. Returns whether it is planned now.
-    fn primary(&mut self, kind: NoticeKind, reach: Reach, due_at: DateTime<Utc>, deadline: DateTime<Utc>) -> bool {
+    fn primary(&mut self, kind: NoticeKind, reach: Reach, due_at: DateTime<Utc>) -> bool {
+        let Ok(deadline) = notice_deadline(self.window, kind, self.policy) else {
+            return false;
+        };
         let notice = Notice::new(kind);
         if self.decided.contains(&(notice, self.audience)) || due_at > self.now {
             return false;
@@ -257,6 +252,36 @@ impl Decider<'_> {
             d.supersedes.sort();
             self.out.push(d);
         }
+    }
+}
+
+/// A notice that does not fit the window's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a '{kind}' notice does not fit window {window}, which is {status} after its last change ({change})")]
+pub struct NoticeMismatch {
+    pub kind: NoticeKind,
+    pub window: crate::domain::WindowId,
+    pub status: WindowStatus,
+    pub change: &'static str,
+}
+
+/// The deadline of a notice of `kind` for the window's current revision: announced and
+/// reminders → the start; started → the end; completed → end + grace; rescheduled and
+/// cancelled → the earlier of the old and new start, or the new end once running. A kind that
+/// does not fit the window now (a `completed` for a scheduled window) has none.
+pub fn notice_deadline(window: &Window, kind: NoticeKind, policy: &Policy) -> Result<DateTime<Utc>, NoticeMismatch> {
+    let start = window.schedule.starts_at();
+    let end = window.schedule.ends_at();
+    match (kind, window.status, window.last_change) {
+        (NoticeKind::Announced | NoticeKind::Reminder, WindowStatus::Scheduled, _) => Ok(start),
+        (NoticeKind::Rescheduled, WindowStatus::Scheduled, Change::Rescheduled) => {
+            Ok(start.min(window.previous.starts_at()))
+        }
+        (NoticeKind::Rescheduled, WindowStatus::InProgress, Change::Rescheduled) => Ok(end),
+        (NoticeKind::Started, WindowStatus::InProgress, _) => Ok(end),
+        (NoticeKind::Completed, WindowStatus::Completed, _) => Ok(end + policy.completed_grace.delta()),
+        (NoticeKind::Cancelled, WindowStatus::Cancelled, _) => Ok(window.previous.starts_at()),
+        (kind, status, change) => Err(NoticeMismatch { kind, window: window.id, status, change: change.as_str() }),
     }
 }
 
