@@ -312,11 +312,16 @@ impl Config {
                 return Err(invalid(format!("senders.{name}.dir must not be empty")));
             }
             if sender.rate().is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                return Err(invalid(format!("senders.{name}.rate must be a positive number of messages per second")));
+                return Err(invalid(format!(
+                    "senders.{name}.rate must be a positive number of messages per second"
+                )));
             }
         }
         let c = &raw.costs;
-        if [c.sms_segment, c.email, c.webhook].iter().any(|p| !(p.is_finite() && *p >= 0.0)) {
+        if [c.sms_segment, c.email, c.webhook]
+            .iter()
+            .any(|p| !(p.is_finite() && *p >= 0.0))
+        {
             return Err(invalid("costs: prices must be zero or positive numbers".into()));
         }
         let mut channels = BTreeMap::new();

@@ -25,8 +25,15 @@ pub fn format(m: &Message) -> String {
     };
     let mut out = format!("── {} → {} · {} · {about} · {}\n", m.channel, m.to, m.notice, m.locale);
     match &m.content {
-        Rendered::Sms { body, encoding, segments } => {
-            out.push_str(&format!("{body}\n[{encoding}, {segments} segment{}]\n", if *segments == 1 { "" } else { "s" }));
+        Rendered::Sms {
+            body,
+            encoding,
+            segments,
+        } => {
+            out.push_str(&format!(
+                "{body}\n[{encoding}, {segments} segment{}]\n",
+                if *segments == 1 { "" } else { "s" }
+            ));
         }
         Rendered::Email { subject, text, .. } => {
             out.push_str(&format!("Subject: {subject}\n\n{}\n", text.trim_end()));

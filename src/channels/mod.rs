@@ -103,7 +103,11 @@ pub struct Paced {
 
 impl Paced {
     pub fn new(inner: Arc<dyn Sender>, rate: f64) -> Paced {
-        Paced { inner, rate, next: tokio::sync::Mutex::new(tokio::time::Instant::now()) }
+        Paced {
+            inner,
+            rate,
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
     }
 }
 
@@ -176,14 +180,23 @@ impl Senders {
         let rates = config
             .channels
             .iter()
-            .filter_map(|(c, names)| names.first().and_then(|n| config.senders.get(n)).and_then(|s| s.rate()).map(|r| (*c, r)))
+            .filter_map(|(c, names)| {
+                names
+                    .first()
+                    .and_then(|n| config.senders.get(n))
+                    .and_then(|s| s.rate())
+                    .map(|r| (*c, r))
+            })
             .collect();
         Ok(Senders { routes, rates })
     }
 
     /// Routes made by hand (tests, benchmarks).
     pub fn from_routes(routes: BTreeMap<Channel, Vec<Arc<dyn Sender>>>) -> Senders {
-        Senders { routes, rates: BTreeMap::new() }
+        Senders {
+            routes,
+            rates: BTreeMap::new(),
+        }
     }
 
     /// The rate of the channel's first backend, if limited.

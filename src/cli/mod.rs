@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 a runtime failure, 2 bad usage or bad input (clap's own usage
 //! errors are 2 as well).
 
+mod broadcast;
 mod demo;
 mod ops;
 mod recipients;
@@ -79,6 +80,33 @@ pub enum Command {
     /// Template commands
     #[command(subcommand)]
     Templates(TemplatesCommand),
+    /// Send an ad-hoc notice (a window's, or a free message) to a filtered audience
+    ///
+    /// Idempotent by --name: running the same broadcast again sends nothing twice. --dry-run
+    /// records nothing and prints counts, SMS segments, cost, time and samples. Audiences
+    /// above broadcast.confirm_above need --yes. --canary sends to seed addresses first.
+    #[command(verbatim_doc_comment)]
+    Broadcast(broadcast::BroadcastArgs),
+    /// Print a window's notice exactly as it would go out (SMS: text, encoding, segments)
+    Preview {
+        #[arg(long, value_name = "ID")]
+        window: i64,
+        /// announced, reminder:24h, started, rescheduled, cancelled, completed
+        #[arg(long, value_name = "KIND[:OFFSET]")]
+        notice: String,
+        /// sms, email or webhook
+        #[arg(long, default_value = "sms")]
+        channel: String,
+        /// en or sw [default: the recipient's, else en]
+        #[arg(long)]
+        locale: Option<String>,
+        /// The recipient's zone [default: the recipient's, else the window's]
+        #[arg(long)]
+        zone: Option<String>,
+        /// Render for this recipient (phone, email or id): their language and zone
+        #[arg(long, value_name = "PHONE|EMAIL|ID")]
+        recipient: Option<String>,
+    },
     /// One scheduler tick: start/complete windows, plan due notices, expire late ones, send due ones
     RunOnce,
     /// Tick until SIGINT/SIGTERM (one daemon per SQLite file; several may share PostgreSQL)
@@ -235,17 +263,22 @@ pub fn load_renderer(config: &Config) -> CliResult<Renderer> {
 /// The scheduler with its dispatcher, renderer and senders, wired from configuration: the one
 /// place the daemon, `run-once` and the demo get theirs from.
 pub fn wire_scheduler(config: &Config, store: &Store, owner: &str) -> CliResult<Scheduler> {
+    let dispatcher = wire_dispatcher(config, store, owner)?;
+    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
+}
+
+/// The dispatcher alone (`broadcast` works the queue without planning).
+pub fn wire_dispatcher(config: &Config, store: &Store, owner: &str) -> CliResult<Dispatcher> {
     let renderer = load_renderer(config)?;
     let senders = Senders::build(config).map_err(bad_input)?;
-    let dispatcher = Dispatcher::new(
+    Ok(Dispatcher::new(
         store.clone(),
         Arc::new(renderer),
         senders,
         config.dispatch.clone(),
         config.components.clone(),
         owner.to_owned(),
-    );
-    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
+    ))
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -274,6 +307,26 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Window(c) => windows::run(&ctx, c).await,
         Command::Recipients(c) => recipients::run(&ctx, c).await,
         Command::Templates(TemplatesCommand::Check) => ops::templates_check(&ctx),
+        Command::Broadcast(args) => broadcast::run(&ctx, args).await,
+        Command::Preview {
+            window,
+            notice,
+            channel,
+            locale,
+            zone,
+            recipient,
+        } => {
+            ops::preview(
+                &ctx,
+                window,
+                &notice,
+                &channel,
+                locale.as_deref(),
+                zone.as_deref(),
+                recipient.as_deref(),
+            )
+            .await
+        }
         Command::RunOnce => ops::run_once(&ctx).await,
         Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,
         Command::Deliveries(DeliveriesCommand::Summary { window }) => ops::summary(&ctx, window).await,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::json;
 
-use super::{CliResult, Ctx, Failure, bad_input};
+use super::{CliResult, Ctx, Failure, bad_field, bad_input};
 use crate::clock::Clock;
 use crate::config::EXAMPLE;
 use crate::domain::{DeliveryState, WindowId};
@@ -72,6 +72,95 @@ pub fn templates_check(ctx: &Ctx) -> CliResult {
         );
     }
     Ok(())
+}
+
+pub async fn preview(
+    ctx: &Ctx,
+    window: i64,
+    notice: &str,
+    channel: &str,
+    locale: Option<&str>,
+    zone: Option<&str>,
+    recipient: Option<&str>,
+) -> CliResult {
+    let notice: crate::domain::Notice = notice.parse().map_err(bad_field("--notice"))?;
+    let channel: crate::domain::Channel = channel.parse().map_err(bad_field("--channel"))?;
+    let store = ctx.store().await?;
+    let window = store.window(WindowId(window)).await.map_err(bad_field("--window"))?;
+    let who = match recipient {
+        Some(r) => Some(find_recipient(&store, r).await?),
+        None => None,
+    };
+    let locale = match locale {
+        Some(l) => l.parse().map_err(bad_field("--locale"))?,
+        None => who.as_ref().map(|r| r.profile.locale).unwrap_or_default(),
+    };
+    let zone = match zone {
+        Some(z) => z.parse().map_err(bad_field("--zone"))?,
+        None => who.as_ref().map(|r| r.profile.zone).unwrap_or(window.zone),
+    };
+    let renderer = ctx.renderer()?;
+    let facts = crate::render::NoticeFacts::new(&window, notice, &ctx.config.components);
+    let rendered = renderer.render(&facts, channel, locale, zone).map_err(bad_input)?;
+    if ctx.cli_json {
+        return ctx.print_json(&rendered);
+    }
+    match &rendered {
+        crate::render::Rendered::Sms {
+            body,
+            encoding,
+            segments,
+        } => {
+            println!("{body}");
+            println!(
+                "--\n{} characters, {encoding}, {segments} segment{}",
+                body.chars().count(),
+                if *segments == 1 { "" } else { "s" }
+            );
+        }
+        crate::render::Rendered::Email { subject, text, html } => {
+            println!("Subject: {subject}\n\n{text}\n-- text/html --\n{html}");
+        }
+        crate::render::Rendered::Webhook { payload } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(payload).context("encoding the payload")?
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A recipient by id, phone number or email address.
+async fn find_recipient(store: &crate::storage::Store, who: &str) -> CliResult<crate::domain::Recipient> {
+    let who = who.trim();
+    // A short number without a leading 0 or + is an id; anything longer is a phone number.
+    let as_id = (who.len() <= 9 && !who.starts_with(['0', '+']))
+        .then(|| who.parse::<i64>().ok())
+        .flatten();
+    let key = if let Some(id) = as_id.map(crate::domain::RecipientId) {
+        let page = store
+            .recipients_page(None, crate::domain::RecipientId(id.0 - 1), 1)
+            .await?;
+        return page
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| bad_field("--recipient")(format!("no recipient has id {id}")));
+    } else if who.contains('@') {
+        crate::domain::EmailAddress::parse(who)
+            .map_err(bad_field("--recipient"))?
+            .as_str()
+            .to_ascii_lowercase()
+    } else {
+        crate::domain::PhoneNumber::parse(who)
+            .map_err(bad_field("--recipient"))?
+            .as_str()
+            .to_owned()
+    };
+    store
+        .recipient_by_key(&key)
+        .await?
+        .ok_or_else(|| bad_field("--recipient")(format!("no recipient has the phone or email {key}")))
 }
 
 fn owner(tag: &str) -> String {

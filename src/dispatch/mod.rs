@@ -349,7 +349,7 @@ impl Dispatcher {
                 let content = render().map_err(|e| Prepare::Fail(e.to_string()))?;
                 let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
                 // The fingerprint keeps a corrected wording (same revision) from reusing a stale row.
-                let stored_key = format!("{}#{:016x}", e.key(), fnv1a(json.as_bytes()));
+                let stored_key = format!("{}#{:016x}", e.key(), crate::domain::fingerprint(json.as_bytes()));
                 let id = self.store.body_id(&stored_key, &json).await.map_err(Prepare::Store)?;
                 e.insert(Body { id, content })
             }
@@ -363,13 +363,6 @@ struct Cache {
     windows: HashMap<WindowId, Window>,
     broadcasts: HashMap<i64, Broadcast>,
     bodies: HashMap<String, Body>,
-}
-
-/// FNV-1a: a stable 64-bit fingerprint (unlike `DefaultHasher`, the same in every build).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 enum Prepare {

@@ -40,14 +40,15 @@ pub struct Matcher<'a> {
 }
 
 impl Matcher<'_> {
-    /// The channels on which `r` receives the broadcast; empty when it does not.
-    pub fn channels(&self, r: &Recipient, window_components: &[ComponentId]) -> Vec<Channel> {
+    /// The channels on which `r` receives the broadcast; empty when it does not. A window
+    /// notice passes the window's components: a recipient must care about one of them.
+    pub fn channels(&self, r: &Recipient, window_components: Option<&[ComponentId]>) -> Vec<Channel> {
         let f = self.filter;
         let p = &r.profile;
         let admitted = !p.opt_out
             && (f.audiences.is_empty() || f.audiences.contains(&p.kind))
             && (f.components.is_empty() || p.cares_about(&f.components))
-            && p.cares_about(window_components)
+            && window_components.is_none_or(|c| p.cares_about(c))
             && f.locale.is_none_or(|l| l == p.locale)
             && self
                 .subset

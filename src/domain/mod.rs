@@ -70,6 +70,14 @@ impl<'de> serde::Deserialize<'de> for ComponentId {
     }
 }
 
+/// FNV-1a: a stable 64-bit fingerprint (unlike `DefaultHasher`, the same in every build and
+/// on every machine), for names and cache keys derived from content.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Splits a `;`- or `,`-separated list, ignoring blanks.
 pub fn split_list(s: &str) -> impl Iterator<Item = &str> {
     s.split([';', ',']).map(str::trim).filter(|p| !p.is_empty())

@@ -26,6 +26,19 @@ impl Zone {
     }
 }
 
+impl PartialOrd for Zone {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// By IANA name, so listings of zones read alphabetically.
+impl Ord for Zone {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
 impl Default for Zone {
     fn default() -> Self {
         Zone::NAIROBI

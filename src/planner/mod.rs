@@ -281,7 +281,12 @@ pub fn notice_deadline(window: &Window, kind: NoticeKind, policy: &Policy) -> Re
         (NoticeKind::Started, WindowStatus::InProgress, _) => Ok(end),
         (NoticeKind::Completed, WindowStatus::Completed, _) => Ok(end + policy.completed_grace.delta()),
         (NoticeKind::Cancelled, WindowStatus::Cancelled, _) => Ok(window.previous.starts_at()),
-        (kind, status, change) => Err(NoticeMismatch { kind, window: window.id, status, change: change.as_str() }),
+        (kind, status, change) => Err(NoticeMismatch {
+            kind,
+            window: window.id,
+            status,
+            change: change.as_str(),
+        }),
     }
 }
 

@@ -544,6 +544,14 @@ impl Store {
         rows.into_iter().map(Recipient::try_from).collect()
     }
 
+    /// The recipient with this natural key (E.164 phone, else lower-case email).
+    pub async fn recipient_by_key(&self, natural_key: &str) -> Result<Option<Recipient>, StoreError> {
+        let sql = format!("SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE natural_key = $1");
+        let row: Option<RecipientRow> =
+            on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).bind(natural_key).fetch_optional(p).await?);
+        row.map(Recipient::try_from).transpose()
+    }
+
     /// Sets or clears the opt-out of the recipient with this phone number or email address.
     /// Returns whether such a recipient exists.
     pub async fn set_opt_out(&self, natural_key: &str, opt_out: bool, now: DateTime<Utc>) -> Result<bool, StoreError> {

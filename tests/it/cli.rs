@@ -7,31 +7,31 @@ use std::process::{Command, Output};
 use crate::helpers::TestDb;
 
 /// A working directory with its own database and outbox, and a clean environment.
-struct Cli {
-    dir: tempfile::TempDir,
+pub struct Cli {
+    pub dir: tempfile::TempDir,
     database: Option<String>,
 }
 
 impl Cli {
-    fn new() -> Cli {
+    pub fn new() -> Cli {
         Cli {
             dir: tempfile::tempdir().unwrap(),
             database: None,
         }
     }
 
-    fn with_database(url: &str) -> Cli {
+    pub fn with_database(url: &str) -> Cli {
         Cli {
             dir: tempfile::tempdir().unwrap(),
             database: Some(url.to_owned()),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tangazo"));
         cmd.current_dir(self.dir.path());
         for (k, _) in std::env::vars() {
@@ -46,12 +46,12 @@ impl Cli {
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
 
     /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -63,14 +63,14 @@ impl Cli {
     }
 
     /// Runs and expects exit 2; returns stderr.
-    fn bad(&self, args: &[&str]) -> String {
+    pub fn bad(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         stderr
     }
 
-    fn outbox_lines(&self) -> usize {
+    pub fn outbox_lines(&self) -> usize {
         ["sms", "email", "webhook"]
             .iter()
             .map(|c| {
@@ -82,9 +82,9 @@ impl Cli {
     }
 }
 
-const NOW: &str = "--now=2015-04-10T09:00:00+03:00";
+pub const NOW: &str = "--now=2015-04-10T09:00:00+03:00";
 
-fn add_window(cli: &Cli) -> String {
+pub fn add_window(cli: &Cli) -> String {
     cli.ok(&[
         "window",
         "add",

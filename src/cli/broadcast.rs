@@ -1,0 +1,909 @@
+//! `tangazo broadcast`: an ad-hoc notice to a filtered audience, with a dry run, a canary and
+//! a confirmation for large audiences. The rows go into the same `deliveries` table and leave
+//! through the same dispatcher as the daemon's, so a rerun sends nothing twice and an
+//! interrupted run is finished by the daemon or by running the command again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Args};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{CliResult, Ctx, Failure, bad_field, bad_input, wire_dispatcher};
+use crate::channels::Senders;
+use crate::dispatch::DispatchReport;
+use crate::domain::{
+    Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Locale, Message, MessageText, Notice, PhoneNumber,
+    Recipient, RecipientId, Span, Window, WindowId, Zone, fingerprint, parse_instant,
+};
+use crate::import::{RowRules, Rows};
+use crate::planner::notice_deadline;
+use crate::render::{Encoding, NoticeFacts, Rendered, Renderer};
+use crate::shutdown::Shutdown;
+use crate::storage::{Broadcast, NewBroadcast, Store, StoreError};
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["window", "message", "message_file"])))]
+pub struct BroadcastArgs {
+    /// Send a notice of this window (with --notice)
+    #[arg(long, value_name = "ID", requires = "notice")]
+    window: Option<i64>,
+    /// The window notice: announced, reminder:24h, started, rescheduled, cancelled, completed
+    #[arg(long, value_name = "KIND[:OFFSET]", requires = "window")]
+    notice: Option<String>,
+    /// A free message (SMS text and email body), in English
+    #[arg(long, value_name = "TEXT")]
+    message: Option<String>,
+    /// Its Swahili version (recipients reading Swahili get the English one without it)
+    #[arg(long, value_name = "TEXT", requires = "message")]
+    message_sw: Option<String>,
+    /// Email subject of a free message
+    #[arg(long, value_name = "TEXT", requires = "message")]
+    subject: Option<String>,
+    /// A TOML file with the message per locale: [en] text = "…" subject = "…", [sw] …
+    #[arg(long, value_name = "FILE")]
+    message_file: Option<PathBuf>,
+    /// Makes the broadcast idempotent: the same name never sends twice to a recipient and
+    /// channel [default: derived from the message (or window notice) and the audience]
+    #[arg(long)]
+    name: Option<String>,
+    /// customers, billers or all
+    #[arg(long, default_value = "all")]
+    audience: String,
+    /// Only recipients who care about one of these components (comma-separated)
+    #[arg(long, value_name = "C,…", value_delimiter = ',')]
+    component: Vec<String>,
+    /// Only these channels: sms, email, webhook (comma-separated)
+    #[arg(long, value_name = "C,…", value_delimiter = ',')]
+    channel: Vec<String>,
+    /// Only recipients reading this language: en or sw
+    #[arg(long)]
+    locale: Option<String>,
+    /// Only the recipients listed in this CSV (matched by its phone and email columns)
+    #[arg(long, value_name = "FILE")]
+    recipients: Option<PathBuf>,
+    /// After this a free message is no longer sent [default: now + broadcast.deadline]
+    #[arg(long, value_name = "TIME", conflicts_with = "window")]
+    deadline: Option<String>,
+    /// Record nothing: print counts, segments, cost, duration and samples
+    #[arg(long)]
+    dry_run: bool,
+    /// Confirm an audience above broadcast.confirm_above without asking
+    #[arg(long)]
+    yes: bool,
+    /// First send to these seed addresses (a recipients CSV: staff phones and mailboxes), then
+    /// wait for a release before the audience gets anything
+    #[arg(long, value_name = "FILE")]
+    canary: Option<PathBuf>,
+    /// Release automatically after this long if no canary message failed (e.g. 10m)
+    #[arg(long, value_name = "DURATION", requires = "canary")]
+    canary_wait: Option<String>,
+}
+
+/// What is broadcast.
+enum Content {
+    Notice { window: Box<Window>, notice: Notice },
+    Message(Message),
+}
+
+/// Who would receive what: counts by channel, locale and zone.
+#[derive(Debug, Default)]
+struct Scan {
+    recipients: u64,
+    messages: BTreeMap<(Channel, Locale, Zone), u64>,
+}
+
+impl Scan {
+    fn total_messages(&self) -> u64 {
+        self.messages.values().sum()
+    }
+}
+
+/// A line of the dry run's table.
+#[derive(Debug, Serialize)]
+struct EstimateLine {
+    channel: Channel,
+    locale: Locale,
+    encoding: Option<String>,
+    messages: u64,
+    segments: u64,
+}
+
+pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
+    let now = ctx.now();
+    let store = ctx.store().await?;
+    let renderer = ctx.renderer()?;
+    let filter = build_filter(ctx, &args)?;
+    let (content, deadline) = content(ctx, &store, &args, now).await?;
+    if deadline <= now {
+        return Err(bad_input(anyhow::anyhow!(
+            "the deadline {} has already passed",
+            deadline.to_rfc3339()
+        )));
+    }
+    if let Content::Message(m) = &content {
+        // A message too long for the segment limit is refused before anything is recorded.
+        for locale in Locale::ALL {
+            renderer
+                .render_message(m, "check", Channel::Sms, locale)
+                .map_err(bad_field("--message"))?;
+        }
+    }
+    let name = match &args.name {
+        Some(n) if n.trim().is_empty() || n.len() > 120 => {
+            return Err(bad_field("--name")("a name is 1 to 120 characters"));
+        }
+        Some(n) => n.trim().to_owned(),
+        None => default_name(&content, &filter),
+    };
+    let scan = scan(&store, &content, &filter).await?;
+
+    if args.dry_run {
+        return dry_run(ctx, &renderer, &content, &name, &scan);
+    }
+    if scan.recipients == 0 {
+        println!("no recipient matches this audience: nothing to send");
+        return Ok(());
+    }
+    confirm(ctx, &scan, args.yes)?;
+
+    let new = NewBroadcast {
+        name: name.clone(),
+        window: match &content {
+            Content::Notice { window, .. } => Some(window.id),
+            Content::Message(_) => None,
+        },
+        revision: match &content {
+            Content::Notice { window, .. } => Some(window.revision),
+            Content::Message(_) => None,
+        },
+        notice: match &content {
+            Content::Notice { notice, .. } => Some(*notice),
+            Content::Message(_) => None,
+        },
+        message: match &content {
+            Content::Message(m) => Some(m.clone()),
+            Content::Notice { .. } => None,
+        },
+        filter: filter.clone(),
+        deadline,
+    };
+    let broadcast = store
+        .create_broadcast(&new, now, &ctx.actor)
+        .await
+        .map_err(|e| match e {
+            e @ StoreError::BroadcastNameTaken(_) => bad_field("--name")(e),
+            e => e.into(),
+        })?;
+    let dispatcher = wire_dispatcher(&ctx.config, &store, &format!("broadcast:{}", std::process::id()))?;
+    let stop = Shutdown::new();
+    stop.on_signals();
+
+    if let Some(file) = &args.canary {
+        let released = canary(
+            ctx,
+            &store,
+            &dispatcher,
+            &broadcast,
+            file,
+            args.canary_wait.as_deref(),
+            &scan,
+            &stop,
+        )
+        .await?;
+        if !released {
+            return Ok(());
+        }
+    }
+
+    // Record every row, then send.
+    let enqueued = enqueue_audience(&store, &content, &broadcast, now).await?;
+    let (total, already) = progress_base(&store, broadcast.id).await?;
+    if !ctx.cli_json {
+        println!(
+            "broadcast '{}' (id {}): {} recipients, {} messages ({} newly recorded, {} already done)",
+            broadcast.name, broadcast.id, scan.recipients, total, enqueued, already
+        );
+    }
+    let report = send(ctx, &dispatcher, broadcast.id, now, total, already, &stop).await?;
+    finish(ctx, &store, &broadcast, &report, &stop).await
+}
+
+fn build_filter(ctx: &Ctx, args: &BroadcastArgs) -> CliResult<AudienceFilter> {
+    let audiences = match args.audience.trim().to_ascii_lowercase().as_str() {
+        "all" => Vec::new(),
+        other => vec![other.parse::<Audience>().map_err(bad_field("--audience"))?],
+    };
+    let mut components = Vec::new();
+    for c in args.component.iter().filter(|c| !c.trim().is_empty()) {
+        let id: ComponentId = c.parse().map_err(bad_field("--component"))?;
+        if !ctx.config.knows(&id) {
+            return Err(bad_field("--component")(format!("unknown component '{id}'")));
+        }
+        components.push(id);
+    }
+    let mut channels: Vec<Channel> = args
+        .channel
+        .iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| c.parse::<Channel>())
+        .collect::<Result<_, _>>()
+        .map_err(bad_field("--channel"))?;
+    channels.sort();
+    channels.dedup();
+    components.sort();
+    components.dedup();
+    let locale = args
+        .locale
+        .as_deref()
+        .map(str::parse::<Locale>)
+        .transpose()
+        .map_err(bad_field("--locale"))?;
+    let subset = match &args.recipients {
+        Some(path) => Some(read_subset(path)?),
+        None => None,
+    };
+    Ok(AudienceFilter {
+        audiences,
+        components,
+        channels,
+        locale,
+        subset,
+    })
+}
+
+/// The natural keys (E.164 phone, else email) listed in a CSV with `phone` and/or `email`
+/// columns. Any bad row refuses the whole file: a subset must be exactly what was meant.
+fn read_subset(path: &PathBuf) -> CliResult<Vec<String>> {
+    let file =
+        std::fs::File::open(path).map_err(|e| bad_input(anyhow::anyhow!("--recipients {}: {e}", path.display())))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(std::io::BufReader::new(file));
+    let headers = reader
+        .headers()
+        .map_err(|e| bad_input(anyhow::anyhow!("--recipients {}: {e}", path.display())))?
+        .clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim().trim_start_matches('\u{feff}').eq_ignore_ascii_case(name))
+    };
+    let (phone, email) = (col("phone"), col("email"));
+    if phone.is_none() && email.is_none() {
+        return Err(bad_input(anyhow::anyhow!(
+            "--recipients {}: line 1: no phone or email column",
+            path.display()
+        )));
+    }
+    let mut keys = BTreeSet::new();
+    let mut errors = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        let field = |c: Option<usize>| c.and_then(|c| record.get(c)).map(str::trim).filter(|v| !v.is_empty());
+        let key = match (field(phone), field(email)) {
+            (Some(p), _) => PhoneNumber::parse(p)
+                .map(|p| p.as_str().to_owned())
+                .map_err(|e| format!("phone: {e}")),
+            (None, Some(e)) => EmailAddress::parse(e)
+                .map(|e| e.as_str().to_ascii_lowercase())
+                .map_err(|e| format!("email: {e}")),
+            (None, None) => continue,
+        };
+        match key {
+            Ok(k) => {
+                keys.insert(k);
+            }
+            Err(reason) => errors.push(format!("line {line}: {reason}")),
+        }
+    }
+    if !errors.is_empty() {
+        for e in errors.iter().take(50) {
+            eprintln!("{}: {e}", path.display());
+        }
+        return Err(bad_input(anyhow::anyhow!(
+            "--recipients {}: {} bad rows",
+            path.display(),
+            errors.len()
+        )));
+    }
+    Ok(keys.into_iter().collect())
+}
+
+async fn content(
+    ctx: &Ctx,
+    store: &Store,
+    args: &BroadcastArgs,
+    now: DateTime<Utc>,
+) -> CliResult<(Content, DateTime<Utc>)> {
+    if let (Some(id), Some(notice)) = (args.window, &args.notice) {
+        let notice: Notice = notice.parse().map_err(bad_field("--notice"))?;
+        let window = match store.window(WindowId(id)).await {
+            Ok(w) => w,
+            Err(e @ StoreError::NoSuchWindow(_)) => return Err(bad_field("--window")(e)),
+            Err(e) => return Err(e.into()),
+        };
+        let deadline = notice_deadline(&window, notice.kind(), &ctx.config.policy).map_err(bad_field("--notice"))?;
+        return Ok((
+            Content::Notice {
+                window: Box::new(window),
+                notice,
+            },
+            deadline,
+        ));
+    }
+    let message = if let Some(path) = &args.message_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad_input(anyhow::anyhow!("--message-file {}: {e}", path.display())))?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            en: MessageText,
+            sw: Option<MessageText>,
+        }
+        let file: File = toml::from_str(&text)
+            .map_err(|e| bad_input(anyhow::anyhow!("--message-file {}: {}", path.display(), e.message())))?;
+        Message::new(file.en, file.sw).map_err(bad_field("--message-file"))?
+    } else {
+        let en = MessageText {
+            text: args.message.clone().unwrap_or_default(),
+            subject: args.subject.clone(),
+        };
+        let sw = args.message_sw.clone().map(|text| MessageText { text, subject: None });
+        Message::new(en, sw).map_err(bad_field("--message"))?
+    };
+    let deadline = match &args.deadline {
+        Some(t) => parse_instant(t, ctx.config.default_zone).map_err(bad_field("--deadline"))?,
+        None => now + ctx.config.broadcast_deadline.delta(),
+    };
+    Ok((Content::Message(message), deadline))
+}
+
+fn default_name(content: &Content, filter: &AudienceFilter) -> String {
+    let filter_json = serde_json::to_string(filter).unwrap_or_default();
+    match content {
+        Content::Notice { window, notice } => format!(
+            "w{}-r{}-{}-{:08x}",
+            window.id,
+            window.revision,
+            notice.to_string().replace(':', "-"),
+            fingerprint(filter_json.as_bytes()) as u32
+        ),
+        Content::Message(m) => {
+            let text = serde_json::to_string(m).unwrap_or_default() + &filter_json;
+            format!("msg-{:012x}", fingerprint(text.as_bytes()) & 0xffff_ffff_ffff)
+        }
+    }
+}
+
+fn window_components(content: &Content) -> Option<&[ComponentId]> {
+    match content {
+        Content::Notice { window, .. } => Some(&window.components),
+        Content::Message(_) => None,
+    }
+}
+
+/// Pages through the recipients a filter can admit, in id order.
+struct Pager {
+    kinds: Vec<Option<Audience>>,
+    kind: usize,
+    after: RecipientId,
+}
+
+impl Pager {
+    fn new(filter: &AudienceFilter) -> Pager {
+        let kinds = match filter.audiences.as_slice() {
+            [one] => vec![Some(*one)],
+            _ => vec![None],
+        };
+        Pager {
+            kinds,
+            kind: 0,
+            after: RecipientId(0),
+        }
+    }
+
+    async fn next(&mut self, store: &Store) -> Result<Option<Vec<Recipient>>, StoreError> {
+        while let Some(kind) = self.kinds.get(self.kind) {
+            let page = store.recipients_page(*kind, self.after, crate::scheduler::PAGE).await?;
+            match page.last() {
+                Some(last) => {
+                    self.after = last.id;
+                    return Ok(Some(page));
+                }
+                None => {
+                    self.kind += 1;
+                    self.after = RecipientId(0);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+async fn scan(store: &Store, content: &Content, filter: &AudienceFilter) -> CliResult<Scan> {
+    let matcher = filter.matcher();
+    let mut s = Scan::default();
+    let mut pager = Pager::new(filter);
+    while let Some(page) = pager.next(store).await? {
+        for r in &page {
+            let channels = matcher.channels(r, window_components(content));
+            if channels.is_empty() {
+                continue;
+            }
+            s.recipients += 1;
+            // A free message reads the same in every zone.
+            let zone = match content {
+                Content::Notice { .. } => r.profile.zone,
+                Content::Message(_) => Zone::NAIROBI,
+            };
+            for c in channels {
+                *s.messages.entry((c, r.profile.locale, zone)).or_default() += 1;
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Records the broadcast's rows for the whole audience, a page at a time. Returns how many
+/// were new.
+async fn enqueue_audience(
+    store: &Store,
+    content: &Content,
+    broadcast: &Broadcast,
+    now: DateTime<Utc>,
+) -> CliResult<u64> {
+    let matcher = broadcast.filter.matcher();
+    let mut pager = Pager::new(&broadcast.filter);
+    let mut enqueued = 0;
+    while let Some(page) = pager.next(store).await? {
+        let rows: Vec<(RecipientId, Channel)> = page
+            .iter()
+            .flat_map(|r| {
+                matcher
+                    .channels(r, window_components(content))
+                    .into_iter()
+                    .map(|c| (r.id, c))
+            })
+            .collect();
+        enqueued += store.enqueue_broadcast(broadcast, &rows, now).await?;
+    }
+    Ok(enqueued)
+}
+
+fn render(
+    renderer: &Renderer,
+    ctx: &Ctx,
+    content: &Content,
+    channel: Channel,
+    locale: Locale,
+    zone: Zone,
+) -> CliResult<Rendered> {
+    match content {
+        Content::Notice { window, notice } => {
+            let facts = NoticeFacts::new(window, *notice, &ctx.config.components);
+            renderer.render(&facts, channel, locale, zone).map_err(bad_input)
+        }
+        Content::Message(m) => renderer
+            .render_message(m, "preview", channel, locale)
+            .map_err(bad_input),
+    }
+}
+
+fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: &Scan) -> CliResult {
+    // Segments per (locale, zone): render each combination once.
+    let mut lines: BTreeMap<(Channel, Locale, Option<Encoding>), (u64, u64)> = BTreeMap::new();
+    let mut cache: HashMap<(Locale, Zone), (Encoding, u64)> = HashMap::new();
+    for (&(channel, locale, zone), &n) in &scan.messages {
+        let (encoding, segments) = if channel == Channel::Sms {
+            let (e, s) = match cache.get(&(locale, zone)) {
+                Some(v) => *v,
+                None => {
+                    let Rendered::Sms { encoding, segments, .. } =
+                        render(renderer, ctx, content, channel, locale, zone)?
+                    else {
+                        return Err(Failure::Runtime(anyhow::anyhow!("an SMS rendered as something else")));
+                    };
+                    cache.insert((locale, zone), (encoding, segments as u64));
+                    (encoding, segments as u64)
+                }
+            };
+            (Some(e), s * n)
+        } else {
+            (None, 0)
+        };
+        let line = lines.entry((channel, locale, encoding)).or_default();
+        line.0 += n;
+        line.1 += segments;
+    }
+    let table: Vec<EstimateLine> = lines
+        .iter()
+        .map(|(&(channel, locale, encoding), &(messages, segments))| EstimateLine {
+            channel,
+            locale,
+            encoding: encoding.map(|e| e.to_string()),
+            messages,
+            segments,
+        })
+        .collect();
+    let costs = &ctx.config.costs;
+    let per_channel = |c: Channel| table.iter().filter(|l| l.channel == c).map(|l| l.messages).sum::<u64>();
+    let segments: u64 = table.iter().map(|l| l.segments).sum();
+    let cost = segments as f64 * costs.sms_segment
+        + per_channel(Channel::Email) as f64 * costs.email
+        + per_channel(Channel::Webhook) as f64 * costs.webhook;
+    let senders = Senders::build(&ctx.config).map_err(bad_input)?;
+    let mut durations = BTreeMap::new();
+    for c in Channel::ALL {
+        let n = per_channel(c);
+        if n > 0 {
+            durations.insert(c, senders.rate(c).map(|r| n as f64 / r));
+        }
+    }
+    // Channels are worked in parallel; an unlimited backend adds nothing to the estimate.
+    let longest = durations.values().flatten().fold(0.0_f64, |a, b| a.max(*b));
+    let mut samples = BTreeMap::new();
+    let locales: BTreeSet<Locale> = scan.messages.keys().map(|k| k.1).collect();
+    for locale in if locales.is_empty() {
+        BTreeSet::from([Locale::En])
+    } else {
+        locales
+    } {
+        let sms = render(renderer, ctx, content, Channel::Sms, locale, ctx.config.default_zone)?;
+        let email = render(renderer, ctx, content, Channel::Email, locale, ctx.config.default_zone)?;
+        samples.insert(locale, (sms, email));
+    }
+    if ctx.cli_json {
+        let samples: BTreeMap<_, _> = samples
+            .iter()
+            .map(|(l, (sms, email))| {
+                let subject = match email {
+                    Rendered::Email { subject, .. } => subject.clone(),
+                    _ => String::new(),
+                };
+                (l.as_str(), json!({"sms": sms, "email_subject": subject}))
+            })
+            .collect();
+        return ctx.print_json(&json!({
+            "name": name, "dry_run": true, "recipients": scan.recipients, "messages": scan.total_messages(),
+            "lines": table, "sms_segments": segments,
+            "cost": {"currency": costs.currency, "total": (cost * 100.0).round() / 100.0},
+            "seconds": durations.iter().map(|(c, d)| (c.as_str(), *d)).collect::<BTreeMap<_, _>>(),
+            "seconds_total": longest,
+            "samples": samples,
+        }));
+    }
+    println!("broadcast '{name}' — dry run: nothing was recorded or sent");
+    println!(
+        "audience: {} recipients, {} messages",
+        group(scan.recipients),
+        group(scan.total_messages())
+    );
+    println!(
+        "  {:<8} {:<6} {:<8} {:>12} {:>12}",
+        "channel", "locale", "encoding", "messages", "segments"
+    );
+    for l in &table {
+        println!(
+            "  {:<8} {:<6} {:<8} {:>12} {:>12}",
+            l.channel.as_str(),
+            l.locale.as_str(),
+            l.encoding.as_deref().unwrap_or("-"),
+            group(l.messages),
+            if l.channel == Channel::Sms {
+                group(l.segments)
+            } else {
+                "-".into()
+            }
+        );
+    }
+    println!(
+        "estimated cost: {} SMS segments × {} + {} emails × {} + {} webhooks × {} = {:.2} {}",
+        group(segments),
+        costs.sms_segment,
+        group(per_channel(Channel::Email)),
+        costs.email,
+        group(per_channel(Channel::Webhook)),
+        costs.webhook,
+        cost,
+        costs.currency
+    );
+    for (c, d) in &durations {
+        match d {
+            Some(secs) => println!(
+                "estimated time on {c}: {} messages at {}/s: {}",
+                group(per_channel(*c)),
+                senders.rate(*c).unwrap_or_default(),
+                humanize(*secs)
+            ),
+            None => println!("estimated time on {c}: no rate configured for its backend (as fast as it accepts)"),
+        }
+    }
+    if longest > 0.0 {
+        println!("estimated fan-out time (channels in parallel): {}", humanize(longest));
+    }
+    for (locale, (sms, email)) in &samples {
+        if let Rendered::Sms {
+            body,
+            encoding,
+            segments,
+        } = sms
+        {
+            println!(
+                "\nsample sms [{locale}] ({encoding}, {segments} segment{}):\n{body}",
+                if *segments == 1 { "" } else { "s" }
+            );
+        }
+        if let Rendered::Email { subject, .. } = email {
+            println!("sample email subject [{locale}]: {subject}");
+        }
+    }
+    Ok(())
+}
+
+/// `1234567` → `1,234,567`.
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn humanize(secs: f64) -> String {
+    let s = secs.ceil() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// Large audiences need --yes, or a yes typed at a terminal.
+fn confirm(ctx: &Ctx, scan: &Scan, yes: bool) -> CliResult {
+    if yes || scan.recipients <= ctx.config.confirm_above {
+        return Ok(());
+    }
+    let question = format!(
+        "send to {} recipients ({} messages)? this is above broadcast.confirm_above ({})",
+        group(scan.recipients),
+        group(scan.total_messages()),
+        group(ctx.config.confirm_above)
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(bad_field("--yes")(format!(
+            "{question}: pass --yes to confirm; nothing was recorded"
+        )));
+    }
+    if ask(&format!("{question} [y/N] "))? {
+        Ok(())
+    } else {
+        Err(bad_input(anyhow::anyhow!("not confirmed: nothing was recorded")))
+    }
+}
+
+fn ask(question: &str) -> CliResult<bool> {
+    print!("{question}");
+    std::io::stdout().flush().context("writing the question")?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+/// Sends to the seed list first. Returns whether the audience may have it now.
+#[allow(clippy::too_many_arguments)]
+async fn canary(
+    ctx: &Ctx,
+    store: &Store,
+    dispatcher: &crate::dispatch::Dispatcher,
+    broadcast: &Broadcast,
+    file: &PathBuf,
+    wait: Option<&str>,
+    scan: &Scan,
+    stop: &Shutdown,
+) -> CliResult<bool> {
+    let wait = wait
+        .map(|w| w.parse::<Span>())
+        .transpose()
+        .map_err(bad_field("--canary-wait"))?;
+    let rules = RowRules {
+        default_zone: ctx.config.default_zone,
+        components: &ctx.config.components,
+    };
+    let input =
+        std::fs::File::open(file).map_err(|e| bad_input(anyhow::anyhow!("--canary {}: {e}", file.display())))?;
+    let mut seeds = Vec::new();
+    for row in Rows::new(std::io::BufReader::new(input), &rules)
+        .map_err(|e| bad_input(anyhow::anyhow!("--canary {}: {e}", file.display())))?
+    {
+        match row.map_err(|e| bad_input(anyhow::anyhow!("--canary {}: {e}", file.display())))? {
+            Ok(p) => seeds.push(p),
+            Err(e) => return Err(bad_input(anyhow::anyhow!("--canary {}: {e}", file.display()))),
+        }
+    }
+    if seeds.is_empty() {
+        return Err(bad_input(anyhow::anyhow!(
+            "--canary {}: no seed addresses",
+            file.display()
+        )));
+    }
+    let now = ctx.now();
+    let seeded = store.seed_recipients(&seeds, now).await?;
+    let channels = &broadcast.filter.channels;
+    let rows: Vec<(RecipientId, Channel)> = seeded
+        .iter()
+        .flat_map(|r| {
+            r.profile
+                .effective_channels()
+                .into_iter()
+                .filter(|c| channels.is_empty() || channels.contains(c))
+                .map(|c| (r.id, c))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    store.enqueue_broadcast(broadcast, &rows, now).await?;
+    let report = dispatcher
+        .run_scoped(now, Some(broadcast.id), &|| stop.is_triggered(), &mut |_| {})
+        .await
+        .context("sending the canary")?;
+    let states = state_counts(store, broadcast.id).await?;
+    let failed = states.get("failed").copied().unwrap_or(0) + states.get("expired").copied().unwrap_or(0);
+    let sent = states.get("sent").copied().unwrap_or(0);
+    println!(
+        "canary: {sent} sent, {failed} failed to {} seed addresses (this run: {} sent)",
+        seeded.len(),
+        report.sent
+    );
+    if failed > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "the canary had {failed} failures: nothing was sent to the audience; see `tangazo deliveries summary`"
+        )));
+    }
+    let release = match wait {
+        Some(span) => {
+            println!(
+                "releasing to {} recipients in {span} unless stopped (Ctrl-C)",
+                group(scan.recipients)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(span.secs().unsigned_abs())) => {}
+                _ = stop.wait() => {}
+            }
+            let states = state_counts(store, broadcast.id).await?;
+            let failed = states.get("failed").copied().unwrap_or(0);
+            if stop.is_triggered() || failed > 0 {
+                println!(
+                    "not released ({}): nothing was sent to the audience",
+                    if failed > 0 {
+                        "a canary message failed"
+                    } else {
+                        "stopped"
+                    }
+                );
+                false
+            } else {
+                true
+            }
+        }
+        None if std::io::stdin().is_terminal() => ask(&format!(
+            "check the seed phones and mailboxes; release to {} recipients? [y/N] ",
+            group(scan.recipients)
+        ))?,
+        None => {
+            println!(
+                "canary sent; nothing was sent to the audience. Release it by running the same command without --canary (or with --canary-wait)."
+            );
+            false
+        }
+    };
+    Ok(release)
+}
+
+async fn state_counts(store: &Store, broadcast: i64) -> CliResult<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for r in store.broadcast_summary(broadcast).await? {
+        *out.entry(r.state).or_default() += r.count;
+    }
+    Ok(out)
+}
+
+/// (rows in the broadcast, rows already in a final state).
+async fn progress_base(store: &Store, broadcast: i64) -> CliResult<(u64, u64)> {
+    let states = state_counts(store, broadcast).await?;
+    let total: i64 = states.values().sum();
+    let done: i64 = states
+        .iter()
+        .filter(|(s, _)| !matches!(s.as_str(), "pending" | "claimed"))
+        .map(|(_, n)| n)
+        .sum();
+    Ok((total.max(0) as u64, done.max(0) as u64))
+}
+
+async fn send(
+    ctx: &Ctx,
+    dispatcher: &crate::dispatch::Dispatcher,
+    broadcast: i64,
+    now: DateTime<Utc>,
+    total: u64,
+    already: u64,
+    stop: &Shutdown,
+) -> CliResult<DispatchReport> {
+    let bar = (std::io::stdout().is_terminal() && !ctx.cli_json).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sent or settled · {per_sec} · ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_position(already);
+        bar
+    });
+    let started = Instant::now();
+    let mut last_line = Instant::now();
+    let quiet = ctx.cli_json;
+    let report = dispatcher
+        .run_scoped(now, Some(broadcast), &|| stop.is_triggered(), &mut |r| {
+            let done = already + r.sent + r.failed + r.expired;
+            match &bar {
+                Some(bar) => bar.set_position(done),
+                None if !quiet && last_line.elapsed() >= Duration::from_secs(2) => {
+                    last_line = Instant::now();
+                    let rate = (r.sent + r.failed + r.expired) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    println!("… {done}/{total} sent or settled ({rate:.0}/s)");
+                }
+                None => {}
+            }
+        })
+        .await
+        .context("sending")?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(report)
+}
+
+async fn finish(
+    ctx: &Ctx,
+    store: &Store,
+    broadcast: &Broadcast,
+    report: &DispatchReport,
+    stop: &Shutdown,
+) -> CliResult {
+    let states = state_counts(store, broadcast.id).await?;
+    let left = states.get("pending").copied().unwrap_or(0) + states.get("claimed").copied().unwrap_or(0);
+    if ctx.cli_json {
+        ctx.print_json(&json!({"name": broadcast.name, "id": broadcast.id, "this_run": report, "states": states}))?;
+    } else {
+        let line: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!(
+            "broadcast '{}': {} (this run sent {})",
+            broadcast.name,
+            line.join(", "),
+            report.sent
+        );
+    }
+    if stop.is_triggered() && left > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "stopped: {left} deliveries stay queued; `tangazo daemon` or the same command again will send them"
+        )));
+    }
+    Ok(())
+}

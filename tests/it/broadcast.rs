@@ -1,0 +1,316 @@
+//! `tangazo broadcast` and `tangazo preview` as an operator uses them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::cli::{Cli, NOW, add_window};
+
+const EN: &str = "M-PESA: Pay bill and Buy goods are back to normal. Thank you for your patience.";
+/// Long enough for two GSM-7 segments (between 161 and 306 septets).
+const SW: &str = "M-PESA: Ndugu mteja, huduma za Lipa bili na Nunua bidhaa zimerejea kama kawaida baada ya matengenezo. Tunaomba radhi kwa usumbufu uliojitokeza na tunakushukuru kwa uvumilivu wako.";
+
+/// Writes `n` customers: odd ones read Swahili, every third has an email, every 50th opted
+/// out, every 7th cares only about withdraw.
+fn customers(cli: &Cli, n: u32) -> PathBuf {
+    let path = cli.path("customers.csv");
+    let mut text = String::from("kind,name,phone,email,locale,zone,components,channels,opt_out\n");
+    for i in 0..n {
+        let email = if i % 3 == 0 {
+            format!("c{i}@example.co.ke")
+        } else {
+            String::new()
+        };
+        let locale = if i % 2 == 1 { "sw" } else { "en" };
+        let components = if i % 7 == 0 { "withdraw" } else { "" };
+        let opt_out = if i % 50 == 0 { "true" } else { "" };
+        text.push_str(&format!(
+            "customer,C {i},07{:08},{email},{locale},,{components},,{opt_out}\n",
+            10_000_000 + i
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn deliveries(cli: &Cli) -> i64 {
+    let summary = json(&cli.ok(&["deliveries", "summary", "--json"]));
+    summary["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].as_i64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_dry_run_over_100000_customers_counts_right_and_records_nothing() {
+    let cli = Cli::new();
+    let n = 100_000u32;
+    let csv = customers(&cli, n);
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let out = cli.ok(&[
+        "broadcast",
+        NOW,
+        "--dry-run",
+        "--json",
+        "--message",
+        EN,
+        "--message-sw",
+        SW,
+        "--component",
+        "pay-bill",
+        "--audience",
+        "customers",
+    ]);
+    let report = json(&out);
+
+    // The same audience computed independently from the generation rules.
+    let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut recipients = 0;
+    for i in 0..n {
+        if i % 50 == 0 || i % 7 == 0 {
+            continue;
+        }
+        recipients += 1;
+        let locale = if i % 2 == 1 { "sw" } else { "en" };
+        *expected.entry(("sms".into(), locale.into())).or_default() += 1;
+        if i % 3 == 0 {
+            *expected.entry(("email".into(), locale.into())).or_default() += 1;
+        }
+    }
+    let segments = |text: &str| sms_splitter::SplitSms::default().split(String::from(text)).parts.len() as u64;
+    assert_eq!((segments(EN), segments(SW)), (1, 2), "the fixture texts");
+    let expected_segments = expected[&("sms".to_string(), "en".to_string())] * segments(EN)
+        + expected[&("sms".to_string(), "sw".to_string())] * segments(SW);
+
+    assert_eq!(report["recipients"], recipients);
+    assert_eq!(report["messages"], expected.values().sum::<u64>());
+    assert_eq!(report["sms_segments"], expected_segments);
+    let lines: BTreeMap<(String, String), u64> = report["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                (
+                    l["channel"].as_str().unwrap().into(),
+                    l["locale"].as_str().unwrap().into(),
+                ),
+                l["messages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(lines, expected);
+    let cost = report["cost"]["total"].as_f64().unwrap();
+    assert!((cost - expected_segments as f64 * 0.8).abs() < 0.01, "{cost}");
+    assert_eq!(report["samples"]["sw"]["sms"]["body"], SW);
+    assert_eq!(report["samples"]["sw"]["sms"]["segments"], 2);
+    // Nothing recorded, nothing sent.
+    assert_eq!(deliveries(&cli), 0);
+    assert_eq!(cli.outbox_lines(), 0);
+}
+
+fn small_audience(cli: &Cli) {
+    let csv = customers(cli, 40);
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+}
+
+#[test]
+fn a_free_message_goes_once_per_recipient_and_channel_until_the_name_changes() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    let args = [
+        "broadcast",
+        NOW,
+        "--message",
+        EN,
+        "--message-sw",
+        SW,
+        "--locale",
+        "sw",
+        "--channel",
+        "sms",
+        "--json",
+    ];
+    let first = json(&cli.ok(&args));
+    // Swahili readers, not opted out (0 is English anyway), sms only: the 20 odd ones.
+    assert_eq!(first["states"]["sent"], 20);
+    let sms = std::fs::read_to_string(cli.path("outbox/sms.jsonl")).unwrap();
+    let bodies: Vec<serde_json::Value> = sms.lines().map(json).collect();
+    assert_eq!(bodies.len(), 20);
+    assert!(
+        bodies
+            .iter()
+            .all(|m| m["body"] == SW && m["kind"] == "message" && m["segments"] == 2)
+    );
+    let mut keys: Vec<&str> = bodies.iter().map(|m| m["idempotency_key"].as_str().unwrap()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 20, "once per recipient and channel");
+
+    let again = json(&cli.ok(&args));
+    assert_eq!(again["this_run"]["sent"], 0);
+    assert_eq!(cli.outbox_lines(), 20, "the same command sends nothing twice");
+
+    let mut renamed: Vec<&str> = args.to_vec();
+    renamed.extend(["--name", "pay-bill-back-2"]);
+    let third = json(&cli.ok(&renamed));
+    assert_eq!(third["this_run"]["sent"], 20);
+    assert_eq!(cli.outbox_lines(), 40, "a different --name sends again");
+
+    // The same name for a different message is refused, naming the flag.
+    let err = cli.bad(&[
+        "broadcast",
+        NOW,
+        "--message",
+        "Something else",
+        "--name",
+        "pay-bill-back-2",
+    ]);
+    assert!(err.contains("--name") && err.contains("already recorded"), "{err}");
+}
+
+#[test]
+fn large_audiences_need_yes_and_nothing_is_recorded_without_it() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    let mut cmd = cli.command(&["broadcast", NOW, "--message", EN]);
+    cmd.env("TANGAZO_BROADCAST__CONFIRM_ABOVE", "10")
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--yes") && err.contains("nothing was recorded"), "{err}");
+    assert_eq!(deliveries(&cli), 0);
+    assert_eq!(cli.outbox_lines(), 0);
+
+    let mut cmd = cli.command(&["broadcast", NOW, "--message", EN, "--yes"]);
+    cmd.env("TANGAZO_BROADCAST__CONFIRM_ABOVE", "10")
+        .stdin(std::process::Stdio::null());
+    assert!(cmd.output().unwrap().status.success());
+    assert!(deliveries(&cli) > 10);
+}
+
+#[test]
+fn a_canary_goes_to_the_seed_list_only_until_released() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    let seeds = cli.path("seeds.csv");
+    std::fs::write(
+        &seeds,
+        "kind,name,phone,email\ncustomer,Ops phone,0799111222,\ncustomer,Ops mailbox,,noc@tangazo.example.co.ke\n",
+    )
+    .unwrap();
+    let args = ["broadcast", NOW, "--message", EN, "--channel", "sms,email"];
+    let mut with_canary: Vec<&str> = args.to_vec();
+    with_canary.extend(["--canary", seeds.to_str().unwrap()]);
+    let out = cli
+        .command(&with_canary)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("canary: 2 sent, 0 failed") && stdout.contains("nothing was sent to the audience"),
+        "{stdout}"
+    );
+    let to: Vec<String> = ["sms", "email"]
+        .iter()
+        .flat_map(|c| {
+            std::fs::read_to_string(cli.path(&format!("outbox/{c}.jsonl")))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| json(l)["to"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(to, ["+254799111222", "noc@tangazo.example.co.ke"], "only the seeds");
+    // Seeds never join an audience: not in listings, not in window notices.
+    let listed = json(&cli.ok(&["recipients", "list", "--json", "--limit", "100"]));
+    assert_eq!(listed.as_array().unwrap().len(), 40);
+
+    // Released: the same broadcast without --canary goes to the audience, seeds not twice.
+    let released = json(&cli.ok(&[&args[..], &["--json"]].concat()));
+    let expected_audience = 39 + 13; // 39 reachable SMS, 13 reachable emails (every third of 40, minus opted-out 0)
+    assert_eq!(released["this_run"]["sent"], expected_audience);
+    assert_eq!(cli.outbox_lines(), 2 + expected_audience);
+
+    // --canary-wait releases by itself when no canary message failed.
+    let waited = cli.ok(&[
+        "broadcast",
+        NOW,
+        "--message",
+        "Second notice",
+        "--channel",
+        "sms",
+        "--canary",
+        seeds.to_str().unwrap(),
+        "--canary-wait",
+        "1s",
+    ]);
+    assert!(waited.contains("releasing to"), "{waited}");
+    assert!(waited.contains("sent 40"), "{waited}");
+}
+
+#[test]
+fn a_window_notice_can_be_broadcast_and_previewed() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    let id = add_window(&cli);
+    let preview = cli.ok(&[
+        "preview",
+        NOW,
+        "--window",
+        &id,
+        "--notice",
+        "reminder:24h",
+        "--locale",
+        "sw",
+    ]);
+    assert!(
+        preview.contains("Baada ya saa 24") && preview.contains("GSM-7"),
+        "{preview}"
+    );
+    let preview = json(&cli.ok(&[
+        "preview",
+        NOW,
+        "--window",
+        &id,
+        "--notice",
+        "announced",
+        "--recipient",
+        "0710000001",
+        "--json",
+    ]));
+    assert!(
+        preview["body"].as_str().unwrap().contains("Jumamosi"),
+        "recipient 1 reads Swahili: {preview}"
+    );
+    // A preview may look ahead: the all-clear can be read before the window starts.
+    assert!(
+        cli.ok(&["preview", NOW, "--window", &id, "--notice", "completed"])
+            .contains("M-PESA:")
+    );
+    let out = json(&cli.ok(&[
+        "broadcast",
+        NOW,
+        "--window",
+        &id,
+        "--notice",
+        "announced",
+        "--channel",
+        "email",
+        "--json",
+    ]));
+    assert_eq!(
+        out["this_run"]["sent"],
+        13 - 1 + 1,
+        "emails of the reachable who care about send-money or withdraw"
+    );
+    let err = cli.bad(&["broadcast", NOW, "--window", &id, "--notice", "completed"]);
+    assert!(err.contains("--notice") && err.contains("does not fit"), "{err}");
+}
