@@ -62,6 +62,20 @@ fn humanize(d: chrono::TimeDelta) -> String {
     }
 }
 
+/// How a long tick is going.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Fanning a notice out: rows enqueued so far, recipients read up to this id.
+    Planning {
+        window: i64,
+        notice: Notice,
+        enqueued: u64,
+        read_up_to: i64,
+    },
+    /// Sending: the running totals.
+    Sending(&'a DispatchReport),
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TickReport {
     pub transitions: Vec<String>,
@@ -92,20 +106,34 @@ impl Scheduler {
 
     /// One tick at `now`. `stop` is asked between dispatch batches (shutdown).
     pub async fn tick(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<TickReport, TickError> {
+        self.tick_reporting(now, stop, &mut |_| {}).await
+    }
+
+    /// `tick`, telling `progress` how a long fan-out or send is going (after every page of
+    /// recipients and every dispatched batch).
+    pub async fn tick_reporting(
+        &self,
+        now: DateTime<Utc>,
+        stop: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<TickReport, TickError> {
         let mut report = TickReport {
             released: self.store.release_lapsed_claims(now).await?,
             ..TickReport::default()
         };
         for window in self.store.open_windows().await? {
             let window = self.transition(window, now, &mut report).await?;
-            self.plan(&window, now, &mut report).await?;
+            self.plan(&window, now, &mut report, progress).await?;
             if let Some(alarm) = Alarm::overrun(&window, now) {
                 tracing::warn!(window = window.id.0, "{}", alarm.message);
                 report.alarms.push(alarm);
             }
         }
         report.expired = self.store.expire_due(now).await?;
-        report.dispatch = self.dispatcher.run_due(now, stop).await?;
+        report.dispatch = self
+            .dispatcher
+            .run_scoped(now, None, stop, &mut |r| progress(Progress::Sending(r)))
+            .await?;
         Ok(report)
     }
 
@@ -137,11 +165,17 @@ impl Scheduler {
         Ok(window)
     }
 
-    async fn plan(&self, window: &Window, now: DateTime<Utc>, report: &mut TickReport) -> Result<(), StoreError> {
+    async fn plan(
+        &self,
+        window: &Window,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<(), StoreError> {
         let decided = self.store.decided(window.id, window.revision).await?;
         for decision in planner::decide(window, &self.policy, &decided, now) {
             if decision.outcome == Outcome::Planned {
-                let n = self.fan_out(window, &decision).await?;
+                let n = self.fan_out(window, &decision, progress).await?;
                 report.enqueued += n;
                 tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, deliveries = n, "notice planned");
                 report.planned.push(format!(
@@ -171,7 +205,12 @@ impl Scheduler {
     }
 
     /// Enqueues a planned decision's deliveries, a page of recipients at a time.
-    async fn fan_out(&self, window: &Window, decision: &Decision) -> Result<u64, StoreError> {
+    async fn fan_out(
+        &self,
+        window: &Window,
+        decision: &Decision,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<u64, StoreError> {
         let mut after = RecipientId(0);
         let mut buffer: Vec<PlannedDelivery> = Vec::new();
         let mut enqueued = 0;
@@ -190,6 +229,12 @@ impl Scheduler {
                 enqueued += self.store.enqueue(&buffer).await?;
                 buffer.clear();
             }
+            progress(Progress::Planning {
+                window: window.id.0,
+                notice: decision.notice,
+                enqueued,
+                read_up_to: after.0,
+            });
         }
         enqueued += self.store.enqueue(&buffer).await?;
         Ok(enqueued)

@@ -11,7 +11,7 @@ use super::{CliResult, Ctx, Failure, bad_field, bad_input};
 use crate::clock::Clock;
 use crate::config::EXAMPLE;
 use crate::domain::{DeliveryState, WindowId};
-use crate::scheduler::{Alarm, TickReport};
+use crate::scheduler::{Alarm, Progress, TickReport};
 use crate::shutdown::Shutdown;
 use crate::storage::{Dialect, NoticeLogRow, SummaryRow};
 
@@ -173,8 +173,32 @@ pub async fn run_once(ctx: &Ctx) -> CliResult {
     let scheduler = ctx.scheduler(&store, &owner("run-once"))?;
     let stop = Shutdown::new();
     stop.on_signals();
+    // Never minutes of silence: a line on stderr every few seconds while a tick is long.
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut progress = |p: Progress<'_>| {
+        if last.elapsed() < std::time::Duration::from_secs(3) {
+            return;
+        }
+        last = std::time::Instant::now();
+        let secs = started.elapsed().as_secs();
+        match p {
+            Progress::Planning {
+                window,
+                notice,
+                enqueued,
+                read_up_to,
+            } => eprintln!(
+                "… {secs} s: window {window} {notice}: {enqueued} deliveries recorded (recipients up to id {read_up_to})"
+            ),
+            Progress::Sending(r) => eprintln!(
+                "… {secs} s: {} sent, {} retrying, {} failed",
+                r.sent, r.retried, r.failed
+            ),
+        }
+    };
     let report = scheduler
-        .tick(ctx.now(), &|| stop.is_triggered())
+        .tick_reporting(ctx.now(), &|| stop.is_triggered(), &mut progress)
         .await
         .context("tick")?;
     print_tick(ctx, &report)

@@ -546,3 +546,29 @@ fn a_wording_fix_is_not_a_new_revision_and_notifies_nobody() {
         "{last}"
     );
 }
+
+#[test]
+fn the_console_backend_prints_each_message_for_a_rehearsal() {
+    let cli = Cli::new();
+    std::fs::write(
+        cli.path("tangazo.toml"),
+        "[senders.screen]\ntype = \"console\"\n[senders.outbox]\ntype = \"file\"\ndir = \"outbox\"\n\
+         [channels]\nsms = [\"screen\"]\nemail = [\"outbox\"]\nwebhook = [\"outbox\"]\n",
+    )
+    .unwrap();
+    let csv = recipients_csv(cli.dir.path());
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    add_window(&cli);
+    let out = cli.ok(&["run-once", NOW]);
+    assert_eq!(out.matches("── sms → +2547").count(), 30, "{out}");
+    assert!(
+        out.contains("[GSM-7, 2 segments]") || out.contains("[GSM-7, 1 segment]"),
+        "{out}"
+    );
+    assert!(out.contains("Jumamosi 18 Aprili 2015 00:00 EAT"));
+    assert_eq!(
+        cli.outbox_lines(),
+        12,
+        "emails and the webhook still go to the file outbox"
+    );
+}
