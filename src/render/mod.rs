@@ -336,17 +336,7 @@ impl Renderer {
             "notice": f.notice.kind().as_str(),
             "offset": f.notice.offset().map(|o| o.to_string()).unwrap_or_default(),
             "reason": f.reason.clone().unwrap_or_default(),
-            "window": {
-                "id": f.window_id.0,
-                "revision": f.revision,
-                "status": f.status.as_str(),
-                "title": f.title.get(locale),
-                "description": f.description.get(locale),
-                "starts_at": f.schedule.starts_at().to_rfc3339(),
-                "ends_at": f.schedule.ends_at().to_rfc3339(),
-                "zone": f.zone.name(),
-                "components": f.components.iter().map(ComponentId::as_str).collect::<Vec<_>>(),
-            },
+            "window": window_view(f, locale, json!(f.components.iter().map(ComponentId::as_str).collect::<Vec<_>>())),
             "previous": {
                 "starts_at": f.previous.starts_at().to_rfc3339(),
                 "ends_at": f.previous.ends_at().to_rfc3339(),
@@ -476,26 +466,31 @@ impl NoticeFacts {
     }
 }
 
+/// The window as templates and webhook payloads see it; `components` as each wants them.
+fn window_view(f: &NoticeFacts, locale: Locale, components: Value) -> Value {
+    json!({
+        "id": f.window_id.0,
+        "revision": f.revision,
+        "status": f.status.as_str(),
+        "title": f.title.get(locale),
+        "description": f.description.get(locale),
+        "starts_at": f.schedule.starts_at().to_rfc3339(),
+        "ends_at": f.schedule.ends_at().to_rfc3339(),
+        "zone": f.zone.name(),
+        "components": components,
+    })
+}
+
 /// The versioned webhook event (`v1`): what the webhook backend signs and POSTs.
 pub fn webhook_payload(f: &NoticeFacts, locale: Locale) -> Value {
     json!({
         "type": format!("maintenance.{}", f.notice.kind()),
         "version": "v1",
         "notice": f.notice.to_string(),
-        "window": {
-            "id": f.window_id.0,
-            "revision": f.revision,
-            "status": f.status.as_str(),
-            "title": f.title.get(locale),
-            "description": f.description.get(locale),
-            "starts_at": f.schedule.starts_at().to_rfc3339(),
-            "ends_at": f.schedule.ends_at().to_rfc3339(),
-            "zone": f.zone.name(),
-            "components": f.components.iter().map(|c| json!({
-                "id": c.as_str(),
-                "name": f.component_names.get(c).map(|n| n.get(locale)).unwrap_or(c.as_str()),
-            })).collect::<Vec<_>>(),
-        },
+        "window": window_view(f, locale, json!(f.components.iter().map(|c| json!({
+            "id": c.as_str(),
+            "name": f.component_names.get(c).map(|n| n.get(locale)).unwrap_or(c.as_str()),
+        })).collect::<Vec<_>>())),
         "previous": {
             "starts_at": f.previous.starts_at().to_rfc3339(),
             "ends_at": f.previous.ends_at().to_rfc3339(),

@@ -480,11 +480,33 @@ impl Store {
         let mut seen = HashSet::new();
         let mut unique: Vec<&Profile> = batch.iter().rev().filter(|p| seen.insert(p.natural_key())).collect();
         unique.reverse();
+        self.insert_profiles(
+            &unique,
+            false,
+            " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
+             phone = excluded.phone, email = excluded.email, locale = excluded.locale, zone = excluded.zone, \
+             components = excluded.components, channels = excluded.channels, \
+             opt_out = (recipients.opt_out OR excluded.opt_out), updated_at = excluded.updated_at",
+            now,
+        )
+        .await
+    }
+
+    /// Inserts profiles in one transaction, `ROWS_PER_STATEMENT` to a statement, each statement
+    /// ending with `conflict`.
+    async fn insert_profiles(
+        &self,
+        rows: &[&Profile],
+        seed: bool,
+        conflict: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
-                    "INSERT INTO recipients (natural_key, kind, name, phone, email, locale, zone, components, channels, opt_out, updated_at) ",
+                    "INSERT INTO recipients (natural_key, kind, name, phone, email, locale, zone, components, channels, \
+                     opt_out, seed, updated_at) ",
                 );
                 qb.push_values(chunk, |mut b, r| {
                     b.push_bind(r.natural_key())
@@ -496,15 +518,11 @@ impl Store {
                         .push_bind(r.zone.name())
                         .push_bind(join_list(&r.components))
                         .push_bind(join_list(&r.channels))
-                        .push_bind(r.opt_out)
+                        .push_bind(r.opt_out && !seed)
+                        .push_bind(seed)
                         .push_bind(to_millis(now));
                 });
-                qb.push(
-                    " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
-                     phone = excluded.phone, email = excluded.email, locale = excluded.locale, zone = excluded.zone, \
-                     components = excluded.components, channels = excluded.channels, \
-                     opt_out = (recipients.opt_out OR excluded.opt_out), updated_at = excluded.updated_at",
-                );
+                qb.push(conflict);
                 qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -927,39 +945,16 @@ impl Store {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = seeds.iter().map(Profile::natural_key).collect();
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            for chunk in seeds.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO recipients (natural_key, kind, name, phone, email, locale, zone, components, channels, opt_out, seed, updated_at) ",
-                );
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.natural_key())
-                        .push_bind(r.kind.as_str())
-                        .push_bind(r.name.clone())
-                        .push_bind(r.phone.as_ref().map(|p| p.as_str().to_owned()))
-                        .push_bind(r.email.as_ref().map(|e| e.as_str().to_owned()))
-                        .push_bind(r.locale.as_str())
-                        .push_bind(r.zone.name())
-                        .push_bind(join_list(&r.components))
-                        .push_bind(join_list(&r.channels))
-                        .push_bind(false)
-                        .push_bind(true)
-                        .push_bind(to_millis(now));
-                });
-                qb.push(" ON CONFLICT (natural_key) DO NOTHING");
-                qb.build().execute(&mut *tx).await?;
+        let rows: Vec<&Profile> = seeds.iter().collect();
+        self.insert_profiles(&rows, true, " ON CONFLICT (natural_key) DO NOTHING", now)
+            .await?;
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(r) = self.recipient_by_key(&key).await? {
+                found.push(r);
             }
-            let mut qb = QueryBuilder::new(format!("SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE natural_key IN ("));
-            let mut sep = qb.separated(", ");
-            for k in &keys {
-                sep.push_bind(k.clone());
-            }
-            qb.push(") ORDER BY id");
-            let rows: Vec<RecipientRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            rows.into_iter().map(Recipient::try_from).collect()
-        })
+        }
+        Ok(found)
     }
 
     /// Counts by notice kind, channel, recipient locale and state (the demo's report).

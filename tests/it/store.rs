@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 
 use chrono::TimeDelta;
 use tangazo::domain::{
-    Audience, Channel, Locale, Notice, NoticeKind, PlannedDelivery, RecipientId, Schedule, Span, WindowId, WindowStatus,
+    Audience, AudienceFilter, Channel, Locale, Message, MessageText, Notice, NoticeKind, PlannedDelivery, RecipientId,
+    Schedule, Span, WindowId, WindowStatus,
 };
 use tangazo::planner::{Decision, Outcome, Reach};
-use tangazo::storage::{Finish, StoreError};
+use tangazo::storage::{Finish, NewBroadcast, StoreError};
 
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
 use crate::on_both;
@@ -19,6 +20,7 @@ on_both!(
     changes_supersede_unsent_deliveries_of_older_revisions,
     upsert_updates_by_natural_key_and_keeps_opt_outs,
     told_and_decisions,
+    broadcasts_are_named_keyed_and_scoped,
 );
 
 async fn states(db: &TestDb, window: WindowId) -> BTreeMap<String, i64> {
@@ -340,4 +342,105 @@ async fn told_and_decisions(db: &TestDb) {
     assert!(decided.contains(&(Notice::reminder(Span::hours(24)), Audience::Customer)));
     assert_eq!(decided.len(), 1);
     assert!(db.store.decided(w.id, 2).await.unwrap().is_empty());
+}
+
+async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
+    let ids = seed(db, 4).await;
+    let now = utc(2015, 4, 20, 7, 0);
+    let message = Message::new(
+        MessageText {
+            text: "Pay bill is back".into(),
+            subject: None,
+        },
+        None,
+    )
+    .unwrap();
+    let new = NewBroadcast {
+        name: "pay-bill-back".into(),
+        window: None,
+        revision: None,
+        notice: None,
+        message: Some(message.clone()),
+        filter: AudienceFilter {
+            channels: vec![Channel::Sms],
+            ..AudienceFilter::default()
+        },
+        deadline: now + TimeDelta::hours(24),
+    };
+    let b = db.store.create_broadcast(&new, now, "ops").await.unwrap();
+    assert_eq!(
+        db.store.create_broadcast(&new, now, "ops").await.unwrap(),
+        b,
+        "a rerun finds the same broadcast"
+    );
+    let other = NewBroadcast {
+        message: Some(
+            Message::new(
+                MessageText {
+                    text: "Other".into(),
+                    subject: None,
+                },
+                None,
+            )
+            .unwrap(),
+        ),
+        ..new.clone()
+    };
+    assert!(matches!(
+        db.store.create_broadcast(&other, now, "ops").await,
+        Err(StoreError::BroadcastNameTaken(_))
+    ));
+    assert_eq!(db.store.broadcast(b.id).await.unwrap().message, Some(message));
+
+    let rows: Vec<(RecipientId, Channel)> = ids.iter().map(|&i| (RecipientId(i), Channel::Sms)).collect();
+    assert_eq!(db.store.enqueue_broadcast(&b, &rows, now).await.unwrap(), 4);
+    assert_eq!(
+        db.store.enqueue_broadcast(&b, &rows, now).await.unwrap(),
+        0,
+        "keyed by (broadcast, recipient, channel)"
+    );
+    // A window's own rows for the same recipients are another key.
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store
+            .enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100))
+            .await
+            .unwrap(),
+        4
+    );
+    let lease = now + TimeDelta::minutes(5);
+    let claimed = db.store.claim_due(now, 100, "b", lease, Some(b.id)).await.unwrap();
+    assert_eq!(claimed.len(), 4, "only the broadcast's rows");
+    assert!(
+        claimed
+            .iter()
+            .all(|c| c.broadcast_id == Some(b.id) && c.window_id.is_none())
+    );
+    let counts: i64 = db
+        .store
+        .broadcast_summary(b.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.count)
+        .sum();
+    assert_eq!(counts, 4);
+
+    // Canary seeds: stored once, never in an audience page; an existing recipient stays as is.
+    let existing = customer(0, Locale::En);
+    let staff = customer(900, Locale::Sw);
+    let seeded = db
+        .store
+        .seed_recipients(&[existing.clone(), staff.clone()], now)
+        .await
+        .unwrap();
+    assert_eq!(seeded.len(), 2);
+    assert_eq!(seeded[0].profile.name, existing.name);
+    let audience = db.store.recipients_page(None, RecipientId(0), 100).await.unwrap();
+    assert_eq!(audience.len(), 4, "the new seed is not in the audience");
+    assert!(db.store.seed_recipients(&[staff], now).await.unwrap()[0].id == seeded[1].id);
 }
