@@ -73,6 +73,21 @@ macro_rules! on_pool {
     };
 }
 
+/// Appends a window history entry inside the transaction `$tx` (either dialect).
+macro_rules! append_history {
+    ($tx:ident, $window:expr, $revision:expr, $at:expr, $actor:expr, $action:expr, $details:expr) => {
+        sqlx::query("INSERT INTO window_history (window_id, revision, at, actor, action, details) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind($window)
+            .bind($revision)
+            .bind($at)
+            .bind($actor)
+            .bind($action)
+            .bind($details)
+            .execute(&mut *$tx)
+            .await?
+    };
+}
+
 /// Rows per multi-row INSERT statement: well under SQLite's and PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -217,15 +232,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let window = Window { id: WindowId(id), ..draft };
-            sqlx::query("INSERT INTO window_history (window_id, revision, at, actor, action, details) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(id)
-                .bind(i64::from(window.revision))
-                .bind(to_millis(now))
-                .bind(actor)
-                .bind("created")
-                .bind(window_details(&window).to_string())
-                .execute(&mut *tx)
-                .await?;
+            append_history!(tx, id, i64::from(window.revision), to_millis(now), actor, "created", window_details(&window).to_string());
             tx.commit().await?;
             Ok(window)
         })
@@ -268,15 +275,7 @@ impl Store {
             if updated != 1 {
                 return Err(StoreError::Conflict { id: before.id, expected: before.revision });
             }
-            sqlx::query("INSERT INTO window_history (window_id, revision, at, actor, action, details) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(after.id.0)
-                .bind(i64::from(after.revision))
-                .bind(to_millis(now))
-                .bind(actor)
-                .bind(after.last_change.as_str())
-                .bind(details.to_string())
-                .execute(&mut *tx)
-                .await?;
+            append_history!(tx, after.id.0, i64::from(after.revision), to_millis(now), actor, after.last_change.as_str(), details.to_string());
             let superseded = sqlx::query(
                 "UPDATE deliveries SET state = 'superseded', last_error = $3, lease_owner = NULL, lease_until = NULL \
                  WHERE window_id = $1 AND revision < $2 AND state IN ('pending', 'claimed')",
@@ -323,15 +322,7 @@ impl Store {
             if updated != 1 {
                 return Err(StoreError::Conflict { id: before.id, expected: before.revision });
             }
-            sqlx::query("INSERT INTO window_history (window_id, revision, at, actor, action, details) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(after.id.0)
-                .bind(i64::from(after.revision))
-                .bind(to_millis(now))
-                .bind(actor)
-                .bind("edited")
-                .bind(details.to_string())
-                .execute(&mut *tx)
-                .await?;
+            append_history!(tx, after.id.0, i64::from(after.revision), to_millis(now), actor, "edited", details.to_string());
             tx.commit().await?;
             Ok(())
         })
