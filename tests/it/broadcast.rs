@@ -314,3 +314,46 @@ fn a_window_notice_can_be_broadcast_and_previewed() {
     let err = cli.bad(&["broadcast", NOW, "--window", &id, "--notice", "completed"]);
     assert!(err.contains("--notice") && err.contains("does not fit"), "{err}");
 }
+
+#[test]
+fn ctrl_c_stops_claiming_and_a_rerun_finishes_without_duplicates() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    // Five messages a batch at five a second: the broadcast takes about eight seconds.
+    std::fs::write(
+        cli.path("tangazo.toml"),
+        "[senders.outbox]\ntype = \"file\"\ndir = \"outbox\"\nrate = 5.0\n[dispatch]\nbatch_size = 5\n",
+    )
+    .unwrap();
+    let args = ["broadcast", NOW, "--message", EN, "--channel", "sms"];
+    let child = cli
+        .command(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stay queued"), "{stderr}");
+    let sent = cli.outbox_lines();
+    assert!(sent > 0 && sent < 39, "{sent} sent before the stop");
+
+    let rest = json(&cli.ok(&[&args[..], &["--json"]].concat()));
+    assert_eq!(rest["this_run"]["sent"].as_u64().unwrap() as usize, 39 - sent);
+    let sms = std::fs::read_to_string(cli.path("outbox/sms.jsonl")).unwrap();
+    let mut keys: Vec<String> = sms
+        .lines()
+        .map(|l| json(l)["idempotency_key"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 39, "every reachable customer once");
+}
