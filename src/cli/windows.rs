@@ -6,7 +6,9 @@ use serde_json::json;
 
 use super::{CliResult, Ctx, bad_field, bad_input};
 use crate::domain::Locale;
-use crate::domain::{ComponentId, Localized, NewWindow, Schedule, Window, WindowId, Zone, parse_instant, split_list};
+use crate::domain::{
+    ComponentId, Localized, NewWindow, Schedule, Window, WindowError, WindowId, Zone, parse_instant, split_list,
+};
 use crate::render::format_instant;
 use crate::storage::StoreError;
 
@@ -123,7 +125,7 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             let zone = zone_arg(&zone, ctx.config.default_zone)?;
             let starts_at = instant_arg(&start, zone, "--start")?;
             let ends_at = instant_arg(&end, zone, "--end")?;
-            let schedule = Schedule::new(starts_at, ends_at).map_err(bad_field("--end"))?;
+            let schedule = Schedule::new(starts_at, ends_at).map_err(in_zone(zone))?;
             let components = parse_components(ctx, &components)?;
             let new = NewWindow {
                 title: Localized {
@@ -140,11 +142,7 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 auto_complete,
             }
             .validate(now)
-            .map_err(|e| match e {
-                crate::domain::WindowError::MissingTitle => bad_field("--title")(e),
-                crate::domain::WindowError::NoComponents => bad_field("--components")(e),
-                _ => bad_field("--start")(e),
-            })?;
+            .map_err(in_zone(zone))?;
             let store = ctx.store().await?;
             let w = store.create_window(new, now, &ctx.actor).await?;
             if ctx.cli_json {
@@ -275,8 +273,8 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             let (store, w) = load(ctx, id).await?;
             let zone = zone_arg(&zone, w.zone)?;
             let schedule = Schedule::new(instant_arg(&start, zone, "--start")?, instant_arg(&end, zone, "--end")?)
-                .map_err(bad_field("--end"))?;
-            let next = w.reschedule(schedule, now).map_err(bad_input)?;
+                .map_err(in_zone(zone))?;
+            let next = w.reschedule(schedule, now).map_err(in_zone(zone))?;
             change(ctx, &store, &w, next).await
         }
         WindowCommand::Extend { id, end, zone } => {
@@ -284,7 +282,7 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             let zone = zone_arg(&zone, w.zone)?;
             let next = w
                 .extend(instant_arg(&end, zone, "--end")?, now)
-                .map_err(bad_field("--end"))?;
+                .map_err(in_zone(zone))?;
             change(ctx, &store, &w, next).await
         }
         WindowCommand::Cancel { id, reason } => {
@@ -312,6 +310,28 @@ async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after
         after.id, after.status, after.revision, superseded
     );
     Ok(())
+}
+
+/// A window error as the operator reads it: times in the zone they typed them in, and the flag
+/// at fault named.
+fn in_zone(zone: Zone) -> impl Fn(WindowError) -> super::Failure {
+    move |e| {
+        let at = |t| format_instant(t, zone, Locale::En, true);
+        match e {
+            WindowError::EndNotAfterStart { start, end } => {
+                bad_field("--end")(format!("end {} is not after start {}", at(end), at(start)))
+            }
+            WindowError::StartInPast { start, now } => {
+                bad_field("--start")(format!("start {} is not in the future (now is {})", at(start), at(now)))
+            }
+            WindowError::EndInPast { end, now } => {
+                bad_field("--end")(format!("end {} is not in the future (now is {})", at(end), at(now)))
+            }
+            WindowError::MissingTitle => bad_field("--title")(e),
+            WindowError::NoComponents => bad_field("--components")(e),
+            e => bad_input(e),
+        }
+    }
 }
 
 fn parse_components(ctx: &Ctx, list: &str) -> CliResult<Vec<ComponentId>> {
