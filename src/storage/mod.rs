@@ -462,7 +462,8 @@ impl Store {
     // ----- recipients ----------------------------------------------------------------------
 
     /// Inserts or updates recipients by natural key, in one transaction. An opt-out is never
-    /// cleared by an import: only `recipients opt-in` does that.
+    /// cleared by an import: only `recipients opt-in` does that. An imported address that was a
+    /// canary seed becomes an ordinary recipient.
     pub async fn upsert_recipients(&self, batch: &[Profile], now: DateTime<Utc>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -477,7 +478,7 @@ impl Store {
             " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
              phone = excluded.phone, email = excluded.email, locale = excluded.locale, zone = excluded.zone, \
              components = excluded.components, channels = excluded.channels, \
-             opt_out = (recipients.opt_out OR excluded.opt_out), updated_at = excluded.updated_at",
+             opt_out = (recipients.opt_out OR excluded.opt_out), seed = FALSE, updated_at = excluded.updated_at",
             now,
         )
         .await

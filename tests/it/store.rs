@@ -442,5 +442,18 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
     assert_eq!(seeded[0].profile.name, existing.name);
     let audience = db.store.recipients_page(None, RecipientId(0), 100).await.unwrap();
     assert_eq!(audience.len(), 4, "the new seed is not in the audience");
-    assert!(db.store.seed_recipients(&[staff], now).await.unwrap()[0].id == seeded[1].id);
+    assert!(
+        db.store
+            .seed_recipients(std::slice::from_ref(&staff), now)
+            .await
+            .unwrap()[0]
+            .id
+            == seeded[1].id
+    );
+    // Imported later as a customer, the seed joins the audience.
+    db.store.upsert_recipients(&[staff], now).await.unwrap();
+    assert_eq!(
+        db.store.recipients_page(None, RecipientId(0), 100).await.unwrap().len(),
+        5
+    );
 }
