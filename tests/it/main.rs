@@ -3,6 +3,7 @@
 
 mod broadcast;
 mod cli;
+mod dispatch;
 mod helpers;
 mod import;
 mod scheduler;

@@ -1,0 +1,222 @@
+//! The dispatcher's handling of what backends report: failover on a transient failure, retries
+//! on the schedule, a permanent failure is final, a retry past the deadline is not made. The
+//! backends here are scripted implementations of the `Sender` trait; the store is real.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tangazo::channels::{BoxFuture, FileSender, Message, Receipt, SendError, Sender, Senders};
+use tangazo::config::{Config, DispatchConfig, Overrides};
+use tangazo::dispatch::Dispatcher;
+use tangazo::domain::{Channel, Locale, Notice, NoticeKind, PlannedDelivery, RecipientId, WindowId};
+use tangazo::render::Renderer;
+
+use crate::helpers::{TestDb, customer, new_window, start, utc};
+use crate::on_both;
+
+on_both!(
+    transient_failures_fail_over_then_retry_then_give_up,
+    permanent_failures_are_final_and_late_retries_expire
+);
+
+/// Answers each call with the next scripted outcome (the last one repeats), for every message.
+struct Scripted {
+    name: &'static str,
+    script: Vec<Result<(), SendError>>,
+    calls: Mutex<usize>,
+    seen: Mutex<Vec<String>>,
+}
+
+impl Scripted {
+    fn new(name: &'static str, script: Vec<Result<(), SendError>>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            name,
+            script,
+            calls: Mutex::new(0),
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Sender for Scripted {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
+        Box::pin(async move {
+            let mut calls = self.calls.lock().unwrap();
+            let outcome = self.script[(*calls).min(self.script.len() - 1)].clone();
+            *calls += 1;
+            self.seen
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|m| m.idempotency_key.clone()));
+            batch
+                .iter()
+                .map(|_| {
+                    outcome.clone().map(|()| Receipt {
+                        provider_id: Some("p-1".into()),
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+fn busy(retry_after: Option<u64>) -> Result<(), SendError> {
+    Err(SendError::Transient {
+        message: "429 too many requests".into(),
+        retry_after: retry_after.map(Duration::from_secs),
+    })
+}
+
+fn dispatcher(db: &TestDb, sms: Vec<Arc<dyn Sender>>) -> Dispatcher {
+    let config = Config::defaults(&Overrides::default()).unwrap();
+    let renderer = Renderer::load(None, "M-PESA", &config.components)
+        .unwrap()
+        .with_sms_limit(2);
+    let routes = BTreeMap::from([(Channel::Sms, sms)]);
+    let dispatch = DispatchConfig {
+        batch_size: 100,
+        retry: vec!["1m".parse().unwrap(), "10m".parse().unwrap()],
+        lease: "5m".parse().unwrap(),
+        tick: "30s".parse().unwrap(),
+    };
+    Dispatcher::new(
+        db.store.clone(),
+        Arc::new(renderer),
+        Senders::from_routes(routes),
+        dispatch,
+        config.components,
+        "t".into(),
+    )
+}
+
+async fn one_sms(db: &TestDb, deadline: DateTime<Utc>) -> WindowId {
+    db.store
+        .upsert_recipients(&[customer(1, Locale::En)], utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    let row = PlannedDelivery {
+        window: w.id,
+        revision: 1,
+        notice: Notice::new(NoticeKind::Announced),
+        recipient: db.store.recipients_page(None, RecipientId(0), 1).await.unwrap()[0].id,
+        channel: Channel::Sms,
+        due_at: utc(2015, 4, 10, 6, 0),
+        deadline,
+    };
+    db.store.enqueue(&[row]).await.unwrap();
+    w.id
+}
+
+async fn state(db: &TestDb, w: WindowId) -> String {
+    let rows = db.store.summary(Some(w)).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows[0].state.clone()
+}
+
+async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
+    let w = one_sms(db, start()).await;
+    let primary = Scripted::new("primary", vec![busy(None)]);
+    let outbox = tempfile::tempdir().unwrap();
+    let backup: Arc<dyn Sender> = Arc::new(FileSender::new("backup", outbox.path().to_owned()));
+    // Failover: the first backend's transient failure goes to the next one, which sends.
+    let d = dispatcher(db, vec![primary.clone(), backup]);
+    let now = utc(2015, 4, 10, 6, 0);
+    let r = d.run_due(now, &|| false).await.unwrap();
+    assert_eq!((r.sent, r.retried), (1, 0));
+    assert_eq!(primary.seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(outbox.path().join("sms.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+
+    // Only a busy backend: retried on the schedule (Retry-After lengthens a pause), then failed.
+    let w2 = one_sms_again(db).await;
+    let only = Scripted::new("only", vec![busy(Some(300))]);
+    let d = dispatcher(db, vec![only.clone()]);
+    let r = d.run_due(now, &|| false).await.unwrap();
+    assert_eq!(r.retried, 1);
+    assert_eq!(
+        d.run_due(now + TimeDelta::minutes(4), &|| false).await.unwrap().claimed,
+        0,
+        "not before 5 minutes"
+    );
+    let r = d.run_due(now + TimeDelta::minutes(5), &|| false).await.unwrap();
+    assert_eq!(r.retried, 1);
+    assert_eq!(
+        d.run_due(now + TimeDelta::minutes(14), &|| false)
+            .await
+            .unwrap()
+            .claimed,
+        0,
+        "then 10 minutes"
+    );
+    let r = d.run_due(now + TimeDelta::minutes(15), &|| false).await.unwrap();
+    assert_eq!(r.failed, 1, "the schedule has two retries");
+    assert_eq!(only.seen.lock().unwrap().len(), 3);
+    assert_eq!(state(db, w2).await, "failed");
+    assert_eq!(state(db, w).await, "sent");
+}
+
+/// A second window with the same recipient, for a fresh delivery.
+async fn one_sms_again(db: &TestDb) -> WindowId {
+    let w = db
+        .store
+        .create_window(new_window(24), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    let recipient = db.store.recipients_page(None, RecipientId(0), 1).await.unwrap()[0].id;
+    db.store
+        .enqueue(&[PlannedDelivery {
+            window: w.id,
+            revision: 1,
+            notice: Notice::new(NoticeKind::Announced),
+            recipient,
+            channel: Channel::Sms,
+            due_at: utc(2015, 4, 10, 6, 0),
+            deadline: start(),
+        }])
+        .await
+        .unwrap();
+    w.id
+}
+
+async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
+    let now = utc(2015, 4, 10, 6, 0);
+    let w = one_sms(db, now + TimeDelta::seconds(30)).await;
+    // A transient failure whose next attempt would land after the deadline: expired, not retried.
+    let d = dispatcher(db, vec![Scripted::new("slow", vec![busy(None)])]);
+    let r = d.run_due(now, &|| false).await.unwrap();
+    assert_eq!((r.expired, r.retried), (1, 0));
+    assert_eq!(state(db, w).await, "expired");
+
+    let w2 = one_sms_again(db).await;
+    let invalid = Scripted::new(
+        "strict",
+        vec![Err(SendError::Permanent {
+            message: "403 invalid phone number".into(),
+        })],
+    );
+    let backup = Scripted::new("never", vec![Ok(())]);
+    let d = dispatcher(db, vec![invalid, backup.clone()]);
+    let r = d.run_due(now, &|| false).await.unwrap();
+    assert_eq!(r.failed, 1);
+    assert!(
+        backup.seen.lock().unwrap().is_empty(),
+        "a permanent failure does not fail over"
+    );
+    assert_eq!(state(db, w2).await, "failed");
+    assert!(d.run_due(now + TimeDelta::hours(1), &|| false).await.unwrap().claimed == 0);
+}
