@@ -357,3 +357,66 @@ fn ctrl_c_stops_claiming_and_a_rerun_finishes_without_duplicates() {
     keys.dedup();
     assert_eq!(keys.len(), 39, "every reachable customer once");
 }
+
+/// Runs a broadcast on a pseudo-terminal (util-linux `script`), answering `answer` to its
+/// question. Returns the exit code and what the terminal showed.
+fn on_a_terminal(cli: &Cli, args: &[&str], answer: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_tangazo"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &quoted.join(" "), "/dev/null"])
+        .current_dir(cli.dir.path());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TANGAZO_")) {
+        cmd.env_remove(k);
+    }
+    cmd.env("TANGAZO_BROADCAST__CONFIRM_ABOVE", "10");
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn on_a_terminal_a_large_audience_is_asked_about() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    let (code, screen) = on_a_terminal(&cli, &["broadcast", NOW, "--message", EN], "n\n");
+    assert!(
+        screen.contains("send to 39 recipients") && screen.contains("[y/N]"),
+        "{screen}"
+    );
+    assert_eq!(code, Some(2), "{screen}");
+    assert_eq!(deliveries(&cli), 0, "declined: nothing recorded");
+    let (code, screen) = on_a_terminal(&cli, &["broadcast", NOW, "--message", EN], "y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(deliveries(&cli), 39 + 13);
+    assert_eq!(cli.outbox_lines(), 39 + 13);
+
+    // A canary asks before the release; the large-audience question comes first.
+    let seeds = cli.path("seeds.csv");
+    std::fs::write(&seeds, "kind,name,phone\ncustomer,Ops phone,0799111222\n").unwrap();
+    let args = [
+        "broadcast",
+        NOW,
+        "--message",
+        "Second",
+        "--channel",
+        "sms",
+        "--canary",
+        seeds.to_str().unwrap(),
+    ];
+    let (code, screen) = on_a_terminal(&cli, &args, "y\nn\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("release to 39 recipients? [y/N]"), "{screen}");
+    assert_eq!(cli.outbox_lines(), 39 + 13 + 1, "declined: the seed only");
+    let (code, screen) = on_a_terminal(&cli, &args, "y\ny\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(cli.outbox_lines(), 39 + 13 + 1 + 39, "released, the seed not twice");
+}
