@@ -526,10 +526,10 @@ impl Store {
         Ok(on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM recipients").fetch_one(p).await?))
     }
 
-    /// Counts by kind and opt-out: `(kind, opted_out, count)`.
+    /// Counts by kind and opt-out: `(kind, opted_out, count)`; canary seeds are not counted.
     pub async fn recipient_counts(&self) -> Result<Vec<(String, bool, i64)>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(
-            "SELECT kind, opt_out, COUNT(*) FROM recipients GROUP BY kind, opt_out ORDER BY kind, opt_out",
+            "SELECT kind, opt_out, COUNT(*) FROM recipients WHERE seed = FALSE GROUP BY kind, opt_out ORDER BY kind, opt_out",
         )
         .fetch_all(p)
         .await?))
