@@ -420,3 +420,59 @@ fn on_a_terminal_a_large_audience_is_asked_about() {
     assert_eq!(code, Some(0), "{screen}");
     assert_eq!(cli.outbox_lines(), 39 + 13 + 1 + 39, "released, the seed not twice");
 }
+
+#[test]
+fn a_message_file_carries_each_locale_and_its_subject() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    let file = cli.path("message.toml");
+    std::fs::write(
+        &file,
+        format!("[en]\ntext = \"{EN}\"\nsubject = \"Pay bill is back\"\n\n[sw]\ntext = \"{SW}\"\nsubject = \"Lipa bili imerejea\"\n"),
+    )
+    .unwrap();
+    let out = json(&cli.ok(&[
+        "broadcast",
+        NOW,
+        "--message-file",
+        file.to_str().unwrap(),
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!(out["samples"]["en"]["sms"]["body"], EN);
+    assert_eq!(out["samples"]["sw"]["sms"]["body"], SW);
+    assert_eq!(out["samples"]["sw"]["email_subject"], "Lipa bili imerejea");
+    cli.ok(&[
+        "broadcast",
+        NOW,
+        "--message-file",
+        file.to_str().unwrap(),
+        "--channel",
+        "email",
+    ]);
+    let emails: Vec<serde_json::Value> = std::fs::read_to_string(cli.path("outbox/email.jsonl"))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(emails.len(), 13);
+    assert!(emails.iter().all(|m| m["subject"]
+        == if m["locale"] == "sw" {
+            "Lipa bili imerejea"
+        } else {
+            "Pay bill is back"
+        }));
+
+    std::fs::write(&file, "[en]\ntext = \"\"\n").unwrap();
+    assert!(
+        cli.bad(&["broadcast", NOW, "--message-file", file.to_str().unwrap()])
+            .contains("en text is empty")
+    );
+    std::fs::write(&file, "[fr]\ntext = \"Bonjour\"\n").unwrap();
+    assert!(
+        cli.bad(&["broadcast", NOW, "--message-file", file.to_str().unwrap()])
+            .contains("message.toml")
+    );
+    let long = "x".repeat(400);
+    assert!(cli.bad(&["broadcast", NOW, "--message", &long]).contains("3 segments"));
+}
