@@ -268,10 +268,10 @@ impl Dispatcher {
         };
         let broadcast = match row.broadcast_id {
             Some(id) => Some(match cache.broadcasts.entry(id) {
-                Entry::Occupied(e) => e.into_mut().clone(),
-                Entry::Vacant(e) => e
-                    .insert(self.store.broadcast(id).await.map_err(Prepare::Store)?)
-                    .clone(),
+                Entry::Occupied(e) => Arc::clone(e.get()),
+                Entry::Vacant(e) => {
+                    Arc::clone(e.insert(Arc::new(self.store.broadcast(id).await.map_err(Prepare::Store)?)))
+                }
             }),
             None => None,
         };
@@ -301,10 +301,10 @@ impl Dispatcher {
         let notice: Notice = row.notice.parse().map_err(|_| corrupt("notice"))?;
         let window_id = WindowId(row.window_id.ok_or_else(|| corrupt("window"))?);
         let window = match cache.windows.entry(window_id) {
-            Entry::Occupied(e) => e.into_mut().clone(),
-            Entry::Vacant(e) => e
-                .insert(self.store.window(window_id).await.map_err(Prepare::Store)?)
-                .clone(),
+            Entry::Occupied(e) => Arc::clone(e.get()),
+            Entry::Vacant(e) => {
+                Arc::clone(e.insert(Arc::new(self.store.window(window_id).await.map_err(Prepare::Store)?)))
+            }
         };
         if window.revision != revision {
             // The window moved on after this row was claimed; its facts are gone.
@@ -314,9 +314,12 @@ impl Dispatcher {
             )));
         }
         let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}");
-        let facts = NoticeFacts::new(&window, notice, &self.components);
+        // The facts are gathered only when the body is not cached yet: not once per delivery.
         let body = self
-            .body(cache, key, || self.renderer.render(&facts, channel, locale, zone))
+            .body(cache, key, || {
+                let facts = NoticeFacts::new(&window, notice, &self.components);
+                self.renderer.render(&facts, channel, locale, zone)
+            })
             .await?;
         let message = Message {
             idempotency_key: match &broadcast {
@@ -328,7 +331,7 @@ impl Dispatcher {
             kind: notice.kind().as_str().to_owned(),
             notice: notice.to_string(),
             window_id: Some(window_id.0),
-            broadcast: broadcast.map(|b| b.name),
+            broadcast: broadcast.map(|b| b.name.clone()),
             revision,
             locale,
             content: body.content.clone(),
@@ -360,8 +363,8 @@ impl Dispatcher {
 /// What one dispatch run has already loaded or rendered.
 #[derive(Default)]
 struct Cache {
-    windows: HashMap<WindowId, Window>,
-    broadcasts: HashMap<i64, Broadcast>,
+    windows: HashMap<WindowId, Arc<Window>>,
+    broadcasts: HashMap<i64, Arc<Broadcast>>,
     bodies: HashMap<String, Body>,
 }
 

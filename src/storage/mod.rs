@@ -963,13 +963,6 @@ impl Store {
         .await?))
     }
 
-    /// The rendered body of a delivery, by idempotency key parts (for tests and `preview`).
-    pub async fn body(&self, id: i64) -> Result<Option<String>, StoreError> {
-        Ok(
-            on_pool!(self, p => sqlx::query_scalar("SELECT content FROM bodies WHERE id = $1").bind(id).fetch_optional(p).await?),
-        )
-    }
-
     /// How many rows each table holds: `(bodies, deliveries)`.
     pub async fn sizes(&self) -> Result<(i64, i64), StoreError> {
         on_pool!(self, p => {

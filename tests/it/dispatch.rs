@@ -99,9 +99,14 @@ async fn one_sms(db: &TestDb, deadline: DateTime<Utc>) -> WindowId {
         .upsert_recipients(&[customer(1, Locale::En)], utc(2015, 4, 1, 0, 0))
         .await
         .unwrap();
+    sms_for_new_window(db, 48, deadline).await
+}
+
+/// A new window with one SMS queued for the (single) recipient.
+async fn sms_for_new_window(db: &TestDb, hours: i64, deadline: DateTime<Utc>) -> WindowId {
     let w = db
         .store
-        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .create_window(new_window(hours), utc(2015, 4, 10, 6, 0), "t")
         .await
         .unwrap();
     let row = PlannedDelivery {
@@ -172,25 +177,7 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
 
 /// A second window with the same recipient, for a fresh delivery.
 async fn one_sms_again(db: &TestDb) -> WindowId {
-    let w = db
-        .store
-        .create_window(new_window(24), utc(2015, 4, 10, 6, 0), "t")
-        .await
-        .unwrap();
-    let recipient = db.store.recipients_page(None, RecipientId(0), 1).await.unwrap()[0].id;
-    db.store
-        .enqueue(&[PlannedDelivery {
-            window: w.id,
-            revision: 1,
-            notice: Notice::new(NoticeKind::Announced),
-            recipient,
-            channel: Channel::Sms,
-            due_at: utc(2015, 4, 10, 6, 0),
-            deadline: start(),
-        }])
-        .await
-        .unwrap();
-    w.id
+    sms_for_new_window(db, 24, start()).await
 }
 
 async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
