@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Channel, ComponentId, Locale, Span, Zone};
-use crate::planner::{AudiencePolicy, Policy};
+use crate::broadcast::Costs;
+use crate::channels::SenderConfig;
+use crate::dispatch::DispatchConfig;
+use crate::domain::{AudiencePolicy, Channel, ComponentId, ComponentNames, Policy, REDACTED, Secret, Span, Zone};
 
 /// The documented example configuration, and the source of every default.
 pub const EXAMPLE: &str = include_str!("../tangazo.example.toml");
@@ -29,10 +31,50 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A database URL. Shown (`Display`, `Debug`, serialisation) with any password redacted, in
+/// the user part or a `password=` query parameter; [`DatabaseUrl::expose`] gives it whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(Secret);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(Secret::new(url))
+    }
+
+    /// The URL itself, password included: for connecting only.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(self.expose()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(DatabaseUrl::new)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    database_url: String,
+    database_url: DatabaseUrl,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     templates: Option<PathBuf>,
     service_name: String,
@@ -74,16 +116,6 @@ struct RawBroadcast {
     deadline: Span,
 }
 
-/// Prices for estimates.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Costs {
-    pub currency: String,
-    pub sms_segment: f64,
-    pub email: f64,
-    pub webhook: f64,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDispatch {
@@ -93,60 +125,10 @@ struct RawDispatch {
     tick: Span,
 }
 
-/// A sender backend's configuration. The `type` tag is the only registry of backends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SenderConfig {
-    /// JSON Lines files, one per channel, appended.
-    File {
-        dir: PathBuf,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rate: Option<f64>,
-    },
-    /// Pretty-printed on standard output.
-    Console {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rate: Option<f64>,
-    },
-}
-
-impl SenderConfig {
-    /// The most messages per second this backend may be given, if limited.
-    pub fn rate(&self) -> Option<f64> {
-        match self {
-            SenderConfig::File { rate, .. } | SenderConfig::Console { rate } => *rate,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DispatchConfig {
-    pub batch_size: usize,
-    pub retry: Vec<Span>,
-    pub lease: Span,
-    pub tick: Span,
-}
-
-/// Display names of a component in every locale.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ComponentNames {
-    pub en: String,
-    pub sw: String,
-}
-
-impl ComponentNames {
-    pub fn get(&self, locale: Locale) -> &str {
-        match locale {
-            Locale::En => &self.en,
-            Locale::Sw => &self.sw,
-        }
-    }
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub templates: Option<PathBuf>,
     pub service_name: String,
     pub default_zone: Zone,
@@ -260,7 +242,7 @@ impl Config {
         if raw.service_name.trim().is_empty() {
             return Err(invalid("service_name must not be empty".into()));
         }
-        if raw.database_url.trim().is_empty() {
+        if raw.database_url.expose().trim().is_empty() {
             return Err(invalid("database_url must not be empty".into()));
         }
         if raw.sms.max_segments == 0 {
@@ -274,13 +256,14 @@ impl Config {
                 "dispatch.lease and dispatch.tick must be longer than 0s".into(),
             ));
         }
-        for (audience, p) in [("customers", &raw.policy.customers), ("billers", &raw.policy.billers)] {
-            if p.reminders.iter().any(|s| s.secs() == 0) {
-                return Err(invalid(format!(
-                    "policy.{audience}.reminders: a reminder must come before the start, not at it (0s)"
-                )));
-            }
-        }
+        let reminders = |audience: &str, p: &RawAudiencePolicy| {
+            AudiencePolicy::new(p.reminders.clone()).map_err(|e| invalid(format!("policy.{audience}.reminders: {e}")))
+        };
+        let policy = Policy {
+            customers: reminders("customers", &raw.policy.customers)?,
+            billers: reminders("billers", &raw.policy.billers)?,
+            completed_grace: raw.policy.completed_grace,
+        };
         let mut components = BTreeMap::new();
         if raw.components.is_empty() {
             return Err(invalid("[components] must name at least one component".into()));
@@ -306,16 +289,7 @@ impl Config {
             );
         }
         for (name, sender) in &raw.senders {
-            if let SenderConfig::File { dir, .. } = sender
-                && dir.as_os_str().is_empty()
-            {
-                return Err(invalid(format!("senders.{name}.dir must not be empty")));
-            }
-            if sender.rate().is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                return Err(invalid(format!(
-                    "senders.{name}.rate must be a positive number of messages per second"
-                )));
-            }
+            sender.validate().map_err(|e| invalid(format!("senders.{name}.{e}")))?;
         }
         let c = &raw.costs;
         if [c.sms_segment, c.email, c.webhook]
@@ -348,11 +322,7 @@ impl Config {
             templates: raw.templates.clone(),
             service_name: raw.service_name.clone(),
             default_zone,
-            policy: Policy {
-                customers: AudiencePolicy::new(raw.policy.customers.reminders.clone()),
-                billers: AudiencePolicy::new(raw.policy.billers.reminders.clone()),
-                completed_grace: raw.policy.completed_grace,
-            },
+            policy,
             max_sms_segments: raw.sms.max_segments,
             confirm_above: raw.broadcast.confirm_above,
             broadcast_deadline: raw.broadcast.deadline,
@@ -370,11 +340,9 @@ impl Config {
         })
     }
 
-    /// The effective configuration as TOML, with secrets (passwords in URLs) redacted.
+    /// The effective configuration as TOML; every secret is redacted by its type.
     pub fn to_redacted_toml(&self) -> String {
-        let mut raw = self.raw.clone();
-        raw.database_url = redact_url(&raw.database_url);
-        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 
     /// Whether `component` is configured.
@@ -422,22 +390,38 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     Ok(())
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:[redacted]@host/db`.
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:[redacted]@host/db?password=[redacted]`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, tail) = match rest.find('/') {
+    let (authority, tail) = match rest.find(['/', '?']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}{tail}"),
-            None => url.to_owned(),
+            Some((user, _)) => format!("{user}:{REDACTED}@{host}"),
+            None => authority.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => {
+                        format!("{k}={REDACTED}")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -456,7 +440,7 @@ mod tests {
     #[test]
     fn the_example_is_the_default() {
         let c = Config::defaults(&Overrides::default()).unwrap();
-        assert_eq!(c.database_url, "sqlite://tangazo.db");
+        assert_eq!(c.database_url.expose(), "sqlite://tangazo.db");
         assert_eq!(c.policy, Policy::default());
         assert_eq!(c.components.len(), 6);
         assert_eq!(c.channels[&Channel::Sms], vec!["outbox".to_string()]);
@@ -489,7 +473,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(c.database_url, "sqlite://flag.db");
+        assert_eq!(c.database_url.expose(), "sqlite://flag.db");
     }
 
     #[test]
@@ -522,6 +506,11 @@ mod tests {
             "postgres://app:[redacted]@db:5432/t"
         );
         assert_eq!(redact_url("sqlite://tangazo.db"), "sqlite://tangazo.db");
+        assert_eq!(
+            redact_url("postgres://app@db/t?sslmode=require&password=hunter2"),
+            "postgres://app@db/t?sslmode=require&password=[redacted]"
+        );
+        assert!(!format!("{:?}", DatabaseUrl::new("postgres://app:hunter2@db/t")).contains("hunter2"));
         let c = Config::from_parts(
             None,
             std::iter::empty(),

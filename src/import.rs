@@ -11,9 +11,9 @@ use std::io::{BufRead, BufReader, Read};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::ComponentNames;
 use crate::domain::{
-    Audience, Channel, ComponentId, EmailAddress, Locale, PhoneNumber, Profile, RecipientError, Zone, split_list,
+    Audience, Channel, ComponentId, ComponentNames, EmailAddress, Locale, PhoneNumber, Profile, RecipientError, Zone,
+    split_list,
 };
 use crate::storage::{Store, StoreError};
 

@@ -3,6 +3,8 @@
 //!
 //! See ARCHITECTURE.md for the codemap and the invariants.
 
+pub mod app;
+pub mod broadcast;
 pub mod channels;
 pub mod cli;
 pub mod clock;

@@ -1,21 +1,24 @@
-//! The scheduler's tick: state transitions, planning, expiry and dispatch, in that order.
+//! The scheduler's tick: state transitions, planning, expiry and dispatch, in that order; and
+//! [`run`], the daemon's loop of ticks until shutdown.
 //!
-//! `tick(now)` is the whole daemon's work for one instant; the daemon calls it in a loop, the
+//! `tick(now)` is the whole daemon's work for one instant; [`run`] calls it in a loop, the
 //! `run-once` command and the demo call it directly with the clock they were given. Every
 //! comparison with time uses `now`, never the database's clock.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::dispatch::{DispatchError, DispatchReport, Dispatcher};
-use crate::domain::{Audience, Notice, NoticeKind, PlannedDelivery, RecipientId, Window, WindowStatus};
-use crate::planner::{self, Decision, Outcome, Policy, Reach};
-use crate::storage::{Store, StoreError};
-
-/// Recipients read per page while fanning out, and rows enqueued per transaction.
-pub const PAGE: i64 = 10_000;
+use crate::domain::{
+    Audience, Decision, Notice, Outcome, PlannedDelivery, Policy, Reach, RecipientId, Window, WindowStatus,
+};
+use crate::planner;
+use crate::storage::{PAGE, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
@@ -64,7 +67,7 @@ fn humanize(d: chrono::TimeDelta) -> String {
 
 /// How a long tick is going.
 #[derive(Debug, Clone, Copy)]
-pub enum Progress<'a> {
+pub enum Progress {
     /// Fanning a notice out: rows enqueued so far, recipients read up to this id.
     Planning {
         window: i64,
@@ -73,8 +76,11 @@ pub enum Progress<'a> {
         read_up_to: i64,
     },
     /// Sending: the running totals.
-    Sending(&'a DispatchReport),
+    Sending(DispatchReport),
 }
+
+/// Told how a long tick is going; called from the ticking task.
+pub type ProgressSink<'a> = &'a (dyn Fn(Progress) + Send + Sync);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TickReport {
@@ -104,9 +110,9 @@ impl Scheduler {
         }
     }
 
-    /// One tick at `now`. `stop` is asked between dispatch batches (shutdown).
-    pub async fn tick(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<TickReport, TickError> {
-        self.tick_reporting(now, stop, &mut |_| {}).await
+    /// One tick at `now`. `stop` is checked between dispatch batches (shutdown).
+    pub async fn tick(&self, now: DateTime<Utc>, stop: &CancellationToken) -> Result<TickReport, TickError> {
+        self.tick_reporting(now, stop, &|_| {}).await
     }
 
     /// `tick`, telling `progress` how a long fan-out or send is going (after every page of
@@ -114,8 +120,8 @@ impl Scheduler {
     pub async fn tick_reporting(
         &self,
         now: DateTime<Utc>,
-        stop: &dyn Fn() -> bool,
-        progress: &mut dyn FnMut(Progress<'_>),
+        stop: &CancellationToken,
+        progress: ProgressSink<'_>,
     ) -> Result<TickReport, TickError> {
         let mut report = TickReport {
             released: self.store.release_lapsed_claims(now).await?,
@@ -132,7 +138,7 @@ impl Scheduler {
         report.expired = self.store.expire_due(now).await?;
         report.dispatch = self
             .dispatcher
-            .run_scoped(now, None, stop, &mut |r| progress(Progress::Sending(r)))
+            .run_scoped(now, None, stop, &|r| progress(Progress::Sending(*r)))
             .await?;
         Ok(report)
     }
@@ -170,7 +176,7 @@ impl Scheduler {
         window: &Window,
         now: DateTime<Utc>,
         report: &mut TickReport,
-        progress: &mut dyn FnMut(Progress<'_>),
+        progress: ProgressSink<'_>,
     ) -> Result<(), StoreError> {
         let decided = self.store.decided(window.id, window.revision).await?;
         for decision in planner::decide(window, &self.policy, &decided, now) {
@@ -209,7 +215,7 @@ impl Scheduler {
         &self,
         window: &Window,
         decision: &Decision,
-        progress: &mut dyn FnMut(Progress<'_>),
+        progress: ProgressSink<'_>,
     ) -> Result<u64, StoreError> {
         let mut after = RecipientId(0);
         let mut buffer: Vec<PlannedDelivery> = Vec::new();
@@ -244,8 +250,35 @@ impl Scheduler {
 /// The last notice a finished window owes; once decided for every audience the window closes.
 fn terminal_notice(w: &Window) -> Option<Notice> {
     match w.status {
-        WindowStatus::Completed => Some(Notice::new(NoticeKind::Completed)),
-        WindowStatus::Cancelled => Some(Notice::new(NoticeKind::Cancelled)),
+        WindowStatus::Completed => Some(Notice::Completed),
+        WindowStatus::Cancelled => Some(Notice::Cancelled),
         WindowStatus::Scheduled | WindowStatus::InProgress => None,
     }
+}
+
+/// The daemon: a tick every `every` on `clock` until `shutdown` is cancelled. A tick in flight
+/// finishes its current batch; a failed tick (the database went away, say) is logged and tried
+/// again at the next one.
+pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: CancellationToken) {
+    tracing::info!(tick_seconds = every.as_secs(), "daemon started");
+    while !shutdown.is_cancelled() {
+        let now = clock.now();
+        match scheduler.tick(now, &shutdown).await {
+            Ok(r) => {
+                let d = &r.dispatch;
+                if r.enqueued + r.superseded + r.expired + d.claimed > 0 || !r.transitions.is_empty() {
+                    tracing::info!(
+                        at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
+                        sent = d.sent, retrying = d.retried, failed = d.failed, "tick"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "tick failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    tracing::info!("daemon stopped");
 }

@@ -2,14 +2,17 @@
 //!
 //! A [`Sender`] takes a batch of rendered messages and returns one result per message, each
 //! failure classified by the backend that saw it as transient (try again, perhaps after
-//! `retry_after`) or permanent. The `type` tag of [`SenderConfig`] is the only registry of
-//! backends; [`Senders::build`] is the only place that turns configuration into senders.
-//! Depends on `domain`, `render` (the rendered content) and `config`.
+//! `retry_after`) or permanent. Each backend is a folder (`file/`, `console/`) holding its
+//! configuration, its implementation and its tests; [`registry`] is the one list of backends and
+//! the only place that turns configuration into senders; [`limits`] is the rate, burst,
+//! concurrency, timeout and retry block every backend shares. Depends on `domain` only.
 
-mod console;
-mod file;
+pub mod console;
+pub mod file;
+pub mod limits;
+pub mod registry;
 
-use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,11 +20,36 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, SenderConfig};
-use crate::domain::{Channel, Locale};
-use crate::render::Rendered;
+use crate::domain::{Channel, EmailAddress, Locale, PhoneNumber, RecipientId, Rendered};
 pub use console::ConsoleSender;
 pub use file::FileSender;
+pub use limits::{Limits, RetryPolicy};
+pub use registry::{BuildContext, BuildError, SenderConfig, Senders};
+
+/// Where a message goes, by channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Phone(PhoneNumber),
+    Email(EmailAddress),
+    /// A biller's webhook endpoint, named by the biller's recipient id.
+    Endpoint(RecipientId),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Phone(p) => f.write_str(p.as_str()),
+            Address::Email(e) => f.write_str(e.as_str()),
+            Address::Endpoint(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 /// One message, rendered and addressed.
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +57,7 @@ pub struct Message {
     pub idempotency_key: String,
     pub channel: Channel,
     /// E.164 number, email address, or the biller's recipient id for webhooks.
-    pub to: String,
+    pub to: Address,
     /// The notice kind (`reminder`) and the full notice (`reminder:24h`).
     pub kind: String,
     pub notice: String,
@@ -79,6 +107,9 @@ impl SendError {
     }
 }
 
+/// A writer shared by the tasks that use it (the console backend's standard output).
+pub type SharedWriter = Arc<std::sync::Mutex<dyn std::io::Write + Send>>;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A backend. `send` returns exactly one result per message, in order.
@@ -87,124 +118,26 @@ pub trait Sender: Send + Sync {
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>>;
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("sender {name}: {message}")]
-    Sender { name: String, message: String },
-}
-
-/// A backend held to a rate: each batch waits until the previous ones would have gone out at
-/// `rate` messages per second. Real time: the simulated clock of a rehearsal is not paced.
-pub struct Paced {
-    inner: Arc<dyn Sender>,
-    rate: f64,
-    next: tokio::sync::Mutex<tokio::time::Instant>,
-}
-
-impl Paced {
-    pub fn new(inner: Arc<dyn Sender>, rate: f64) -> Paced {
-        Paced {
-            inner,
-            rate,
-            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-}
-
-impl Sender for Paced {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
-        Box::pin(async move {
-            let start = {
-                let mut next = self.next.lock().await;
-                let start = (*next).max(tokio::time::Instant::now());
-                *next = start + Duration::from_secs_f64(batch.len() as f64 / self.rate);
-                start
-            };
-            tokio::time::sleep_until(start).await;
-            self.inner.send(batch).await
+/// `n` one-segment SMS for backend tests.
+#[cfg(test)]
+pub(crate) fn sample_sms(n: usize) -> Vec<Message> {
+    use crate::domain::Encoding;
+    (0..n)
+        .map(|i| Message {
+            idempotency_key: format!("w1.r1.announced.{i}.sms"),
+            channel: Channel::Sms,
+            to: Address::Phone(PhoneNumber::parse(&format!("07123456{:02}", i % 100)).expect("a valid number")),
+            kind: "announced".into(),
+            notice: "announced".into(),
+            window_id: Some(1),
+            broadcast: None,
+            revision: 1,
+            locale: Locale::En,
+            content: Rendered::Sms {
+                body: format!("Message {i}"),
+                encoding: Encoding::Gsm7,
+                segments: 1,
+            },
         })
-    }
-}
-
-/// The senders of every channel, in order of preference.
-#[derive(Clone)]
-pub struct Senders {
-    routes: BTreeMap<Channel, Vec<Arc<dyn Sender>>>,
-    /// Messages per second of each channel's first backend, where limited (for estimates).
-    rates: BTreeMap<Channel, f64>,
-}
-
-impl std::fmt::Debug for Senders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: BTreeMap<_, Vec<&str>> = self
-            .routes
-            .iter()
-            .map(|(c, s)| (c, s.iter().map(|s| s.name()).collect()))
-            .collect();
-        f.debug_struct("Senders").field("routes", &names).finish()
-    }
-}
-
-impl Senders {
-    /// Builds every configured backend once and routes each channel to its list.
-    pub fn build(config: &Config) -> Result<Senders, BuildError> {
-        let mut built: BTreeMap<String, Arc<dyn Sender>> = BTreeMap::new();
-        for (name, sender) in &config.senders {
-            let s: Arc<dyn Sender> = match sender {
-                SenderConfig::File { dir, .. } => Arc::new(FileSender::new(name, dir.clone())),
-                SenderConfig::Console { .. } => Arc::new(ConsoleSender::new(name)),
-            };
-            let s = match sender.rate() {
-                Some(rate) => Arc::new(Paced::new(s, rate)),
-                None => s,
-            };
-            built.insert(name.clone(), s);
-        }
-        let mut routes = BTreeMap::new();
-        for (channel, names) in &config.channels {
-            let list = names
-                .iter()
-                .map(|n| {
-                    built.get(n).cloned().ok_or_else(|| BuildError::Sender {
-                        name: n.clone(),
-                        message: "is not defined".into(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            routes.insert(*channel, list);
-        }
-        let rates = config
-            .channels
-            .iter()
-            .filter_map(|(c, names)| {
-                names
-                    .first()
-                    .and_then(|n| config.senders.get(n))
-                    .and_then(|s| s.rate())
-                    .map(|r| (*c, r))
-            })
-            .collect();
-        Ok(Senders { routes, rates })
-    }
-
-    /// Routes made by hand (tests, benchmarks).
-    pub fn from_routes(routes: BTreeMap<Channel, Vec<Arc<dyn Sender>>>) -> Senders {
-        Senders {
-            routes,
-            rates: BTreeMap::new(),
-        }
-    }
-
-    /// The rate of the channel's first backend, if limited.
-    pub fn rate(&self, channel: Channel) -> Option<f64> {
-        self.rates.get(&channel).copied()
-    }
-
-    pub fn route(&self, channel: Channel) -> &[Arc<dyn Sender>] {
-        self.routes.get(&channel).map(Vec::as_slice).unwrap_or_default()
-    }
+        .collect()
 }

@@ -1,31 +1,31 @@
-//! `tangazo broadcast`: an ad-hoc notice to a filtered audience, with a dry run, a canary and
-//! a confirmation for large audiences. The rows go into the same `deliveries` table and leave
-//! through the same dispatcher as the daemon's, so a rerun sends nothing twice and an
-//! interrupted run is finished by the daemon or by running the command again.
+//! `tangazo broadcast`: flags, the confirmation for large audiences, the canary's release
+//! question, progress and printing. What a broadcast is, who gets it, what it costs and what a
+//! canary allows are the library's (`crate::broadcast`); an interrupted run is finished by the
+//! daemon or by running the command again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args};
-use serde::Serialize;
 use serde_json::json;
 
-use super::{CliResult, Ctx, Failure, bad_field, bad_input, wire_dispatcher};
-use crate::channels::Senders;
-use crate::dispatch::DispatchReport;
+use super::{CliResult, Ctx, Failure, bad_field, bad_input};
+use crate::broadcast::{self, Canary, Content, Estimate, EstimateInputs, Scan};
+use crate::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::{
     Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Locale, Message, MessageText, Notice, PhoneNumber,
-    Recipient, RecipientId, Span, Window, WindowId, Zone, fingerprint, parse_instant,
+    Rendered, Span, WindowId, parse_instant,
 };
 use crate::import::{RowRules, Rows};
 use crate::planner::notice_deadline;
-use crate::render::{Encoding, NoticeFacts, Rendered, Renderer};
-use crate::shutdown::Shutdown;
-use crate::storage::{Broadcast, NewBroadcast, Store, StoreError};
+use crate::render::Renderer;
+use crate::shutdown::{CancellationToken, on_signals};
+use crate::storage::{Broadcast, Store, StoreError};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("what").required(true).args(["window", "message", "message_file"])))]
@@ -85,35 +85,6 @@ pub struct BroadcastArgs {
     canary_wait: Option<String>,
 }
 
-/// What is broadcast.
-enum Content {
-    Notice { window: Box<Window>, notice: Notice },
-    Message(Message),
-}
-
-/// Who would receive what: counts by channel, locale and zone.
-#[derive(Debug, Default)]
-struct Scan {
-    recipients: u64,
-    messages: BTreeMap<(Channel, Locale, Zone), u64>,
-}
-
-impl Scan {
-    fn total_messages(&self) -> u64 {
-        self.messages.values().sum()
-    }
-}
-
-/// A line of the dry run's table.
-#[derive(Debug, Serialize)]
-struct EstimateLine {
-    channel: Channel,
-    locale: Locale,
-    encoding: Option<String>,
-    messages: u64,
-    segments: u64,
-}
-
 pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let now = ctx.now();
     let store = ctx.store().await?;
@@ -139,9 +110,9 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             return Err(bad_field("--name")("a name is 1 to 120 characters"));
         }
         Some(n) => n.trim().to_owned(),
-        None => default_name(&content, &filter),
+        None => broadcast::default_name(&content, &filter).context("naming the broadcast")?,
     };
-    let scan = scan(&store, &content, &filter).await?;
+    let scan = broadcast::scan(&store, &content, &filter).await?;
 
     if args.dry_run {
         return dry_run(ctx, &renderer, &content, &name, &scan);
@@ -152,27 +123,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     }
     confirm(ctx, &scan, args.yes)?;
 
-    let new = NewBroadcast {
-        name: name.clone(),
-        window: match &content {
-            Content::Notice { window, .. } => Some(window.id),
-            Content::Message(_) => None,
-        },
-        revision: match &content {
-            Content::Notice { window, .. } => Some(window.revision),
-            Content::Message(_) => None,
-        },
-        notice: match &content {
-            Content::Notice { notice, .. } => Some(*notice),
-            Content::Message(_) => None,
-        },
-        message: match &content {
-            Content::Message(m) => Some(m.clone()),
-            Content::Notice { .. } => None,
-        },
-        filter: filter.clone(),
-        deadline,
-    };
+    let new = content.to_new(name.clone(), filter.clone(), deadline);
     let broadcast = store
         .create_broadcast(&new, now, &ctx.actor)
         .await
@@ -180,9 +131,9 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             e @ StoreError::BroadcastNameTaken(_) => bad_field("--name")(e),
             e => e.into(),
         })?;
-    let dispatcher = wire_dispatcher(&ctx.config, &store, &format!("broadcast:{}", std::process::id()))?;
-    let stop = Shutdown::new();
-    stop.on_signals();
+    let dispatcher = ctx.dispatcher(&store, &format!("broadcast:{}", std::process::id()))?;
+    let stop = CancellationToken::new();
+    on_signals(&stop);
 
     if let Some(file) = &args.canary {
         let released = canary(
@@ -202,8 +153,9 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     }
 
     // Record every row, then send.
-    let enqueued = enqueue_audience(&store, &content, &broadcast, now).await?;
-    let (total, already) = progress_base(&store, broadcast.id).await?;
+    let enqueued = broadcast::enqueue_audience(&store, &content, &broadcast, now).await?;
+    let states = broadcast::states(&store, broadcast.id).await?;
+    let (total, already) = (states.total().max(0) as u64, states.settled().max(0) as u64);
     if !ctx.cli_json {
         println!(
             "broadcast '{}' (id {}): {} recipients, {} messages ({} newly recorded, {} already done)",
@@ -371,200 +323,31 @@ async fn content(
     Ok((Content::Message(message), deadline))
 }
 
-fn default_name(content: &Content, filter: &AudienceFilter) -> String {
-    let filter_json = serde_json::to_string(filter).unwrap_or_default();
-    match content {
-        Content::Notice { window, notice } => format!(
-            "w{}-r{}-{}-{:08x}",
-            window.id,
-            window.revision,
-            notice.to_string().replace(':', "-"),
-            fingerprint(filter_json.as_bytes()) as u32
-        ),
-        Content::Message(m) => {
-            let text = serde_json::to_string(m).unwrap_or_default() + &filter_json;
-            format!("msg-{:012x}", fingerprint(text.as_bytes()) & 0xffff_ffff_ffff)
-        }
-    }
-}
-
-fn window_components(content: &Content) -> Option<&[ComponentId]> {
-    match content {
-        Content::Notice { window, .. } => Some(&window.components),
-        Content::Message(_) => None,
-    }
-}
-
-/// Pages through the recipients a filter can admit, in id order.
-struct Pager {
-    kinds: Vec<Option<Audience>>,
-    kind: usize,
-    after: RecipientId,
-}
-
-impl Pager {
-    fn new(filter: &AudienceFilter) -> Pager {
-        let kinds = match filter.audiences.as_slice() {
-            [one] => vec![Some(*one)],
-            _ => vec![None],
-        };
-        Pager {
-            kinds,
-            kind: 0,
-            after: RecipientId(0),
-        }
-    }
-
-    async fn next(&mut self, store: &Store) -> Result<Option<Vec<Recipient>>, StoreError> {
-        while let Some(kind) = self.kinds.get(self.kind) {
-            let page = store.recipients_page(*kind, self.after, crate::scheduler::PAGE).await?;
-            match page.last() {
-                Some(last) => {
-                    self.after = last.id;
-                    return Ok(Some(page));
-                }
-                None => {
-                    self.kind += 1;
-                    self.after = RecipientId(0);
-                }
-            }
-        }
-        Ok(None)
-    }
-}
-
-async fn scan(store: &Store, content: &Content, filter: &AudienceFilter) -> CliResult<Scan> {
-    let matcher = filter.matcher();
-    let mut s = Scan::default();
-    let mut pager = Pager::new(filter);
-    while let Some(page) = pager.next(store).await? {
-        for r in &page {
-            let channels = matcher.channels(r, window_components(content));
-            if channels.is_empty() {
-                continue;
-            }
-            s.recipients += 1;
-            // A free message reads the same in every zone.
-            let zone = match content {
-                Content::Notice { .. } => r.profile.zone,
-                Content::Message(_) => Zone::NAIROBI,
-            };
-            for c in channels {
-                *s.messages.entry((c, r.profile.locale, zone)).or_default() += 1;
-            }
-        }
-    }
-    Ok(s)
-}
-
-/// Records the broadcast's rows for the whole audience, a page at a time. Returns how many
-/// were new.
-async fn enqueue_audience(
-    store: &Store,
-    content: &Content,
-    broadcast: &Broadcast,
-    now: DateTime<Utc>,
-) -> CliResult<u64> {
-    let matcher = broadcast.filter.matcher();
-    let mut pager = Pager::new(&broadcast.filter);
-    let mut enqueued = 0;
-    while let Some(page) = pager.next(store).await? {
-        let rows: Vec<(RecipientId, Channel)> = page
-            .iter()
-            .flat_map(|r| {
-                matcher
-                    .channels(r, window_components(content))
-                    .into_iter()
-                    .map(|c| (r.id, c))
-            })
-            .collect();
-        enqueued += store.enqueue_broadcast(broadcast, &rows, now).await?;
-    }
-    Ok(enqueued)
-}
-
-fn render(
-    renderer: &Renderer,
-    ctx: &Ctx,
-    content: &Content,
-    channel: Channel,
-    locale: Locale,
-    zone: Zone,
-) -> CliResult<Rendered> {
-    match content {
-        Content::Notice { window, notice } => {
-            let facts = NoticeFacts::new(window, *notice, &ctx.config.components);
-            renderer.render(&facts, channel, locale, zone).map_err(bad_input)
-        }
-        Content::Message(m) => renderer
-            .render_message(m, "preview", channel, locale)
-            .map_err(bad_input),
-    }
-}
-
 fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: &Scan) -> CliResult {
-    // Segments per (locale, zone): render each combination once.
-    let mut lines: BTreeMap<(Channel, Locale, Option<Encoding>), (u64, u64)> = BTreeMap::new();
-    let mut cache: HashMap<(Locale, Zone), (Encoding, u64)> = HashMap::new();
-    for (&(channel, locale, zone), &n) in &scan.messages {
-        let (encoding, segments) = if channel == Channel::Sms {
-            let (e, s) = match cache.get(&(locale, zone)) {
-                Some(v) => *v,
-                None => {
-                    let Rendered::Sms { encoding, segments, .. } =
-                        render(renderer, ctx, content, channel, locale, zone)?
-                    else {
-                        return Err(Failure::Runtime(anyhow::anyhow!("an SMS rendered as something else")));
-                    };
-                    cache.insert((locale, zone), (encoding, segments as u64));
-                    (encoding, segments as u64)
-                }
-            };
-            (Some(e), s * n)
-        } else {
-            (None, 0)
-        };
-        let line = lines.entry((channel, locale, encoding)).or_default();
-        line.0 += n;
-        line.1 += segments;
-    }
-    let table: Vec<EstimateLine> = lines
-        .iter()
-        .map(|(&(channel, locale, encoding), &(messages, segments))| EstimateLine {
-            channel,
-            locale,
-            encoding: encoding.map(|e| e.to_string()),
-            messages,
-            segments,
-        })
-        .collect();
+    let senders = ctx.senders()?;
+    let estimate = broadcast::estimate(
+        content,
+        scan,
+        &EstimateInputs {
+            renderer,
+            components: &ctx.config.components,
+            costs: &ctx.config.costs,
+            rate: &|c| senders.rate(c),
+            sample_zone: ctx.config.default_zone,
+        },
+    )
+    .map_err(bad_input)?;
+    let Estimate {
+        lines: table,
+        sms_segments: segments,
+        cost,
+        seconds: durations,
+        seconds_total: longest,
+        samples,
+    } = &estimate;
+    let (segments, cost, longest) = (*segments, *cost, *longest);
     let costs = &ctx.config.costs;
-    let per_channel = |c: Channel| table.iter().filter(|l| l.channel == c).map(|l| l.messages).sum::<u64>();
-    let segments: u64 = table.iter().map(|l| l.segments).sum();
-    let cost = segments as f64 * costs.sms_segment
-        + per_channel(Channel::Email) as f64 * costs.email
-        + per_channel(Channel::Webhook) as f64 * costs.webhook;
-    let senders = Senders::build(&ctx.config).map_err(bad_input)?;
-    let mut durations = BTreeMap::new();
-    for c in Channel::ALL {
-        let n = per_channel(c);
-        if n > 0 {
-            durations.insert(c, senders.rate(c).map(|r| n as f64 / r));
-        }
-    }
-    // Channels are worked in parallel; an unlimited backend adds nothing to the estimate.
-    let longest = durations.values().flatten().fold(0.0_f64, |a, b| a.max(*b));
-    let mut samples = BTreeMap::new();
-    let locales: BTreeSet<Locale> = scan.messages.keys().map(|k| k.1).collect();
-    for locale in if locales.is_empty() {
-        BTreeSet::from([Locale::En])
-    } else {
-        locales
-    } {
-        let sms = render(renderer, ctx, content, Channel::Sms, locale, ctx.config.default_zone)?;
-        let email = render(renderer, ctx, content, Channel::Email, locale, ctx.config.default_zone)?;
-        samples.insert(locale, (sms, email));
-    }
+    let per_channel = |c: Channel| estimate.messages_on(c);
     if ctx.cli_json {
         let samples: BTreeMap<_, _> = samples
             .iter()
@@ -595,7 +378,7 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
         "  {:<8} {:<6} {:<8} {:>12} {:>12}",
         "channel", "locale", "encoding", "messages", "segments"
     );
-    for l in &table {
+    for l in table {
         println!(
             "  {:<8} {:<6} {:<8} {:>12} {:>12}",
             l.channel.as_str(),
@@ -620,7 +403,7 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
         cost,
         costs.currency
     );
-    for (c, d) in &durations {
+    for (c, d) in durations {
         match d {
             Some(secs) => println!(
                 "estimated time on {c}: {} messages at {}/s: {}",
@@ -634,7 +417,7 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
     if longest > 0.0 {
         println!("estimated fan-out time (channels in parallel): {}", humanize(longest));
     }
-    for (locale, (sms, email)) in &samples {
+    for (locale, (sms, email)) in samples {
         if let Rendered::Sms {
             body,
             encoding,
@@ -714,12 +497,12 @@ fn ask(question: &str) -> CliResult<bool> {
 async fn canary(
     ctx: &Ctx,
     store: &Store,
-    dispatcher: &crate::dispatch::Dispatcher,
+    dispatcher: &Dispatcher,
     broadcast: &Broadcast,
     file: &PathBuf,
     wait: Option<&str>,
     scan: &Scan,
-    stop: &Shutdown,
+    stop: &CancellationToken,
 ) -> CliResult<bool> {
     let wait = wait
         .map(|w| w.parse::<Span>())
@@ -748,26 +531,15 @@ async fn canary(
     }
     let now = ctx.now();
     let seeded = store.seed_recipients(&seeds, now).await?;
-    let channels = &broadcast.filter.channels;
-    let rows: Vec<(RecipientId, Channel)> = seeded
-        .iter()
-        .flat_map(|r| {
-            r.profile
-                .effective_channels()
-                .into_iter()
-                .filter(|c| channels.is_empty() || channels.contains(c))
-                .map(|c| (r.id, c))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    store.enqueue_broadcast(broadcast, &rows, now).await?;
+    broadcast::enqueue_seeds(store, broadcast, &seeded, now).await?;
     let report = dispatcher
-        .run_scoped(now, Some(broadcast.id), &|| stop.is_triggered(), &mut |_| {})
+        .run_scoped(now, Some(broadcast.id), stop, &|_| {})
         .await
         .context("sending the canary")?;
-    let states = state_counts(store, broadcast.id).await?;
-    let failed = states.get("failed").copied().unwrap_or(0) + states.get("expired").copied().unwrap_or(0);
-    let sent = states.get("sent").copied().unwrap_or(0);
+    let (sent, failed) = match broadcast::judge_canary(&broadcast::states(store, broadcast.id).await?) {
+        Canary::Passed { sent } => (sent, 0),
+        Canary::Failed { sent, failed } => (sent, failed),
+    };
     println!(
         "canary: {sent} sent, {failed} failed to {} seed addresses (this run: {} sent)",
         seeded.len(),
@@ -786,11 +558,11 @@ async fn canary(
             );
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(span.secs().unsigned_abs())) => {}
-                _ = stop.wait() => {}
+                _ = stop.cancelled() => {}
             }
-            let states = state_counts(store, broadcast.id).await?;
-            let failed = states.get("failed").copied().unwrap_or(0);
-            if stop.is_triggered() || failed > 0 {
+            let states = broadcast::states(store, broadcast.id).await?;
+            let failed = states.get(crate::domain::DeliveryState::Failed);
+            if stop.is_cancelled() || failed > 0 {
                 println!(
                     "not released ({}): nothing was sent to the audience",
                     if failed > 0 {
@@ -818,34 +590,14 @@ async fn canary(
     Ok(release)
 }
 
-async fn state_counts(store: &Store, broadcast: i64) -> CliResult<BTreeMap<String, i64>> {
-    let mut out = BTreeMap::new();
-    for r in store.broadcast_summary(broadcast).await? {
-        *out.entry(r.state).or_default() += r.count;
-    }
-    Ok(out)
-}
-
-/// (rows in the broadcast, rows already in a final state).
-async fn progress_base(store: &Store, broadcast: i64) -> CliResult<(u64, u64)> {
-    let states = state_counts(store, broadcast).await?;
-    let total: i64 = states.values().sum();
-    let done: i64 = states
-        .iter()
-        .filter(|(s, _)| !matches!(s.as_str(), "pending" | "claimed"))
-        .map(|(_, n)| n)
-        .sum();
-    Ok((total.max(0) as u64, done.max(0) as u64))
-}
-
 async fn send(
     ctx: &Ctx,
-    dispatcher: &crate::dispatch::Dispatcher,
+    dispatcher: &Dispatcher,
     broadcast: i64,
     now: DateTime<Utc>,
     total: u64,
     already: u64,
-    stop: &Shutdown,
+    stop: &CancellationToken,
 ) -> CliResult<DispatchReport> {
     let bar = (std::io::stdout().is_terminal() && !ctx.cli_json).then(|| {
         let bar = indicatif::ProgressBar::new(total);
@@ -857,15 +609,16 @@ async fn send(
         bar
     });
     let started = Instant::now();
-    let mut last_line = Instant::now();
+    let last_line = Mutex::new(Instant::now());
     let quiet = ctx.cli_json;
     let report = dispatcher
-        .run_scoped(now, Some(broadcast), &|| stop.is_triggered(), &mut |r| {
+        .run_scoped(now, Some(broadcast), stop, &|r| {
             let done = already + r.sent + r.failed + r.expired;
+            let Ok(mut last_line) = last_line.lock() else { return };
             match &bar {
                 Some(bar) => bar.set_position(done),
                 None if !quiet && last_line.elapsed() >= Duration::from_secs(2) => {
-                    last_line = Instant::now();
+                    *last_line = Instant::now();
                     let rate = (r.sent + r.failed + r.expired) as f64 / started.elapsed().as_secs_f64().max(1e-3);
                     println!("… {done}/{total} sent or settled ({rate:.0}/s)");
                 }
@@ -885,14 +638,14 @@ async fn finish(
     store: &Store,
     broadcast: &Broadcast,
     report: &DispatchReport,
-    stop: &Shutdown,
+    stop: &CancellationToken,
 ) -> CliResult {
-    let states = state_counts(store, broadcast.id).await?;
-    let left = states.get("pending").copied().unwrap_or(0) + states.get("claimed").copied().unwrap_or(0);
+    let states = broadcast::states(store, broadcast.id).await?;
+    let left = states.open();
     if ctx.cli_json {
         ctx.print_json(&json!({"name": broadcast.name, "id": broadcast.id, "this_run": report, "states": states}))?;
     } else {
-        let line: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let line: Vec<String> = states.0.iter().map(|(s, n)| format!("{s} {n}")).collect();
         println!(
             "broadcast '{}': {} (this run sent {})",
             broadcast.name,
@@ -900,7 +653,7 @@ async fn finish(
             report.sent
         );
     }
-    if stop.is_triggered() && left > 0 {
+    if stop.is_cancelled() && left > 0 {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "stopped: {left} deliveries stay queued; `tangazo daemon` or the same command again will send them"
         )));

@@ -11,10 +11,12 @@ use anyhow::Context as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
-use super::{CliResult, bad_input, wire_scheduler};
+use super::{CliResult, bad_input, console};
+use crate::app;
 use crate::config::{Config, EXAMPLE, Overrides};
 use crate::domain::{Localized, NewWindow, Schedule, Zone, parse_instant};
 use crate::import::{RowRules, import_csv};
+use crate::shutdown::CancellationToken;
 use crate::storage::Store;
 
 const MARKER: &str = ".tangazo-demo";
@@ -127,7 +129,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
     let config_path = dir.join("tangazo.toml");
     std::fs::write(&config_path, &config_text)?;
     let config = Config::load(&config_path, true, std::iter::empty(), &Overrides::default()).map_err(bad_input)?;
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect(config.database_url.expose()).await?;
 
     // The operator's week, in EAT.
     let announce = at("2015-04-10 09:00")?;
@@ -164,7 +166,9 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
     .map_err(bad_input)?;
     let window = store.create_window(new, announce, "demo-operator").await?;
 
-    let scheduler = wire_scheduler(&config, &store, "demo")?;
+    let scheduler = app::scheduler(&config, &store, &console(), "demo").map_err(bad_input)?;
+    // The demo runs to its end: nothing cancels it.
+    let never = CancellationToken::new();
     let step = TimeDelta::minutes(15);
     let mut now = announce;
     let mut ticks = 0u32;
@@ -188,7 +192,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
                 ));
             }
         } else {
-            let report = scheduler.tick(now, &|| false).await.context("demo tick")?;
+            let report = scheduler.tick(now, &never).await.context("demo tick")?;
             ticks += 1;
             for t in &report.transitions {
                 timeline.push(format!("{}  {t}", eat(now)));

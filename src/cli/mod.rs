@@ -12,13 +12,13 @@ mod windows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-use crate::channels::Senders;
+use crate::app::{self, StartupError};
+use crate::channels::{BuildContext, Senders};
 use crate::clock::Clock;
 use crate::config::{Config, Overrides};
 use crate::dispatch::Dispatcher;
@@ -223,26 +223,39 @@ impl Ctx {
     }
 
     pub async fn store(&self) -> CliResult<Store> {
-        let url = &self.config.database_url;
-        match Store::connect(url).await {
-            Ok(s) => Ok(s),
-            Err(e @ crate::storage::StoreError::UnsupportedUrl(_)) => Err(bad_field::<_>(if self.database_override {
-                "--database"
-            } else {
-                "database_url"
-            })(e)),
-            Err(e) => Err(Failure::Runtime(
-                anyhow::Error::new(e).context(format!("cannot open database {}", crate::config::redact_url(url))),
-            )),
-        }
+        app::store(&self.config).await.map_err(|e| self.startup_failure(e))
     }
 
     pub fn renderer(&self) -> CliResult<Renderer> {
-        load_renderer(&self.config)
+        app::renderer(&self.config).map_err(|e| self.startup_failure(e))
+    }
+
+    pub fn senders(&self) -> CliResult<Senders> {
+        app::senders(&self.config, &console()).map_err(|e| self.startup_failure(e))
     }
 
     pub fn scheduler(&self, store: &Store, owner: &str) -> CliResult<Scheduler> {
-        wire_scheduler(&self.config, store, owner)
+        app::scheduler(&self.config, store, &console(), owner).map_err(|e| self.startup_failure(e))
+    }
+
+    pub fn dispatcher(&self, store: &Store, owner: &str) -> CliResult<Dispatcher> {
+        app::dispatcher(&self.config, store, &console(), owner).map_err(|e| self.startup_failure(e))
+    }
+
+    /// Bad configuration, templates or a database URL of the wrong kind are the user's input
+    /// (exit 2); a database that cannot be opened is a runtime failure (exit 1).
+    fn startup_failure(&self, e: StartupError) -> Failure {
+        match e {
+            e @ StartupError::UnsupportedDatabase(_) => bad_field::<_>(if self.database_override {
+                "--database"
+            } else {
+                "database_url"
+            })(e),
+            StartupError::Database { url, source } => {
+                Failure::Runtime(anyhow::Error::new(source).context(format!("cannot open database {url}")))
+            }
+            e @ (StartupError::Templates(_) | StartupError::Senders(_)) => bad_input(e),
+        }
     }
 
     pub fn print_json(&self, value: &impl serde::Serialize) -> CliResult {
@@ -251,34 +264,9 @@ impl Ctx {
     }
 }
 
-/// The templates the configuration names, with its SMS segment limit.
-pub fn load_renderer(config: &Config) -> CliResult<Renderer> {
-    Ok(
-        Renderer::load(config.templates.as_deref(), &config.service_name, &config.components)
-            .map_err(bad_input)?
-            .with_sms_limit(config.max_sms_segments),
-    )
-}
-
-/// The scheduler with its dispatcher, renderer and senders, wired from configuration: the one
-/// place the daemon, `run-once` and the demo get theirs from.
-pub fn wire_scheduler(config: &Config, store: &Store, owner: &str) -> CliResult<Scheduler> {
-    let dispatcher = wire_dispatcher(config, store, owner)?;
-    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
-}
-
-/// The dispatcher alone (`broadcast` works the queue without planning).
-pub fn wire_dispatcher(config: &Config, store: &Store, owner: &str) -> CliResult<Dispatcher> {
-    let renderer = load_renderer(config)?;
-    let senders = Senders::build(config).map_err(bad_input)?;
-    Ok(Dispatcher::new(
-        store.clone(),
-        Arc::new(renderer),
-        senders,
-        config.dispatch.clone(),
-        config.components.clone(),
-        owner.to_owned(),
-    ))
+/// The console backend prints on standard output.
+pub fn console() -> BuildContext {
+    BuildContext::with_console(std::io::stdout())
 }
 
 /// Runs a parsed command line and returns the process exit code.

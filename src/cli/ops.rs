@@ -8,11 +8,12 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use super::{CliResult, Ctx, Failure, bad_field, bad_input};
+use crate::app::owner;
 use crate::clock::Clock;
 use crate::config::EXAMPLE;
 use crate::domain::{DeliveryState, WindowId};
 use crate::scheduler::{Alarm, Progress, TickReport};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{CancellationToken, on_signals};
 use crate::storage::{Dialect, NoticeLogRow, SummaryRow};
 
 pub fn init(path: Option<&Path>, force: bool) -> CliResult {
@@ -33,7 +34,7 @@ pub fn init(path: Option<&Path>, force: bool) -> CliResult {
 
 pub fn config_check(ctx: &Ctx) -> CliResult {
     // Loading already validated it; senders and templates are checked by building them.
-    crate::channels::Senders::build(&ctx.config).map_err(bad_input)?;
+    ctx.senders()?;
     if ctx.cli_json {
         let text = ctx.config.to_redacted_toml();
         let value: toml::Value = toml::from_str(&text).context("re-reading the effective configuration")?;
@@ -106,7 +107,7 @@ pub async fn preview(
         return ctx.print_json(&rendered);
     }
     match &rendered {
-        crate::render::Rendered::Sms {
+        crate::domain::Rendered::Sms {
             body,
             encoding,
             segments,
@@ -118,10 +119,10 @@ pub async fn preview(
                 if *segments == 1 { "" } else { "s" }
             );
         }
-        crate::render::Rendered::Email { subject, text, html } => {
+        crate::domain::Rendered::Email { subject, text, html } => {
             println!("Subject: {subject}\n\n{text}\n-- text/html --\n{html}");
         }
-        crate::render::Rendered::Webhook { payload } => {
+        crate::domain::Rendered::Webhook { payload } => {
             println!(
                 "{}",
                 serde_json::to_string_pretty(payload).context("encoding the payload")?
@@ -163,24 +164,20 @@ async fn find_recipient(store: &crate::storage::Store, who: &str) -> CliResult<c
         .ok_or_else(|| bad_field("--recipient")(format!("no recipient has the phone or email {key}")))
 }
 
-fn owner(tag: &str) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    format!("{tag}@{host}:{}", std::process::id())
-}
-
 pub async fn run_once(ctx: &Ctx) -> CliResult {
     let store = ctx.store().await?;
     let scheduler = ctx.scheduler(&store, &owner("run-once"))?;
-    let stop = Shutdown::new();
-    stop.on_signals();
+    let stop = CancellationToken::new();
+    on_signals(&stop);
     // Never minutes of silence: a line on stderr every few seconds while a tick is long.
     let started = std::time::Instant::now();
-    let mut last = std::time::Instant::now();
-    let mut progress = |p: Progress<'_>| {
+    let last = std::sync::Mutex::new(std::time::Instant::now());
+    let progress = |p: Progress| {
+        let Ok(mut last) = last.lock() else { return };
         if last.elapsed() < std::time::Duration::from_secs(3) {
             return;
         }
-        last = std::time::Instant::now();
+        *last = std::time::Instant::now();
         let secs = started.elapsed().as_secs();
         match p {
             Progress::Planning {
@@ -198,7 +195,7 @@ pub async fn run_once(ctx: &Ctx) -> CliResult {
         }
     };
     let report = scheduler
-        .tick_reporting(ctx.now(), &|| stop.is_triggered(), &mut progress)
+        .tick_reporting(ctx.now(), &stop, &progress)
         .await
         .context("tick")?;
     print_tick(ctx, &report)
@@ -274,30 +271,10 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
     };
     let every = Duration::from_secs(tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs()).max(1));
     let scheduler = ctx.scheduler(&store, &owner("daemon"))?;
-    let stop = Shutdown::new();
-    stop.on_signals();
-    tracing::info!(database = %crate::config::redact_url(&ctx.config.database_url), tick_seconds = every.as_secs(), "daemon started");
-    while !stop.is_triggered() {
-        let now = clock.now();
-        match scheduler.tick(now, &|| stop.is_triggered()).await {
-            Ok(r) => {
-                let d = &r.dispatch;
-                if r.enqueued + r.superseded + r.expired + d.claimed > 0 || !r.transitions.is_empty() {
-                    tracing::info!(
-                        at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
-                        sent = d.sent, retrying = d.retried, failed = d.failed, "tick"
-                    );
-                }
-            }
-            // A failed tick (the database went away, say) is logged and tried again next tick.
-            Err(e) => tracing::error!(error = %e, "tick failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.wait() => {}
-        }
-    }
-    tracing::info!("daemon stopped");
+    let stop = CancellationToken::new();
+    on_signals(&stop);
+    tracing::info!(database = %ctx.config.database_url, "daemon starting");
+    crate::scheduler::run(scheduler, clock, every, stop).await;
     store.close().await;
     Ok(())
 }
@@ -355,7 +332,7 @@ pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &
                     lines.len() - 1
                 }
             };
-            *lines[pos].3.entry(r.state.clone()).or_default() += r.count;
+            *lines[pos].3.entry(r.state.as_str().to_owned()).or_default() += r.count;
         }
         for (source, notice, channel, counts) in &lines {
             print!("{source:<8}  {notice:<16}  {channel:<8}");

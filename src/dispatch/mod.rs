@@ -8,20 +8,20 @@
 
 pub mod retry;
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
-use crate::channels::{Message, SendError, Senders};
-use crate::config::{ComponentNames, DispatchConfig};
+use crate::channels::{Address, Message, Receipt, SendError, Senders};
 use crate::domain::{
-    Channel, ComponentId, Locale, Notice, RecipientId, Window, WindowId, Zone, from_millis, idempotency_key,
+    Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, fingerprint, idempotency_key,
 };
-use crate::render::{NoticeFacts, Rendered, Renderer};
-use crate::storage::{Broadcast, ClaimedRow, Finish, Store, StoreError};
-use retry::{AfterFailure, after_failure};
+use crate::render::{NoticeFacts, RenderError, Renderer};
+use crate::storage::{Broadcast, ClaimedDelivery, Finish, Store, StoreError};
+use retry::{AfterFailure, Retry, after_failure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -48,14 +48,27 @@ impl DispatchReport {
     }
 }
 
+/// How the dispatcher works the queue: batch size, the retry schedule, the claim lease, and the
+/// daemon's tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatchConfig {
+    pub batch_size: usize,
+    pub retry: Vec<Span>,
+    pub lease: Span,
+    pub tick: Span,
+}
+
 pub struct Dispatcher {
     store: Store,
     renderer: Arc<Renderer>,
     senders: Senders,
     config: DispatchConfig,
-    components: std::collections::BTreeMap<ComponentId, ComponentNames>,
+    components: BTreeMap<ComponentId, ComponentNames>,
     owner: String,
 }
+
+/// Told the running totals after every batch; called from the dispatching task.
+pub type ReportSink<'a> = &'a (dyn Fn(&DispatchReport) + Send + Sync);
 
 /// A rendered body and its row in `bodies`.
 struct Body {
@@ -69,7 +82,7 @@ impl Dispatcher {
         renderer: Arc<Renderer>,
         senders: Senders,
         config: DispatchConfig,
-        components: std::collections::BTreeMap<ComponentId, ComponentNames>,
+        components: BTreeMap<ComponentId, ComponentNames>,
         owner: String,
     ) -> Dispatcher {
         Dispatcher {
@@ -82,9 +95,10 @@ impl Dispatcher {
         }
     }
 
-    /// Works the queue until nothing is due at `now` or `stop` says to stop between batches.
-    pub async fn run_due(&self, now: DateTime<Utc>, stop: &dyn Fn() -> bool) -> Result<DispatchReport, DispatchError> {
-        self.run_scoped(now, None, stop, &mut |_| {}).await
+    /// Works the queue until nothing is due at `now` or `stop` is cancelled (checked between
+    /// batches: a batch in flight finishes).
+    pub async fn run_due(&self, now: DateTime<Utc>, stop: &CancellationToken) -> Result<DispatchReport, DispatchError> {
+        self.run_scoped(now, None, stop, &|_| {}).await
     }
 
     /// `run_due` limited to one broadcast's deliveries (`None`: all), reporting the running
@@ -93,12 +107,12 @@ impl Dispatcher {
         &self,
         now: DateTime<Utc>,
         broadcast: Option<i64>,
-        stop: &dyn Fn() -> bool,
-        progress: &mut dyn FnMut(&DispatchReport),
+        stop: &CancellationToken,
+        progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
         let mut report = DispatchReport::default();
         let mut cache = Cache::default();
-        while !stop() {
+        while !stop.is_cancelled() {
             let lease_until = now + self.config.lease.delta();
             let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
             let claimed = self
@@ -125,7 +139,7 @@ impl Dispatcher {
 
     async fn dispatch_batch(
         &self,
-        claimed: Vec<ClaimedRow>,
+        claimed: Vec<crate::storage::Claimed>,
         now: DateTime<Utc>,
         cache: &mut Cache,
     ) -> Result<DispatchReport, DispatchError> {
@@ -135,8 +149,19 @@ impl Dispatcher {
         };
         let mut finishes = Vec::with_capacity(claimed.len());
         // (claimed row, message, body id), grouped by channel below.
-        let mut ready: Vec<(ClaimedRow, Message, i64)> = Vec::with_capacity(claimed.len());
+        let mut ready: Vec<(ClaimedDelivery, Message, i64)> = Vec::with_capacity(claimed.len());
         for row in claimed {
+            let row = match row {
+                Ok(row) => row,
+                Err(corrupt) => {
+                    report.failed += 1;
+                    finishes.push(Finish::Failed {
+                        id: corrupt.id,
+                        error: corrupt.reason,
+                    });
+                    continue;
+                }
+            };
             match self.prepare(&row, cache).await {
                 Ok((message, body_id)) => ready.push((row, message, body_id)),
                 Err(Prepare::Store(e)) => return Err(e.into()),
@@ -147,29 +172,36 @@ impl Dispatcher {
             }
         }
         for channel in Channel::ALL {
-            let (rows, messages): (Vec<(ClaimedRow, i64)>, Vec<Message>) = ready
+            let (rows, messages): (Vec<(&ClaimedDelivery, i64)>, Vec<Message>) = ready
                 .iter()
                 .filter(|(_, m, _)| m.channel == channel)
-                .map(|(r, m, b)| ((r.clone(), *b), m.clone()))
+                .map(|(r, m, b)| ((r, *b), m.clone()))
                 .unzip();
             if messages.is_empty() {
                 continue;
             }
             let results = self.send_with_failover(channel, &messages).await;
-            for ((row, body_id), (backend, result)) in rows.into_iter().zip(results) {
-                match result {
+            for ((row, body_id), outcome) in rows.into_iter().zip(results) {
+                let backend = outcome.backend;
+                match outcome.result {
                     Ok(receipt) => {
                         report.sent += 1;
                         finishes.push(Finish::Sent {
                             id: row.id,
-                            backend,
+                            backend: backend.to_owned(),
                             provider_id: receipt.provider_id,
                             body_id: Some(body_id),
                         });
                     }
                     Err(err) => {
-                        let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
-                        match after_failure(&err, attempts, &self.config.retry, now, from_millis(row.deadline)) {
+                        let route = self.senders.route(channel).get(outcome.route);
+                        let policy = route.map(|r| &r.retry);
+                        let retry = Retry {
+                            schedule: policy.and_then(|p| p.schedule.as_deref()).unwrap_or(&self.config.retry),
+                            jitter: policy.map_or(0.0, |p| p.jitter),
+                            retry_after_max: policy.and_then(|p| p.retry_after_max),
+                        };
+                        match after_failure(&err, row.attempts, &retry, spread(row), now, row.deadline) {
                             AfterFailure::RetryAt(at) => {
                                 report.retried += 1;
                                 tracing::warn!(delivery = row.id, %channel, backend, error = %err, retry_at = %at, "transient send failure");
@@ -206,28 +238,24 @@ impl Dispatcher {
     /// Tries the channel's senders in order: what one backend failed transiently goes to the
     /// next; a permanent failure or a success is final. Returns, per message, the backend that
     /// had the last word and its result.
-    async fn send_with_failover(
-        &self,
-        channel: Channel,
-        messages: &[Message],
-    ) -> Vec<(String, Result<crate::channels::Receipt, SendError>)> {
+    async fn send_with_failover(&self, channel: Channel, messages: &[Message]) -> Vec<SendOutcome<'_>> {
         let route = self.senders.route(channel);
-        let mut results: Vec<(String, Result<_, SendError>)> = messages
+        let mut results: Vec<SendOutcome> = messages
             .iter()
-            .map(|_| {
-                (
-                    "none".to_owned(),
-                    Err(SendError::Permanent {
-                        message: format!("no sender configured for {channel}"),
-                    }),
-                )
+            .map(|_| SendOutcome {
+                backend: "none",
+                route: usize::MAX,
+                result: Err(SendError::Permanent {
+                    message: format!("no sender configured for {channel}"),
+                }),
             })
             .collect();
         let mut pending: Vec<usize> = (0..messages.len()).collect();
-        for sender in route {
+        for (index, backend) in route.iter().enumerate() {
             if pending.is_empty() {
                 break;
             }
+            let sender = &backend.sender;
             let batch: Vec<Message> = pending.iter().map(|&i| messages[i].clone()).collect();
             let outcome = sender.send(&batch).await;
             let mut still = Vec::new();
@@ -241,32 +269,35 @@ impl Dispatcher {
                 if matches!(&r, Err(e) if e.is_transient()) {
                     still.push(i);
                 }
-                results[i] = (sender.name().to_owned(), r);
+                results[i] = SendOutcome {
+                    backend: sender.name(),
+                    route: index,
+                    result: r,
+                };
             }
             pending = still;
         }
         results
     }
 
-    async fn prepare(&self, row: &ClaimedRow, cache: &mut Cache) -> Result<(Message, i64), Prepare> {
+    async fn prepare(&self, row: &ClaimedDelivery, cache: &mut Cache) -> Result<(Message, i64), Prepare> {
         let corrupt = |what: &str| Prepare::Fail(format!("stored delivery has an invalid {what}"));
-        let channel: Channel = row.channel.parse().map_err(|_| corrupt("channel"))?;
-        let locale: Locale = row.locale.parse().map_err(|_| corrupt("locale"))?;
-        let zone: Zone = row.zone.parse().map_err(|_| corrupt("zone"))?;
-        let revision = u32::try_from(row.revision).map_err(|_| corrupt("revision"))?;
-        let recipient = RecipientId(row.recipient_id);
+        let (channel, locale, zone, revision, recipient) =
+            (row.channel, row.locale, row.zone, row.revision, row.recipient);
         let to = match channel {
-            Channel::Sms => row
-                .phone
-                .clone()
-                .ok_or_else(|| Prepare::Fail("recipient has no phone number".into()))?,
-            Channel::Email => row
-                .email
-                .clone()
-                .ok_or_else(|| Prepare::Fail("recipient has no email address".into()))?,
-            Channel::Webhook => recipient.to_string(),
+            Channel::Sms => Address::Phone(
+                row.phone
+                    .clone()
+                    .ok_or_else(|| Prepare::Fail("recipient has no phone number".into()))?,
+            ),
+            Channel::Email => Address::Email(
+                row.email
+                    .clone()
+                    .ok_or_else(|| Prepare::Fail("recipient has no email address".into()))?,
+            ),
+            Channel::Webhook => Address::Endpoint(recipient),
         };
-        let broadcast = match row.broadcast_id {
+        let broadcast = match row.broadcast {
             Some(id) => Some(match cache.broadcasts.entry(id) {
                 Entry::Occupied(e) => Arc::clone(e.get()),
                 Entry::Vacant(e) => {
@@ -298,8 +329,8 @@ impl Dispatcher {
             };
             return Ok((message, body.id));
         }
-        let notice: Notice = row.notice.parse().map_err(|_| corrupt("notice"))?;
-        let window_id = WindowId(row.window_id.ok_or_else(|| corrupt("window"))?);
+        let notice = row.notice.ok_or_else(|| corrupt("notice"))?;
+        let window_id = row.window.ok_or_else(|| corrupt("window"))?;
         let window = match cache.windows.entry(window_id) {
             Entry::Occupied(e) => Arc::clone(e.get()),
             Entry::Vacant(e) => {
@@ -344,7 +375,7 @@ impl Dispatcher {
         &self,
         cache: &'c mut Cache,
         key: String,
-        render: impl FnOnce() -> Result<Rendered, crate::render::RenderError>,
+        render: impl FnOnce() -> Result<Rendered, RenderError>,
     ) -> Result<&'c Body, Prepare> {
         Ok(match cache.bodies.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
@@ -352,12 +383,27 @@ impl Dispatcher {
                 let content = render().map_err(|e| Prepare::Fail(e.to_string()))?;
                 let json = serde_json::to_string(&content).map_err(|e| Prepare::Fail(e.to_string()))?;
                 // The fingerprint keeps a corrected wording (same revision) from reusing a stale row.
-                let stored_key = format!("{}#{:016x}", e.key(), crate::domain::fingerprint(json.as_bytes()));
+                let stored_key = format!("{}#{:016x}", e.key(), fingerprint(json.as_bytes()));
                 let id = self.store.body_id(&stored_key, &json).await.map_err(Prepare::Store)?;
                 e.insert(Body { id, content })
             }
         })
     }
+}
+
+/// Where in the jitter band a delivery's retry falls, in [-1, 1]: derived from the delivery and
+/// its attempt, so retries of many rows spread out and a rerun of the same decision agrees.
+fn spread(row: &ClaimedDelivery) -> f64 {
+    let h = fingerprint(format!("{}.{}", row.id, row.attempts).as_bytes());
+    (h % 2001) as f64 / 1000.0 - 1.0
+}
+
+/// What happened to one message: the backend with the last word (its name, and its place in
+/// the channel's route), and its result.
+struct SendOutcome<'a> {
+    backend: &'a str,
+    route: usize,
+    result: Result<Receipt, SendError>,
 }
 
 /// What one dispatch run has already loaded or rendered.

@@ -5,70 +5,28 @@
 //! holds one never checks it again.
 
 mod broadcast;
+mod component;
+mod content;
 mod notice;
+mod policy;
 mod recipient;
+mod secret;
+mod sms;
 mod time;
 mod window;
 
-use std::fmt;
-use std::str::FromStr;
-
 pub use broadcast::{AudienceFilter, Matcher, Message, MessageError, MessageText};
+pub use component::{ComponentError, ComponentId, ComponentNames};
+pub use content::Rendered;
 pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key};
+pub use policy::{AudiencePolicy, Decided, Decision, Outcome, Policy, PolicyError, Reach};
 pub use recipient::{
     Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError, RecipientId,
 };
+pub use secret::{REDACTED, Secret};
+pub use sms::{Encoding, SmsCost, cost as sms_cost, first_non_gsm7, gsm7_septets};
 pub use time::{Span, TimeError, Zone, from_millis, parse_instant, to_millis};
 pub use window::{Change, Localized, NewWindow, Schedule, Window, WindowError, WindowId, WindowStatus};
-
-/// A component id: a lowercase slug such as `send-money`. Which ids exist is configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ComponentId(String);
-
-impl ComponentId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ComponentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("component '{0}' is not a valid id (lowercase letters, digits and '-', e.g. send-money)")]
-pub struct ComponentError(pub String);
-
-impl FromStr for ComponentId {
-    type Err = ComponentError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim();
-        let ok = !t.is_empty()
-            && t.len() <= 64
-            && t.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !t.starts_with('-');
-        if ok {
-            Ok(ComponentId(t.to_owned()))
-        } else {
-            Err(ComponentError(s.to_owned()))
-        }
-    }
-}
-
-impl serde::Serialize for ComponentId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ComponentId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// FNV-1a: a stable 64-bit fingerprint (unlike `DefaultHasher`, the same in every build and
 /// on every machine), for names and cache keys derived from content.

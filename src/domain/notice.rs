@@ -47,36 +47,57 @@ impl fmt::Display for NoticeKind {
     }
 }
 
+/// A notice: its kind, and for a reminder its lead time. A reminder without an offset, or
+/// any other kind with one, cannot be built. Ordered by kind, then offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Notice {
-    kind: NoticeKind,
-    offset: Option<Span>,
+pub enum Notice {
+    Announced,
+    Reminder(Span),
+    Started,
+    Rescheduled,
+    Cancelled,
+    Completed,
 }
 
 impl Notice {
-    pub fn new(kind: NoticeKind) -> Notice {
-        debug_assert!(kind != NoticeKind::Reminder, "a reminder needs its offset");
-        Notice { kind, offset: None }
-    }
     pub fn reminder(offset: Span) -> Notice {
-        Notice {
-            kind: NoticeKind::Reminder,
-            offset: Some(offset),
-        }
+        Notice::Reminder(offset)
     }
     pub fn kind(self) -> NoticeKind {
-        self.kind
+        match self {
+            Notice::Announced => NoticeKind::Announced,
+            Notice::Reminder(_) => NoticeKind::Reminder,
+            Notice::Started => NoticeKind::Started,
+            Notice::Rescheduled => NoticeKind::Rescheduled,
+            Notice::Cancelled => NoticeKind::Cancelled,
+            Notice::Completed => NoticeKind::Completed,
+        }
     }
     pub fn offset(self) -> Option<Span> {
-        self.offset
+        match self {
+            Notice::Reminder(o) => Some(o),
+            _ => None,
+        }
+    }
+    /// The notice of `kind` with `offset`: exactly reminders carry one.
+    pub fn of(kind: NoticeKind, offset: Option<Span>) -> Option<Notice> {
+        Some(match (kind, offset) {
+            (NoticeKind::Reminder, Some(o)) => Notice::Reminder(o),
+            (NoticeKind::Reminder, None) | (_, Some(_)) => return None,
+            (NoticeKind::Announced, None) => Notice::Announced,
+            (NoticeKind::Started, None) => Notice::Started,
+            (NoticeKind::Rescheduled, None) => Notice::Rescheduled,
+            (NoticeKind::Cancelled, None) => Notice::Cancelled,
+            (NoticeKind::Completed, None) => Notice::Completed,
+        })
     }
 }
 
 impl fmt::Display for Notice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.offset {
-            Some(o) => write!(f, "{}:{o}", self.kind),
-            None => write!(f, "{}", self.kind),
+        match self.offset() {
+            Some(o) => write!(f, "{}:{o}", self.kind()),
+            None => write!(f, "{}", self.kind()),
         }
     }
 }
@@ -99,11 +120,7 @@ impl FromStr for Notice {
             .into_iter()
             .find(|k| k.as_str() == kind)
             .ok_or_else(bad)?;
-        match (kind, offset) {
-            (NoticeKind::Reminder, Some(o)) => Ok(Notice::reminder(o)),
-            (NoticeKind::Reminder, None) | (_, Some(_)) => Err(bad()),
-            (k, None) => Ok(Notice::new(k)),
-        }
+        Notice::of(kind, offset).ok_or_else(bad)
     }
 }
 
@@ -141,6 +158,22 @@ impl DeliveryState {
 impl fmt::Display for DeliveryState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeliveryState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeliveryState::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery state '{s}'"))
+    }
+}
+
+impl serde::Serialize for DeliveryState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

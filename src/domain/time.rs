@@ -65,6 +65,8 @@ impl FromStr for Zone {
 pub enum TimeError {
     #[error("unknown time zone '{0}' (use an IANA name such as Africa/Nairobi or Europe/Berlin)")]
     UnknownZone(String),
+    #[error("{0} ms since the epoch is outside the representable range of instants")]
+    OutOfRange(i64),
     #[error(
         "'{0}' is not a time: use 'YYYY-MM-DD HH:MM[:SS]' (read in the given zone) or RFC 3339 with an offset, e.g. 2015-04-18T00:00:00+03:00"
     )]
@@ -229,8 +231,10 @@ pub fn to_millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-pub fn from_millis(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
+/// The instant `ms` milliseconds after the Unix epoch; out of chrono's range is an error, never
+/// a made-up instant.
+pub fn from_millis(ms: i64) -> Result<DateTime<Utc>, TimeError> {
+    DateTime::from_timestamp_millis(ms).ok_or(TimeError::OutOfRange(ms))
 }
 
 #[cfg(test)]

@@ -9,110 +9,12 @@
 //!   (notice, audience) that is due, past, or overtaken, each recorded once in the notice log;
 //! - [`fan_out`] turns a planned decision and a stream of recipients into queue rows.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Audience, Change, Notice, NoticeKind, PlannedDelivery, Recipient, RecipientId, Span, Window, WindowStatus,
+    Audience, Change, Decided, Decision, Notice, NoticeKind, Outcome, PlannedDelivery, Policy, Reach, Recipient,
+    RecipientId, Span, Window, WindowStatus,
 };
-
-/// Reminder offsets for one audience.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AudiencePolicy {
-    reminders: Vec<Span>,
-}
-
-impl AudiencePolicy {
-    /// Offsets are kept largest first, without duplicates.
-    pub fn new(mut reminders: Vec<Span>) -> AudiencePolicy {
-        reminders.sort_by(|a, b| b.cmp(a));
-        reminders.dedup();
-        AudiencePolicy { reminders }
-    }
-    pub fn reminders(&self) -> &[Span] {
-        &self.reminders
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub customers: AudiencePolicy,
-    pub billers: AudiencePolicy,
-    /// How long after the end a `completed` notice is still worth sending.
-    pub completed_grace: Span,
-}
-
-impl Policy {
-    pub fn for_audience(&self, audience: Audience) -> &AudiencePolicy {
-        match audience {
-            Audience::Customer => &self.customers,
-            Audience::Biller => &self.billers,
-        }
-    }
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            customers: AudiencePolicy::new(vec![Span::hours(72), Span::hours(24), Span::hours(1)]),
-            billers: AudiencePolicy::new(vec![Span::hours(168), Span::hours(72), Span::hours(24), Span::hours(1)]),
-            completed_grace: Span::hours(24),
-        }
-    }
-}
-
-/// Which recipients of an audience a notice is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reach {
-    /// Everyone who is subscribed and not opted out.
-    Eligible,
-    /// Only those who were already told something about this window.
-    AlreadyTold,
-    /// Only those who were not: after a change, they get the current facts, not a correction.
-    NotYetTold,
-}
-
-/// What happened to a (revision, notice, audience): recorded once in the notice log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Due now: fan it out.
-    Planned,
-    /// Its time had passed before the current schedule existed.
-    Skipped,
-    /// Overtaken by a later notice that is due at the same time.
-    Superseded,
-    /// Its deadline passed before it could be planned.
-    Expired,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Planned => "planned",
-            Outcome::Skipped => "skipped",
-            Outcome::Superseded => "superseded",
-            Outcome::Expired => "expired",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub revision: u32,
-    pub notice: Notice,
-    pub audience: Audience,
-    pub outcome: Outcome,
-    pub reach: Reach,
-    pub due_at: DateTime<Utc>,
-    pub deadline: DateTime<Utc>,
-    /// Earlier notices of the same revision and audience whose unsent deliveries this one
-    /// makes pointless (catch-up: only the latest reminder goes out).
-    pub supersedes: Vec<Notice>,
-}
-
-/// The (notice, audience) pairs of the window's current revision already in the notice log.
-pub type Decided = HashSet<(Notice, Audience)>;
 
 /// What the window's current revision owes now that has not been decided yet.
 pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime<Utc>) -> Vec<Decision> {
@@ -127,7 +29,7 @@ pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime
             now,
             out: &mut out,
         };
-        use NoticeKind::*;
+        use Notice::{Announced, Cancelled, Completed, Rescheduled, Started};
         let primary = match (window.status, window.last_change) {
             (WindowStatus::Scheduled, Change::Rescheduled) => {
                 let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at);
@@ -182,11 +84,10 @@ impl Decider<'_> {
     }
 
     /// The notice a change owes. Returns whether it is planned now.
-    fn primary(&mut self, kind: NoticeKind, reach: Reach, due_at: DateTime<Utc>) -> bool {
-        let Ok(deadline) = notice_deadline(self.window, kind, self.policy) else {
+    fn primary(&mut self, notice: Notice, reach: Reach, due_at: DateTime<Utc>) -> bool {
+        let Ok(deadline) = notice_deadline(self.window, notice.kind(), self.policy) else {
             return false;
         };
-        let notice = Notice::new(kind);
         if self.decided.contains(&(notice, self.audience)) || due_at > self.now {
             return false;
         }
@@ -290,7 +191,7 @@ pub fn notice_deadline(window: &Window, kind: NoticeKind, policy: &Policy) -> Re
     }
 }
 
-/// The queue rows of a planned decision for a stream of recipients (any order, any audience:
+/// The queue rows of a planned decision (none for any other outcome) for a stream of recipients (any order, any audience:
 /// those it does not concern are passed over). `told` says whether a recipient was already told
 /// something about this window; it is asked only for `AlreadyTold`/`NotYetTold` decisions.
 pub fn fan_out<'a, I, F>(
@@ -303,9 +204,11 @@ where
     I: IntoIterator<Item = &'a Recipient> + 'a,
     F: Fn(RecipientId) -> bool + 'a,
 {
-    debug_assert_eq!(decision.outcome, Outcome::Planned);
+    // Only a planned decision owes deliveries: skipped, superseded or expired ones owe none.
+    let planned = decision.outcome == Outcome::Planned;
     recipients
         .into_iter()
+        .filter(move |_| planned)
         .filter(move |r| {
             let p = &r.profile;
             p.kind == decision.audience

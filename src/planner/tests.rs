@@ -4,7 +4,8 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use super::*;
 use crate::domain::{
-    Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile, Schedule, WindowId, Zone,
+    AudiencePolicy, Channel, ComponentId, EmailAddress, Locale, Localized, NewWindow, PhoneNumber, Profile, Schedule,
+    WindowId, Zone,
 };
 
 /// 2015-04-18 00:00 EAT, the start of the M-Pesa migration.
@@ -123,8 +124,8 @@ fn default_offsets_per_audience() {
 #[test]
 fn offsets_are_configurable_per_audience() {
     let policy = Policy {
-        customers: AudiencePolicy::new(vec![Span::hours(2)]),
-        billers: AudiencePolicy::new(vec![Span::hours(336), Span::hours(12)]),
+        customers: AudiencePolicy::new(vec![Span::hours(2)]).unwrap(),
+        billers: AudiencePolicy::new(vec![Span::hours(336), Span::hours(12)]).unwrap(),
         completed_grace: Span::hours(24),
     };
     let created = start() - hours(20 * 24);

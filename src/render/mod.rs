@@ -5,21 +5,17 @@
 //! is HTML-escaped; SMS and plain text are not. Depends on `domain` and `config` only; no I/O
 //! but reading the template folder at load time.
 
-pub mod sms;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc, Weekday};
 use handlebars::{Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason};
-use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::ComponentNames;
 use crate::domain::{
-    Channel, ComponentId, Locale, Localized, Notice, NoticeKind, Schedule, Span, Window, WindowId, WindowStatus, Zone,
+    Channel, ComponentId, ComponentNames, Encoding, Locale, Localized, Notice, NoticeKind, Rendered, Schedule, Span,
+    Window, WindowId, WindowStatus, Zone, first_non_gsm7, sms_cost,
 };
-pub use sms::{Encoding, SmsCost};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/templates.rs"));
@@ -62,25 +58,6 @@ pub enum RenderError {
     TooLong { file: String, segments: usize, max: usize },
     #[error("cannot read template {file}: {source}")]
     Read { file: String, source: std::io::Error },
-}
-
-/// What a channel sends, rendered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum Rendered {
-    Sms {
-        body: String,
-        encoding: Encoding,
-        segments: usize,
-    },
-    Email {
-        subject: String,
-        text: String,
-        html: String,
-    },
-    Webhook {
-        payload: Value,
-    },
 }
 
 /// The loaded templates plus what the helpers need to know.
@@ -241,7 +218,7 @@ impl Renderer {
         Ok(match channel {
             Channel::Sms => {
                 let body = self.render_part(Part::Sms, locale, kind, &ctx)?.trim().to_owned();
-                let cost = sms::cost(&body);
+                let cost = sms_cost(&body);
                 if cost.segments > self.max_sms_segments {
                     return Err(RenderError::TooLong {
                         file: file_name(self.origin.as_deref(), &Part::Sms.template_name(locale, kind)),
@@ -286,7 +263,7 @@ impl Renderer {
         });
         Ok(match channel {
             Channel::Sms => {
-                let cost = sms::cost(text);
+                let cost = sms_cost(text);
                 if cost.segments > self.max_sms_segments {
                     return Err(RenderError::TooLong {
                         file: format!("the {locale} message of broadcast '{name}'"),
@@ -363,7 +340,7 @@ impl Renderer {
                         encoding: Encoding::Ucs2,
                         ..
                     }) => {
-                        let c = sms::first_non_gsm7(&body).unwrap_or('?');
+                        let c = first_non_gsm7(&body).unwrap_or('?');
                         let file = file_name(self.origin.as_deref(), &Part::Sms.template_name(locale, kind));
                         report.warnings.push(format!(
                             "template {file}: '{c}' (U+{:04X}) is not in the GSM-7 alphabet, so every SMS from it is UCS-2: 70 characters per message instead of 160",
@@ -428,10 +405,8 @@ impl NoticeFacts {
         };
         let schedule = Schedule::new(at(17, 21, 0), at(19, 20, 59)).expect("fixed sample: end after start");
         let previous = Schedule::new(at(10, 21, 0), at(12, 20, 59)).expect("fixed sample: end after start");
-        let notice = match kind {
-            NoticeKind::Reminder => Notice::reminder(Span::hours(24)),
-            k => Notice::new(k),
-        };
+        let offset = (kind == NoticeKind::Reminder).then_some(Span::hours(24));
+        let notice = Notice::of(kind, offset).expect("a reminder with its offset, any other kind without");
         NoticeFacts {
             window_id: WindowId(1),
             revision: 2,

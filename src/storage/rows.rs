@@ -5,8 +5,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Localized, Message, Notice, PhoneNumber, Profile,
-    Recipient, RecipientId, Schedule, Window, WindowId, Zone, from_millis,
+    Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Locale, Localized, Message, Notice, PhoneNumber,
+    Profile, Recipient, RecipientId, Schedule, Window, WindowId, Zone, from_millis,
 };
 
 use super::StoreError;
@@ -41,6 +41,11 @@ fn corrupt(what: &str, id: i64, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what} {id}: {e}"))
 }
 
+/// A stored instant; one out of range is corrupt data, not a made-up time.
+pub(super) fn instant(what: &str, id: i64, ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    from_millis(ms).map_err(|e| corrupt(what, id, e))
+}
+
 fn parse<T: FromStr>(what: &str, id: i64, text: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
@@ -65,10 +70,10 @@ where
 impl TryFrom<WindowRow> for Window {
     type Error = StoreError;
     fn try_from(r: WindowRow) -> Result<Window, StoreError> {
-        let schedule =
-            Schedule::new(from_millis(r.starts_at), from_millis(r.ends_at)).map_err(|e| corrupt("window", r.id, e))?;
-        let previous = Schedule::new(from_millis(r.prev_starts_at), from_millis(r.prev_ends_at))
-            .map_err(|e| corrupt("window", r.id, e))?;
+        let at = |ms| instant("window", r.id, ms);
+        let schedule = Schedule::new(at(r.starts_at)?, at(r.ends_at)?).map_err(|e| corrupt("window", r.id, e))?;
+        let previous =
+            Schedule::new(at(r.prev_starts_at)?, at(r.prev_ends_at)?).map_err(|e| corrupt("window", r.id, e))?;
         Ok(Window {
             id: WindowId(r.id),
             title: Localized {
@@ -88,8 +93,8 @@ impl TryFrom<WindowRow> for Window {
             last_change: parse("window", r.id, &r.last_change)?,
             auto_complete: r.auto_complete,
             cancel_reason: r.cancel_reason,
-            created_at: from_millis(r.created_at),
-            revised_at: from_millis(r.revised_at),
+            created_at: at(r.created_at)?,
+            revised_at: at(r.revised_at)?,
         })
     }
 }
@@ -131,9 +136,9 @@ impl TryFrom<RecipientRow> for Recipient {
     }
 }
 
-/// A claimed delivery with what the dispatcher needs to render and address it.
+/// A claimed delivery as sqlx reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ClaimedRow {
+pub(super) struct ClaimRow {
     pub id: i64,
     pub window_id: Option<i64>,
     pub broadcast_id: Option<i64>,
@@ -147,6 +152,66 @@ pub struct ClaimedRow {
     pub email: Option<String>,
     pub locale: String,
     pub zone: String,
+}
+
+/// A claimed delivery with what the dispatcher needs to render and address it, parsed.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub window: Option<WindowId>,
+    pub broadcast: Option<i64>,
+    pub revision: u32,
+    /// The window notice; `None` for a free-text broadcast message.
+    pub notice: Option<Notice>,
+    pub channel: Channel,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+    pub deadline: DateTime<Utc>,
+    pub recipient: RecipientId,
+    pub phone: Option<PhoneNumber>,
+    pub email: Option<EmailAddress>,
+    pub locale: Locale,
+    pub zone: Zone,
+}
+
+/// A claimed row: parsed, or the reason it could not be (the dispatcher records it failed
+/// rather than letting one bad row hold up the queue).
+pub type Claimed = Result<ClaimedDelivery, CorruptClaim>;
+
+/// A claimed row whose stored values do not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptClaim {
+    pub id: i64,
+    pub reason: String,
+}
+
+impl ClaimRow {
+    pub(super) fn parse(self) -> Claimed {
+        let id = self.id;
+        let bad = |what: &str| CorruptClaim {
+            id,
+            reason: format!("stored delivery has an invalid {what}"),
+        };
+        let notice = match (self.broadcast_id, self.notice.as_str()) {
+            (Some(_), "message") => None,
+            (_, text) => Some(text.parse::<Notice>().map_err(|_| bad("notice"))?),
+        };
+        Ok(ClaimedDelivery {
+            id,
+            window: self.window_id.map(WindowId),
+            broadcast: self.broadcast_id,
+            revision: u32::try_from(self.revision).map_err(|_| bad("revision"))?,
+            notice,
+            channel: self.channel.parse().map_err(|_| bad("channel"))?,
+            attempts: u32::try_from(self.attempts).map_err(|_| bad("attempt count"))?,
+            deadline: from_millis(self.deadline).map_err(|_| bad("deadline"))?,
+            recipient: RecipientId(self.recipient_id),
+            phone: self.phone.map(PhoneNumber::from_trusted),
+            email: self.email.map(EmailAddress::from_trusted),
+            locale: self.locale.parse().map_err(|_| bad("locale"))?,
+            zone: self.zone.parse().map_err(|_| bad("zone"))?,
+        })
+    }
 }
 
 /// What an operator asks to broadcast.
@@ -203,7 +268,7 @@ impl TryFrom<BroadcastRow> for Broadcast {
                 .map(|m| serde_json::from_str(&m).map_err(|e| corrupt("broadcast", r.id, e)))
                 .transpose()?,
             filter: serde_json::from_str(&r.filter).map_err(|e| corrupt("broadcast", r.id, e))?,
-            deadline: from_millis(r.deadline),
+            deadline: instant("broadcast", r.id, r.deadline)?,
         })
     }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tangazo::channels::{BoxFuture, FileSender, Message, Receipt, SendError, Sender, Senders};
-use tangazo::config::{Config, DispatchConfig, Overrides};
-use tangazo::dispatch::Dispatcher;
-use tangazo::domain::{Channel, Locale, Notice, NoticeKind, PlannedDelivery, RecipientId, WindowId};
+use tangazo::config::{Config, Overrides};
+use tangazo::dispatch::{DispatchConfig, Dispatcher};
+use tangazo::domain::{Channel, Locale, Notice, PlannedDelivery, RecipientId, WindowId};
 use tangazo::render::Renderer;
+use tangazo::shutdown::CancellationToken;
 
 use crate::helpers::{TestDb, customer, new_window, start, utc};
 use crate::on_both;
@@ -112,7 +113,7 @@ async fn sms_for_new_window(db: &TestDb, hours: i64, deadline: DateTime<Utc>) ->
     let row = PlannedDelivery {
         window: w.id,
         revision: 1,
-        notice: Notice::new(NoticeKind::Announced),
+        notice: Notice::Announced,
         recipient: db.store.recipients_page(None, RecipientId(0), 1).await.unwrap()[0].id,
         channel: Channel::Sms,
         due_at: utc(2015, 4, 10, 6, 0),
@@ -125,7 +126,7 @@ async fn sms_for_new_window(db: &TestDb, hours: i64, deadline: DateTime<Utc>) ->
 async fn state(db: &TestDb, w: WindowId) -> String {
     let rows = db.store.summary(Some(w)).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    rows[0].state.clone()
+    rows[0].state.as_str().to_owned()
 }
 
 async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
@@ -136,7 +137,7 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
     // Failover: the first backend's transient failure goes to the next one, which sends.
     let d = dispatcher(db, vec![primary.clone(), backup]);
     let now = utc(2015, 4, 10, 6, 0);
-    let r = d.run_due(now, &|| false).await.unwrap();
+    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
     assert_eq!((r.sent, r.retried), (1, 0));
     assert_eq!(primary.seen.lock().unwrap().len(), 1);
     assert_eq!(
@@ -151,24 +152,33 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
     let w2 = one_sms_again(db).await;
     let only = Scripted::new("only", vec![busy(Some(300))]);
     let d = dispatcher(db, vec![only.clone()]);
-    let r = d.run_due(now, &|| false).await.unwrap();
+    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
     assert_eq!(r.retried, 1);
     assert_eq!(
-        d.run_due(now + TimeDelta::minutes(4), &|| false).await.unwrap().claimed,
+        d.run_due(now + TimeDelta::minutes(4), &CancellationToken::new())
+            .await
+            .unwrap()
+            .claimed,
         0,
         "not before 5 minutes"
     );
-    let r = d.run_due(now + TimeDelta::minutes(5), &|| false).await.unwrap();
+    let r = d
+        .run_due(now + TimeDelta::minutes(5), &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(r.retried, 1);
     assert_eq!(
-        d.run_due(now + TimeDelta::minutes(14), &|| false)
+        d.run_due(now + TimeDelta::minutes(14), &CancellationToken::new())
             .await
             .unwrap()
             .claimed,
         0,
         "then 10 minutes"
     );
-    let r = d.run_due(now + TimeDelta::minutes(15), &|| false).await.unwrap();
+    let r = d
+        .run_due(now + TimeDelta::minutes(15), &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(r.failed, 1, "the schedule has two retries");
     assert_eq!(only.seen.lock().unwrap().len(), 3);
     assert_eq!(state(db, w2).await, "failed");
@@ -185,7 +195,7 @@ async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
     let w = one_sms(db, now + TimeDelta::seconds(30)).await;
     // A transient failure whose next attempt would land after the deadline: expired, not retried.
     let d = dispatcher(db, vec![Scripted::new("slow", vec![busy(None)])]);
-    let r = d.run_due(now, &|| false).await.unwrap();
+    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
     assert_eq!((r.expired, r.retried), (1, 0));
     assert_eq!(state(db, w).await, "expired");
 
@@ -198,12 +208,18 @@ async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
     );
     let backup = Scripted::new("never", vec![Ok(())]);
     let d = dispatcher(db, vec![invalid, backup.clone()]);
-    let r = d.run_due(now, &|| false).await.unwrap();
+    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
     assert_eq!(r.failed, 1);
     assert!(
         backup.seen.lock().unwrap().is_empty(),
         "a permanent failure does not fail over"
     );
     assert_eq!(state(db, w2).await, "failed");
-    assert!(d.run_due(now + TimeDelta::hours(1), &|| false).await.unwrap().claimed == 0);
+    assert!(
+        d.run_due(now + TimeDelta::hours(1), &CancellationToken::new())
+            .await
+            .unwrap()
+            .claimed
+            == 0
+    );
 }

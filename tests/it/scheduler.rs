@@ -4,9 +4,11 @@
 use std::path::Path;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tangazo::channels::BuildContext;
 use tangazo::config::{Config, Overrides};
 use tangazo::domain::{Locale, RecipientId};
 use tangazo::scheduler::Scheduler;
+use tangazo::shutdown::CancellationToken;
 
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
 use crate::on_both;
@@ -51,11 +53,12 @@ impl Rig {
     fn new(db: &TestDb) -> Rig {
         let outbox = tempfile::tempdir().unwrap();
         let config = config(outbox.path());
-        let scheduler = tangazo::cli::wire_scheduler(&config, &db.store, "test").unwrap_or_else(|_| panic!("wiring"));
+        let scheduler =
+            tangazo::app::scheduler(&config, &db.store, &BuildContext::with_console(std::io::sink()), "test").unwrap();
         Rig { scheduler, outbox }
     }
     async fn tick(&self, now: DateTime<Utc>) -> tangazo::scheduler::TickReport {
-        self.scheduler.tick(now, &|| false).await.unwrap()
+        self.scheduler.tick(now, &CancellationToken::new()).await.unwrap()
     }
     fn sent(&self) -> usize {
         lines(self.outbox.path())

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use chrono::TimeDelta;
 use tangazo::domain::{
-    Audience, AudienceFilter, Channel, Locale, Message, MessageText, Notice, NoticeKind, PlannedDelivery, RecipientId,
-    Schedule, Span, WindowId, WindowStatus,
+    Audience, AudienceFilter, Channel, Locale, Message, MessageText, Notice, PlannedDelivery, RecipientId, Schedule,
+    Span, WindowId, WindowStatus,
 };
-use tangazo::planner::{Decision, Outcome, Reach};
+use tangazo::domain::{Decision, Outcome, Reach};
 use tangazo::storage::{Finish, NewBroadcast, StoreError};
 
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
@@ -26,7 +26,7 @@ on_both!(
 async fn states(db: &TestDb, window: WindowId) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for r in db.store.summary(Some(window)).await.unwrap() {
-        *out.entry(r.state).or_default() += r.count;
+        *out.entry(r.state.as_str().to_owned()).or_default() += r.count;
     }
     out
 }
@@ -105,7 +105,7 @@ async fn enqueue_is_idempotent(db: &TestDb) {
         .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
         .await
         .unwrap();
-    let rows = planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100);
+    let rows = planned(w.id, 1, Notice::Announced, &ids, 100);
     assert_eq!(db.store.enqueue(&rows).await.unwrap(), 25);
     assert_eq!(db.store.enqueue(&rows).await.unwrap(), 0);
     assert_eq!(db.store.enqueue(&rows[..10]).await.unwrap(), 0);
@@ -122,7 +122,7 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
         .await
         .unwrap();
     db.store
-        .enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100))
+        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
         .await
         .unwrap();
     let now = start() - TimeDelta::hours(50);
@@ -133,12 +133,29 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
             .claim_due(start() - TimeDelta::hours(101), 100, "w1", lease, None)
             .await
             .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
             .is_empty()
     );
-    let first = db.store.claim_due(now, 4, "w1", lease, None).await.unwrap();
+    let first = db
+        .store
+        .claim_due(now, 4, "w1", lease, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     assert_eq!(first.len(), 4);
     assert!(first.iter().all(|c| c.attempts == 1 && c.phone.is_some()));
-    let second = db.store.claim_due(now, 100, "w2", lease, None).await.unwrap();
+    let second = db
+        .store
+        .claim_due(now, 100, "w2", lease, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     assert_eq!(second.len(), 6, "a claimed delivery is not claimed twice");
     let mut finishes = vec![
         Finish::Sent {
@@ -170,6 +187,9 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
             .claim_due(now, 100, "w3", lease, None)
             .await
             .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
             .is_empty()
     );
     let retry = db
@@ -182,7 +202,10 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
             None,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     assert_eq!(retry.len(), 1);
     assert_eq!(retry[0].attempts, 2);
     // The second worker died: its claims lapse and return to the queue.
@@ -206,7 +229,7 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
     let created = utc(2015, 4, 10, 6, 0);
     let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
     db.store
-        .enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100))
+        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
         .await
         .unwrap();
     let now = start() - TimeDelta::hours(90);
@@ -214,7 +237,10 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
         .store
         .claim_due(now, 2, "w", now + TimeDelta::minutes(5), None)
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     db.store
         .finish(
             &[Finish::Sent {
@@ -307,7 +333,10 @@ async fn told_and_decisions(db: &TestDb) {
         .store
         .claim_due(now, 2, "w", now + TimeDelta::minutes(5), None)
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     let sent: Vec<Finish> = claimed
         .iter()
         .map(|c| Finish::Sent {
@@ -324,7 +353,7 @@ async fn told_and_decisions(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(told.len(), 2);
-    assert!(told.contains(&RecipientId(claimed[0].recipient_id)));
+    assert!(told.contains(&claimed[0].recipient));
     // A later reminder supersedes the unsent rest of the earlier one for its audience.
     let d = Decision {
         revision: 1,
@@ -407,19 +436,22 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
         .unwrap();
     assert_eq!(
         db.store
-            .enqueue(&planned(w.id, 1, Notice::new(NoticeKind::Announced), &ids, 100))
+            .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
             .await
             .unwrap(),
         4
     );
     let lease = now + TimeDelta::minutes(5);
-    let claimed = db.store.claim_due(now, 100, "b", lease, Some(b.id)).await.unwrap();
+    let claimed = db
+        .store
+        .claim_due(now, 100, "b", lease, Some(b.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
     assert_eq!(claimed.len(), 4, "only the broadcast's rows");
-    assert!(
-        claimed
-            .iter()
-            .all(|c| c.broadcast_id == Some(b.id) && c.window_id.is_none())
-    );
+    assert!(claimed.iter().all(|c| c.broadcast == Some(b.id) && c.window.is_none()));
     let counts: i64 = db
         .store
         .broadcast_summary(b.id)

@@ -1,0 +1,84 @@
+//! Start-up: builds the parts of a running Tangazo — store, renderer, senders, dispatcher,
+//! scheduler — from a [`Config`]. The command line, the demo, the tests and (later) the HTTP
+//! server all get theirs here, so there is one way to wire the system.
+//!
+//! Depends on `config` and the parts it builds; prints nothing.
+
+use crate::channels::{BuildContext, BuildError, Senders};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::render::{RenderError, Renderer};
+use crate::scheduler::Scheduler;
+use crate::storage::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database URL names no supported database.
+    #[error(transparent)]
+    UnsupportedDatabase(StoreError),
+    #[error("cannot open database {url}: {source}")]
+    Database { url: String, source: StoreError },
+    #[error(transparent)]
+    Templates(#[from] RenderError),
+    #[error(transparent)]
+    Senders(#[from] BuildError),
+}
+
+/// Opens and migrates the configured database.
+pub async fn store(config: &Config) -> Result<Store, StartupError> {
+    Store::connect(config.database_url.expose()).await.map_err(|e| match e {
+        e @ StoreError::UnsupportedUrl(_) => StartupError::UnsupportedDatabase(e),
+        source => StartupError::Database {
+            url: config.database_url.to_string(),
+            source,
+        },
+    })
+}
+
+/// The configured templates (or the built-in ones) with the SMS segment limit.
+pub fn renderer(config: &Config) -> Result<Renderer, StartupError> {
+    Ok(
+        Renderer::load(config.templates.as_deref(), &config.service_name, &config.components)?
+            .with_sms_limit(config.max_sms_segments),
+    )
+}
+
+/// Every configured backend, held to its limits, routed per channel.
+pub fn senders(config: &Config, context: &BuildContext) -> Result<Senders, StartupError> {
+    Ok(Senders::build(&config.senders, &config.channels, context)?)
+}
+
+/// The dispatcher alone (`broadcast` works the queue without planning). `owner` names this
+/// process on the leases it takes.
+pub fn dispatcher(
+    config: &Config,
+    store: &Store,
+    context: &BuildContext,
+    owner: &str,
+) -> Result<Dispatcher, StartupError> {
+    Ok(Dispatcher::new(
+        store.clone(),
+        std::sync::Arc::new(renderer(config)?),
+        senders(config, context)?,
+        config.dispatch.clone(),
+        config.components.clone(),
+        owner.to_owned(),
+    ))
+}
+
+/// The scheduler with its dispatcher: what the daemon, `run-once` and the demo tick.
+pub fn scheduler(
+    config: &Config,
+    store: &Store,
+    context: &BuildContext,
+    owner: &str,
+) -> Result<Scheduler, StartupError> {
+    let dispatcher = dispatcher(config, store, context, owner)?;
+    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
+}
+
+/// A lease owner name for this process: `tag@host:pid`.
+pub fn owner(tag: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("{tag}@{host}:{}", std::process::id())
+}

@@ -1,0 +1,427 @@
+//! Ad-hoc broadcasts, as data: what is sent (a window's notice or a free message), to whom (the
+//! audience a filter admits, read a page at a time), what it would cost and how long it would
+//! take, and whether a canary run allows the release. The rows go into the same `deliveries`
+//! table and leave through the same dispatcher as the daemon's, so a rerun sends nothing twice.
+//!
+//! The command line (and later the HTTP API) calls these functions and does its own asking and
+//! printing. Depends on `storage`, `render` and `domain`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Audience, AudienceFilter, Channel, ComponentId, ComponentNames, DeliveryState, Encoding, Locale, Message, Notice,
+    Recipient, RecipientId, Rendered, Window, Zone, fingerprint,
+};
+use crate::render::{NoticeFacts, RenderError, Renderer};
+use crate::storage::{Broadcast, NewBroadcast, PAGE, Store, StoreError};
+
+/// Prices for estimates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Costs {
+    pub currency: String,
+    pub sms_segment: f64,
+    pub email: f64,
+    pub webhook: f64,
+}
+
+/// What is broadcast.
+#[derive(Debug, Clone)]
+pub enum Content {
+    Notice { window: Box<Window>, notice: Notice },
+    Message(Message),
+}
+
+impl Content {
+    /// The components a window notice is about; a free message concerns everyone.
+    pub fn window_components(&self) -> Option<&[ComponentId]> {
+        match self {
+            Content::Notice { window, .. } => Some(&window.components),
+            Content::Message(_) => None,
+        }
+    }
+
+    /// The broadcast to record for this content.
+    pub fn to_new(&self, name: String, filter: AudienceFilter, deadline: DateTime<Utc>) -> NewBroadcast {
+        let (window, notice, message) = match self {
+            Content::Notice { window, notice } => (Some(window.as_ref()), Some(*notice), None),
+            Content::Message(m) => (None, None, Some(m.clone())),
+        };
+        NewBroadcast {
+            name,
+            window: window.map(|w| w.id),
+            revision: window.map(|w| w.revision),
+            notice,
+            message,
+            filter,
+            deadline,
+        }
+    }
+
+    /// The content rendered for one channel, locale and zone.
+    pub fn render(
+        &self,
+        renderer: &Renderer,
+        components: &BTreeMap<ComponentId, ComponentNames>,
+        channel: Channel,
+        locale: Locale,
+        zone: Zone,
+    ) -> Result<Rendered, RenderError> {
+        match self {
+            Content::Notice { window, notice } => {
+                let facts = NoticeFacts::new(window, *notice, components);
+                renderer.render(&facts, channel, locale, zone)
+            }
+            Content::Message(m) => renderer.render_message(m, "preview", channel, locale),
+        }
+    }
+}
+
+/// The name a broadcast gets when none is given: stable for the same content and audience, so
+/// running the same command twice is the same broadcast.
+pub fn default_name(content: &Content, filter: &AudienceFilter) -> Result<String, serde_json::Error> {
+    let filter_json = serde_json::to_string(filter)?;
+    Ok(match content {
+        Content::Notice { window, notice } => format!(
+            "w{}-r{}-{}-{:08x}",
+            window.id,
+            window.revision,
+            notice.to_string().replace(':', "-"),
+            fingerprint(filter_json.as_bytes()) as u32
+        ),
+        Content::Message(m) => {
+            let text = serde_json::to_string(m)? + &filter_json;
+            format!("msg-{:012x}", fingerprint(text.as_bytes()) & 0xffff_ffff_ffff)
+        }
+    })
+}
+
+/// Pages through the recipients a filter can admit, in id order.
+struct Pager {
+    kinds: Vec<Option<Audience>>,
+    kind: usize,
+    after: RecipientId,
+}
+
+impl Pager {
+    fn new(filter: &AudienceFilter) -> Pager {
+        let kinds = match filter.audiences.as_slice() {
+            [one] => vec![Some(*one)],
+            _ => vec![None],
+        };
+        Pager {
+            kinds,
+            kind: 0,
+            after: RecipientId(0),
+        }
+    }
+
+    async fn next(&mut self, store: &Store) -> Result<Option<Vec<Recipient>>, StoreError> {
+        while let Some(kind) = self.kinds.get(self.kind) {
+            let page = store.recipients_page(*kind, self.after, PAGE).await?;
+            match page.last() {
+                Some(last) => {
+                    self.after = last.id;
+                    return Ok(Some(page));
+                }
+                None => {
+                    self.kind += 1;
+                    self.after = RecipientId(0);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Who would receive what: counts by channel, locale and zone.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub recipients: u64,
+    pub messages: BTreeMap<(Channel, Locale, Zone), u64>,
+}
+
+impl Scan {
+    pub fn total_messages(&self) -> u64 {
+        self.messages.values().sum()
+    }
+}
+
+/// Reads the whole audience once and counts it: nothing is recorded.
+pub async fn scan(store: &Store, content: &Content, filter: &AudienceFilter) -> Result<Scan, StoreError> {
+    let matcher = filter.matcher();
+    let mut s = Scan::default();
+    let mut pager = Pager::new(filter);
+    while let Some(page) = pager.next(store).await? {
+        for r in &page {
+            let channels = matcher.channels(r, content.window_components());
+            if channels.is_empty() {
+                continue;
+            }
+            s.recipients += 1;
+            // A free message reads the same in every zone.
+            let zone = match content {
+                Content::Notice { .. } => r.profile.zone,
+                Content::Message(_) => Zone::NAIROBI,
+            };
+            for c in channels {
+                *s.messages.entry((c, r.profile.locale, zone)).or_default() += 1;
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Records the broadcast's rows for the whole audience, a page at a time. Returns how many
+/// were new.
+pub async fn enqueue_audience(
+    store: &Store,
+    content: &Content,
+    broadcast: &Broadcast,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let matcher = broadcast.filter.matcher();
+    let mut pager = Pager::new(&broadcast.filter);
+    let mut enqueued = 0;
+    while let Some(page) = pager.next(store).await? {
+        let rows: Vec<(RecipientId, Channel)> = page
+            .iter()
+            .flat_map(|r| {
+                matcher
+                    .channels(r, content.window_components())
+                    .into_iter()
+                    .map(|c| (r.id, c))
+            })
+            .collect();
+        enqueued += store.enqueue_broadcast(broadcast, &rows, now).await?;
+    }
+    Ok(enqueued)
+}
+
+/// Records the canary seeds' rows (seed recipients on the broadcast's channels).
+pub async fn enqueue_seeds(
+    store: &Store,
+    broadcast: &Broadcast,
+    seeds: &[Recipient],
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let channels = &broadcast.filter.channels;
+    let rows: Vec<(RecipientId, Channel)> = seeds
+        .iter()
+        .flat_map(|r| {
+            r.profile
+                .effective_channels()
+                .into_iter()
+                .filter(|c| channels.is_empty() || channels.contains(c))
+                .map(|c| (r.id, c))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    store.enqueue_broadcast(broadcast, &rows, now).await
+}
+
+/// A line of the estimate: messages (and SMS segments) per channel, locale and encoding.
+#[derive(Debug, Clone, Serialize)]
+pub struct EstimateLine {
+    pub channel: Channel,
+    pub locale: Locale,
+    pub encoding: Option<String>,
+    pub messages: u64,
+    pub segments: u64,
+}
+
+/// What a broadcast would send, cost and take, with a sample of each locale's SMS and email.
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    pub lines: Vec<EstimateLine>,
+    pub sms_segments: u64,
+    pub cost: f64,
+    /// Seconds each channel would take at its first backend's rate (`None`: no rate is set).
+    pub seconds: BTreeMap<Channel, Option<f64>>,
+    /// The longest of those: channels are worked in parallel.
+    pub seconds_total: f64,
+    /// Per locale: the SMS and the email as they would go out.
+    pub samples: BTreeMap<Locale, (Rendered, Rendered)>,
+}
+
+impl Estimate {
+    pub fn messages_on(&self, channel: Channel) -> u64 {
+        self.lines
+            .iter()
+            .filter(|l| l.channel == channel)
+            .map(|l| l.messages)
+            .sum()
+    }
+}
+
+/// What the estimate needs besides the content and the audience.
+pub struct EstimateInputs<'a> {
+    pub renderer: &'a Renderer,
+    pub components: &'a BTreeMap<ComponentId, ComponentNames>,
+    pub costs: &'a Costs,
+    /// Messages per second of each channel's first backend, where limited.
+    pub rate: &'a dyn Fn(Channel) -> Option<f64>,
+    /// The zone the samples are rendered in.
+    pub sample_zone: Zone,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EstimateError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("an SMS rendered as something else")]
+    NotSms,
+}
+
+/// Counts, SMS segments (each (locale, zone) rendered once), cost, duration and samples.
+pub fn estimate(content: &Content, scan: &Scan, inputs: &EstimateInputs<'_>) -> Result<Estimate, EstimateError> {
+    let render = |channel, locale, zone| content.render(inputs.renderer, inputs.components, channel, locale, zone);
+    let mut lines: BTreeMap<(Channel, Locale, Option<Encoding>), (u64, u64)> = BTreeMap::new();
+    let mut cache: HashMap<(Locale, Zone), (Encoding, u64)> = HashMap::new();
+    for (&(channel, locale, zone), &n) in &scan.messages {
+        let (encoding, segments) = if channel == Channel::Sms {
+            let (e, s) = match cache.get(&(locale, zone)) {
+                Some(v) => *v,
+                None => {
+                    let (encoding, segments) = match render(channel, locale, zone)? {
+                        Rendered::Sms { encoding, segments, .. } => (encoding, segments as u64),
+                        _ => return Err(EstimateError::NotSms),
+                    };
+                    cache.insert((locale, zone), (encoding, segments));
+                    (encoding, segments)
+                }
+            };
+            (Some(e), s * n)
+        } else {
+            (None, 0)
+        };
+        let line = lines.entry((channel, locale, encoding)).or_default();
+        line.0 += n;
+        line.1 += segments;
+    }
+    let lines: Vec<EstimateLine> = lines
+        .iter()
+        .map(|(&(channel, locale, encoding), &(messages, segments))| EstimateLine {
+            channel,
+            locale,
+            encoding: encoding.map(|e| e.to_string()),
+            messages,
+            segments,
+        })
+        .collect();
+    let per_channel = |c: Channel| lines.iter().filter(|l| l.channel == c).map(|l| l.messages).sum::<u64>();
+    let sms_segments: u64 = lines.iter().map(|l| l.segments).sum();
+    let costs = inputs.costs;
+    let cost = sms_segments as f64 * costs.sms_segment
+        + per_channel(Channel::Email) as f64 * costs.email
+        + per_channel(Channel::Webhook) as f64 * costs.webhook;
+    let mut seconds = BTreeMap::new();
+    for c in Channel::ALL {
+        let n = per_channel(c);
+        if n > 0 {
+            seconds.insert(c, (inputs.rate)(c).map(|r| n as f64 / r));
+        }
+    }
+    // Channels are worked in parallel; an unlimited backend adds nothing to the estimate.
+    let seconds_total = seconds.values().flatten().fold(0.0_f64, |a, b| a.max(*b));
+    let mut samples = BTreeMap::new();
+    let locales: BTreeSet<Locale> = scan.messages.keys().map(|k| k.1).collect();
+    for locale in if locales.is_empty() {
+        BTreeSet::from([Locale::En])
+    } else {
+        locales
+    } {
+        let sms = render(Channel::Sms, locale, inputs.sample_zone)?;
+        let email = render(Channel::Email, locale, inputs.sample_zone)?;
+        samples.insert(locale, (sms, email));
+    }
+    Ok(Estimate {
+        lines,
+        sms_segments,
+        cost,
+        seconds,
+        seconds_total,
+        samples,
+    })
+}
+
+/// A broadcast's rows by state (`"sent"`, `"failed"`, …).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct States(pub BTreeMap<String, i64>);
+
+impl States {
+    pub fn get(&self, state: DeliveryState) -> i64 {
+        self.0.get(state.as_str()).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> i64 {
+        self.0.values().sum()
+    }
+    /// Rows still to be worked: pending or claimed.
+    pub fn open(&self) -> i64 {
+        self.get(DeliveryState::Pending) + self.get(DeliveryState::Claimed)
+    }
+    /// Rows in a final state.
+    pub fn settled(&self) -> i64 {
+        self.total() - self.open()
+    }
+}
+
+/// Counts one broadcast's rows by state.
+pub async fn states(store: &Store, broadcast: i64) -> Result<States, StoreError> {
+    let mut out = BTreeMap::new();
+    for r in store.broadcast_summary(broadcast).await? {
+        *out.entry(r.state.as_str().to_owned()).or_default() += r.count;
+    }
+    Ok(States(out))
+}
+
+/// What the canary's outcome allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canary {
+    /// Every seed message went out: the audience may have it.
+    Passed { sent: i64 },
+    /// Some seed message failed or expired: the audience gets nothing.
+    Failed { sent: i64, failed: i64 },
+}
+
+/// Judges a canary run by its rows' states.
+pub fn judge_canary(states: &States) -> Canary {
+    let failed = states.get(DeliveryState::Failed) + states.get(DeliveryState::Expired);
+    let sent = states.get(DeliveryState::Sent);
+    if failed > 0 {
+        Canary::Failed { sent, failed }
+    } else {
+        Canary::Passed { sent }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn states(pairs: &[(&str, i64)]) -> States {
+        States(pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect())
+    }
+
+    #[test]
+    fn a_canary_passes_only_when_nothing_failed_or_expired() {
+        assert_eq!(judge_canary(&states(&[("sent", 3)])), Canary::Passed { sent: 3 });
+        assert_eq!(
+            judge_canary(&states(&[("sent", 2), ("expired", 1)])),
+            Canary::Failed { sent: 2, failed: 1 }
+        );
+        assert_eq!(
+            judge_canary(&states(&[("failed", 1), ("pending", 4)])),
+            Canary::Failed { sent: 0, failed: 1 }
+        );
+    }
+
+    #[test]
+    fn settled_rows_are_those_in_a_final_state() {
+        let s = states(&[("pending", 2), ("claimed", 1), ("sent", 5), ("superseded", 1)]);
+        assert_eq!((s.total(), s.open(), s.settled()), (9, 3, 6));
+    }
+}

@@ -1,0 +1,168 @@
+//! Recipients: upserts by natural key, pages in id order for fan-out, opt-outs, canary seeds,
+//! and who was already told about a window.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, QueryBuilder};
+
+use super::rows::{RECIPIENT_COLUMNS, RecipientRow, join_list};
+use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
+use crate::domain::{Audience, Profile, Recipient, RecipientId, WindowId, to_millis};
+
+/// Recipients read per page while fanning out (and rows enqueued per transaction).
+pub const PAGE: i64 = 10_000;
+
+impl Store {
+    /// Inserts or updates recipients by natural key, in one transaction. An opt-out is never
+    /// cleared by an import: only `recipients opt-in` does that. An imported address that was a
+    /// canary seed becomes an ordinary recipient.
+    pub async fn upsert_recipients(&self, batch: &[Profile], now: DateTime<Utc>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // PostgreSQL refuses to update one row twice in a statement: keep the last of each key.
+        let mut seen = HashSet::new();
+        let mut unique: Vec<&Profile> = batch.iter().rev().filter(|p| seen.insert(p.natural_key())).collect();
+        unique.reverse();
+        self.insert_profiles(
+            &unique,
+            false,
+            " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
+             phone = excluded.phone, email = excluded.email, locale = excluded.locale, zone = excluded.zone, \
+             components = excluded.components, channels = excluded.channels, \
+             opt_out = (recipients.opt_out OR excluded.opt_out), seed = FALSE, updated_at = excluded.updated_at",
+            now,
+        )
+        .await
+    }
+
+    /// Inserts profiles in one transaction, `ROWS_PER_STATEMENT` to a statement, each statement
+    /// ending with `conflict`.
+    async fn insert_profiles(
+        &self,
+        rows: &[&Profile],
+        seed: bool,
+        conflict: &'static str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO recipients (natural_key, kind, name, phone, email, locale, zone, components, channels, \
+                     opt_out, seed, updated_at) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.natural_key())
+                        .push_bind(r.kind.as_str())
+                        .push_bind(r.name.clone())
+                        .push_bind(r.phone.as_ref().map(|p| p.as_str().to_owned()))
+                        .push_bind(r.email.as_ref().map(|e| e.as_str().to_owned()))
+                        .push_bind(r.locale.as_str())
+                        .push_bind(r.zone.name())
+                        .push_bind(join_list(&r.components))
+                        .push_bind(join_list(&r.channels))
+                        .push_bind(r.opt_out && !seed)
+                        .push_bind(seed)
+                        .push_bind(to_millis(now));
+                });
+                qb.push(conflict);
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Stores canary addresses as seed recipients (never in any audience) unless the address
+    /// already belongs to a recipient, and returns every one of them.
+    pub async fn seed_recipients(&self, seeds: &[Profile], now: DateTime<Utc>) -> Result<Vec<Recipient>, StoreError> {
+        if seeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = seeds.iter().map(Profile::natural_key).collect();
+        let rows: Vec<&Profile> = seeds.iter().collect();
+        self.insert_profiles(&rows, true, " ON CONFLICT (natural_key) DO NOTHING", now)
+            .await?;
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(r) = self.recipient_by_key(&key).await? {
+                found.push(r);
+            }
+        }
+        Ok(found)
+    }
+
+    pub async fn count_recipients(&self) -> Result<i64, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM recipients").fetch_one(p).await?))
+    }
+
+    /// Counts by kind and opt-out: `(kind, opted_out, count)`; canary seeds are not counted.
+    pub async fn recipient_counts(&self) -> Result<Vec<(String, bool, i64)>, StoreError> {
+        Ok(on_pool!(self, p => sqlx::query_as(
+            "SELECT kind, opt_out, COUNT(*) FROM recipients WHERE seed = FALSE GROUP BY kind, opt_out ORDER BY kind, opt_out",
+        )
+        .fetch_all(p)
+        .await?))
+    }
+
+    /// Up to `limit` recipients of `kind` with ids after `after`, in id order.
+    pub async fn recipients_page(
+        &self,
+        kind: Option<Audience>,
+        after: RecipientId,
+        limit: i64,
+    ) -> Result<Vec<Recipient>, StoreError> {
+        let sql = format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE ($1 IS NULL OR kind = $1) AND id > $2 AND seed = FALSE ORDER BY id LIMIT $3"
+        );
+        let rows: Vec<RecipientRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql))
+            .bind(kind.map(Audience::as_str))
+            .bind(after.0)
+            .bind(limit)
+            .fetch_all(p)
+            .await?);
+        rows.into_iter().map(Recipient::try_from).collect()
+    }
+
+    /// The recipient with this natural key (E.164 phone, else lower-case email).
+    pub async fn recipient_by_key(&self, natural_key: &str) -> Result<Option<Recipient>, StoreError> {
+        let sql = format!("SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE natural_key = $1");
+        let row: Option<RecipientRow> =
+            on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql)).bind(natural_key).fetch_optional(p).await?);
+        row.map(Recipient::try_from).transpose()
+    }
+
+    /// Sets or clears the opt-out of the recipient with this phone number or email address.
+    /// Returns whether such a recipient exists.
+    pub async fn set_opt_out(&self, natural_key: &str, opt_out: bool, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let n = on_pool!(self, p => sqlx::query("UPDATE recipients SET opt_out = $1, updated_at = $2 WHERE natural_key = $3")
+            .bind(opt_out)
+            .bind(to_millis(now))
+            .bind(natural_key)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Which recipients with ids in `first..=last` were sent something about `window`.
+    pub async fn told_among(
+        &self,
+        window: WindowId,
+        first: RecipientId,
+        last: RecipientId,
+    ) -> Result<HashSet<RecipientId>, StoreError> {
+        let ids: Vec<i64> = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT DISTINCT recipient_id FROM deliveries WHERE window_id = $1 AND state = 'sent' \
+             AND recipient_id >= $2 AND recipient_id <= $3",
+        )
+        .bind(window.0)
+        .bind(first.0)
+        .bind(last.0)
+        .fetch_all(p)
+        .await?);
+        Ok(ids.into_iter().map(RecipientId).collect())
+    }
+}
