@@ -1,5 +1,7 @@
 use super::*;
 use crate::config::{Config, Overrides};
+use crate::domain::{Encoding, Localized};
+use chrono::{TimeZone, Utc};
 
 fn names() -> BTreeMap<ComponentId, ComponentNames> {
     Config::defaults(&Overrides::default()).unwrap().components
@@ -130,7 +132,7 @@ fn a_missing_variable_names_the_file_and_the_variable() {
 #[test]
 fn webhook_payload_is_versioned() {
     let facts = NoticeFacts::sample(NoticeKind::Reminder, &names());
-    let p = webhook_payload(&facts, Locale::En);
+    let p = webhook_payload(&facts, Locale::En).unwrap();
     assert_eq!(p["type"], "maintenance.reminder");
     assert_eq!(p["version"], "v1");
     assert_eq!(p["notice"], "reminder:24h");

@@ -1,0 +1,132 @@
+//! The view model: the facts of a notice, and the context every template is written against.
+
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
+use serde_json::{Value, json};
+
+use crate::domain::{
+    ComponentId, ComponentNames, Locale, Localized, Notice, NoticeKind, Schedule, Span, Window, WindowId, WindowStatus,
+    Zone,
+};
+
+use super::Renderer;
+
+impl Renderer {
+    /// The template context: the view model every template is written against.
+    pub(super) fn context(&self, f: &NoticeFacts, locale: Locale, zone: Zone) -> Value {
+        json!({
+            "service": self.service,
+            "locale": locale.as_str(),
+            "zone": zone.name(),
+            "notice": f.notice.kind().as_str(),
+            "offset": f.notice.offset().map(|o| o.to_string()).unwrap_or_default(),
+            "reason": f.reason.clone().unwrap_or_default(),
+            "window": window_view(f, locale, json!(f.components.iter().map(ComponentId::as_str).collect::<Vec<_>>())),
+            "previous": {
+                "starts_at": f.previous.starts_at().to_rfc3339(),
+                "ends_at": f.previous.ends_at().to_rfc3339(),
+            },
+        })
+    }
+}
+
+/// The facts of one notice that rendering depends on: all of them are part of the body cache
+/// key (window, revision, notice) or of the channel, locale and zone it is rendered for.
+#[derive(Debug, Clone)]
+pub struct NoticeFacts {
+    pub window_id: WindowId,
+    pub revision: u32,
+    pub notice: Notice,
+    pub status: WindowStatus,
+    pub title: Localized,
+    pub description: Localized,
+    pub components: Vec<ComponentId>,
+    pub component_names: BTreeMap<ComponentId, ComponentNames>,
+    pub schedule: Schedule,
+    pub previous: Schedule,
+    pub zone: Zone,
+    pub reason: Option<String>,
+}
+
+impl NoticeFacts {
+    pub fn new(window: &Window, notice: Notice, names: &BTreeMap<ComponentId, ComponentNames>) -> NoticeFacts {
+        NoticeFacts {
+            window_id: window.id,
+            revision: window.revision,
+            notice,
+            status: window.status,
+            title: window.title.clone(),
+            description: window.description.clone(),
+            components: window.components.clone(),
+            component_names: window
+                .components
+                .iter()
+                .filter_map(|c| names.get(c).map(|n| (c.clone(), n.clone())))
+                .collect(),
+            schedule: window.schedule,
+            previous: window.previous,
+            zone: window.zone,
+            reason: window.cancel_reason.clone(),
+        }
+    }
+
+    /// A realistic window for checking templates: the April 2015 migration.
+    pub fn sample(kind: NoticeKind, names: &BTreeMap<ComponentId, ComponentNames>) -> NoticeFacts {
+        let at = |d, h, m| {
+            Utc.with_ymd_and_hms(2015, 4, d, h, m, 0)
+                .single()
+                .expect("a valid fixed date")
+        };
+        let schedule = Schedule::new(at(17, 21, 0), at(19, 20, 59)).expect("fixed sample: end after start");
+        let previous = Schedule::new(at(10, 21, 0), at(12, 20, 59)).expect("fixed sample: end after start");
+        let offset = (kind == NoticeKind::Reminder).then_some(Span::hours(24));
+        let notice = Notice::of(kind, offset).expect("a reminder with its offset, any other kind without");
+        NoticeFacts {
+            window_id: WindowId(1),
+            revision: 2,
+            notice,
+            status: WindowStatus::Scheduled,
+            title: Localized {
+                en: "M-PESA systems migration to Kenya".into(),
+                sw: Some("Uhamisho wa mifumo ya M-PESA kwenda Kenya".into()),
+            },
+            description: Localized {
+                en: "Our systems are moving to a new data centre in Nairobi.".into(),
+                sw: Some("Mifumo yetu inahamia kituo kipya cha data jijini Nairobi.".into()),
+            },
+            components: {
+                let preferred: Vec<ComponentId> = ["send-money", "withdraw", "pay-bill"]
+                    .iter()
+                    .filter_map(|c| c.parse().ok())
+                    .filter(|c| names.contains_key(c))
+                    .collect();
+                if preferred.is_empty() {
+                    names.keys().take(3).cloned().collect()
+                } else {
+                    preferred
+                }
+            },
+            component_names: names.clone(),
+            schedule,
+            previous,
+            zone: Zone::NAIROBI,
+            reason: (kind == NoticeKind::Cancelled).then(|| "The vendor postponed the hardware delivery.".into()),
+        }
+    }
+}
+
+/// The window as templates and webhook payloads see it; `components` as each wants them.
+fn window_view(f: &NoticeFacts, locale: Locale, components: Value) -> Value {
+    json!({
+        "id": f.window_id.0,
+        "revision": f.revision,
+        "status": f.status.as_str(),
+        "title": f.title.get(locale),
+        "description": f.description.get(locale),
+        "starts_at": f.schedule.starts_at().to_rfc3339(),
+        "ends_at": f.schedule.ends_at().to_rfc3339(),
+        "zone": f.zone.name(),
+        "components": components,
+    })
+}
