@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+#[allow(clippy::print_stderr)] // the binary reports a failure to start before the CLI exists
 fn main() -> ExitCode {
     let cli = tangazo::cli::Cli::parse();
     tangazo::telemetry::init(matches!(cli.command, tangazo::cli::Command::Daemon { .. }));

@@ -4,6 +4,9 @@
 //! Exit codes: 0 success, 1 a runtime failure, 2 bad usage or bad input (clap's own usage
 //! errors are 2 as well).
 
+// The one module that prints.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 mod broadcast;
 mod demo;
 mod ops;

@@ -1,6 +1,9 @@
 //! One integration test binary: the store conformance suite (SQLite and PostgreSQL), the
 //! scheduler end to end, and the command line as a user runs it.
 
+// Test code: unwrap is the clearest way to say "this must hold".
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 mod broadcast;
 mod cli;
 mod dispatch;
@@ -8,3 +11,4 @@ mod helpers;
 mod import;
 mod scheduler;
 mod store;
+mod tidy;
