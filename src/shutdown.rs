@@ -4,29 +4,35 @@
 
 pub use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on SIGINT or SIGTERM. Spawns a task: call it inside the runtime.
+/// Cancels `token` on SIGINT or SIGTERM. The handlers are in place when this returns (call it
+/// inside the runtime); a task waits for them.
 pub fn on_signals(token: &CancellationToken) {
     let token = token.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listeners = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        tokio::spawn(async move {
+            match listeners {
+                (Ok(mut int), Ok(mut term)) => {
                     tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {},
+                        _ = int.recv() => {},
                         _ = term.recv() => {},
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                (int, term) => {
+                    let e = int.err().or(term.err()).map(|e| e.to_string()).unwrap_or_default();
+                    tracing::error!(error = %e, "cannot listen for SIGINT and SIGTERM; Ctrl-C only");
                     let _ = tokio::signal::ctrl_c().await;
                 }
             }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+            tracing::info!("stop requested: finishing the current batch");
+            token.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("stop requested: finishing the current batch");
         token.cancel();
     });

@@ -259,6 +259,10 @@ fn lock_sqlite(db: &Path) -> CliResult<DaemonLock> {
 }
 
 pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult {
+    // Signals are handled before the lock is taken: a stop that comes once the lock is held
+    // always finds the daemon ready for it.
+    let stop = CancellationToken::new();
+    on_signals(&stop);
     let store = ctx.store().await?;
     let _lock = match (store.dialect(), store.sqlite_file()) {
         (Dialect::Sqlite, Some(file)) => Some(lock_sqlite(file)?),
@@ -271,8 +275,6 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
     };
     let every = Duration::from_secs(tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs()).max(1));
     let scheduler = ctx.scheduler(&store, &owner("daemon"))?;
-    let stop = CancellationToken::new();
-    on_signals(&stop);
     tracing::info!(database = %ctx.config.database_url, "daemon starting");
     crate::scheduler::run(scheduler, clock, every, stop).await;
     store.close().await;

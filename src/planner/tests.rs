@@ -241,7 +241,11 @@ fn deadlines_of_every_notice() {
     assert_eq!(d[0].deadline, start() + hours(52 + 24));
     // A completion notice planned after its grace has run out is recorded expired, not sent.
     let d = decide(&done, &policy, &Decided::new(), start() + hours(52 + 24));
-    assert!(d.iter().all(|d| d.outcome == Outcome::Expired));
+    assert_eq!(d.len(), 2, "one completion per audience: {d:?}");
+    assert!(
+        d.iter()
+            .all(|d| d.notice == Notice::Completed && d.outcome == Outcome::Expired)
+    );
 
     // Reschedule before the start: the earlier of the old and new start.
     let later = Schedule::new(start() + hours(24), start() + hours(72)).unwrap();
@@ -257,6 +261,7 @@ fn deadlines_of_every_notice() {
 
     let cancelled = w.cancel(None, created + hours(2)).unwrap();
     let d = decide(&cancelled, &policy, &Decided::new(), created + hours(2));
+    assert_eq!(d.len(), 2, "one cancellation per audience: {d:?}");
     assert!(
         d.iter()
             .all(|d| d.notice.kind() == NoticeKind::Cancelled && d.deadline == start())
@@ -292,7 +297,8 @@ fn reschedule_tells_only_those_already_told_and_restarts_reminders() {
         &policy,
         &hourly(created + hours(10), moved.schedule.starts_at()),
     );
-    assert!(decisions.iter().all(|d| d.revision == 2));
+    assert!(!decisions.is_empty() && decisions.iter().all(|d| d.revision == 2));
+    assert!(!decisions_later.is_empty() && decisions_later.iter().all(|d| d.revision == 2));
     assert_eq!(
         planned(&decisions_later, Audience::Customer),
         [
@@ -353,6 +359,23 @@ fn deciding_again_yields_nothing_new() {
     let w = window_created_at(created);
     let policy = Policy::default();
     let first = decide(&w, &policy, &Decided::new(), start() - hours(30));
+    // The announcement and the 72 h reminder (overtaken by it) for each audience; the billers'
+    // week-ahead reminder was past before the window existed.
+    let mut seen: Vec<String> = first
+        .iter()
+        .map(|d| format!("{} {} {}", d.audience, d.notice, d.outcome.as_str()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "biller announced planned",
+            "biller reminder:168h skipped",
+            "biller reminder:72h superseded",
+            "customer announced planned",
+            "customer reminder:72h superseded",
+        ]
+    );
     let decided: Decided = first.iter().map(|d| (d.notice, d.audience)).collect();
     assert!(decide(&w, &policy, &decided, start() - hours(30)).is_empty());
 }

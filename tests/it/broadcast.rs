@@ -333,7 +333,8 @@ fn ctrl_c_stops_claiming_and_a_rerun_finishes_without_duplicates() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Stop it once the first batch is out, while the rest wait for the pace.
+    crate::helpers::wait_until("the first batch in the outbox", || cli.outbox_lines() > 0);
     std::process::Command::new("kill")
         .arg("-INT")
         .arg(child.id().to_string())

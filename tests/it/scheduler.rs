@@ -182,3 +182,48 @@ async fn cancel_tells_only_those_told(db: &TestDb) {
     let r = rig.tick(start() - TimeDelta::hours(1)).await;
     assert_eq!((r.enqueued, r.dispatch.claimed), (0, 0));
 }
+
+/// The daemon loop runs as a spawned task and stops when its token is cancelled. (Real time,
+/// with ticks 10 ms apart: SQLite's pool timeouts would fire at once on a paused tokio clock.)
+#[tokio::test]
+async fn the_daemon_loop_runs_spawned_and_stops_on_its_token() {
+    let db = TestDb::sqlite().await;
+    seed(&db).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let config = config(outbox.path());
+    let scheduler =
+        tangazo::app::scheduler(&config, &db.store, &BuildContext::with_console(std::io::sink()), "test").unwrap();
+    let created = start() - TimeDelta::hours(100);
+    db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(tangazo::scheduler::run(
+        scheduler,
+        tangazo::clock::Clock::Fixed(created),
+        std::time::Duration::from_millis(10),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lines(outbox.path()) < ANNOUNCEMENT_ROWS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon never sent the announcement"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // A few more ticks at the same instant send nothing twice.
+    let ticks_later = db.store.sizes().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!daemon.is_finished(), "the loop runs until it is told to stop");
+    stop.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), daemon)
+        .await
+        .expect("the loop stops once its token is cancelled")
+        .unwrap();
+    assert_eq!(
+        lines(outbox.path()),
+        ANNOUNCEMENT_ROWS,
+        "ticking again sent nothing twice"
+    );
+    assert_eq!(db.store.sizes().await.unwrap(), ticks_later);
+    db.finish().await;
+}
