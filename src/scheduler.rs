@@ -18,7 +18,7 @@ use crate::domain::{
     Audience, Decision, Notice, Outcome, PlannedDelivery, Policy, Reach, RecipientId, Window, WindowStatus,
 };
 use crate::planner;
-use crate::storage::{PAGE, Store, StoreError};
+use crate::storage::{FanOutPage, PAGE, Released, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
@@ -90,8 +90,11 @@ pub struct TickReport {
     pub enqueued: u64,
     pub superseded: u64,
     pub expired: u64,
-    pub released: u64,
+    /// Claims whose lease had lapsed, settled at the start of the tick.
+    pub released: Released,
     pub dispatch: DispatchReport,
+    /// Rows this worker still holds claimed after the tick (normally none).
+    pub left_claimed: u64,
     pub alarms: Vec<Alarm>,
 }
 
@@ -110,19 +113,22 @@ impl Scheduler {
         }
     }
 
-    /// One tick at `now`. `stop` is checked between dispatch batches (shutdown).
-    pub async fn tick(&self, now: DateTime<Utc>, stop: &CancellationToken) -> Result<TickReport, TickError> {
-        self.tick_reporting(now, stop, &|_| {}).await
+    /// One tick: transitions and planning at the instant `clock` reads when it starts, then
+    /// dispatch, which reads `clock` again for every batch. `stop` is checked between dispatch
+    /// batches (shutdown).
+    pub async fn tick(&self, clock: &Clock, stop: &CancellationToken) -> Result<TickReport, TickError> {
+        self.tick_reporting(clock, stop, &|_| {}).await
     }
 
     /// `tick`, telling `progress` how a long fan-out or send is going (after every page of
     /// recipients and every dispatched batch).
     pub async fn tick_reporting(
         &self,
-        now: DateTime<Utc>,
+        clock: &Clock,
         stop: &CancellationToken,
         progress: ProgressSink<'_>,
     ) -> Result<TickReport, TickError> {
+        let now = clock.now();
         let mut report = TickReport {
             released: self.store.release_lapsed_claims(now).await?,
             ..TickReport::default()
@@ -138,8 +144,9 @@ impl Scheduler {
         report.expired = self.store.expire_due(now).await?;
         report.dispatch = self
             .dispatcher
-            .run_scoped(now, None, stop, &|r| progress(Progress::Sending(*r)))
+            .run_scoped(clock, None, stop, &|r| progress(Progress::Sending(*r)))
             .await?;
+        report.left_claimed = self.dispatcher.left_claimed().await?;
         Ok(report)
     }
 
@@ -178,10 +185,28 @@ impl Scheduler {
         report: &mut TickReport,
         progress: ProgressSink<'_>,
     ) -> Result<(), StoreError> {
+        // First what an earlier tick recorded but did not finish fanning out (it was stopped or
+        // killed): from the first recipient it had not committed.
+        for (decision, after) in self.store.open_fan_outs(window.id, window.revision).await? {
+            let Some(n) = self.fan_out(window, &decision, after, progress).await? else {
+                return Ok(());
+            };
+            report.enqueued += n;
+            tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, deliveries = n, after = after.0, "fan-out resumed");
+            report.planned.push(format!(
+                "window {} r{} {} → {} {} deliveries (resumed after recipient {})",
+                window.id, decision.revision, decision.notice, decision.audience, n, after
+            ));
+        }
         let decided = self.store.decided(window.id, window.revision).await?;
         for decision in planner::decide(window, &self.policy, &decided, now) {
+            // Recorded before its rows, so an interrupted fan-out is resumed, not re-decided.
+            report.superseded += self.store.record_decision(window.id, &decision, now).await?;
             if decision.outcome == Outcome::Planned {
-                let n = self.fan_out(window, &decision, progress).await?;
+                let Some(n) = self.fan_out(window, &decision, RecipientId(0), progress).await? else {
+                    // The window changed meanwhile: its next revision is planned next tick.
+                    return Ok(());
+                };
                 report.enqueued += n;
                 tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, deliveries = n, "notice planned");
                 report.planned.push(format!(
@@ -199,26 +224,28 @@ impl Scheduler {
                     decision.outcome.as_str()
                 ));
             }
-            report.superseded += self.store.record_decision(window.id, &decision, now).await?;
         }
         if let Some(last) = terminal_notice(window) {
             let decided = self.store.decided(window.id, window.revision).await?;
-            if Audience::ALL.iter().all(|a| decided.contains(&(last, *a))) {
+            if Audience::ALL.iter().all(|a| decided.contains(&(last, *a)))
+                && self.store.open_fan_outs(window.id, window.revision).await?.is_empty()
+            {
                 self.store.close_window(window.id).await?;
             }
         }
         Ok(())
     }
 
-    /// Enqueues a planned decision's deliveries, a page of recipients at a time.
+    /// Enqueues a planned decision's deliveries for the recipients after `after`, a page at a
+    /// time, each page committed with the fan-out's progress. `None`: the window changed
+    /// meanwhile, and the rest of this revision's fan-out is not enqueued.
     async fn fan_out(
         &self,
         window: &Window,
         decision: &Decision,
+        mut after: RecipientId,
         progress: ProgressSink<'_>,
-    ) -> Result<u64, StoreError> {
-        let mut after = RecipientId(0);
-        let mut buffer: Vec<PlannedDelivery> = Vec::new();
+    ) -> Result<Option<u64>, StoreError> {
         let mut enqueued = 0;
         loop {
             let page = self.store.recipients_page(Some(decision.audience), after, PAGE).await?;
@@ -230,10 +257,20 @@ impl Scheduler {
                 Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first.id, last.id).await?,
             };
             after = last.id;
-            buffer.extend(planner::fan_out(decision, window, &page, |id| told.contains(&id)));
-            if buffer.len() >= PAGE as usize {
-                enqueued += self.store.enqueue(&buffer).await?;
-                buffer.clear();
+            let rows: Vec<PlannedDelivery> = planner::fan_out(decision, window, &page, |id| told.contains(&id)).collect();
+            let mark = FanOutPage {
+                window: window.id,
+                revision: decision.revision,
+                notice: decision.notice,
+                audience: decision.audience,
+                read_up_to: after,
+            };
+            match self.store.enqueue_page(&mark, &rows).await? {
+                Some(n) => enqueued += n,
+                None => {
+                    tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, "fan-out stopped: the window changed");
+                    return Ok(None);
+                }
             }
             progress(Progress::Planning {
                 window: window.id.0,
@@ -242,8 +279,8 @@ impl Scheduler {
                 read_up_to: after.0,
             });
         }
-        enqueued += self.store.enqueue(&buffer).await?;
-        Ok(enqueued)
+        self.store.close_fan_out(window.id, decision).await?;
+        Ok(Some(enqueued))
     }
 }
 
@@ -263,13 +300,15 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
     tracing::info!(tick_seconds = every.as_secs(), "daemon started");
     while !shutdown.is_cancelled() {
         let now = clock.now();
-        match scheduler.tick(now, &shutdown).await {
+        match scheduler.tick(&clock, &shutdown).await {
             Ok(r) => {
                 let d = &r.dispatch;
-                if r.enqueued + r.superseded + r.expired + d.claimed > 0 || !r.transitions.is_empty() {
+                if r.enqueued + r.superseded + r.expired + d.claimed + r.released.total() > 0 || !r.transitions.is_empty() {
                     tracing::info!(
                         at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
-                        sent = d.sent, retrying = d.retried, failed = d.failed, "tick"
+                        released = r.released.returned, released_expired = r.released.expired,
+                        sent = d.sent, possibly_duplicate = d.possibly_duplicate, retrying = d.retried, failed = d.failed,
+                        lost = d.lost, left_claimed = r.left_claimed, "tick"
                     );
                 }
             }
@@ -280,5 +319,8 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
             _ = shutdown.cancelled() => {}
         }
     }
-    tracing::info!("daemon stopped");
+    match scheduler.dispatcher.left_claimed().await {
+        Ok(left_claimed) => tracing::info!(left_claimed, "daemon stopped"),
+        Err(e) => tracing::info!(error = %e, "daemon stopped; cannot count the rows it left claimed"),
+    }
 }

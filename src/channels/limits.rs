@@ -174,9 +174,11 @@ impl Sender for Limited {
             if let Some(pace) = &self.pace {
                 tokio::time::sleep_until(pace.book(batch.len()).await).await;
             }
+            // The wait for the rate may have outlasted a deadline: what is late now stays here.
+            let send = super::send_on_time(self.inner.as_ref(), batch);
             match self.timeout {
-                None => self.inner.send(batch).await,
-                Some(limit) => match tokio::time::timeout(limit, self.inner.send(batch)).await {
+                None => send.await,
+                Some(limit) => match tokio::time::timeout(limit, send).await {
                     Ok(results) => results,
                     Err(_) => {
                         let error = SendError::Transient {
@@ -199,6 +201,7 @@ mod tests {
     struct Recorder {
         delay: Duration,
         starts: std::sync::Mutex<Vec<Instant>>,
+        messages: std::sync::Mutex<usize>,
     }
 
     impl Sender for Recorder {
@@ -208,6 +211,7 @@ mod tests {
         fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
             Box::pin(async move {
                 self.starts.lock().unwrap().push(Instant::now());
+                *self.messages.lock().unwrap() += batch.len();
                 tokio::time::sleep(self.delay).await;
                 vec![Ok(Receipt::default()); batch.len()]
             })
@@ -218,6 +222,7 @@ mod tests {
         Arc::new(Recorder {
             delay,
             starts: std::sync::Mutex::new(Vec::new()),
+            messages: std::sync::Mutex::new(0),
         })
     }
 
@@ -256,6 +261,26 @@ mod tests {
         let results = sender.send(&super::super::sample_sms(3)).await;
         assert_eq!(results.len(), 3);
         assert!(results.iter().all(|r| matches!(r, Err(e) if e.is_transient())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_rate_holds_past_its_deadline_is_not_sent() {
+        let inner = recorder(Duration::ZERO);
+        let limits = Limits {
+            rate: Some(1.0),
+            ..Limits::default()
+        };
+        let sender = Limited::wrap(inner.clone(), &limits);
+        let mut batch = super::super::sample_sms(2);
+        // The first two messages use up two seconds of the rate; the next batch has a
+        // deadline one second away, so by its turn one of its messages is late.
+        sender.send(&batch).await;
+        batch[0].not_after = Some(Instant::now() + Duration::from_secs(1));
+        batch[1].not_after = Some(Instant::now() + Duration::from_secs(10));
+        let results = sender.send(&batch).await;
+        assert!(matches!(results[0], Err(SendError::TooLate)), "{results:?}");
+        assert!(results[1].is_ok());
+        assert_eq!(*inner.messages.lock().unwrap(), 3, "the late message never reached the backend");
     }
 
     #[tokio::test(start_paused = true)]

@@ -69,6 +69,15 @@ pub struct Message {
     pub broadcast: Option<String>,
     pub revision: u32,
     pub locale: Locale,
+    /// This attempt's number: 1 for the first.
+    pub attempt: u32,
+    /// An earlier attempt's worker died mid-send, so this message may have gone out already:
+    /// a receiver may see it twice.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub possibly_duplicate: bool,
+    /// The last real instant at which it may still be handed to a provider (its deadline).
+    #[serde(skip)]
+    pub not_after: Option<tokio::time::Instant>,
     #[serde(flatten)]
     pub content: Rendered,
 }
@@ -90,6 +99,9 @@ pub enum SendError {
     /// Never worth another attempt: an invalid number, a 5xx SMTP reply, other HTTP 4xx.
     #[error("{message}")]
     Permanent { message: String },
+    /// Not handed to the backend: its deadline came first (waiting for the rate, say).
+    #[error("the deadline passed before it could be handed to a backend")]
+    TooLate,
 }
 
 impl SendError {
@@ -102,9 +114,45 @@ impl SendError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             SendError::Transient { retry_after, .. } => *retry_after,
-            SendError::Permanent { .. } => None,
+            SendError::Permanent { .. } | SendError::TooLate => None,
         }
     }
+}
+
+/// Sends through `sender` what is still on time and answers [`SendError::TooLate`] for the
+/// rest, one result per message, in order.
+pub async fn send_on_time(sender: &dyn Sender, batch: &[Message]) -> Vec<Result<Receipt, SendError>> {
+    let now = tokio::time::Instant::now();
+    let late: Vec<bool> = batch.iter().map(|m| m.not_after.is_some_and(|t| t <= now)).collect();
+    if !late.contains(&true) {
+        return sender.send(batch).await;
+    }
+    let live: Vec<Message> = batch
+        .iter()
+        .zip(&late)
+        .filter(|(_, late)| !**late)
+        .map(|(m, _)| m.clone())
+        .collect();
+    let mut sent = if live.is_empty() {
+        Vec::new()
+    } else {
+        sender.send(&live).await
+    }
+    .into_iter();
+    late.iter()
+        .map(|late| {
+            if *late {
+                Err(SendError::TooLate)
+            } else {
+                sent.next().unwrap_or_else(|| {
+                    Err(SendError::Transient {
+                        message: format!("{} returned no result", sender.name()),
+                        retry_after: None,
+                    })
+                })
+            }
+        })
+        .collect()
 }
 
 /// A writer shared by the tasks that use it (the console backend's standard output).
@@ -133,6 +181,9 @@ pub(crate) fn sample_sms(n: usize) -> Vec<Message> {
             broadcast: None,
             revision: 1,
             locale: Locale::En,
+            attempt: 1,
+            possibly_duplicate: false,
+            not_after: None,
             content: Rendered::Sms {
                 body: format!("Message {i}"),
                 encoding: Encoding::Gsm7,

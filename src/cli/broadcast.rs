@@ -162,7 +162,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             broadcast.name, broadcast.id, scan.recipients, total, enqueued, already
         );
     }
-    let report = send(ctx, &dispatcher, broadcast.id, now, total, already, &stop).await?;
+    let report = send(ctx, &dispatcher, broadcast.id, total, already, &stop).await?;
     finish(ctx, &store, &broadcast, &report, &stop).await
 }
 
@@ -533,7 +533,7 @@ async fn canary(
     let seeded = store.seed_recipients(&seeds, now).await?;
     broadcast::enqueue_seeds(store, broadcast, &seeded, now).await?;
     let report = dispatcher
-        .run_scoped(now, Some(broadcast.id), stop, &|_| {})
+        .run_scoped(&ctx.clock, Some(broadcast.id), stop, &|_| {})
         .await
         .context("sending the canary")?;
     let (sent, failed) = match broadcast::judge_canary(&broadcast::states(store, broadcast.id).await?) {
@@ -594,7 +594,6 @@ async fn send(
     ctx: &Ctx,
     dispatcher: &Dispatcher,
     broadcast: i64,
-    now: DateTime<Utc>,
     total: u64,
     already: u64,
     stop: &CancellationToken,
@@ -612,7 +611,7 @@ async fn send(
     let last_line = Mutex::new(Instant::now());
     let quiet = ctx.cli_json;
     let report = dispatcher
-        .run_scoped(now, Some(broadcast), stop, &|r| {
+        .run_scoped(&ctx.clock, Some(broadcast), stop, &|r| {
             let done = already + r.sent + r.failed + r.expired;
             let Ok(mut last_line) = last_line.lock() else { return };
             match &bar {

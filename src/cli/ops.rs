@@ -195,7 +195,7 @@ pub async fn run_once(ctx: &Ctx) -> CliResult {
         }
     };
     let report = scheduler
-        .tick_reporting(ctx.now(), &stop, &progress)
+        .tick_reporting(&ctx.clock, &stop, &progress)
         .await
         .context("tick")?;
     print_tick(ctx, &report)
@@ -219,6 +219,20 @@ fn print_tick(ctx: &Ctx, r: &TickReport) -> CliResult {
         "enqueued {}, superseded {}, expired {}; sent {}, retrying {}, failed {}, expired while sending {}",
         r.enqueued, r.superseded, r.expired, d.sent, d.retried, d.failed, d.expired
     );
+    let released = &r.released;
+    if released.total() > 0 {
+        println!(
+            "lapsed claims settled: {} back in the queue, {} expired, {} superseded (each flagged possibly duplicate)",
+            released.returned, released.expired, released.superseded
+        );
+    }
+    if d.possibly_duplicate + d.superseded + d.lost > 0 {
+        println!(
+            "sent again after a lapsed claim (possibly duplicate) {}; superseded in flight {}; outcomes lost to another worker {}",
+            d.possibly_duplicate, d.superseded, d.lost
+        );
+    }
+    println!("left claimed {}", r.left_claimed);
     for a in &r.alarms {
         println!("ALARM: {}", a.message);
     }
@@ -274,7 +288,21 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
         Clock::System
     };
     let every = Duration::from_secs(tick.unwrap_or(ctx.config.dispatch.tick.secs().unsigned_abs()).max(1));
-    let scheduler = ctx.scheduler(&store, &owner("daemon"))?;
+    let me = owner("daemon");
+    if store.dialect() == Dialect::Sqlite {
+        // The lock says no other daemon is alive: whatever a daemon left claimed is settled
+        // now, not after its lease.
+        let released = store.release_dead_daemons(&me, clock.now()).await?;
+        if released.total() > 0 {
+            tracing::warn!(
+                returned = released.returned,
+                expired = released.expired,
+                superseded = released.superseded,
+                "claims left by a daemon that died, settled and flagged possibly duplicate"
+            );
+        }
+    }
+    let scheduler = ctx.scheduler(&store, &me)?;
     tracing::info!(database = %ctx.config.database_url, "daemon starting");
     crate::scheduler::run(scheduler, clock, every, stop).await;
     store.close().await;
@@ -304,6 +332,15 @@ pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
     Ok(())
 }
 
+/// `w1` for a window's own rows, `b2` for a broadcast's.
+fn source_label(r: &SummaryRow) -> String {
+    match (r.broadcast_id, r.window_id) {
+        (Some(b), _) => format!("b{b}"),
+        (None, Some(w)) => format!("w{w}"),
+        (None, None) => "-".to_owned(),
+    }
+}
+
 /// Prints delivery counts as a table: one line per (window or broadcast, notice, channel),
 /// one column per state.
 pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &[Alarm]) {
@@ -319,11 +356,7 @@ pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &
         // Lines in first-seen order (the rows come oldest first).
         let mut lines: Vec<(String, String, String, BTreeMap<String, i64>)> = Vec::new();
         for r in rows {
-            let source = match (r.broadcast_id, r.window_id) {
-                (Some(b), _) => format!("b{b}"),
-                (None, Some(w)) => format!("w{w}"),
-                (None, None) => "-".to_owned(),
-            };
+            let source = source_label(r);
             let pos = match lines
                 .iter()
                 .position(|l| l.0 == source && l.1 == r.notice && l.2 == r.channel)
@@ -342,6 +375,20 @@ pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &
                 print!("  {:>10}", counts.get(*s).copied().unwrap_or(0));
             }
             println!();
+        }
+    }
+    let flagged: Vec<&SummaryRow> = rows.iter().filter(|r| r.possibly_duplicate > 0).collect();
+    if !flagged.is_empty() {
+        println!("possibly duplicate (claimed by a worker that died or lost its lease; may have gone out twice):");
+        for r in flagged {
+            let source = source_label(r);
+            println!(
+                "  {source:<8}  {:<16}  {:<8}  {:<10}  {}",
+                r.notice,
+                r.channel,
+                r.state.as_str(),
+                r.possibly_duplicate
+            );
         }
     }
     if !log.is_empty() {

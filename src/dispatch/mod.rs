@@ -12,15 +12,15 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::channels::{Address, Message, Receipt, SendError, Senders};
+use crate::channels::{Address, Message, Receipt, SendError, Senders, send_on_time};
+use crate::clock::Clock;
 use crate::domain::{
     Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, fingerprint, idempotency_key,
 };
 use crate::render::{NoticeFacts, RenderError, Renderer};
-use crate::storage::{Broadcast, ClaimedDelivery, Finish, Store, StoreError};
+use crate::storage::{Broadcast, Claim, ClaimedDelivery, Finish, Store, StoreError};
 use retry::{AfterFailure, Retry, after_failure};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,12 @@ pub struct DispatchReport {
     pub retried: u64,
     pub failed: u64,
     pub expired: u64,
+    /// Claimed, but the window moved on before they went out.
+    pub superseded: u64,
+    /// Sent again although an earlier attempt may have gone out (its worker died).
+    pub possibly_duplicate: u64,
+    /// Outcomes not recorded because the lease was lost (another worker took the rows over).
+    pub lost: u64,
 }
 
 impl DispatchReport {
@@ -45,11 +51,14 @@ impl DispatchReport {
         self.retried += other.retried;
         self.failed += other.failed;
         self.expired += other.expired;
+        self.superseded += other.superseded;
+        self.possibly_duplicate += other.possibly_duplicate;
+        self.lost += other.lost;
     }
 }
 
-/// How the dispatcher works the queue: batch size, the retry schedule, the claim lease, and the
-/// daemon's tick.
+/// How the dispatcher works the queue: batch size, the retry schedule, the claim lease (real
+/// time, renewed while a batch is in flight), and the daemon's tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchConfig {
     pub batch_size: usize,
@@ -95,40 +104,44 @@ impl Dispatcher {
         }
     }
 
-    /// Works the queue until nothing is due at `now` or `stop` is cancelled (checked between
-    /// batches: a batch in flight finishes).
-    pub async fn run_due(&self, now: DateTime<Utc>, stop: &CancellationToken) -> Result<DispatchReport, DispatchError> {
-        self.run_scoped(now, None, stop, &|_| {}).await
+    /// Works the queue until nothing is due or `stop` is cancelled (checked between batches: a
+    /// batch in flight finishes). `clock` is read for every batch: what is due, and what is
+    /// past its deadline, is judged when the batch is claimed.
+    pub async fn run_due(&self, clock: &Clock, stop: &CancellationToken) -> Result<DispatchReport, DispatchError> {
+        self.run_scoped(clock, None, stop, &|_| {}).await
     }
 
     /// `run_due` limited to one broadcast's deliveries (`None`: all), reporting the running
     /// totals after every batch.
     pub async fn run_scoped(
         &self,
-        now: DateTime<Utc>,
+        clock: &Clock,
         broadcast: Option<i64>,
         stop: &CancellationToken,
         progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
         let mut report = DispatchReport::default();
         let mut cache = Cache::default();
+        let lease = self.config.lease.to_std();
+        let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
         while !stop.is_cancelled() {
-            let lease_until = now + self.config.lease.delta();
-            let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-            let claimed = self
+            let claim = self
                 .store
-                .claim_due(now, batch_size, &self.owner, lease_until, broadcast)
+                .claim_due(clock.now(), batch_size, &self.owner, lease, broadcast)
                 .await?;
-            if claimed.is_empty() {
+            if claim.rows.is_empty() {
                 break;
             }
-            let r = self.dispatch_batch(claimed, now, &mut cache).await?;
+            let r = self.dispatch_batch(claim, clock, &mut cache).await?;
             tracing::info!(
                 claimed = r.claimed,
                 sent = r.sent,
                 retried = r.retried,
                 failed = r.failed,
                 expired = r.expired,
+                superseded = r.superseded,
+                possibly_duplicate = r.possibly_duplicate,
+                lost = r.lost,
                 "batch dispatched"
             );
             report.add(r);
@@ -137,19 +150,26 @@ impl Dispatcher {
         Ok(report)
     }
 
-    async fn dispatch_batch(
-        &self,
-        claimed: Vec<crate::storage::Claimed>,
-        now: DateTime<Utc>,
-        cache: &mut Cache,
-    ) -> Result<DispatchReport, DispatchError> {
+    /// How many rows this dispatcher holds claimed (after a run: none, unless it was stopped
+    /// while the database was unreachable).
+    pub async fn left_claimed(&self) -> Result<u64, DispatchError> {
+        Ok(self.store.claimed_by(&self.owner).await?)
+    }
+
+    async fn dispatch_batch(&self, claim: Claim, clock: &Clock, cache: &mut Cache) -> Result<DispatchReport, DispatchError> {
+        let Claim { token, rows: claimed } = claim;
+        let now = clock.now();
         let mut report = DispatchReport {
             claimed: claimed.len() as u64,
             ..DispatchReport::default()
         };
+        // Windows are read afresh for every batch: a change committed since the last one
+        // supersedes what it claimed of the old revision.
+        cache.windows.clear();
         let mut finishes = Vec::with_capacity(claimed.len());
         // (claimed row, message, body id), grouped by channel below.
         let mut ready: Vec<(ClaimedDelivery, Message, i64)> = Vec::with_capacity(claimed.len());
+        let real_now = tokio::time::Instant::now();
         for row in claimed {
             let row = match row {
                 Ok(row) => row,
@@ -163,14 +183,62 @@ impl Dispatcher {
                 }
             };
             match self.prepare(&row, cache).await {
-                Ok((message, body_id)) => ready.push((row, message, body_id)),
+                Ok((mut message, body_id)) => {
+                    // The deadline, on the real clock: a slow backend or a long wait for the
+                    // rate cannot carry the message past it.
+                    message.not_after = Some(real_now + (row.deadline - now).to_std().unwrap_or_default());
+                    ready.push((row, message, body_id))
+                }
                 Err(Prepare::Store(e)) => return Err(e.into()),
                 Err(Prepare::Fail(error)) => {
                     report.failed += 1;
                     finishes.push(Finish::Failed { id: row.id, error });
                 }
+                Err(Prepare::Superseded(error)) => {
+                    report.superseded += 1;
+                    finishes.push(Finish::Superseded { id: row.id, error });
+                }
             }
         }
+        let lease = self.config.lease.to_std();
+        {
+            let sending = self.send_ready(&ready, clock, &mut report, &mut finishes);
+            tokio::pin!(sending);
+            // Renew the lease while the batch is in flight, so a slow send is not taken for a
+            // dead worker's.
+            let every = (lease / 3).max(std::time::Duration::from_millis(50));
+            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    () = &mut sending => break,
+                    _ = renew.tick() => {
+                        if let Err(e) = self.store.renew(token, lease).await {
+                            tracing::warn!(error = %e, token, "cannot renew the lease of a batch in flight");
+                        }
+                    }
+                }
+            }
+        }
+        let lost = self.store.finish(token, &finishes).await?;
+        if !lost.is_empty() {
+            tracing::warn!(
+                token,
+                rows = lost.len(),
+                "outcomes not recorded: the lease was lost and another worker holds these rows"
+            );
+        }
+        report.lost = lost.len() as u64;
+        Ok(report)
+    }
+
+    /// Sends the prepared messages channel by channel and notes each outcome.
+    async fn send_ready(
+        &self,
+        ready: &[(ClaimedDelivery, Message, i64)],
+        clock: &Clock,
+        report: &mut DispatchReport,
+        finishes: &mut Vec<Finish>,
+    ) {
         for channel in Channel::ALL {
             let (rows, messages): (Vec<(&ClaimedDelivery, i64)>, Vec<Message>) = ready
                 .iter()
@@ -181,13 +249,19 @@ impl Dispatcher {
                 continue;
             }
             let results = self.send_with_failover(channel, &messages).await;
+            // Read once the backends have answered: when they accepted, and what a retry waits from.
+            let now = clock.now();
             for ((row, body_id), outcome) in rows.into_iter().zip(results) {
                 let backend = outcome.backend;
                 match outcome.result {
                     Ok(receipt) => {
                         report.sent += 1;
+                        if row.possibly_duplicate {
+                            report.possibly_duplicate += 1;
+                        }
                         finishes.push(Finish::Sent {
                             id: row.id,
+                            at: now,
                             backend: backend.to_owned(),
                             provider_id: receipt.provider_id,
                             body_id: Some(body_id),
@@ -197,7 +271,9 @@ impl Dispatcher {
                         let route = self.senders.route(channel).get(outcome.route);
                         let policy = route.map(|r| &r.retry);
                         let retry = Retry {
-                            schedule: policy.and_then(|p| p.schedule.as_deref()).unwrap_or(&self.config.retry),
+                            schedule: policy
+                                .and_then(|p| p.schedule.as_deref())
+                                .unwrap_or(&self.config.retry),
                             jitter: policy.map_or(0.0, |p| p.jitter),
                             retry_after_max: policy.and_then(|p| p.retry_after_max),
                         };
@@ -231,8 +307,6 @@ impl Dispatcher {
                 }
             }
         }
-        self.store.finish(&finishes, now).await?;
-        Ok(report)
     }
 
     /// Tries the channel's senders in order: what one backend failed transiently goes to the
@@ -257,7 +331,7 @@ impl Dispatcher {
             }
             let sender = &backend.sender;
             let batch: Vec<Message> = pending.iter().map(|&i| messages[i].clone()).collect();
-            let outcome = sender.send(&batch).await;
+            let outcome = send_on_time(sender.as_ref(), &batch).await;
             let mut still = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
                 let r = outcome.get(k).cloned().unwrap_or_else(|| {
@@ -325,6 +399,9 @@ impl Dispatcher {
                 broadcast: Some(b.name.clone()),
                 revision,
                 locale,
+                attempt: row.attempts,
+                possibly_duplicate: row.possibly_duplicate,
+                not_after: None,
                 content: body.content.clone(),
             };
             return Ok((message, body.id));
@@ -337,10 +414,16 @@ impl Dispatcher {
                 Arc::clone(e.insert(Arc::new(self.store.window(window_id).await.map_err(Prepare::Store)?)))
             }
         };
-        if window.revision != revision {
-            // The window moved on after this row was claimed; its facts are gone.
+        if window.revision > revision {
+            // The window moved on after this row was claimed and before it went out.
+            return Err(Prepare::Superseded(format!(
+                "superseded by revision {} before it was sent",
+                window.revision
+            )));
+        }
+        if window.revision < revision {
             return Err(Prepare::Fail(format!(
-                "window {window_id} is at revision {}, not {revision}",
+                "window {window_id} is at revision {}, behind this delivery's {revision}",
                 window.revision
             )));
         }
@@ -365,6 +448,9 @@ impl Dispatcher {
             broadcast: broadcast.map(|b| b.name.clone()),
             revision,
             locale,
+            attempt: row.attempts,
+            possibly_duplicate: row.possibly_duplicate,
+            not_after: None,
             content: body.content.clone(),
         };
         Ok((message, body.id))
@@ -417,4 +503,5 @@ struct Cache {
 enum Prepare {
     Store(StoreError),
     Fail(String),
+    Superseded(String),
 }

@@ -34,6 +34,9 @@ pub fn after_failure(
     now: DateTime<Utc>,
     deadline: DateTime<Utc>,
 ) -> AfterFailure {
+    if matches!(err, SendError::TooLate) {
+        return AfterFailure::Expire(err.to_string());
+    }
     if err.is_permanent() {
         return AfterFailure::Fail(err.to_string());
     }

@@ -79,6 +79,26 @@ pub enum Reach {
     NotYetTold,
 }
 
+impl Reach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Eligible => "eligible",
+            Reach::AlreadyTold => "already_told",
+            Reach::NotYetTold => "not_yet_told",
+        }
+    }
+}
+
+impl std::str::FromStr for Reach {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Reach::Eligible, Reach::AlreadyTold, Reach::NotYetTold]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown reach '{s}'"))
+    }
+}
+
 /// What happened to a (revision, notice, audience): recorded once in the notice log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {

@@ -159,6 +159,9 @@ impl Span {
     pub fn delta(self) -> TimeDelta {
         TimeDelta::seconds(self.0)
     }
+    pub fn to_std(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0.unsigned_abs())
+    }
 }
 
 impl fmt::Display for Span {

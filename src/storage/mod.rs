@@ -93,7 +93,7 @@ mod rows;
 mod windows;
 
 pub use notices::NoticeLogRow;
-pub use queue::Finish;
+pub use queue::{Claim, FanOutPage, Finish, Released};
 pub use recipients::PAGE;
 pub use reports::SummaryRow;
 pub use rows::{Broadcast, Claimed, ClaimedDelivery, CorruptClaim, NewBroadcast};

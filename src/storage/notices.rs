@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Pool, Store, StoreError};
-use crate::domain::{Audience, Decided, Decision, Notice, Outcome, WindowId, to_millis};
+use crate::domain::{Audience, Decided, Decision, Notice, Outcome, RecipientId, WindowId, from_millis, to_millis};
 
 /// A notice-level outcome from the notice log (skipped, superseded or expired as a whole).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,14 +34,15 @@ impl Store {
             .collect()
     }
 
-    /// Records a decision once. For a planned reminder, also supersedes the unsent deliveries of
-    /// the earlier reminders it overtakes, in the same transaction.
+    /// Records a decision once — a planned one before its rows, with its fan-out still open.
+    /// For a planned reminder, also supersedes the unsent deliveries of the earlier reminders it
+    /// overtakes, in the same transaction.
     pub async fn record_decision(&self, window: WindowId, d: &Decision, now: DateTime<Utc>) -> Result<u64, StoreError> {
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "INSERT INTO window_notices (window_id, revision, notice, audience, outcome, due_at, deadline, decided_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                "INSERT INTO window_notices (window_id, revision, notice, audience, outcome, due_at, deadline, decided_at, \
+                 reach, fanned_out_to, fan_out_done) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10) ON CONFLICT DO NOTHING",
             )
             .bind(window.0)
             .bind(i64::from(d.revision))
@@ -51,6 +52,8 @@ impl Store {
             .bind(to_millis(d.due_at))
             .bind(to_millis(d.deadline))
             .bind(to_millis(now))
+            .bind(d.reach.as_str())
+            .bind(d.outcome != Outcome::Planned)
             .execute(&mut *tx)
             .await?;
             let mut superseded = 0;
@@ -74,6 +77,52 @@ impl Store {
             tx.commit().await?;
             Ok(superseded)
         })
+    }
+
+    /// Marks a planned decision's fan-out complete: every recipient has been read.
+    pub async fn close_fan_out(&self, window: WindowId, d: &Decision) -> Result<(), StoreError> {
+        on_pool!(self, p => {
+            sqlx::query(
+            "UPDATE window_notices SET fan_out_done = TRUE \
+             WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4",
+        )
+        .bind(window.0)
+        .bind(i64::from(d.revision))
+        .bind(d.notice.to_string())
+        .bind(d.audience.as_str())
+        .execute(p)
+        .await?;
+        });
+        Ok(())
+    }
+
+    /// Planned decisions of the window's `revision` whose fan-out was interrupted, each with the
+    /// last recipient id whose rows were committed.
+    pub async fn open_fan_outs(&self, window: WindowId, revision: u32) -> Result<Vec<(Decision, RecipientId)>, StoreError> {
+        let rows: Vec<(String, String, String, i64, i64, i64)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT notice, audience, reach, due_at, deadline, fanned_out_to FROM window_notices \
+             WHERE window_id = $1 AND revision = $2 AND outcome = 'planned' AND fan_out_done = FALSE ORDER BY due_at, notice",
+        )
+        .bind(window.0)
+        .bind(i64::from(revision))
+        .fetch_all(p)
+        .await?);
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("notice log of window {window}: {e}"));
+        rows.into_iter()
+            .map(|(notice, audience, reach, due_at, deadline, after)| {
+                let decision = Decision {
+                    revision,
+                    notice: notice.parse().map_err(|e| corrupt(&e))?,
+                    audience: audience.parse().map_err(|e| corrupt(&e))?,
+                    outcome: Outcome::Planned,
+                    reach: reach.parse().map_err(|e| corrupt(&e))?,
+                    due_at: from_millis(due_at).map_err(|e| corrupt(&e))?,
+                    deadline: from_millis(deadline).map_err(|e| corrupt(&e))?,
+                    supersedes: Vec::new(),
+                };
+                Ok((decision, RecipientId(after)))
+            })
+            .collect()
     }
 
     /// Notice-level outcomes other than `planned` (skipped, superseded, expired).

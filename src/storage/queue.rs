@@ -1,19 +1,30 @@
-//! The delivery queue: enqueue (idempotent by key), expiry, claims with a lease, stored bodies,
-//! and the outcome of each attempt. The claim's SQL differs per dialect and lives in
-//! `sql/{sqlite,postgres}/claim.sql`.
+//! The delivery queue: enqueue (idempotent by key), expiry, fenced claims with a lease, stored
+//! bodies, and the outcome of each attempt.
+//!
+//! Leases are real elapsed time on the database's clock (PostgreSQL's `clock_timestamp()`,
+//! SQLite's `unixepoch('subsec')`: the machine's), so workers with skewed clocks, or rehearsing
+//! with `--now`, agree on when a lease lapses. Due times and deadlines are compared with the
+//! injected clock the caller passes. Every claim carries a token; every write of a claimed row
+//! names it. The claim's SQL differs per dialect and lives in `sql/{sqlite,postgres}/claim.sql`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::QueryBuilder;
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::rows::{ClaimRow, Claimed};
 use super::{Dialect, Pool, ROWS_PER_STATEMENT, Store, StoreError};
-use crate::domain::{PlannedDelivery, to_millis};
+use crate::domain::{Audience, Notice, PlannedDelivery, RecipientId, WindowId, fingerprint, to_millis};
 
 /// How a claimed delivery ended this attempt.
 #[derive(Debug, Clone)]
 pub enum Finish {
     Sent {
         id: i64,
+        /// When the backend accepted it.
+        at: DateTime<Utc>,
         backend: String,
         provider_id: Option<String>,
         body_id: Option<i64>,
@@ -31,6 +42,108 @@ pub enum Finish {
         id: i64,
         error: String,
     },
+    /// The window moved on before this row went out.
+    Superseded {
+        id: i64,
+        error: String,
+    },
+}
+
+impl Finish {
+    fn id(&self) -> i64 {
+        match self {
+            Finish::Sent { id, .. }
+            | Finish::Retry { id, .. }
+            | Finish::Failed { id, .. }
+            | Finish::Expired { id, .. }
+            | Finish::Superseded { id, .. } => *id,
+        }
+    }
+}
+
+/// Rows claimed together under one lease token.
+#[derive(Debug)]
+pub struct Claim {
+    pub token: i64,
+    pub rows: Vec<Claimed>,
+}
+
+/// What releasing lapsed (or dead workers') claims did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Released {
+    /// Back in the queue, flagged possibly duplicate.
+    pub returned: u64,
+    /// Past their deadline: expired, "may have been sent before the crash".
+    pub expired: u64,
+    /// Of a revision the window has left: superseded, flagged.
+    pub superseded: u64,
+}
+
+impl Released {
+    pub fn total(&self) -> u64 {
+        self.returned + self.expired + self.superseded
+    }
+}
+
+/// Which fan-out a page of rows belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct FanOutPage {
+    pub window: WindowId,
+    pub revision: u32,
+    pub notice: Notice,
+    pub audience: Audience,
+    /// The last recipient id read: a restart continues after it.
+    pub read_up_to: RecipientId,
+}
+
+/// The database's clock in Unix milliseconds, as a SQL expression of each dialect.
+fn db_now_ms(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+        Dialect::Postgres => "(floor(extract(epoch from clock_timestamp()) * 1000))::bigint",
+    }
+}
+
+/// A lease token no other claim has: this process, this instant, this count.
+fn new_token() -> i64 {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{}.{}.{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    );
+    // Positive, so it reads well in logs.
+    (fingerprint(seed.as_bytes()) >> 1) as i64
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Inserts planned rows inside the transaction `$tx`, `ON CONFLICT DO NOTHING`; the count of
+/// new rows.
+macro_rules! insert_planned {
+    ($tx:ident, $rows:expr) => {{
+        let mut inserted = 0;
+        for chunk in $rows.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, due_at, deadline) ",
+            );
+            qb.push_values(chunk, |mut b, d: &PlannedDelivery| {
+                b.push_bind(d.window.0)
+                    .push_bind(i64::from(d.revision))
+                    .push_bind(d.notice.to_string())
+                    .push_bind(d.recipient.0)
+                    .push_bind(d.channel.as_str())
+                    .push_bind(to_millis(d.due_at))
+                    .push_bind(to_millis(d.deadline));
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            inserted += qb.build().execute(&mut *$tx).await?.rows_affected();
+        }
+        inserted
+    }};
 }
 
 impl Store {
@@ -42,25 +155,43 @@ impl Store {
         }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let mut inserted = 0;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, due_at, deadline) ",
-                );
-                qb.push_values(chunk, |mut b, d| {
-                    b.push_bind(d.window.0)
-                        .push_bind(i64::from(d.revision))
-                        .push_bind(d.notice.to_string())
-                        .push_bind(d.recipient.0)
-                        .push_bind(d.channel.as_str())
-                        .push_bind(to_millis(d.due_at))
-                        .push_bind(to_millis(d.deadline));
-                });
-                qb.push(" ON CONFLICT DO NOTHING");
-                inserted += qb.build().execute(&mut *tx).await?.rows_affected();
-            }
+            let inserted = insert_planned!(tx, rows);
             tx.commit().await?;
             Ok(inserted)
+        })
+    }
+
+    /// Enqueues one page of a fan-out and records how far it got, in one transaction — if the
+    /// window is still at the page's revision. The window's row is locked first, so a change
+    /// either commits before (and the page is refused: `None`) or waits until after (and
+    /// supersedes the page's rows with the rest).
+    pub async fn enqueue_page(&self, page: &FanOutPage, rows: &[PlannedDelivery]) -> Result<Option<u64>, StoreError> {
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let current = sqlx::query("UPDATE windows SET revision = revision WHERE id = $1 AND revision = $2")
+                .bind(page.window.0)
+                .bind(i64::from(page.revision))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if current != 1 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let inserted = insert_planned!(tx, rows);
+            sqlx::query(
+                "UPDATE window_notices SET fanned_out_to = $5 \
+                 WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4",
+            )
+            .bind(page.window.0)
+            .bind(i64::from(page.revision))
+            .bind(page.notice.to_string())
+            .bind(page.audience.as_str())
+            .bind(page.read_up_to.0)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(inserted))
         })
     }
 
@@ -76,48 +207,95 @@ impl Store {
         .rows_affected()))
     }
 
-    /// Returns deliveries whose claim lapsed (their worker died) to the queue.
-    pub async fn release_lapsed_claims(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query(
-            "UPDATE deliveries SET state = 'pending', lease_owner = NULL, lease_until = NULL \
-             WHERE state = 'claimed' AND lease_until <= $1",
-        )
-        .bind(to_millis(now))
-        .execute(p)
-        .await?
-        .rows_affected()))
+    /// Settles claims whose lease lapsed on the database's clock (their worker died or
+    /// stalled). Any of them may have gone out, so each is flagged: back to the queue, or
+    /// expired if its deadline (on the injected clock, `now`) has passed, or superseded if its
+    /// window has moved on.
+    pub async fn release_lapsed_claims(&self, now: DateTime<Utc>) -> Result<Released, StoreError> {
+        let lapsed = format!("lease_until <= {}", db_now_ms(self.dialect()));
+        self.release_where(&lapsed, None, now).await
     }
 
-    /// Claims up to `limit` due deliveries for `owner` until `lease_until`, oldest due first.
+    /// Settles every claim held by another daemon (`owner` prefix `daemon@`, not `me`): a SQLite
+    /// daemon that holds the lock knows the previous one is dead, and need not wait out its
+    /// lease.
+    pub async fn release_dead_daemons(&self, me: &str, now: DateTime<Utc>) -> Result<Released, StoreError> {
+        self.release_where("lease_owner LIKE 'daemon@%' AND lease_owner <> $2", Some(me), now)
+            .await
+    }
+
+    async fn release_where(&self, which: &str, me: Option<&str>, now: DateTime<Utc>) -> Result<Released, StoreError> {
+        let stale = "window_id IS NOT NULL AND revision < (SELECT w.revision FROM windows w WHERE w.id = deliveries.window_id)";
+        let statements = [
+            format!(
+                "UPDATE deliveries SET state = 'superseded', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
+                 lease_token = NULL, last_error = 'the window moved on; the claim lapsed, so it may have been sent before the crash' \
+                 WHERE state = 'claimed' AND {which} AND {stale} AND $1 = $1"
+            ),
+            format!(
+                "UPDATE deliveries SET state = 'expired', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
+                 lease_token = NULL, last_error = 'the claim lapsed after the deadline: may have been sent before the crash' \
+                 WHERE state = 'claimed' AND {which} AND deadline <= $1"
+            ),
+            format!(
+                "UPDATE deliveries SET state = 'pending', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
+                 lease_token = NULL WHERE state = 'claimed' AND {which} AND $1 = $1"
+            ),
+        ];
+        let mut counts = [0u64; 3];
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for (sql, count) in statements.into_iter().zip(counts.iter_mut()) {
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(to_millis(now));
+                if let Some(me) = me {
+                    q = q.bind(me.to_owned());
+                }
+                *count = q.execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+        });
+        let [superseded, expired, returned] = counts;
+        Ok(Released {
+            returned,
+            expired,
+            superseded,
+        })
+    }
+
+    /// Claims up to `limit` deliveries due at `now` (and before their deadline) for `owner`, for
+    /// `lease` of real time, oldest due first, under a new token.
     pub async fn claim_due(
         &self,
         now: DateTime<Utc>,
         limit: i64,
         owner: &str,
-        lease_until: DateTime<Utc>,
+        lease: Duration,
         only_broadcast: Option<i64>,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let claim = match self.dialect() {
             Dialect::Sqlite => include_str!("sql/sqlite/claim.sql"),
             Dialect::Postgres => include_str!("sql/postgres/claim.sql"),
         };
+        let token = new_token();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let ids: Vec<i64> = sqlx::query_scalar(claim)
                 .bind(owner)
-                .bind(to_millis(lease_until))
+                .bind(millis(lease))
                 .bind(to_millis(now))
                 .bind(limit)
                 .bind(only_broadcast)
+                .bind(token)
                 .fetch_all(&mut *tx)
                 .await?;
             if ids.is_empty() {
                 tx.commit().await?;
-                return Ok(Vec::new());
+                return Ok(Claim { token, rows: Vec::new() });
             }
             let mut qb = QueryBuilder::new(
                 "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, d.recipient_id, \
-                 r.phone, r.email, r.locale, r.zone FROM deliveries d JOIN recipients r ON r.id = d.recipient_id WHERE d.id IN (",
+                 d.possibly_duplicate, r.phone, r.email, r.locale, r.zone \
+                 FROM deliveries d JOIN recipients r ON r.id = d.recipient_id WHERE d.id IN (",
             );
             let mut sep = qb.separated(", ");
             for id in &ids {
@@ -126,8 +304,34 @@ impl Store {
             qb.push(") ORDER BY d.id");
             let rows: Vec<ClaimRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
             tx.commit().await?;
-            Ok(rows.into_iter().map(ClaimRow::parse).collect())
+            Ok(Claim { token, rows: rows.into_iter().map(ClaimRow::parse).collect() })
         })
+    }
+
+    /// Extends the lease of every row still claimed under `token` by `lease` from now (the
+    /// database's clock). Returns how many rows it still holds.
+    pub async fn renew(&self, token: i64, lease: Duration) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = {} + $2 WHERE lease_token = $1 AND state = 'claimed'",
+            db_now_ms(self.dialect())
+        );
+        Ok(on_pool!(self, p => sqlx::query(AssertSqlSafe(sql))
+            .bind(token)
+            .bind(millis(lease))
+            .execute(p)
+            .await?
+            .rows_affected()))
+    }
+
+    /// How many rows `owner` holds claimed.
+    pub async fn claimed_by(&self, owner: &str) -> Result<u64, StoreError> {
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE state = 'claimed' AND lease_owner = $1",
+        )
+        .bind(owner)
+        .fetch_one(p)
+        .await?);
+        Ok(u64::try_from(n).unwrap_or_default())
     }
 
     /// Stores a rendered body once per cache key and returns its id.
@@ -142,79 +346,100 @@ impl Store {
         })
     }
 
-    /// Records how each claimed delivery ended this attempt, in one transaction. Only rows still
-    /// claimed are touched: a delivery superseded while in flight stays superseded.
-    pub async fn finish(&self, outcomes: &[Finish], now: DateTime<Utc>) -> Result<(), StoreError> {
-        let now = to_millis(now);
-        // The common case, a batch sent through one backend with one body per group, is one
-        // statement per group rather than one per row.
-        let mut plain_sent: std::collections::BTreeMap<(&str, Option<i64>), Vec<i64>> = Default::default();
+    /// Records how each delivery claimed under `token` ended this attempt, in one transaction.
+    /// Only rows still claimed under that token are touched: a row whose lease lapsed and was
+    /// taken over, or that was settled otherwise meanwhile, keeps what its new owner records.
+    /// Returns the ids that were not recorded.
+    pub async fn finish(&self, token: i64, outcomes: &[Finish]) -> Result<Vec<i64>, StoreError> {
+        // The common case, a batch sent through one backend with one body at one instant, is
+        // one statement per group rather than one per row.
+        type Group<'a> = (&'a str, Option<i64>, i64);
+        let mut plain_sent: std::collections::BTreeMap<Group<'_>, Vec<i64>> = Default::default();
         let mut others = Vec::new();
         for f in outcomes {
             match f {
                 Finish::Sent {
                     id,
+                    at,
                     backend,
                     provider_id: None,
                     body_id,
-                } => plain_sent.entry((backend.as_str(), *body_id)).or_default().push(*id),
+                } => plain_sent
+                    .entry((backend.as_str(), *body_id, to_millis(*at)))
+                    .or_default()
+                    .push(*id),
                 other => others.push(other),
             }
         }
+        let mut lost = Vec::new();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for ((backend, body_id), ids) in &plain_sent {
+            for ((backend, body_id, at), ids) in &plain_sent {
                 for chunk in ids.chunks(ROWS_PER_STATEMENT) {
                     let mut qb = QueryBuilder::new("UPDATE deliveries SET state = 'sent', sent_at = ");
-                    qb.push_bind(now)
+                    qb.push_bind(*at)
                         .push(", backend = ")
                         .push_bind(*backend)
                         .push(", body_id = ")
                         .push_bind(*body_id)
-                        .push(", last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE state = 'claimed' AND id IN (");
+                        .push(", last_error = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL WHERE state = 'claimed' AND lease_token = ")
+                        .push_bind(token)
+                        .push(" AND id IN (");
                     let mut sep = qb.separated(", ");
                     for id in chunk {
                         sep.push_bind(*id);
                     }
-                    qb.push(")");
-                    qb.build().execute(&mut *tx).await?;
+                    qb.push(") RETURNING id");
+                    let done: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+                    if done.len() != chunk.len() {
+                        let done: std::collections::HashSet<i64> = done.into_iter().collect();
+                        lost.extend(chunk.iter().filter(|id| !done.contains(id)));
+                    }
                 }
             }
             for f in others {
                 let q = match f {
-                    Finish::Sent { id, backend, provider_id, body_id } => sqlx::query(
-                        "UPDATE deliveries SET state = 'sent', sent_at = $2, backend = $3, provider_id = $4, body_id = $5, \
-                         last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE id = $1 AND state = 'claimed'",
+                    Finish::Sent { id, at, backend, provider_id, body_id } => sqlx::query(
+                        "UPDATE deliveries SET state = 'sent', sent_at = $3, backend = $4, provider_id = $5, body_id = $6, \
+                         last_error = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL \
+                         WHERE id = $1 AND state = 'claimed' AND lease_token = $2",
                     )
                     .bind(*id)
-                    .bind(now)
+                    .bind(token)
+                    .bind(to_millis(*at))
                     .bind(backend.clone())
                     .bind(provider_id.clone())
                     .bind(*body_id),
                     Finish::Retry { id, at, error } => sqlx::query(
-                        "UPDATE deliveries SET state = 'pending', due_at = $2, last_error = $3, lease_owner = NULL, lease_until = NULL \
-                         WHERE id = $1 AND state = 'claimed'",
+                        "UPDATE deliveries SET state = 'pending', due_at = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, \
+                         lease_token = NULL WHERE id = $1 AND state = 'claimed' AND lease_token = $2",
                     )
                     .bind(*id)
+                    .bind(token)
                     .bind(to_millis(*at))
                     .bind(error.clone()),
-                    Finish::Failed { id, error } => sqlx::query(
-                        "UPDATE deliveries SET state = 'failed', last_error = $2, lease_owner = NULL, lease_until = NULL \
-                         WHERE id = $1 AND state = 'claimed'",
-                    )
-                    .bind(*id)
-                    .bind(error.clone()),
-                    Finish::Expired { id, error } => sqlx::query(
-                        "UPDATE deliveries SET state = 'expired', last_error = $2, lease_owner = NULL, lease_until = NULL \
-                         WHERE id = $1 AND state = 'claimed'",
-                    )
-                    .bind(*id)
-                    .bind(error.clone()),
+                    Finish::Failed { id, error } | Finish::Expired { id, error } | Finish::Superseded { id, error } => {
+                        let state = match f {
+                            Finish::Failed { .. } => "failed",
+                            Finish::Expired { .. } => "expired",
+                            _ => "superseded",
+                        };
+                        sqlx::query(
+                            "UPDATE deliveries SET state = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, \
+                             lease_token = NULL WHERE id = $1 AND state = 'claimed' AND lease_token = $2",
+                        )
+                        .bind(*id)
+                        .bind(token)
+                        .bind(state)
+                        .bind(error.clone())
+                    }
                 };
-                q.execute(&mut *tx).await?;
+                if q.execute(&mut *tx).await?.rows_affected() == 0 {
+                    lost.push(f.id());
+                }
             }
             tx.commit().await?;
-            Ok(())
-        })
+        });
+        Ok(lost)
     }
 }

@@ -15,6 +15,8 @@ pub struct SummaryRow {
     pub channel: String,
     pub state: DeliveryState,
     pub count: i64,
+    /// Of those, rows flagged possibly duplicate (an earlier claim lapsed).
+    pub possibly_duplicate: i64,
 }
 
 impl Store {
@@ -34,7 +36,8 @@ impl Store {
         broadcast: Option<i64>,
     ) -> Result<Vec<SummaryRow>, StoreError> {
         let rows = on_pool!(self, p => sqlx::query(
-            "SELECT window_id, broadcast_id, notice, channel, state, COUNT(*) AS n FROM deliveries \
+            "SELECT window_id, broadcast_id, notice, channel, state, COUNT(*) AS n, \
+             SUM(CASE WHEN possibly_duplicate THEN 1 ELSE 0 END) AS flagged FROM deliveries \
              WHERE ($1 IS NULL OR window_id = $1) AND ($2 IS NULL OR broadcast_id = $2) \
              GROUP BY window_id, broadcast_id, notice, channel, state \
              ORDER BY MIN(id), window_id, broadcast_id, notice, channel, state",
@@ -55,6 +58,7 @@ impl Store {
                     .parse()
                     .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
                 count: r.try_get("n")?,
+                possibly_duplicate: r.try_get("flagged")?,
             })
         })
         .collect::<Result<Vec<_>, _>>()?);

@@ -95,9 +95,11 @@ impl Store {
                 return Err(StoreError::Conflict { id: before.id, expected: before.revision });
             }
             append_history!(tx, after.id.0, i64::from(after.revision), to_millis(now), actor, after.last_change.as_str(), details.to_string());
+            // Rows in flight (claimed) are left to their worker, which records what happened:
+            // sent if it went out, superseded if it had not.
             let superseded = sqlx::query(
-                "UPDATE deliveries SET state = 'superseded', last_error = $3, lease_owner = NULL, lease_until = NULL \
-                 WHERE window_id = $1 AND revision < $2 AND state IN ('pending', 'claimed')",
+                "UPDATE deliveries SET state = 'superseded', last_error = $3 \
+                 WHERE window_id = $1 AND revision < $2 AND state = 'pending'",
             )
             .bind(after.id.0)
             .bind(i64::from(after.revision))

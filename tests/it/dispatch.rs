@@ -12,6 +12,7 @@ use tangazo::config::{Config, Overrides};
 use tangazo::dispatch::{DispatchConfig, Dispatcher};
 use tangazo::domain::{Channel, Locale, Notice, PlannedDelivery, RecipientId, WindowId};
 use tangazo::render::Renderer;
+use tangazo::clock::Clock;
 use tangazo::shutdown::CancellationToken;
 
 use crate::helpers::{TestDb, customer, new_window, start, utc};
@@ -137,7 +138,7 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
     // Failover: the first backend's transient failure goes to the next one, which sends.
     let d = dispatcher(db, vec![primary.clone(), backup]);
     let now = utc(2015, 4, 10, 6, 0);
-    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
+    let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
     assert_eq!((r.sent, r.retried), (1, 0));
     assert_eq!(primary.seen.lock().unwrap().len(), 1);
     assert_eq!(
@@ -152,10 +153,10 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
     let w2 = one_sms_again(db).await;
     let only = Scripted::new("only", vec![busy(Some(300))]);
     let d = dispatcher(db, vec![only.clone()]);
-    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
+    let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
     assert_eq!(r.retried, 1);
     assert_eq!(
-        d.run_due(now + TimeDelta::minutes(4), &CancellationToken::new())
+        d.run_due(&Clock::Fixed(now + TimeDelta::minutes(4)), &CancellationToken::new())
             .await
             .unwrap()
             .claimed,
@@ -163,12 +164,12 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
         "not before 5 minutes"
     );
     let r = d
-        .run_due(now + TimeDelta::minutes(5), &CancellationToken::new())
+        .run_due(&Clock::Fixed(now + TimeDelta::minutes(5)), &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(r.retried, 1);
     assert_eq!(
-        d.run_due(now + TimeDelta::minutes(14), &CancellationToken::new())
+        d.run_due(&Clock::Fixed(now + TimeDelta::minutes(14)), &CancellationToken::new())
             .await
             .unwrap()
             .claimed,
@@ -176,7 +177,7 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
         "then 10 minutes"
     );
     let r = d
-        .run_due(now + TimeDelta::minutes(15), &CancellationToken::new())
+        .run_due(&Clock::Fixed(now + TimeDelta::minutes(15)), &CancellationToken::new())
         .await
         .unwrap();
     assert_eq!(r.failed, 1, "the schedule has two retries");
@@ -195,7 +196,7 @@ async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
     let w = one_sms(db, now + TimeDelta::seconds(30)).await;
     // A transient failure whose next attempt would land after the deadline: expired, not retried.
     let d = dispatcher(db, vec![Scripted::new("slow", vec![busy(None)])]);
-    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
+    let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
     assert_eq!((r.expired, r.retried), (1, 0));
     assert_eq!(state(db, w).await, "expired");
 
@@ -208,7 +209,7 @@ async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
     );
     let backup = Scripted::new("never", vec![Ok(())]);
     let d = dispatcher(db, vec![invalid, backup.clone()]);
-    let r = d.run_due(now, &CancellationToken::new()).await.unwrap();
+    let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
     assert_eq!(r.failed, 1);
     assert!(
         backup.seen.lock().unwrap().is_empty(),
@@ -216,7 +217,7 @@ async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
     );
     assert_eq!(state(db, w2).await, "failed");
     assert!(
-        d.run_due(now + TimeDelta::hours(1), &CancellationToken::new())
+        d.run_due(&Clock::Fixed(now + TimeDelta::hours(1)), &CancellationToken::new())
             .await
             .unwrap()
             .claimed

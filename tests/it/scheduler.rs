@@ -58,7 +58,10 @@ impl Rig {
         Rig { scheduler, outbox }
     }
     async fn tick(&self, now: DateTime<Utc>) -> tangazo::scheduler::TickReport {
-        self.scheduler.tick(now, &CancellationToken::new()).await.unwrap()
+        self.scheduler
+            .tick(&tangazo::clock::Clock::Fixed(now), &CancellationToken::new())
+            .await
+            .unwrap()
     }
     fn sent(&self) -> usize {
         lines(self.outbox.path())

@@ -1,6 +1,7 @@
 //! The store conformance suite: every case runs on SQLite and on PostgreSQL.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::TimeDelta;
 use tangazo::domain::{
@@ -8,7 +9,7 @@ use tangazo::domain::{
     Span, WindowId, WindowStatus,
 };
 use tangazo::domain::{Decision, Outcome, Reach};
-use tangazo::storage::{Finish, NewBroadcast, StoreError};
+use tangazo::storage::{ClaimedDelivery, FanOutPage, Finish, NewBroadcast, StoreError};
 
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
 use crate::on_both;
@@ -17,11 +18,27 @@ on_both!(
     windows_keep_history_and_refuse_stale_changes,
     enqueue_is_idempotent,
     claims_finish_expire_and_lapse,
+    a_new_daemon_settles_a_dead_daemons_claims,
     changes_supersede_unsent_deliveries_of_older_revisions,
     upsert_updates_by_natural_key_and_keeps_opt_outs,
     told_and_decisions,
     broadcasts_are_named_keyed_and_scoped,
 );
+
+const LEASE: Duration = Duration::from_secs(300);
+
+/// Claims and parses: (the lease token, the rows).
+async fn claim(
+    db: &TestDb,
+    now: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+    owner: &str,
+    lease: Duration,
+    broadcast: Option<i64>,
+) -> (i64, Vec<ClaimedDelivery>) {
+    let claim = db.store.claim_due(now, limit, owner, lease, broadcast).await.unwrap();
+    (claim.token, claim.rows.into_iter().map(Result::unwrap).collect())
+}
 
 async fn states(db: &TestDb, window: WindowId) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
@@ -126,40 +143,21 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
         .await
         .unwrap();
     let now = start() - TimeDelta::hours(50);
-    let lease = now + TimeDelta::minutes(5);
     // Not due yet: nothing to claim before the due time.
-    assert!(
-        db.store
-            .claim_due(start() - TimeDelta::hours(101), 100, "w1", lease, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
-            .is_empty()
-    );
-    let first = db
-        .store
-        .claim_due(now, 4, "w1", lease, None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
+    let (_, early) = claim(db, start() - TimeDelta::hours(101), 100, "w1", LEASE, None).await;
+    assert!(early.is_empty());
+    let (t1, first) = claim(db, now, 4, "w1", LEASE, None).await;
     assert_eq!(first.len(), 4);
-    assert!(first.iter().all(|c| c.attempts == 1 && c.phone.is_some()));
-    let second = db
-        .store
-        .claim_due(now, 100, "w2", lease, None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
+    assert!(first.iter().all(|c| c.attempts == 1 && c.phone.is_some() && !c.possibly_duplicate));
+    // The second worker's lease is already over: it will be taken for dead.
+    let (t2, second) = claim(db, now, 100, "w2", Duration::ZERO, None).await;
     assert_eq!(second.len(), 6, "a claimed delivery is not claimed twice");
-    let mut finishes = vec![
+    assert_ne!(t1, t2);
+    let sent_at = now + TimeDelta::seconds(3);
+    let finishes = vec![
         Finish::Sent {
             id: first[0].id,
+            at: sent_at,
             backend: "file".into(),
             provider_id: None,
             body_id: None,
@@ -173,55 +171,95 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
             at: now + TimeDelta::minutes(1),
             error: "busy".into(),
         },
+        Finish::Sent {
+            id: first[3].id,
+            at: sent_at,
+            backend: "file".into(),
+            provider_id: Some("p-1".into()),
+            body_id: None,
+        },
     ];
-    finishes.push(Finish::Sent {
-        id: first[3].id,
-        backend: "file".into(),
-        provider_id: Some("p-1".into()),
-        body_id: None,
-    });
-    db.store.finish(&finishes, now).await.unwrap();
+    // Fenced: the outcomes need the claim's own token.
+    assert_eq!(db.store.finish(t2, &finishes).await.unwrap().len(), 4, "another token writes nothing");
+    assert!(db.store.finish(t1, &finishes).await.unwrap().is_empty());
     // The retry is not due before its time, then it is.
-    assert!(
-        db.store
-            .claim_due(now, 100, "w3", lease, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
-            .is_empty()
-    );
-    let retry = db
-        .store
-        .claim_due(
-            now + TimeDelta::minutes(2),
-            100,
-            "w3",
-            lease + TimeDelta::minutes(2),
-            None,
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
+    assert!(claim(db, now, 100, "w3", LEASE, None).await.1.is_empty());
+    let (_, retry) = claim(db, now + TimeDelta::minutes(2), 100, "w3", LEASE, None).await;
     assert_eq!(retry.len(), 1);
     assert_eq!(retry[0].attempts, 2);
-    // The second worker died: its claims lapse and return to the queue.
+    // Renewal keeps a live claim; a lapsed one is settled and flagged: it may have gone out.
+    assert_eq!(db.store.renew(t2, Duration::ZERO).await.unwrap(), 6);
+    let released = db.store.release_lapsed_claims(now).await.unwrap();
     assert_eq!(
-        db.store
-            .release_lapsed_claims(lease + TimeDelta::minutes(3))
-            .await
-            .unwrap(),
-        7
+        (released.returned, released.expired, released.superseded),
+        (6, 0, 0),
+        "the live claim of w3 stays"
     );
+    let (t4, again) = claim(db, now, 100, "w4", LEASE, None).await;
+    assert_eq!(again.len(), 6);
+    assert!(again.iter().all(|c| c.possibly_duplicate && c.attempts == 2));
+    // The lapsed worker comes back and finishes late: nothing of it is recorded.
+    let late = vec![Finish::Sent {
+        id: second[0].id,
+        at: sent_at,
+        backend: "file".into(),
+        provider_id: None,
+        body_id: None,
+    }];
+    assert_eq!(db.store.finish(t2, &late).await.unwrap(), vec![second[0].id]);
+    assert_eq!(db.store.claimed_by("w4").await.unwrap(), 6);
+    // w4 dies holding them, and the deadline passes before they are looked at: expired, with
+    // the reason, not silently superseded or sent.
+    db.store.renew(t4, Duration::ZERO).await.unwrap();
+    let released = db.store.release_lapsed_claims(start()).await.unwrap();
+    assert_eq!((released.returned, released.expired), (0, 6));
+    let (_, none) = claim(db, start() - TimeDelta::hours(1), 100, "w5", LEASE, None).await;
+    assert!(none.is_empty());
     // Deadline passed: everything unsent expires, nothing sent changes.
-    assert_eq!(db.store.expire_due(start()).await.unwrap(), 7);
+    db.store.release_lapsed_claims(start()).await.unwrap();
+    assert_eq!(db.store.expire_due(start()).await.unwrap(), 0, "w3's retry is still claimed");
     assert_eq!(
         states(db, w.id).await,
-        BTreeMap::from([("expired".into(), 7), ("failed".into(), 1), ("sent".into(), 2)])
+        BTreeMap::from([
+            ("claimed".into(), 1),
+            ("expired".into(), 6),
+            ("failed".into(), 1),
+            ("sent".into(), 2)
+        ])
     );
+    let flagged: i64 = db
+        .store
+        .summary(Some(w.id))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.possibly_duplicate)
+        .sum();
+    assert_eq!(flagged, 6);
+}
+
+/// A SQLite daemon that takes the lock settles what the dead daemon before it left claimed at
+/// once, flagged; claims of other kinds of worker are left to their leases.
+async fn a_new_daemon_settles_a_dead_daemons_claims(db: &TestDb) {
+    let ids = seed(db, 4).await;
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    db.store
+        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
+        .await
+        .unwrap();
+    let now = start() - TimeDelta::hours(50);
+    claim(db, now, 2, "daemon@host:1", LEASE, None).await;
+    claim(db, now, 2, "broadcast:7", LEASE, None).await;
+    let released = db.store.release_dead_daemons("daemon@host:2", now).await.unwrap();
+    assert_eq!(released.returned, 2);
+    assert_eq!(db.store.claimed_by("broadcast:7").await.unwrap(), 2);
+    let (_, again) = claim(db, now, 10, "daemon@host:2", LEASE, None).await;
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|c| c.possibly_duplicate));
 }
 
 async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
@@ -233,49 +271,39 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
         .await
         .unwrap();
     let now = start() - TimeDelta::hours(90);
-    let claimed = db
-        .store
-        .claim_due(now, 2, "w", now + TimeDelta::minutes(5), None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
-    db.store
-        .finish(
-            &[Finish::Sent {
-                id: claimed[0].id,
-                backend: "file".into(),
-                provider_id: None,
-                body_id: None,
-            }],
-            now,
-        )
-        .await
-        .unwrap();
-    // One sent, one in flight, four queued: the cancellation supersedes the five unsent.
+    let (token, claimed) = claim(db, now, 2, "w", LEASE, None).await;
+    let sent = |id| Finish::Sent {
+        id,
+        at: now,
+        backend: "file".into(),
+        provider_id: None,
+        body_id: None,
+    };
+    db.store.finish(token, &[sent(claimed[0].id)]).await.unwrap();
+    // One sent, one in flight, four queued: the cancellation supersedes the four queued and
+    // leaves the one in flight to its worker.
     let cancelled = w.cancel(Some("vendor delay".into()), now).unwrap();
-    assert_eq!(db.store.save_change(&w, &cancelled, "ops", now).await.unwrap(), 5);
-    // The in-flight one finishing late does not resurrect it.
-    db.store
-        .finish(
-            &[Finish::Sent {
-                id: claimed[1].id,
-                backend: "file".into(),
-                provider_id: None,
-                body_id: None,
-            }],
-            now,
-        )
-        .await
-        .unwrap();
+    assert_eq!(db.store.save_change(&w, &cancelled, "ops", now).await.unwrap(), 4);
+    // It went out while the change committed: the ledger says so, and it counts as told.
+    assert!(db.store.finish(token, &[sent(claimed[1].id)]).await.unwrap().is_empty());
     assert_eq!(
         states(db, w.id).await,
-        BTreeMap::from([("sent".into(), 1), ("superseded".into(), 5)])
+        BTreeMap::from([("sent".into(), 2), ("superseded".into(), 4)])
     );
     let stored = db.store.window(w.id).await.unwrap();
     assert_eq!((stored.status, stored.revision), (WindowStatus::Cancelled, 2));
     assert_eq!(stored.cancel_reason.as_deref(), Some("vendor delay"));
+    // A fan-out page of the old revision is refused once the change has committed.
+    let page = FanOutPage {
+        window: w.id,
+        revision: 1,
+        notice: Notice::reminder(Span::hours(24)),
+        audience: Audience::Customer,
+        read_up_to: RecipientId(ids[5]),
+    };
+    let rows = planned(w.id, 1, Notice::reminder(Span::hours(24)), &ids, 24);
+    assert_eq!(db.store.enqueue_page(&page, &rows).await.unwrap(), None);
+    assert_eq!(states(db, w.id).await.values().sum::<i64>(), 6, "nothing of it was enqueued");
 }
 
 async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
@@ -329,24 +357,18 @@ async fn told_and_decisions(db: &TestDb) {
     let r72 = Notice::reminder(Span::hours(72));
     db.store.enqueue(&planned(w.id, 1, r72, &ids, 72)).await.unwrap();
     let now = start() - TimeDelta::hours(71);
-    let claimed = db
-        .store
-        .claim_due(now, 2, "w", now + TimeDelta::minutes(5), None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
+    let (token, claimed) = claim(db, now, 2, "w", LEASE, None).await;
     let sent: Vec<Finish> = claimed
         .iter()
         .map(|c| Finish::Sent {
             id: c.id,
+            at: now,
             backend: "file".into(),
             provider_id: None,
             body_id: None,
         })
         .collect();
-    db.store.finish(&sent, now).await.unwrap();
+    db.store.finish(token, &sent).await.unwrap();
     let told = db
         .store
         .told_among(w.id, RecipientId(ids[0]), RecipientId(ids[4]))
@@ -441,15 +463,7 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
             .unwrap(),
         4
     );
-    let lease = now + TimeDelta::minutes(5);
-    let claimed = db
-        .store
-        .claim_due(now, 100, "b", lease, Some(b.id))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
+    let (_, claimed) = claim(db, now, 100, "b", LEASE, Some(b.id)).await;
     assert_eq!(claimed.len(), 4, "only the broadcast's rows");
     assert!(claimed.iter().all(|c| c.broadcast == Some(b.id) && c.window.is_none()));
     let counts: i64 = db

@@ -15,7 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("channels", &["domain"]),
     ("storage", &["domain"]),
     ("import", &["domain", "storage"]),
-    ("dispatch", &["domain", "storage", "render", "channels"]),
+    ("dispatch", &["domain", "storage", "render", "channels", "clock"]),
     ("broadcast", &["domain", "storage", "render"]),
     ("scheduler", &["domain", "storage", "planner", "dispatch", "clock"]),
     ("config", &["domain", "channels", "dispatch", "broadcast"]),

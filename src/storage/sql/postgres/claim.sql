@@ -1,10 +1,13 @@
--- Claims up to $4 due deliveries for $1 until $2 (Unix ms), oldest due first; $3 is now and
--- $5 an optional broadcast. Several workers share the table: rows another worker is claiming
--- are skipped, never waited for.
-UPDATE deliveries SET state = 'claimed', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+-- Claims up to $4 deliveries due at $3 (Unix ms, the injected clock) and before their deadline,
+-- oldest due first, for owner $1 under token $6, leased for $2 ms of real time on the database's
+-- clock (so daemons with skewed clocks agree); $5 is an optional broadcast. Several workers share
+-- the table: rows another worker is claiming are skipped, never waited for.
+UPDATE deliveries
+SET state = 'claimed', lease_owner = $1, lease_token = $6,
+    lease_until = (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $2, attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM deliveries
-    WHERE state = 'pending' AND due_at <= $3 AND deadline > $3 AND ($5 IS NULL OR broadcast_id = $5)
+    WHERE state = 'pending' AND due_at <= $3 AND deadline > $3 AND ($5::bigint IS NULL OR broadcast_id = $5)
     ORDER BY due_at, id
     LIMIT $4
     FOR UPDATE SKIP LOCKED

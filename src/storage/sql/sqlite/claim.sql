@@ -1,6 +1,10 @@
--- Claims up to $4 due deliveries for $1 until $2 (Unix ms), oldest due first; $3 is now and
--- $5 an optional broadcast. SQLite: one daemon per database file, so no row locking is needed.
-UPDATE deliveries SET state = 'claimed', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+-- Claims up to $4 deliveries due at $3 (Unix ms, the injected clock) and before their deadline,
+-- oldest due first, for owner $1 under token $6, leased for $2 ms of real time on the database's
+-- clock; $5 is an optional broadcast. SQLite: the daemon is the only claimer of its file but for
+-- the `broadcast` command beside it, and SQLite runs one writer at a time.
+UPDATE deliveries
+SET state = 'claimed', lease_owner = $1, lease_token = $6,
+    lease_until = CAST(unixepoch('subsec') * 1000 AS INTEGER) + $2, attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM deliveries
     WHERE state = 'pending' AND due_at <= $3 AND deadline > $3 AND ($5 IS NULL OR broadcast_id = $5)
