@@ -257,7 +257,8 @@ impl Scheduler {
                 Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first.id, last.id).await?,
             };
             after = last.id;
-            let rows: Vec<PlannedDelivery> = planner::fan_out(decision, window, &page, |id| told.contains(&id)).collect();
+            let rows: Vec<PlannedDelivery> =
+                planner::fan_out(decision, window, &page, |id| told.contains(&id)).collect();
             let mark = FanOutPage {
                 window: window.id,
                 revision: decision.revision,
@@ -303,7 +304,9 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
         match scheduler.tick(&clock, &shutdown).await {
             Ok(r) => {
                 let d = &r.dispatch;
-                if r.enqueued + r.superseded + r.expired + d.claimed + r.released.total() > 0 || !r.transitions.is_empty() {
+                if r.enqueued + r.superseded + r.expired + d.claimed + r.released.total() > 0
+                    || !r.transitions.is_empty()
+                {
                     tracing::info!(
                         at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
                         released = r.released.returned, released_expired = r.released.expired,

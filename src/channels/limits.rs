@@ -280,7 +280,11 @@ mod tests {
         let results = sender.send(&batch).await;
         assert!(matches!(results[0], Err(SendError::TooLate)), "{results:?}");
         assert!(results[1].is_ok());
-        assert_eq!(*inner.messages.lock().unwrap(), 3, "the late message never reached the backend");
+        assert_eq!(
+            *inner.messages.lock().unwrap(),
+            3,
+            "the late message never reached the backend"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -192,7 +192,10 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
                 ));
             }
         } else {
-            let report = scheduler.tick(&crate::clock::Clock::Fixed(now), &never).await.context("demo tick")?;
+            let report = scheduler
+                .tick(&crate::clock::Clock::Fixed(now), &never)
+                .await
+                .context("demo tick")?;
             ticks += 1;
             for t in &report.transitions {
                 timeline.push(format!("{}  {t}", eat(now)));

@@ -152,6 +152,27 @@ pub enum DeliveriesCommand {
         #[arg(long, value_name = "ID")]
         window: Option<i64>,
     },
+    /// A window's deliveries one by one: recipient (masked), notice, channel, attempts, last
+    /// error, and whether it may have gone out twice
+    List {
+        #[arg(long, value_name = "ID")]
+        window: i64,
+        /// Only this state: pending, claimed, sent, failed, expired, superseded
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Put a window's failed (or expired) deliveries back in the queue where their deadline is
+    /// still ahead, after fixing what made them fail; the daemon or run-once sends them
+    Retry {
+        #[arg(long, value_name = "ID")]
+        window: i64,
+        /// Which deliveries: failed or expired
+        #[arg(long, default_value = "failed")]
+        state: String,
+        /// Say what would be re-queued and what is too late, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// A failure and the exit code it deserves.
@@ -321,6 +342,12 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::RunOnce => ops::run_once(&ctx).await,
         Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,
         Command::Deliveries(DeliveriesCommand::Summary { window }) => ops::summary(&ctx, window).await,
+        Command::Deliveries(DeliveriesCommand::List { window, state }) => {
+            ops::list(&ctx, window, state.as_deref()).await
+        }
+        Command::Deliveries(DeliveriesCommand::Retry { window, state, dry_run }) => {
+            ops::retry(&ctx, window, &state, dry_run).await
+        }
         Command::Demo { .. } => Ok(()),
     }
 }

@@ -332,6 +332,64 @@ pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
     Ok(())
 }
 
+pub async fn list(ctx: &Ctx, window: i64, state: Option<&str>) -> CliResult {
+    let state = state
+        .map(str::parse::<DeliveryState>)
+        .transpose()
+        .map_err(bad_field("--state"))?;
+    let store = ctx.store().await?;
+    let window = WindowId(window);
+    store.window(window).await.map_err(bad_field("--window"))?;
+    let rows = store.deliveries(window, state).await?;
+    if ctx.cli_json {
+        return ctx.print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("no deliveries");
+        return Ok(());
+    }
+    println!(
+        "{:>8}  {:<16}  {:<14}  {:<8}  {:<10}  {:>8}  {:<5}  last error",
+        "id", "recipient", "notice", "channel", "state", "attempts", "flags"
+    );
+    for r in &rows {
+        println!(
+            "{:>8}  {:<16}  {:<14}  {:<8}  {:<10}  {:>8}  {:<5}  {}",
+            r.id,
+            r.to,
+            r.notice,
+            r.channel,
+            r.state.as_str(),
+            r.attempts,
+            if r.possibly_duplicate { "dup?" } else { "" },
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn retry(ctx: &Ctx, window: i64, state: &str, dry_run: bool) -> CliResult {
+    let state: DeliveryState = state.parse().map_err(bad_field("--state"))?;
+    if !matches!(state, DeliveryState::Failed | DeliveryState::Expired) {
+        return Err(bad_field("--state")(
+            "only failed or expired deliveries can be re-queued",
+        ));
+    }
+    let store = ctx.store().await?;
+    let window = WindowId(window);
+    store.window(window).await.map_err(bad_field("--window"))?;
+    let done = store.requeue(window, state, ctx.now(), dry_run).await?;
+    if ctx.cli_json {
+        return ctx.print_json(&json!({"dry_run": dry_run, "requeued": done.requeued, "too_late": done.too_late}));
+    }
+    let verb = if dry_run { "would re-queue" } else { "re-queued" };
+    println!(
+        "{verb} {} {state} deliveries of window {window}; {} cannot make their deadline and stay {state}",
+        done.requeued, done.too_late
+    );
+    Ok(())
+}
+
 /// `w1` for a window's own rows, `b2` for a broadcast's.
 fn source_label(r: &SummaryRow) -> String {
     match (r.broadcast_id, r.window_id) {

@@ -156,7 +156,12 @@ impl Dispatcher {
         Ok(self.store.claimed_by(&self.owner).await?)
     }
 
-    async fn dispatch_batch(&self, claim: Claim, clock: &Clock, cache: &mut Cache) -> Result<DispatchReport, DispatchError> {
+    async fn dispatch_batch(
+        &self,
+        claim: Claim,
+        clock: &Clock,
+        cache: &mut Cache,
+    ) -> Result<DispatchReport, DispatchError> {
         let Claim { token, rows: claimed } = claim;
         let now = clock.now();
         let mut report = DispatchReport {
@@ -271,9 +276,7 @@ impl Dispatcher {
                         let route = self.senders.route(channel).get(outcome.route);
                         let policy = route.map(|r| &r.retry);
                         let retry = Retry {
-                            schedule: policy
-                                .and_then(|p| p.schedule.as_deref())
-                                .unwrap_or(&self.config.retry),
+                            schedule: policy.and_then(|p| p.schedule.as_deref()).unwrap_or(&self.config.retry),
                             jitter: policy.map_or(0.0, |p| p.jitter),
                             retry_after_max: policy.and_then(|p| p.retry_after_max),
                         };

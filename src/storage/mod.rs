@@ -95,7 +95,7 @@ mod windows;
 pub use notices::NoticeLogRow;
 pub use queue::{Claim, FanOutPage, Finish, Released};
 pub use recipients::PAGE;
-pub use reports::SummaryRow;
+pub use reports::{DeliveryRow, Requeued, SummaryRow};
 pub use rows::{Broadcast, Claimed, ClaimedDelivery, CorruptClaim, NewBroadcast};
 pub use windows::HistoryEntry;
 

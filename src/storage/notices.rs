@@ -98,7 +98,11 @@ impl Store {
 
     /// Planned decisions of the window's `revision` whose fan-out was interrupted, each with the
     /// last recipient id whose rows were committed.
-    pub async fn open_fan_outs(&self, window: WindowId, revision: u32) -> Result<Vec<(Decision, RecipientId)>, StoreError> {
+    pub async fn open_fan_outs(
+        &self,
+        window: WindowId,
+        revision: u32,
+    ) -> Result<Vec<(Decision, RecipientId)>, StoreError> {
         let rows: Vec<(String, String, String, i64, i64, i64)> = on_pool!(self, p => sqlx::query_as(
             "SELECT notice, audience, reach, due_at, deadline, fanned_out_to FROM window_notices \
              WHERE window_id = $1 AND revision = $2 AND outcome = 'planned' AND fan_out_done = FALSE ORDER BY due_at, notice",

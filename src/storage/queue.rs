@@ -225,7 +225,8 @@ impl Store {
     }
 
     async fn release_where(&self, which: &str, me: Option<&str>, now: DateTime<Utc>) -> Result<Released, StoreError> {
-        let stale = "window_id IS NOT NULL AND revision < (SELECT w.revision FROM windows w WHERE w.id = deliveries.window_id)";
+        let stale =
+            "window_id IS NOT NULL AND revision < (SELECT w.revision FROM windows w WHERE w.id = deliveries.window_id)";
         let statements = [
             format!(
                 "UPDATE deliveries SET state = 'superseded', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \

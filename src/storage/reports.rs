@@ -1,10 +1,61 @@
-//! Reports over the ledger: counts by window, broadcast, notice, channel and state.
+//! Reports over the ledger: counts by window, broadcast, notice, channel and state; a window's
+//! deliveries one by one; and the operator's re-queue of failed ones.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
+use super::rows::instant;
 use super::{Pool, Store, StoreError};
-use crate::domain::{DeliveryState, WindowId};
+use crate::domain::{DeliveryState, EmailAddress, PhoneNumber, WindowId, to_millis};
+
+/// One delivery, for an operator's listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub broadcast_id: Option<i64>,
+    pub revision: i64,
+    pub notice: String,
+    pub channel: String,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub recipient_id: i64,
+    /// The recipient's address on this channel, masked (`+2547•••••678`).
+    pub to: String,
+    pub last_error: Option<String>,
+    pub deadline: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub backend: Option<String>,
+    pub possibly_duplicate: bool,
+}
+
+/// What re-queueing a window's deliveries did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Requeued {
+    /// Back in the queue, due now.
+    pub requeued: u64,
+    /// Left as they were: their deadline has passed.
+    pub too_late: u64,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryListRow {
+    id: i64,
+    broadcast_id: Option<i64>,
+    revision: i64,
+    notice: String,
+    channel: String,
+    state: String,
+    attempts: i64,
+    recipient_id: i64,
+    phone: Option<String>,
+    email: Option<String>,
+    last_error: Option<String>,
+    deadline: i64,
+    sent_at: Option<i64>,
+    backend: Option<String>,
+    possibly_duplicate: bool,
+}
 
 /// A count of deliveries by window, notice, channel and state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,6 +136,96 @@ impl Store {
             let bodies: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bodies").fetch_one(p).await?;
             let deliveries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries").fetch_one(p).await?;
             Ok((bodies, deliveries))
+        })
+    }
+
+    /// A window's deliveries (of one state, or all), in id order.
+    pub async fn deliveries(
+        &self,
+        window: WindowId,
+        state: Option<DeliveryState>,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let rows: Vec<DeliveryListRow> = on_pool!(self, p => sqlx::query_as(
+            "SELECT d.id, d.broadcast_id, d.revision, d.notice, d.channel, d.state, d.attempts, d.recipient_id, r.phone, r.email, \
+             d.last_error, d.deadline, d.sent_at, d.backend, d.possibly_duplicate \
+             FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
+             WHERE d.window_id = $1 AND ($2 IS NULL OR d.state = $2) ORDER BY d.id",
+        )
+        .bind(window.0)
+        .bind(state.map(DeliveryState::as_str))
+        .fetch_all(p)
+        .await?);
+        rows.into_iter()
+            .map(|r| {
+                let to = match r.channel.as_str() {
+                    "sms" => r.phone.map(|p| PhoneNumber::from_trusted(p).masked()),
+                    "email" => r.email.map(|e| EmailAddress::from_trusted(e).masked()),
+                    _ => Some(format!("recipient {}", r.recipient_id)),
+                }
+                .unwrap_or_default();
+                Ok(DeliveryRow {
+                    id: r.id,
+                    broadcast_id: r.broadcast_id,
+                    revision: r.revision,
+                    notice: r.notice,
+                    channel: r.channel,
+                    state: r
+                        .state
+                        .parse()
+                        .map_err(|e: String| StoreError::Corrupt(format!("delivery {}: {e}", r.id)))?,
+                    attempts: r.attempts,
+                    recipient_id: r.recipient_id,
+                    to,
+                    last_error: r.last_error,
+                    deadline: instant("delivery", r.id, r.deadline)?,
+                    sent_at: r.sent_at.map(|t| instant("delivery", r.id, t)).transpose()?,
+                    backend: r.backend,
+                    possibly_duplicate: r.possibly_duplicate,
+                })
+            })
+            .collect()
+    }
+
+    /// Puts a window's deliveries in `state` (failed, expired) back in the queue, due at `now`,
+    /// where their deadline is still ahead; the rest stay as they were. With `dry_run`,
+    /// changes nothing and says what it would do.
+    pub async fn requeue(
+        &self,
+        window: WindowId,
+        state: DeliveryState,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<Requeued, StoreError> {
+        let now_ms = to_millis(now);
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let (can, cannot): (i64, i64) = sqlx::query_as(
+                "SELECT COALESCE(SUM(CASE WHEN deadline > $3 THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN deadline <= $3 THEN 1 ELSE 0 END), 0) \
+                 FROM deliveries WHERE window_id = $1 AND state = $2",
+            )
+            .bind(window.0)
+            .bind(state.as_str())
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !dry_run {
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'pending', due_at = $3, \
+                     last_error = 'requeued by an operator after: ' || COALESCE(last_error, $2) \
+                     WHERE window_id = $1 AND state = $2 AND deadline > $3",
+                )
+                .bind(window.0)
+                .bind(state.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Requeued {
+                requeued: u64::try_from(can).unwrap_or_default(),
+                too_late: u64::try_from(cannot).unwrap_or_default(),
+            })
         })
     }
 }

@@ -571,3 +571,174 @@ fn the_console_backend_prints_each_message_for_a_rehearsal() {
         "emails and the webhook still go to the file outbox"
     );
 }
+
+/// Copies the built-in templates into `dir/templates`, with `en/announced.sms.hbs` naming a
+/// variable the context lacks.
+fn broken_templates(cli: &Cli) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let dir = cli.path("templates");
+    for locale in ["en", "sw"] {
+        std::fs::create_dir_all(dir.join(locale)).unwrap();
+        for entry in std::fs::read_dir(root.join(locale)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(locale).join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.join("en/announced.sms.hbs"),
+        "{{window.title}} {{no_such_variable}}",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn failed_deliveries_are_listed_and_retried_once_the_cause_is_fixed() {
+    let cli = Cli::new();
+    let csv = recipients_csv(cli.dir.path());
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let id = add_window(&cli);
+    let templates = broken_templates(&cli);
+    cli.ok(&["run-once", NOW, "--templates", templates.to_str().unwrap()]);
+    let failed = cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed", "--json"]);
+    let failed: Vec<serde_json::Value> = serde_json::from_str(&failed).unwrap();
+    assert!(!failed.is_empty());
+    for row in &failed {
+        assert_eq!(
+            (row["notice"].as_str(), row["channel"].as_str()),
+            (Some("announced"), Some("sms"))
+        );
+        assert!(
+            row["last_error"].as_str().unwrap().contains("no_such_variable"),
+            "{row}"
+        );
+        assert!(row["to"].as_str().unwrap().contains("****"), "masked: {row}");
+        assert_eq!(row["attempts"], 1);
+    }
+    let table = cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed"]);
+    assert!(
+        table.contains("last error") && table.contains("no_such_variable"),
+        "{table}"
+    );
+    let sent_before = cli.outbox_lines();
+    // A dry run changes nothing.
+    let dry = cli.ok(&["deliveries", "retry", "--window", &id, NOW, "--dry-run"]);
+    assert!(
+        dry.contains(&format!("would re-queue {} failed", failed.len())),
+        "{dry}"
+    );
+    cli.ok(&["run-once", NOW]);
+    assert_eq!(cli.outbox_lines(), sent_before, "nothing was re-queued by the dry run");
+    // With the built-in templates back, the re-queued rows go out once each.
+    let done = cli.ok(&["deliveries", "retry", "--window", &id, NOW]);
+    assert!(done.contains(&format!("re-queued {} failed", failed.len())), "{done}");
+    cli.ok(&["run-once", NOW]);
+    assert_eq!(cli.outbox_lines(), sent_before + failed.len());
+    let left = cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed", "--json"]);
+    assert_eq!(left.trim(), "[]");
+    // After the deadline, nothing can be re-queued, and it says so.
+    let late = cli.ok(&[
+        "deliveries",
+        "retry",
+        "--window",
+        &id,
+        "--state",
+        "expired",
+        "--now",
+        "2015-04-20 00:00",
+    ]);
+    assert!(late.contains("re-queued 0 expired"), "{late}");
+    let err = cli.bad(&["deliveries", "retry", "--window", &id, "--state", "sent"]);
+    assert!(err.contains("--state"), "{err}");
+}
+
+/// A daemon was killed holding claims thirty seconds before their deadline. The daemon started
+/// after it takes the lock, settles those claims at once rather than waiting out their lease,
+/// and sends them before the deadline, flagged as possibly sent twice.
+#[tokio::test]
+async fn a_daemon_killed_near_a_deadline_is_followed_by_one_that_sends_in_time_flagged() {
+    use chrono::TimeDelta;
+    use tangazo::domain::{Channel, Locale, Notice, PlannedDelivery, RecipientId};
+
+    let cli = Cli::new();
+    let url = format!("sqlite://{}", cli.path("tangazo.db").display());
+    let deadline = crate::helpers::start();
+    let now = deadline - TimeDelta::seconds(30);
+    {
+        let store = tangazo::storage::Store::connect(&url).await.unwrap();
+        let people: Vec<_> = (0..5).map(|i| crate::helpers::customer(i, Locale::En)).collect();
+        store.upsert_recipients(&people, now).await.unwrap();
+        let w = store
+            .create_window(crate::helpers::new_window(48), now - TimeDelta::days(7), "ops")
+            .await
+            .unwrap();
+        let rows: Vec<PlannedDelivery> = store
+            .recipients_page(None, RecipientId(0), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| PlannedDelivery {
+                window: w.id,
+                revision: 1,
+                notice: Notice::Announced,
+                recipient: r.id,
+                channel: Channel::Sms,
+                due_at: now - TimeDelta::hours(1),
+                deadline,
+            })
+            .collect();
+        store.enqueue(&rows).await.unwrap();
+        // The dead daemon's claim, with five minutes of lease left: longer than the deadline.
+        let claim = store
+            .claim_due(now, 10, "daemon@old-host:1", std::time::Duration::from_secs(300), None)
+            .await
+            .unwrap();
+        assert_eq!(claim.rows.len(), 5);
+        store.close().await;
+    }
+    let now_flag = format!("--now={}", now.to_rfc3339());
+    let mut daemon = cli
+        .command(&["daemon", &now_flag, "--tick", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sms = cli.path("outbox/sms.jsonl");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&sms)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until("the settled claims are sent", || lines().len() >= 5);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    let lines = lines();
+    assert_eq!(lines.len(), 5, "each once: {lines:#?}");
+    for l in &lines {
+        assert_eq!(l["possibly_duplicate"], true, "{l}");
+        assert_eq!(l["attempt"], 2, "{l}");
+    }
+    let store = tangazo::storage::Store::connect(&url).await.unwrap();
+    let sent = store
+        .deliveries(tangazo::domain::WindowId(1), Some(tangazo::domain::DeliveryState::Sent))
+        .await
+        .unwrap();
+    // The tick also planned the announcement's emails (new rows, not flagged); the SMS are the
+    // settled claims.
+    let sms: Vec<_> = sent.iter().filter(|r| r.channel == "sms").collect();
+    assert_eq!(sms.len(), 5);
+    assert!(
+        sms.iter()
+            .all(|r| r.possibly_duplicate && r.sent_at.is_some_and(|t| t < deadline))
+    );
+    assert!(
+        sent.iter()
+            .filter(|r| r.channel == "email")
+            .all(|r| !r.possibly_duplicate)
+    );
+}

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tangazo::channels::{BoxFuture, FileSender, Message, Receipt, SendError, Sender, Senders};
+use tangazo::clock::Clock;
 use tangazo::config::{Config, Overrides};
 use tangazo::dispatch::{DispatchConfig, Dispatcher};
 use tangazo::domain::{Channel, Locale, Notice, PlannedDelivery, RecipientId, WindowId};
 use tangazo::render::Renderer;
-use tangazo::clock::Clock;
 use tangazo::shutdown::CancellationToken;
 
 use crate::helpers::{TestDb, customer, new_window, start, utc};

@@ -9,6 +9,7 @@ mod cli;
 mod dispatch;
 mod helpers;
 mod import;
+mod ledger;
 mod scheduler;
 mod store;
 mod tidy;

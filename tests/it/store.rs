@@ -148,7 +148,11 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
     assert!(early.is_empty());
     let (t1, first) = claim(db, now, 4, "w1", LEASE, None).await;
     assert_eq!(first.len(), 4);
-    assert!(first.iter().all(|c| c.attempts == 1 && c.phone.is_some() && !c.possibly_duplicate));
+    assert!(
+        first
+            .iter()
+            .all(|c| c.attempts == 1 && c.phone.is_some() && !c.possibly_duplicate)
+    );
     // The second worker's lease is already over: it will be taken for dead.
     let (t2, second) = claim(db, now, 100, "w2", Duration::ZERO, None).await;
     assert_eq!(second.len(), 6, "a claimed delivery is not claimed twice");
@@ -180,7 +184,11 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
         },
     ];
     // Fenced: the outcomes need the claim's own token.
-    assert_eq!(db.store.finish(t2, &finishes).await.unwrap().len(), 4, "another token writes nothing");
+    assert_eq!(
+        db.store.finish(t2, &finishes).await.unwrap().len(),
+        4,
+        "another token writes nothing"
+    );
     assert!(db.store.finish(t1, &finishes).await.unwrap().is_empty());
     // The retry is not due before its time, then it is.
     assert!(claim(db, now, 100, "w3", LEASE, None).await.1.is_empty());
@@ -217,7 +225,11 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
     assert!(none.is_empty());
     // Deadline passed: everything unsent expires, nothing sent changes.
     db.store.release_lapsed_claims(start()).await.unwrap();
-    assert_eq!(db.store.expire_due(start()).await.unwrap(), 0, "w3's retry is still claimed");
+    assert_eq!(
+        db.store.expire_due(start()).await.unwrap(),
+        0,
+        "w3's retry is still claimed"
+    );
     assert_eq!(
         states(db, w.id).await,
         BTreeMap::from([
@@ -303,7 +315,11 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
     };
     let rows = planned(w.id, 1, Notice::reminder(Span::hours(24)), &ids, 24);
     assert_eq!(db.store.enqueue_page(&page, &rows).await.unwrap(), None);
-    assert_eq!(states(db, w.id).await.values().sum::<i64>(), 6, "nothing of it was enqueued");
+    assert_eq!(
+        states(db, w.id).await.values().sum::<i64>(),
+        6,
+        "nothing of it was enqueued"
+    );
 }
 
 async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {

@@ -104,7 +104,10 @@ impl Journal for std::fs::File {
 /// length before, so nothing of the attempt remains.
 pub fn append_durably(file: &mut impl Journal, lines: &[u8]) -> std::io::Result<()> {
     let before = file.seek(SeekFrom::End(0))?;
-    let written = file.write_all(lines).and_then(|()| file.flush()).and_then(|()| file.sync());
+    let written = file
+        .write_all(lines)
+        .and_then(|()| file.flush())
+        .and_then(|()| file.sync());
     if let Err(e) = written {
         // Best effort: if even this fails, the torn line is cut when the file is next opened.
         let _ = file.set_len(before).and_then(|()| file.sync());
@@ -286,7 +289,11 @@ mod tests {
                 room: 1000,
             };
             cut_torn_line(&mut disk).unwrap();
-            assert_eq!(String::from_utf8(disk.data.get_ref().clone()).unwrap(), after, "{before:?}");
+            assert_eq!(
+                String::from_utf8(disk.data.get_ref().clone()).unwrap(),
+                after,
+                "{before:?}"
+            );
         }
         // Longer than one block of the backwards read.
         let long = format!("{}\n{}", "x".repeat(10_000), "y".repeat(5_000));

@@ -1,0 +1,215 @@
+//! The ledger under real time, on both stores: two workers with a lease much shorter than the
+//! run, a run that starts just before a deadline, and a change committed in mid-dispatch. These
+//! cases run on the real clock on purpose — leases are real elapsed time — and take seconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tangazo::channels::BuildContext;
+use tangazo::clock::Clock;
+use tangazo::config::{Config, Overrides};
+use tangazo::dispatch::Dispatcher;
+use tangazo::domain::{Channel, Notice, PlannedDelivery, RecipientId, WindowId};
+use tangazo::shutdown::CancellationToken;
+
+use crate::helpers::{TestDb, customer, new_window, start, utc};
+use crate::on_both;
+
+on_both!(
+    two_workers_with_short_leases_send_nothing_twice,
+    a_run_that_starts_just_before_a_deadline_sends_nothing_after_it,
+    a_cancel_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
+);
+
+/// A file outbox in `dir` paced at `rate` per second, `batch` rows a claim, a `lease`.
+fn config(dir: &Path, rate: f64, batch: usize, lease: &str) -> Config {
+    let path = dir.join("tangazo.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[senders.outbox]\ntype = \"file\"\ndir = {:?}\nrate = {rate}\n[dispatch]\nbatch_size = {batch}\nlease = \"{lease}\"\n",
+            dir.join("outbox").display().to_string()
+        ),
+    )
+    .unwrap();
+    Config::load(&path, true, std::iter::empty(), &Overrides::default()).unwrap()
+}
+
+fn dispatcher(db: &TestDb, config: &Config, owner: &str) -> Dispatcher {
+    tangazo::app::dispatcher(config, &db.store, &BuildContext::with_console(std::io::sink()), owner).unwrap()
+}
+
+/// `n` customers and one SMS each for a new window, due now, deadline `deadline`.
+async fn queue(db: &TestDb, n: u32, deadline: DateTime<Utc>) -> WindowId {
+    let people: Vec<_> = (0..n).map(|i| customer(i, tangazo::domain::Locale::En)).collect();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    let ids = db
+        .store
+        .recipients_page(None, RecipientId(0), i64::from(n))
+        .await
+        .unwrap();
+    let rows: Vec<PlannedDelivery> = ids
+        .iter()
+        .map(|r| PlannedDelivery {
+            window: w.id,
+            revision: 1,
+            notice: Notice::Announced,
+            recipient: r.id,
+            channel: Channel::Sms,
+            due_at: utc(2015, 4, 10, 6, 0),
+            deadline,
+        })
+        .collect();
+    db.store.enqueue(&rows).await.unwrap();
+    w.id
+}
+
+/// Every outbox line under `dirs`, as JSON.
+fn outbox(dirs: &[&Path]) -> Vec<serde_json::Value> {
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("outbox/sms.jsonl")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn states(db: &TestDb, w: WindowId) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for r in db.store.summary(Some(w)).await.unwrap() {
+        *out.entry(r.state.as_str().to_owned()).or_default() += r.count;
+    }
+    out
+}
+
+/// Two workers, a 2-second lease, a run of about 20 seconds: leases are renewed while batches
+/// are in flight, so neither takes the other's rows, and nothing goes out twice.
+async fn two_workers_with_short_leases_send_nothing_twice(db: &TestDb) {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Ten a second each, ten a claim: 400 rows take two workers about 20 s.
+    let (ca, cb) = (config(a.path(), 10.0, 10, "2s"), config(b.path(), 10.0, 10, "2s"));
+    let w = queue(db, 400, start()).await;
+    let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
+    let stop = CancellationToken::new();
+    let (da, db_) = (dispatcher(db, &ca, "worker-a"), dispatcher(db, &cb, "worker-b"));
+    let (ra, rb) = tokio::join!(da.run_due(&clock, &stop), db_.run_due(&clock, &stop));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.sent + rb.sent, 400);
+    assert!(ra.sent > 100 && rb.sent > 100, "both worked: {ra:?} {rb:?}");
+    assert_eq!(ra.lost + rb.lost + ra.possibly_duplicate + rb.possibly_duplicate, 0);
+    let lines = outbox(&[a.path(), b.path()]);
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for l in &lines {
+        *per_key
+            .entry(l["idempotency_key"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_key.len(), 400);
+    assert!(per_key.values().all(|n| *n == 1), "a message went out twice");
+    assert_eq!(states(db, w).await, BTreeMap::from([("sent".into(), 400)]));
+}
+
+/// The clock reads three seconds before the deadline and runs; the backend takes ten a second,
+/// so about thirty go out and the rest expire. None goes after the deadline, and each sent_at
+/// is when it went.
+async fn a_run_that_starts_just_before_a_deadline_sends_nothing_after_it(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 10.0, 5, "30s");
+    let deadline = start();
+    let w = queue(db, 100, deadline).await;
+    let clock = Clock::starting_at(deadline - TimeDelta::seconds(3));
+    let d = dispatcher(db, &config, "late-worker");
+    let report = d.run_due(&clock, &CancellationToken::new()).await.unwrap();
+    assert!(report.sent > 0 && report.sent < 100, "{report:?}");
+    let sent = outbox(&[dir.path()]).len() as u64;
+    assert_eq!(sent, report.sent, "the outbox and the ledger agree");
+    // What was never claimed (due, but past the deadline by its turn) expires at the next tick.
+    db.store.expire_due(clock.now()).await.unwrap();
+    let s = states(db, w).await;
+    assert_eq!(s.get("sent").copied().unwrap_or(0) as u64, report.sent);
+    assert_eq!(
+        s.get("sent").copied().unwrap_or(0) + s.get("expired").copied().unwrap_or(0),
+        100,
+        "{s:?}"
+    );
+    // The ledger's times: each before the deadline, and not all the same instant.
+    let times = sent_times(db, w).await;
+    assert!(times.iter().all(|t| *t < deadline), "a message went after its deadline");
+    let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(
+        spread >= TimeDelta::seconds(1),
+        "sent_at is each batch's own time, not the run's start"
+    );
+}
+
+async fn sent_times(db: &TestDb, w: WindowId) -> Vec<DateTime<Utc>> {
+    let rows = db
+        .store
+        .deliveries(w, Some(tangazo::domain::DeliveryState::Sent))
+        .await
+        .unwrap();
+    rows.iter().filter_map(|r| r.sent_at).collect()
+}
+
+/// A cancellation commits while a paced dispatch is working through the announcement: no row
+/// fails because of it, nothing of the old revision goes out after it (but the batch then in
+/// flight, recorded sent), and the outbox and the ledger agree on who was told.
+async fn a_cancel_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 20.0, 10, "30s");
+    let w = queue(db, 100, start()).await;
+    let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
+    let d = Arc::new(dispatcher(db, &config, "worker"));
+    let sending = {
+        let d = Arc::clone(&d);
+        tokio::spawn(async move { d.run_due(&clock, &CancellationToken::new()).await })
+    };
+    // Once a couple of batches are out, the operator cancels.
+    let outbox_path = dir.path().to_owned();
+    while outbox(&[&outbox_path]).len() < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let window = db.store.window(w).await.unwrap();
+    let cancelled = window
+        .cancel(Some("vendor delay".into()), utc(2015, 4, 10, 6, 0))
+        .unwrap();
+    db.store
+        .save_change(&window, &cancelled, "ops", utc(2015, 4, 10, 6, 0))
+        .await
+        .unwrap();
+    let at_change = outbox(&[dir.path()]).len();
+    let report = sending.await.unwrap().unwrap();
+    let lines = outbox(&[dir.path()]);
+    assert!(
+        lines.len() <= at_change + 10,
+        "at most the batch in flight went out after the change: {} then {}",
+        at_change,
+        lines.len()
+    );
+    let s = states(db, w).await;
+    assert_eq!(s.get("failed"), None, "{s:?}");
+    assert_eq!(s.get("sent").copied().unwrap_or(0) as usize, lines.len(), "{s:?}");
+    assert_eq!(
+        s.get("sent").copied().unwrap_or(0) + s.get("superseded").copied().unwrap_or(0),
+        100
+    );
+    assert_eq!(report.sent as usize, lines.len());
+    // Exactly the recorded told hear of the cancellation.
+    let first = RecipientId(1);
+    let told = db.store.told_among(w, first, RecipientId(i64::MAX)).await.unwrap();
+    let told_in_outbox: std::collections::HashSet<String> =
+        lines.iter().map(|l| l["to"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(told.len(), told_in_outbox.len());
+}
