@@ -26,14 +26,16 @@ pub fn on_signals(token: &CancellationToken) {
                     let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            tracing::info!("stop requested: finishing the current batch");
+            // Cancel first: nothing that follows (a log line to a closed stderr) can hold up
+            // the stop.
             token.cancel();
+            tracing::info!("stop requested: finishing the current batch");
         });
     }
     #[cfg(not(unix))]
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stop requested: finishing the current batch");
         token.cancel();
+        tracing::info!("stop requested: finishing the current batch");
     });
 }

@@ -11,7 +11,10 @@ pub fn init(long_running: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A closed stderr must not stop anything: a failed log line is dropped, not reported
+        // on that same stderr (which would panic).
+        .log_internal_errors(false);
     // A second initialisation (tests) is harmless: the first subscriber stays.
     let _ = if json {
         builder.json().try_init()

@@ -118,7 +118,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
         return dry_run(ctx, &renderer, &content, &name, &scan);
     }
     if scan.recipients == 0 {
-        println!("no recipient matches this audience: nothing to send");
+        outln!("no recipient matches this audience: nothing to send");
         return Ok(());
     }
     confirm(ctx, &scan, args.yes)?;
@@ -157,9 +157,14 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let states = broadcast::states(&store, broadcast.id).await?;
     let (total, already) = (states.total().max(0) as u64, states.settled().max(0) as u64);
     if !ctx.cli_json {
-        println!(
+        outln!(
             "broadcast '{}' (id {}): {} recipients, {} messages ({} newly recorded, {} already done)",
-            broadcast.name, broadcast.id, scan.recipients, total, enqueued, already
+            broadcast.name,
+            broadcast.id,
+            scan.recipients,
+            total,
+            enqueued,
+            already
         );
     }
     let report = send(ctx, &dispatcher, broadcast.id, total, already, &stop).await?;
@@ -263,7 +268,7 @@ fn read_subset(path: &PathBuf) -> CliResult<Vec<String>> {
     }
     if !errors.is_empty() {
         for e in errors.iter().take(50) {
-            eprintln!("{}: {e}", path.display());
+            errln!("{}: {e}", path.display());
         }
         return Err(bad_input(anyhow::anyhow!(
             "--recipients {}: {} bad rows",
@@ -368,18 +373,22 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
             "samples": samples,
         }));
     }
-    println!("broadcast '{name}' — dry run: nothing was recorded or sent");
-    println!(
+    outln!("broadcast '{name}' — dry run: nothing was recorded or sent");
+    outln!(
         "audience: {} recipients, {} messages",
         group(scan.recipients),
         group(scan.total_messages())
     );
-    println!(
+    outln!(
         "  {:<8} {:<6} {:<8} {:>12} {:>12}",
-        "channel", "locale", "encoding", "messages", "segments"
+        "channel",
+        "locale",
+        "encoding",
+        "messages",
+        "segments"
     );
     for l in table {
-        println!(
+        outln!(
             "  {:<8} {:<6} {:<8} {:>12} {:>12}",
             l.channel.as_str(),
             l.locale.as_str(),
@@ -392,7 +401,7 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
             }
         );
     }
-    println!(
+    outln!(
         "estimated cost: {} SMS segments × {} + {} emails × {} + {} webhooks × {} = {:.2} {}",
         group(segments),
         costs.sms_segment,
@@ -405,17 +414,17 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
     );
     for (c, d) in durations {
         match d {
-            Some(secs) => println!(
+            Some(secs) => outln!(
                 "estimated time on {c}: {} messages at {}/s: {}",
                 group(per_channel(*c)),
                 senders.rate(*c).unwrap_or_default(),
                 humanize(*secs)
             ),
-            None => println!("estimated time on {c}: no rate configured for its backend (as fast as it accepts)"),
+            None => outln!("estimated time on {c}: no rate configured for its backend (as fast as it accepts)"),
         }
     }
     if longest > 0.0 {
-        println!("estimated fan-out time (channels in parallel): {}", humanize(longest));
+        outln!("estimated fan-out time (channels in parallel): {}", humanize(longest));
     }
     for (locale, (sms, email)) in samples {
         if let Rendered::Sms {
@@ -424,13 +433,13 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
             segments,
         } = sms
         {
-            println!(
+            outln!(
                 "\nsample sms [{locale}] ({encoding}, {segments} segment{}):\n{body}",
                 if *segments == 1 { "" } else { "s" }
             );
         }
         if let Rendered::Email { subject, .. } = email {
-            println!("sample email subject [{locale}]: {subject}");
+            outln!("sample email subject [{locale}]: {subject}");
         }
     }
     Ok(())
@@ -482,7 +491,7 @@ fn confirm(ctx: &Ctx, scan: &Scan, yes: bool) -> CliResult {
 }
 
 fn ask(question: &str) -> CliResult<bool> {
-    print!("{question}");
+    out!("{question}");
     std::io::stdout().flush().context("writing the question")?;
     let mut answer = String::new();
     std::io::stdin()
@@ -540,7 +549,7 @@ async fn canary(
         Canary::Passed { sent } => (sent, 0),
         Canary::Failed { sent, failed } => (sent, failed),
     };
-    println!(
+    outln!(
         "canary: {sent} sent, {failed} failed to {} seed addresses (this run: {} sent)",
         seeded.len(),
         report.sent
@@ -552,7 +561,7 @@ async fn canary(
     }
     let release = match wait {
         Some(span) => {
-            println!(
+            outln!(
                 "releasing to {} recipients in {span} unless stopped (Ctrl-C)",
                 group(scan.recipients)
             );
@@ -563,7 +572,7 @@ async fn canary(
             let states = broadcast::states(store, broadcast.id).await?;
             let failed = states.get(crate::domain::DeliveryState::Failed);
             if stop.is_cancelled() || failed > 0 {
-                println!(
+                outln!(
                     "not released ({}): nothing was sent to the audience",
                     if failed > 0 {
                         "a canary message failed"
@@ -581,7 +590,7 @@ async fn canary(
             group(scan.recipients)
         ))?,
         None => {
-            println!(
+            outln!(
                 "canary sent; nothing was sent to the audience. Release it by running the same command without --canary (or with --canary-wait)."
             );
             false
@@ -619,7 +628,8 @@ async fn send(
                 None if !quiet && last_line.elapsed() >= Duration::from_secs(2) => {
                     *last_line = Instant::now();
                     let rate = (r.sent + r.failed + r.expired) as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    println!("… {done}/{total} sent or settled ({rate:.0}/s)");
+                    // A closed stdout ends the command after this batch, at `finish`.
+                    let _ = super::write_stdout(format_args!("… {done}/{total} sent or settled ({rate:.0}/s)\n"));
                 }
                 None => {}
             }
@@ -645,7 +655,7 @@ async fn finish(
         ctx.print_json(&json!({"name": broadcast.name, "id": broadcast.id, "this_run": report, "states": states}))?;
     } else {
         let line: Vec<String> = states.0.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        println!(
+        outln!(
             "broadcast '{}': {} (this run sent {})",
             broadcast.name,
             line.join(", "),

@@ -225,12 +225,12 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             "deliveries": rows, "notices": log, "bodies": bodies, "delivery_rows": deliveries,
             "seconds": started.elapsed().as_secs_f64(),
         });
-        println!("{}", serde_json::to_string_pretty(&out).context("encoding JSON")?);
+        outln!("{}", serde_json::to_string_pretty(&out).context("encoding JSON")?);
         return Ok(());
     }
 
-    println!("Tangazo demo: the M-PESA migration weekend, 18-19 April 2015");
-    println!(
+    outln!("Tangazo demo: the M-PESA migration weekend, 18-19 April 2015");
+    outln!(
         "{} customers and 3 billers imported; window {} from {} to {}, announced {}",
         customers,
         window.id,
@@ -238,17 +238,23 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
         eat(end),
         eat(announce)
     );
-    println!(
+    outln!(
         "\ntimeline ({} ticks of the daemon's scheduler, one every 15 simulated minutes):",
         ticks
     );
     for line in &timeline {
-        println!("  {line}");
+        outln!("  {line}");
     }
-    println!("\ndeliveries by notice, channel and locale:");
-    println!(
+    outln!("\ndeliveries by notice, channel and locale:");
+    outln!(
         "  {:<16} {:<8} {:<3} {:>7} {:>7} {:>7} {:>10}",
-        "notice", "channel", "lc", "sent", "failed", "expired", "superseded"
+        "notice",
+        "channel",
+        "lc",
+        "sent",
+        "failed",
+        "expired",
+        "superseded"
     );
     let mut table: BTreeMap<(usize, String, String, String), BTreeMap<String, i64>> = BTreeMap::new();
     let mut order: BTreeMap<String, usize> = BTreeMap::new();
@@ -263,7 +269,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
     }
     for ((_, notice, channel, locale), counts) in &table {
         let get = |s: &str| counts.get(s).copied().unwrap_or(0);
-        println!(
+        outln!(
             "  {notice:<16} {channel:<8} {locale:<3} {:>7} {:>7} {:>7} {:>10}",
             get("sent"),
             get("failed"),
@@ -271,25 +277,25 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
             get("superseded")
         );
     }
-    println!("\nnotices recorded once rather than sent:");
+    outln!("\nnotices recorded once rather than sent:");
     for l in &log {
         let why = match l.outcome.as_str() {
             "skipped" => "its time had passed when the window was announced",
             "superseded" => "the daemon was down when it fell due; the later reminder went instead",
             _ => "its deadline passed first",
         };
-        println!("  {:<14} {:<8} {:<10} ({why})", l.notice, l.audience, l.outcome);
+        outln!("  {:<14} {:<8} {:<10} ({why})", l.notice, l.audience, l.outcome);
     }
-    println!(
+    outln!(
         "\n{deliveries} deliveries in the ledger share {bodies} stored bodies (one per notice, channel, locale and zone)."
     );
-    println!("outbox:   {}/{{sms,email,webhook}}.jsonl", outbox.display());
-    println!("database: {}", db.display());
-    println!(
+    outln!("outbox:   {}/{{sms,email,webhook}}.jsonl", outbox.display());
+    outln!("database: {}", db.display());
+    outln!(
         "look around: tangazo --config {} deliveries summary",
         config_path.display()
     );
-    println!("finished in {:.1} s", started.elapsed().as_secs_f64());
+    outln!("finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -7,6 +7,32 @@
 // The one module that prints.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+/// `println!` for command output. A closed standard output (`tangazo … | head`) ends the
+/// command quietly with exit 0 (`Failure::Closed`) rather than a panic; so the enclosing
+/// function returns a `CliResult`.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` for command output, as `outln!`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))?
+    };
+}
+
+/// `eprintln!` that never panics: on a closed standard error the line is lost.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod broadcast;
 mod demo;
 mod ops;
@@ -175,9 +201,29 @@ pub enum DeliveriesCommand {
     },
 }
 
+/// Writes command output; a closed standard output is `Failure::Closed`.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> CliResult {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_fmt(args) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::Closed),
+        Err(e) => Err(Failure::Runtime(
+            anyhow::Error::new(e).context("writing to standard output"),
+        )),
+    }
+}
+
+/// Writes to standard error, dropping the line if it cannot.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
 /// A failure and the exit code it deserves.
 #[derive(Debug)]
 pub enum Failure {
+    /// Standard output was closed by its reader (`| head`): stop quietly, exit 0.
+    Closed,
     /// Bad usage or bad input: exit 2.
     Input(anyhow::Error),
     /// Anything else: exit 1.
@@ -283,7 +329,7 @@ impl Ctx {
     }
 
     pub fn print_json(&self, value: &impl serde::Serialize) -> CliResult {
-        println!("{}", serde_json::to_string_pretty(value).context("encoding JSON")?);
+        outln!("{}", serde_json::to_string_pretty(value).context("encoding JSON")?);
         Ok(())
     }
 }
@@ -297,12 +343,13 @@ pub fn console() -> BuildContext {
 pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Closed) => ExitCode::SUCCESS,
         Err(Failure::Input(e)) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -25,7 +25,7 @@ pub fn init(path: Option<&Path>, force: bool) -> CliResult {
         )));
     }
     std::fs::write(path, EXAMPLE).with_context(|| format!("writing {}", path.display()))?;
-    println!(
+    outln!(
         "wrote {}: every key is documented there; check it with `tangazo config check`",
         path.display()
     );
@@ -40,8 +40,8 @@ pub fn config_check(ctx: &Ctx) -> CliResult {
         let value: toml::Value = toml::from_str(&text).context("re-reading the effective configuration")?;
         return ctx.print_json(&value);
     }
-    println!("# effective configuration (secrets redacted)");
-    print!("{}", ctx.config.to_redacted_toml());
+    outln!("# effective configuration (secrets redacted)");
+    out!("{}", ctx.config.to_redacted_toml());
     Ok(())
 }
 
@@ -54,10 +54,10 @@ pub fn templates_check(ctx: &Ctx) -> CliResult {
         ctx.print_json(&json!({"templates": combos, "problems": problems, "warnings": report.warnings}))?;
     } else {
         for w in &report.warnings {
-            eprintln!("warning: {w}");
+            errln!("warning: {w}");
         }
         for p in &problems {
-            eprintln!("error: {p}");
+            errln!("error: {p}");
         }
     }
     if !problems.is_empty() {
@@ -67,7 +67,7 @@ pub fn templates_check(ctx: &Ctx) -> CliResult {
         )));
     }
     if !ctx.cli_json {
-        println!(
+        outln!(
             "all {combos} templates render (2 locales × 6 notice kinds × sms, email subject, text and html; SMS within {} segments)",
             ctx.config.max_sms_segments
         );
@@ -112,18 +112,18 @@ pub async fn preview(
             encoding,
             segments,
         } => {
-            println!("{body}");
-            println!(
+            outln!("{body}");
+            outln!(
                 "--\n{} characters, {encoding}, {segments} segment{}",
                 body.chars().count(),
                 if *segments == 1 { "" } else { "s" }
             );
         }
         crate::domain::Rendered::Email { subject, text, html } => {
-            println!("Subject: {subject}\n\n{text}\n-- text/html --\n{html}");
+            outln!("Subject: {subject}\n\n{text}\n-- text/html --\n{html}");
         }
         crate::domain::Rendered::Webhook { payload } => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(payload).context("encoding the payload")?
             );
@@ -185,12 +185,14 @@ pub async fn run_once(ctx: &Ctx) -> CliResult {
                 notice,
                 enqueued,
                 read_up_to,
-            } => eprintln!(
+            } => errln!(
                 "… {secs} s: window {window} {notice}: {enqueued} deliveries recorded (recipients up to id {read_up_to})"
             ),
-            Progress::Sending(r) => eprintln!(
+            Progress::Sending(r) => errln!(
                 "… {secs} s: {} sent, {} retrying, {} failed",
-                r.sent, r.retried, r.failed
+                r.sent,
+                r.retried,
+                r.failed
             ),
         }
     };
@@ -206,35 +208,45 @@ fn print_tick(ctx: &Ctx, r: &TickReport) -> CliResult {
         return ctx.print_json(r);
     }
     for t in &r.transitions {
-        println!("{t}");
+        outln!("{t}");
     }
     for p in &r.planned {
-        println!("planned   {p}");
+        outln!("planned   {p}");
     }
     for p in &r.recorded {
-        println!("recorded  {p}");
+        outln!("recorded  {p}");
     }
     let d = &r.dispatch;
-    println!(
+    outln!(
         "enqueued {}, superseded {}, expired {}; sent {}, retrying {}, failed {}, expired while sending {}",
-        r.enqueued, r.superseded, r.expired, d.sent, d.retried, d.failed, d.expired
+        r.enqueued,
+        r.superseded,
+        r.expired,
+        d.sent,
+        d.retried,
+        d.failed,
+        d.expired
     );
     let released = &r.released;
     if released.total() > 0 {
-        println!(
+        outln!(
             "lapsed claims settled: {} back in the queue, {} expired, {} superseded (each flagged possibly duplicate)",
-            released.returned, released.expired, released.superseded
+            released.returned,
+            released.expired,
+            released.superseded
         );
     }
     if d.possibly_duplicate + d.superseded + d.lost > 0 {
-        println!(
+        outln!(
             "sent again after a lapsed claim (possibly duplicate) {}; superseded in flight {}; outcomes lost to another worker {}",
-            d.possibly_duplicate, d.superseded, d.lost
+            d.possibly_duplicate,
+            d.superseded,
+            d.lost
         );
     }
-    println!("left claimed {}", r.left_claimed);
+    outln!("left claimed {}", r.left_claimed);
     for a in &r.alarms {
-        println!("ALARM: {}", a.message);
+        outln!("ALARM: {}", a.message);
     }
     Ok(())
 }
@@ -328,7 +340,7 @@ pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
     if ctx.cli_json {
         return ctx.print_json(&json!({"deliveries": rows, "notices": log, "alarms": alarms}));
     }
-    print_summary(&rows, &log, &alarms);
+    print_summary(&rows, &log, &alarms)?;
     Ok(())
 }
 
@@ -345,15 +357,21 @@ pub async fn list(ctx: &Ctx, window: i64, state: Option<&str>) -> CliResult {
         return ctx.print_json(&rows);
     }
     if rows.is_empty() {
-        println!("no deliveries");
+        outln!("no deliveries");
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>8}  {:<16}  {:<14}  {:<8}  {:<10}  {:>8}  {:<5}  last error",
-        "id", "recipient", "notice", "channel", "state", "attempts", "flags"
+        "id",
+        "recipient",
+        "notice",
+        "channel",
+        "state",
+        "attempts",
+        "flags"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:>8}  {:<16}  {:<14}  {:<8}  {:<10}  {:>8}  {:<5}  {}",
             r.id,
             r.to,
@@ -383,9 +401,10 @@ pub async fn retry(ctx: &Ctx, window: i64, state: &str, dry_run: bool) -> CliRes
         return ctx.print_json(&json!({"dry_run": dry_run, "requeued": done.requeued, "too_late": done.too_late}));
     }
     let verb = if dry_run { "would re-queue" } else { "re-queued" };
-    println!(
+    outln!(
         "{verb} {} {state} deliveries of window {window}; {} cannot make their deadline and stay {state}",
-        done.requeued, done.too_late
+        done.requeued,
+        done.too_late
     );
     Ok(())
 }
@@ -401,16 +420,16 @@ fn source_label(r: &SummaryRow) -> String {
 
 /// Prints delivery counts as a table: one line per (window or broadcast, notice, channel),
 /// one column per state.
-pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &[Alarm]) {
+pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &[Alarm]) -> CliResult {
     if rows.is_empty() {
-        println!("no deliveries recorded");
+        outln!("no deliveries recorded");
     } else {
         let states: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
-        print!("{:<8}  {:<16}  {:<8}", "source", "notice", "channel");
+        out!("{:<8}  {:<16}  {:<8}", "source", "notice", "channel");
         for s in &states {
-            print!("  {s:>10}");
+            out!("  {s:>10}");
         }
-        println!();
+        outln!();
         // Lines in first-seen order (the rows come oldest first).
         let mut lines: Vec<(String, String, String, BTreeMap<String, i64>)> = Vec::new();
         for r in rows {
@@ -428,19 +447,19 @@ pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &
             *lines[pos].3.entry(r.state.as_str().to_owned()).or_default() += r.count;
         }
         for (source, notice, channel, counts) in &lines {
-            print!("{source:<8}  {notice:<16}  {channel:<8}");
+            out!("{source:<8}  {notice:<16}  {channel:<8}");
             for s in &states {
-                print!("  {:>10}", counts.get(*s).copied().unwrap_or(0));
+                out!("  {:>10}", counts.get(*s).copied().unwrap_or(0));
             }
-            println!();
+            outln!();
         }
     }
     let flagged: Vec<&SummaryRow> = rows.iter().filter(|r| r.possibly_duplicate > 0).collect();
     if !flagged.is_empty() {
-        println!("possibly duplicate (claimed by a worker that died or lost its lease; may have gone out twice):");
+        outln!("possibly duplicate (claimed by a worker that died or lost its lease; may have gone out twice):");
         for r in flagged {
             let source = source_label(r);
-            println!(
+            outln!(
                 "  {source:<8}  {:<16}  {:<8}  {:<10}  {}",
                 r.notice,
                 r.channel,
@@ -450,15 +469,20 @@ pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &
         }
     }
     if !log.is_empty() {
-        println!("notices not sent as a whole (recorded once, not per recipient):");
+        outln!("notices not sent as a whole (recorded once, not per recipient):");
         for l in log {
-            println!(
+            outln!(
                 "  window {} r{} {:<14} {:<8} {}",
-                l.window_id, l.revision, l.notice, l.audience, l.outcome
+                l.window_id,
+                l.revision,
+                l.notice,
+                l.audience,
+                l.outcome
             );
         }
     }
     for a in alarms {
-        println!("ALARM: {}", a.message);
+        outln!("ALARM: {}", a.message);
     }
+    Ok(())
 }

@@ -69,7 +69,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 let report = validate_csv(open()?, &rules).map_err(import_error)?;
                 if !report.errors.is_empty() {
                     for e in report.errors.iter().take(ERRORS_SHOWN) {
-                        eprintln!("{}: {e}", file.display());
+                        errln!("{}: {e}", file.display());
                     }
                     return Err(bad_input(anyhow::anyhow!(
                         "{}: {} of {} rows are bad; nothing was imported (--strict)",
@@ -86,7 +86,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             let mut progress = |rows: u64| {
                 if verbose && rows >= last_note + 100_000 {
                     last_note = rows;
-                    eprintln!(
+                    errln!(
                         "… {rows} rows read ({:.0} rows/s)",
                         rows as f64 / started.elapsed().as_secs_f64().max(1e-3)
                     );
@@ -96,10 +96,10 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 .await
                 .map_err(import_error)?;
             for e in report.errors.iter().take(ERRORS_SHOWN) {
-                eprintln!("{}: {e}", file.display());
+                errln!("{}: {e}", file.display());
             }
             if report.errors.len() > ERRORS_SHOWN {
-                eprintln!(
+                errln!(
                     "{}: … and {} more bad rows",
                     file.display(),
                     report.errors.len() - ERRORS_SHOWN
@@ -111,7 +111,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                     "rejected": report.rejected, "errors": report.errors,
                 }));
             }
-            println!(
+            outln!(
                 "{} rows: {} imported, {} updated, {} rejected ({:.1} s)",
                 report.rows,
                 report.imported,
@@ -144,13 +144,19 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                     .collect();
                 return ctx.print_json(&rows);
             }
-            println!(
+            outln!(
                 "{:>8}  {:<8}  {:<24}  {:<15}  {:<28}  {:<2}  {:<16}  flags",
-                "id", "kind", "name", "phone", "email", "lc", "zone"
+                "id",
+                "kind",
+                "name",
+                "phone",
+                "email",
+                "lc",
+                "zone"
             );
             for r in &page {
                 let p = &r.profile;
-                println!(
+                outln!(
                     "{:>8}  {:<8}  {:<24}  {:<15}  {:<28}  {:<2}  {:<16}  {}",
                     r.id.0,
                     p.kind.as_str(),
@@ -163,7 +169,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 );
             }
             if let Some(last) = page.last().filter(|_| page.len() as i64 == limit) {
-                println!("… more with --after {}", last.id);
+                outln!("… more with --after {}", last.id);
             }
             Ok(())
         }
@@ -179,12 +185,12 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             }
             let total: i64 = counts.iter().map(|c| c.2).sum();
             for (kind, opted_out, n) in &counts {
-                println!(
+                outln!(
                     "{kind:<9} {:<12} {n:>10}",
                     if *opted_out { "opted out" } else { "reachable" }
                 );
             }
-            println!("{:<22} {total:>10}", "total");
+            outln!("{:<22} {total:>10}", "total");
             Ok(())
         }
         RecipientsCommand::OptOut { phone_or_email } => set_opt_out(ctx, &phone_or_email, true).await,
@@ -212,7 +218,7 @@ async fn set_opt_out(ctx: &Ctx, who: &str, opt_out: bool) -> CliResult {
     if !found {
         return Err(bad_input(anyhow::anyhow!("no recipient has the phone or email {key}")));
     }
-    println!("{key}: {}", if opt_out { "opted out" } else { "opted back in" });
+    outln!("{key}: {}", if opt_out { "opted out" } else { "opted back in" });
     Ok(())
 }
 

@@ -148,7 +148,7 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             if ctx.cli_json {
                 ctx.print_json(&window_json(&w))?;
             } else {
-                println!("{}", w.id);
+                outln!("{}", w.id);
             }
             Ok(())
         }
@@ -176,9 +176,10 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             if ctx.cli_json {
                 return ctx.print_json(&window_json(&next));
             }
-            println!(
+            outln!(
                 "window {} edited (still revision {}; nobody is re-notified)",
-                next.id, next.revision
+                next.id,
+                next.revision
             );
             Ok(())
         }
@@ -189,15 +190,19 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 return ctx.print_json(&windows.iter().map(window_json).collect::<Vec<_>>());
             }
             if windows.is_empty() {
-                println!("no windows yet: add one with `tangazo window add`");
+                outln!("no windows yet: add one with `tangazo window add`");
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  title",
-                "id", "status", "rev", "start", "end"
+                "id",
+                "status",
+                "rev",
+                "start",
+                "end"
             );
             for w in &windows {
-                println!(
+                outln!(
                     "{:>4}  {:<11}  {:>3}  {:<28}  {:<28}  {}",
                     w.id.0,
                     w.status.as_str(),
@@ -218,23 +223,23 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 return ctx.print_json(&v);
             }
             let when = |t| format_instant(t, w.zone, Locale::En, true);
-            println!("window {}: {}", w.id, w.title.en);
+            outln!("window {}: {}", w.id, w.title.en);
             if let Some(sw) = &w.title.sw {
-                println!("  title (sw)   {sw}");
+                outln!("  title (sw)   {sw}");
             }
-            println!("  status       {} (revision {})", w.status, w.revision);
-            println!(
+            outln!("  status       {} (revision {})", w.status, w.revision);
+            outln!(
                 "  start        {}  ({})",
                 when(w.schedule.starts_at()),
                 w.schedule.starts_at().to_rfc3339()
             );
-            println!(
+            outln!(
                 "  end          {}  ({})",
                 when(w.schedule.ends_at()),
                 w.schedule.ends_at().to_rfc3339()
             );
-            println!("  zone         {}", w.zone);
-            println!(
+            outln!("  zone         {}", w.zone);
+            outln!(
                 "  components   {}",
                 w.components
                     .iter()
@@ -242,7 +247,7 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            println!(
+            outln!(
                 "  completes    {}",
                 if w.auto_complete {
                     "automatically at the end"
@@ -251,14 +256,14 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 }
             );
             if let Some(r) = &w.cancel_reason {
-                println!("  reason       {r}");
+                outln!("  reason       {r}");
             }
             if w.overrun(now) {
-                println!("  ALARM        past its planned end and not confirmed complete");
+                outln!("  ALARM        past its planned end and not confirmed complete");
             }
-            println!("history:");
+            outln!("history:");
             for h in history {
-                println!(
+                outln!(
                     "  r{:<3} {}  {:<12} by {:<12} {}",
                     h.revision,
                     h.at.to_rfc3339(),
@@ -305,9 +310,12 @@ async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after
         v["superseded_deliveries"] = json!(superseded);
         return ctx.print_json(&v);
     }
-    println!(
+    outln!(
         "window {} is now {} (revision {}); {} unsent deliveries of earlier revisions superseded",
-        after.id, after.status, after.revision, superseded
+        after.id,
+        after.status,
+        after.revision,
+        superseded
     );
     Ok(())
 }

@@ -742,3 +742,65 @@ async fn a_daemon_killed_near_a_deadline_is_followed_by_one_that_sends_in_time_f
             .all(|r| !r.possibly_duplicate)
     );
 }
+
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    let cli = Cli::new();
+    let path = cli.path("many.csv");
+    let mut text = String::from("kind,name,phone,email,locale,zone,components,channels,opt_out\n");
+    for i in 0..3000 {
+        text.push_str(&format!("customer,Person {i},07{:08},,en,,,,\n", 20_000_000 + i));
+    }
+    std::fs::write(&path, text).unwrap();
+    cli.ok(&["recipients", "import", path.to_str().unwrap()]);
+    // `tangazo recipients list | head -1`: the reader takes one line and goes away.
+    let mut child = cli
+        .command(&["recipients", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("phone"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_daemon_stops_on_sigterm_with_its_stderr_closed() {
+    let cli = Cli::new();
+    let mut daemon = cli
+        .command(&["daemon", "--tick", "1"])
+        .env("TANGAZO_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its reader goes away at once: every log line meets a closed pipe.
+    drop(daemon.stderr.take());
+    let lock = cli.path("tangazo.db.lock");
+    wait_until("the daemon holds its lock", || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lock)
+            .is_ok_and(|probe| probe.try_lock().is_err())
+    });
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    let mut status = None;
+    wait_until("the daemon exits after SIGTERM", || {
+        status = daemon.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{status:?}");
+    // The lock went with it.
+    let probe = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
+    assert!(probe.try_lock().is_ok());
+}
