@@ -279,6 +279,7 @@ pub async fn import_csv<R: Read>(
     progress(report.rows);
     let after = store.count_recipients().await?;
     report.imported = u64::try_from(after - before).unwrap_or(0);
+    store.after_bulk_load(report.rows).await?;
     report.updated = report.rows - report.rejected - report.imported;
     Ok(report)
 }

@@ -141,6 +141,7 @@ impl Scheduler {
                 report.alarms.push(alarm);
             }
         }
+        self.store.after_bulk_load(report.enqueued).await?;
         report.expired = self.store.expire_due(now).await?;
         report.dispatch = self
             .dispatcher

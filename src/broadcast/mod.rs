@@ -198,6 +198,7 @@ pub async fn enqueue_audience(
             .collect();
         enqueued += store.enqueue_broadcast(broadcast, &rows, now).await?;
     }
+    store.after_bulk_load(enqueued).await?;
     Ok(enqueued)
 }
 

@@ -152,6 +152,29 @@ impl Store {
         self.sqlite_file.as_deref()
     }
 
+    /// After `rows` were written in bulk (an import, a fan-out, a broadcast), refreshes the
+    /// query planner's statistics once that is 10,000 rows or more: without them PostgreSQL
+    /// plans the claim for an empty queue and sorts every pending row on each claim.
+    pub async fn after_bulk_load(&self, rows: u64) -> Result<(), StoreError> {
+        if rows >= 10_000 {
+            self.analyze().await?;
+        }
+        Ok(())
+    }
+
+    /// Refreshes the query planner's statistics.
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query("PRAGMA optimize").execute(p).await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("ANALYZE deliveries, recipients").execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)
     }

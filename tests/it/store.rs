@@ -23,6 +23,7 @@ on_both!(
     upsert_updates_by_natural_key_and_keeps_opt_outs,
     told_and_decisions,
     broadcasts_are_named_keyed_and_scoped,
+    the_claim_uses_the_due_index_on_a_large_queue,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -517,5 +518,74 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
     assert_eq!(
         db.store.recipients_page(None, RecipientId(0), 100).await.unwrap().len(),
         5
+    );
+}
+
+/// The claim is served by the due-order index once the queue is large, so its cost does not
+/// grow with the queue: the plan is read with EXPLAIN after a bulk load.
+async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
+    let people: Vec<_> = (0..30_000).map(|i| customer(i, Locale::En)).collect();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = (1..=30_000).collect();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    db.store
+        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
+        .await
+        .unwrap();
+    db.store.after_bulk_load(30_000).await.unwrap();
+    let now = tangazo::domain::to_millis(start() - TimeDelta::hours(50));
+    let postgres = db.url.starts_with("postgres");
+    let (file, explain) = if postgres {
+        ("postgres", "EXPLAIN ")
+    } else {
+        ("sqlite", "EXPLAIN QUERY PLAN ")
+    };
+    let sql = std::fs::read_to_string(format!(
+        "{}/src/storage/sql/{file}/claim.sql",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let sql = format!("{explain}{sql}");
+    let plan: Vec<String> = if postgres {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind("w")
+            .bind(60_000_i64)
+            .bind(now)
+            .bind(500_i64)
+            .bind(None::<i64>)
+            .bind(1_i64)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows.into_iter().map(|r| r.0).collect()
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind("w")
+            .bind(60_000_i64)
+            .bind(now)
+            .bind(500_i64)
+            .bind(None::<i64>)
+            .bind(1_i64)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows.into_iter().map(|r| r.3).collect()
+    };
+    let plan = plan.join("\n");
+    assert!(plan.contains("deliveries_due"), "{plan}");
+    assert!(
+        !plan.contains("Sort") && !plan.contains("TEMP B-TREE"),
+        "the claim sorts the queue:\n{plan}"
     );
 }
