@@ -2,7 +2,7 @@
 //! run, a run that starts just before a deadline, and a change committed in mid-dispatch. These
 //! cases run on the real clock on purpose — leases are real elapsed time — and take seconds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use tangazo::channels::BuildContext;
 use tangazo::clock::Clock;
 use tangazo::config::{Config, Overrides};
 use tangazo::dispatch::Dispatcher;
-use tangazo::domain::{Channel, Notice, PlannedDelivery, RecipientId, WindowId};
+use tangazo::domain::{Channel, Notice, PlannedDelivery, RecipientId, Schedule, Window, WindowId};
 use tangazo::shutdown::CancellationToken;
 
 use crate::helpers::{TestDb, customer, new_window, start, utc};
@@ -21,6 +21,7 @@ on_both!(
     two_workers_with_short_leases_send_nothing_twice,
     a_run_that_starts_just_before_a_deadline_sends_nothing_after_it,
     a_cancel_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
+    a_reschedule_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
 );
 
 /// A file outbox in `dir` paced at `rate` per second, `batch` rows a claim, a `lease`.
@@ -163,30 +164,51 @@ async fn sent_times(db: &TestDb, w: WindowId) -> Vec<DateTime<Utc>> {
     rows.iter().filter_map(|r| r.sent_at).collect()
 }
 
-/// A cancellation commits while a paced dispatch is working through the announcement: no row
-/// fails because of it, nothing of the old revision goes out after it (but the batch then in
-/// flight, recorded sent), and the outbox and the ledger agree on who was told.
+/// A cancellation commits while a paced dispatch is working through the announcement.
 async fn a_cancel_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out(db: &TestDb) {
+    change_in_mid_dispatch(
+        db,
+        |w, at| w.cancel(Some("vendor delay".into()), at).unwrap(),
+        "cancelled",
+    )
+    .await;
+}
+
+/// A reschedule commits while a paced dispatch is working through the announcement.
+async fn a_reschedule_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out(db: &TestDb) {
+    change_in_mid_dispatch(
+        db,
+        |w, at| {
+            let later = Schedule::new(start() + TimeDelta::days(7), start() + TimeDelta::days(8)).unwrap();
+            w.reschedule(later, at).unwrap()
+        },
+        "rescheduled",
+    )
+    .await;
+}
+
+/// No row fails because of the change; nothing of the old revision goes out after it (but the
+/// batch then in flight, recorded sent); the outbox and the ledger agree on who was told; and
+/// the follow-up notice reaches exactly them.
+async fn change_in_mid_dispatch(db: &TestDb, change: impl Fn(&Window, DateTime<Utc>) -> Window, follow_up: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), 20.0, 10, "30s");
     let w = queue(db, 100, start()).await;
-    let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
+    let at = utc(2015, 4, 10, 6, 0);
+    let clock = Clock::Fixed(at);
     let d = Arc::new(dispatcher(db, &config, "worker"));
     let sending = {
         let d = Arc::clone(&d);
         tokio::spawn(async move { d.run_due(&clock, &CancellationToken::new()).await })
     };
-    // Once a couple of batches are out, the operator cancels.
+    // Once a couple of batches are out, the operator makes the change.
     let outbox_path = dir.path().to_owned();
     while outbox(&[&outbox_path]).len() < 20 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let window = db.store.window(w).await.unwrap();
-    let cancelled = window
-        .cancel(Some("vendor delay".into()), utc(2015, 4, 10, 6, 0))
-        .unwrap();
     db.store
-        .save_change(&window, &cancelled, "ops", utc(2015, 4, 10, 6, 0))
+        .save_change(&window, &change(&window, at), "ops", at)
         .await
         .unwrap();
     let at_change = outbox(&[dir.path()]).len();
@@ -206,10 +228,54 @@ async fn a_cancel_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out(
         100
     );
     assert_eq!(report.sent as usize, lines.len());
-    // Exactly the recorded told hear of the cancellation.
-    let first = RecipientId(1);
-    let told = db.store.told_among(w, first, RecipientId(i64::MAX)).await.unwrap();
-    let told_in_outbox: std::collections::HashSet<String> =
-        lines.iter().map(|l| l["to"].as_str().unwrap().to_owned()).collect();
+    let told_in_outbox: HashSet<String> = lines.iter().map(|l| l["to"].as_str().unwrap().to_owned()).collect();
+    let told = db
+        .store
+        .told_among(w, RecipientId(1), RecipientId(i64::MAX))
+        .await
+        .unwrap();
     assert_eq!(told.len(), told_in_outbox.len());
+
+    // The follow-up, planned and sent by a tick: to exactly those told.
+    let fast = tempfile::tempdir().unwrap();
+    let scheduler = tangazo::app::scheduler(
+        &config_unpaced(fast.path()),
+        &db.store,
+        &BuildContext::with_console(std::io::sink()),
+        "ticker",
+    )
+    .unwrap();
+    scheduler.tick(&clock, &CancellationToken::new()).await.unwrap();
+    let notices = outbox(&[fast.path()]);
+    let follow: HashSet<String> = notices
+        .iter()
+        .filter(|l| l["notice"] == follow_up && l["channel"] == "sms")
+        .map(|l| l["to"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        follow, told_in_outbox,
+        "the {follow_up} notice goes to exactly those told"
+    );
+    if follow_up == "rescheduled" {
+        // Those not told yet get the announcement with the new times instead.
+        let announced = notices
+            .iter()
+            .filter(|l| l["notice"] == "announced" && l["channel"] == "sms")
+            .count();
+        assert_eq!(announced, 100 - told_in_outbox.len());
+    }
+}
+
+/// A file outbox in `dir` with no rate.
+fn config_unpaced(dir: &Path) -> Config {
+    let path = dir.join("tangazo.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[senders.outbox]\ntype = \"file\"\ndir = {:?}\n",
+            dir.join("outbox").display().to_string()
+        ),
+    )
+    .unwrap();
+    Config::load(&path, true, std::iter::empty(), &Overrides::default()).unwrap()
 }
