@@ -658,7 +658,7 @@ fn failed_deliveries_are_listed_and_retried_once_the_cause_is_fixed() {
 #[tokio::test]
 async fn a_daemon_killed_near_a_deadline_is_followed_by_one_that_sends_in_time_flagged() {
     use chrono::TimeDelta;
-    use tangazo::domain::{Channel, Locale, Notice, PlannedDelivery, RecipientId};
+    use tangazo::domain::{Locale, RecipientId};
 
     let cli = Cli::new();
     let url = format!("sqlite://{}", cli.path("tangazo.db").display());
@@ -672,21 +672,8 @@ async fn a_daemon_killed_near_a_deadline_is_followed_by_one_that_sends_in_time_f
             .create_window(crate::helpers::new_window(48), now - TimeDelta::days(7), "ops")
             .await
             .unwrap();
-        let rows: Vec<PlannedDelivery> = store
-            .recipients_page(None, RecipientId(0), 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| PlannedDelivery {
-                window: w.id,
-                revision: 1,
-                notice: Notice::Announced,
-                recipient: r.id,
-                channel: Channel::Sms,
-                due_at: now - TimeDelta::hours(1),
-                deadline,
-            })
-            .collect();
+        let people = store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+        let rows = crate::helpers::announced_sms(w.id, &people, now - TimeDelta::hours(1), deadline);
         store.enqueue(&rows).await.unwrap();
         // The dead daemon's claim, with five minutes of lease left: longer than the deadline.
         let claim = store

@@ -133,6 +133,27 @@ pub fn new_window(hours: i64) -> NewWindow {
     }
 }
 
+/// An announcement SMS of revision 1 for each of `recipients`.
+pub fn announced_sms(
+    window: tangazo::domain::WindowId,
+    recipients: &[tangazo::domain::Recipient],
+    due_at: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+) -> Vec<tangazo::domain::PlannedDelivery> {
+    recipients
+        .iter()
+        .map(|r| tangazo::domain::PlannedDelivery {
+            window,
+            revision: 1,
+            notice: tangazo::domain::Notice::Announced,
+            recipient: r.id,
+            channel: Channel::Sms,
+            due_at,
+            deadline,
+        })
+        .collect()
+}
+
 pub fn customer(i: u32, locale: Locale) -> Profile {
     Profile::new(
         Audience::Customer,

@@ -11,7 +11,7 @@ use tangazo::channels::BuildContext;
 use tangazo::clock::Clock;
 use tangazo::config::{Config, Overrides};
 use tangazo::dispatch::Dispatcher;
-use tangazo::domain::{Channel, Notice, PlannedDelivery, RecipientId, Schedule, Window, WindowId};
+use tangazo::domain::{RecipientId, Schedule, Window, WindowId};
 use tangazo::shutdown::CancellationToken;
 
 use crate::helpers::{TestDb, customer, new_window, start, utc};
@@ -54,23 +54,12 @@ async fn queue(db: &TestDb, n: u32, deadline: DateTime<Utc>) -> WindowId {
         .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
         .await
         .unwrap();
-    let ids = db
+    let people = db
         .store
         .recipients_page(None, RecipientId(0), i64::from(n))
         .await
         .unwrap();
-    let rows: Vec<PlannedDelivery> = ids
-        .iter()
-        .map(|r| PlannedDelivery {
-            window: w.id,
-            revision: 1,
-            notice: Notice::Announced,
-            recipient: r.id,
-            channel: Channel::Sms,
-            due_at: utc(2015, 4, 10, 6, 0),
-            deadline,
-        })
-        .collect();
+    let rows = crate::helpers::announced_sms(w.id, &people, utc(2015, 4, 10, 6, 0), deadline);
     db.store.enqueue(&rows).await.unwrap();
     w.id
 }

@@ -553,34 +553,28 @@ async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
     ))
     .unwrap();
     let sql = format!("{explain}{sql}");
-    let plan: Vec<String> = if postgres {
-        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind("w")
-            .bind(60_000_i64)
-            .bind(now)
-            .bind(500_i64)
-            .bind(None::<i64>)
-            .bind(1_i64)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        rows.into_iter().map(|r| r.0).collect()
+    // The same query and binds on either pool; the plan's text is column `$col` of its rows.
+    macro_rules! explain {
+        ($pool:ty, $row:ty, $col:tt) => {{
+            let pool = <$pool>::connect(&db.url).await.unwrap();
+            let rows: Vec<$row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind("w")
+                .bind(60_000_i64)
+                .bind(now)
+                .bind(500_i64)
+                .bind(None::<i64>)
+                .bind(1_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            rows.into_iter().map(|r| r.$col).collect::<Vec<String>>()
+        }};
+    }
+    let plan = if postgres {
+        explain!(sqlx::PgPool, (String,), 0)
     } else {
-        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind("w")
-            .bind(60_000_i64)
-            .bind(now)
-            .bind(500_i64)
-            .bind(None::<i64>)
-            .bind(1_i64)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        rows.into_iter().map(|r| r.3).collect()
+        explain!(sqlx::SqlitePool, (i64, i64, i64, String), 3)
     };
     let plan = plan.join("\n");
     assert!(plan.contains("deliveries_due"), "{plan}");
