@@ -121,27 +121,50 @@ impl FromStr for Channel {
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {
-    /// Parses a number, reading national forms as Kenyan: `0712 345 678`, `0110…`,
-    /// `254712345678` and `+254712345678` all become `+254712345678`.
+    /// Parses a number that can receive SMS, reading national forms as Kenyan: `0712 345 678`,
+    /// `0110…`, `254712345678`, `00254712345678` and `+254712345678` all become
+    /// `+254712345678`. Digits only, besides spaces, dashes, dots, brackets and a leading `+`;
+    /// a fixed line (which cannot receive SMS, by the numbering plan's metadata) is refused.
     pub fn parse(input: &str) -> Result<PhoneNumber, RecipientError> {
-        let bad = || RecipientError::Phone(input.to_owned());
+        let bad = |reason: &'static str| RecipientError::Phone {
+            value: quote_prefix(input),
+            reason,
+        };
         let compact: String = input
             .trim()
             .chars()
             .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
             .collect();
-        if compact.is_empty() {
-            return Err(bad());
+        let (plus, digits) = match compact.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => (false, compact.as_str()),
+        };
+        if digits.is_empty() {
+            return Err(bad("it has no digits"));
         }
-        let candidate =
-            if compact.len() == 12 && compact.starts_with("254") && compact.bytes().all(|b| b.is_ascii_digit()) {
-                format!("+{compact}")
-            } else {
-                compact
-            };
-        let parsed = phonenumber::parse(Some(phonenumber::country::Id::KE), &candidate).map_err(|_| bad())?;
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(
+                "only digits belong in it (with spaces, dashes, dots, brackets and a leading +)",
+            ));
+        }
+        let candidate = if plus {
+            format!("+{digits}")
+        } else if let Some(international) = digits.strip_prefix("00") {
+            format!("+{international}")
+        } else if digits.len() == 12 && digits.starts_with("254") {
+            format!("+{digits}")
+        } else {
+            digits.to_owned()
+        };
+        let invalid = "it is not a valid number (E.164 like +254712345678, or Kenyan 07…/01…)";
+        let parsed = phonenumber::parse(Some(phonenumber::country::Id::KE), &candidate).map_err(|_| bad(invalid))?;
         if !phonenumber::is_valid(&parsed) {
-            return Err(bad());
+            return Err(bad(invalid));
+        }
+        match parsed.number_type(&phonenumber::metadata::DATABASE) {
+            phonenumber::Type::Mobile | phonenumber::Type::FixedLineOrMobile => {}
+            phonenumber::Type::FixedLine => return Err(bad("it is a fixed line, which cannot receive SMS")),
+            _ => return Err(bad("it is not a mobile number, so it cannot receive SMS")),
         }
         Ok(PhoneNumber(parsed.format().mode(phonenumber::Mode::E164).to_string()))
     }
@@ -224,6 +247,18 @@ impl EmailAddress {
 impl fmt::Display for EmailAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A bad value as an error quotes it: whole if short, else its first 40 characters and how
+/// long it was, so a 100,000-character field does not become a 100,000-character message.
+pub fn quote_prefix(value: &str) -> String {
+    const MAX: usize = 40;
+    let count = value.chars().count();
+    if count <= MAX {
+        value.to_owned()
+    } else {
+        format!("{}… ({count} characters)", value.chars().take(MAX).collect::<String>())
     }
 }
 
@@ -362,8 +397,8 @@ pub enum RecipientError {
     Locale(String),
     #[error("channel '{0}' is not one of sms, email, webhook")]
     Channel(String),
-    #[error("phone '{0}' is not a valid phone number (E.164 like +254712345678, or Kenyan 07…/01…)")]
-    Phone(String),
+    #[error("phone '{value}': {reason}")]
+    Phone { value: String, reason: &'static str },
     #[error("email '{0}' is not a valid email address")]
     Email(String),
     #[error("name is required")]
@@ -395,13 +430,31 @@ mod tests {
         }
         assert_eq!(PhoneNumber::parse("0110123456").unwrap().as_str(), "+254110123456");
         assert_eq!(PhoneNumber::parse("+4915123456789").unwrap().as_str(), "+4915123456789");
+        // The international prefix as dialled from Kenya.
+        assert_eq!(PhoneNumber::parse("00254712345683").unwrap().as_str(), "+254712345683");
+        assert_eq!(
+            PhoneNumber::parse("0049 151 23456789").unwrap().as_str(),
+            "+4915123456789"
+        );
     }
 
     #[test]
-    fn bad_phones_are_refused() {
-        for input in ["", "12", "07123", "+2547123456789999", "hello", "+999123456789"] {
+    fn bad_phones_are_refused_with_the_reason() {
+        for input in ["", "12", "07123", "+2547123456789999", "hello", "+999123456789", "+"] {
             assert!(PhoneNumber::parse(input).is_err(), "{input}");
         }
+        let reason = |input: &str| PhoneNumber::parse(input).unwrap_err().to_string();
+        // A Nairobi landline is a valid number that cannot receive SMS.
+        assert!(reason("0202345678").contains("fixed line"), "{}", reason("0202345678"));
+        // Trailing garbage is not read past.
+        assert!(
+            reason("+254712345684x").contains("only digits"),
+            "{}",
+            reason("+254712345684x")
+        );
+        // A huge value is quoted by its start.
+        let long = "7".repeat(100_000);
+        assert!(reason(&long).len() < 200, "{}", reason(&long).len());
     }
 
     #[test]

@@ -290,7 +290,7 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
     );
     assert!(
         cli.bad(&["recipients", "opt-out", "12"])
-            .contains("not a valid phone number")
+            .contains("phone '12': it is not a valid number")
     );
     assert!(
         cli.bad(&["recipients", "opt-out", "0712345678"])
