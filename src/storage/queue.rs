@@ -225,6 +225,9 @@ impl Store {
     }
 
     async fn release_where(&self, which: &str, me: Option<&str>, now: DateTime<Utc>) -> Result<Released, StoreError> {
+        // Each statement binds the same parameters ($1 the injected now, $2 the daemon's own
+        // name when given); `$1 = $1` names $1 where a statement has no other use for it, since
+        // a bound parameter the text never names is an error.
         let stale =
             "window_id IS NOT NULL AND revision < (SELECT w.revision FROM windows w WHERE w.id = deliveries.window_id)";
         let statements = [
