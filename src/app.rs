@@ -13,10 +13,11 @@ use crate::storage::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// The database URL names no supported database.
+    /// The database URL names no supported database, or (for a command that only reads) none
+    /// that exists.
     #[error(transparent)]
-    UnsupportedDatabase(StoreError),
-    #[error("cannot open database {url}: {source}")]
+    DatabaseUrl(StoreError),
+    #[error("cannot open database {url}")]
     Database { url: String, source: StoreError },
     #[error(transparent)]
     Templates(#[from] RenderError),
@@ -24,10 +25,19 @@ pub enum StartupError {
     Senders(#[from] BuildError),
 }
 
-/// Opens and migrates the configured database.
+/// Opens and migrates the configured database, creating a SQLite file if there is none.
 pub async fn store(config: &Config) -> Result<Store, StartupError> {
-    Store::connect(config.database_url.expose()).await.map_err(|e| match e {
-        e @ StoreError::UnsupportedUrl(_) => StartupError::UnsupportedDatabase(e),
+    opened(config, Store::connect(config.database_url.expose()).await)
+}
+
+/// Opens and migrates the configured database, which must exist: for commands that only read.
+pub async fn existing_store(config: &Config) -> Result<Store, StartupError> {
+    opened(config, Store::connect_existing(config.database_url.expose()).await)
+}
+
+fn opened(config: &Config, result: Result<Store, StoreError>) -> Result<Store, StartupError> {
+    result.map_err(|e| match e {
+        e @ (StoreError::UnsupportedUrl(_) | StoreError::NoDatabase(_)) => StartupError::DatabaseUrl(e),
         source => StartupError::Database {
             url: config.database_url.to_string(),
             source,

@@ -23,7 +23,7 @@ const NOT_KEYS: [&str; 5] = ["CONFIG", "NOW", "LOG", "ACTOR", "LOG_FORMAT"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
+    #[error("cannot read configuration file {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },

@@ -1,9 +1,11 @@
 //! Recipient import from CSV, streamed in constant memory.
 //!
 //! Columns are matched by header name (`kind,name,phone,email,locale,zone,components,channels`
-//! and optionally `opt_out`; others are ignored), UTF-8 with or without a BOM, LF or CRLF. Each
-//! bad row is reported with its line number and skipped; `strict` imports nothing if any row is
-//! bad. Rows are upserted by natural key in transactions of [`BATCH`] rows.
+//! and optionally `opt_out`; others are ignored), UTF-8 with or without a BOM, LF or CRLF, one
+//! record per line. Each bad row (a field that does not parse, a different number of fields
+//! than the header, a quote left open) is reported with its line number and skipped; `strict`
+//! imports nothing if any row is bad. A file that is not text is refused whole. Rows are
+//! upserted by natural key in transactions of [`BATCH`] rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};
@@ -28,7 +30,9 @@ pub const ERRORS_KEPT: usize = 10_000;
 pub enum ImportError {
     #[error("{0}")]
     Header(String),
-    #[error("reading CSV: {0}")]
+    #[error("this is not a CSV text file: {0}; save it as CSV (UTF-8)")]
+    NotText(String),
+    #[error("reading CSV")]
     Csv(#[from] csv::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -177,36 +181,96 @@ pub fn parse_row(get: impl Fn(&str) -> String, rules: &RowRules) -> Result<Profi
 }
 
 /// The rows of a CSV file, parsed one at a time: `Ok(Ok(profile))`, `Ok(Err(bad row))`, or
-/// `Err` when the file itself cannot be read.
+/// `Err` when the file itself cannot be read (or is not text at all).
+///
+/// A record is one line: a recipients file has no field that spans lines, so a quote left
+/// open is that line's error — never a field that swallows the rest of the file.
 pub struct Rows<'a, R: Read> {
-    reader: csv::Reader<BufReader<R>>,
+    input: BufReader<R>,
     columns: Columns,
+    width: usize,
     rules: &'a RowRules<'a>,
-    record: csv::StringRecord,
+    line: u64,
+    buf: Vec<u8>,
 }
+
+/// How much of the start of a file is looked at to tell text from anything else.
+const SNIFF: usize = 8 * 1024;
 
 impl<'a, R: Read> Rows<'a, R> {
     pub fn new(input: R, rules: &'a RowRules<'a>) -> Result<Rows<'a, R>, ImportError> {
-        // The BOM is removed here, not by the csv crate, whose line numbers are off by one
-        // after it strips one itself.
-        let mut input = BufReader::new(input);
-        if input.fill_buf().map_err(csv::Error::from)?.starts_with(b"\xef\xbb\xbf") {
+        let mut input = BufReader::with_capacity(64 * 1024, input);
+        let head = input.fill_buf().map_err(csv::Error::from)?;
+        check_text(head)?;
+        if head.starts_with(b"\xef\xbb\xbf") {
             input.consume(3);
         }
-        // Records end at LF; the CR of a CRLF stays in the last field and is trimmed with the
-        // other white space. (With the crate's CRLF terminator its line numbers run one behind.)
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .terminator(csv::Terminator::Any(b'\n'))
-            .from_reader(input);
-        let columns = Columns::from_headers(reader.headers()?)?;
-        Ok(Rows {
-            reader,
-            columns,
+        let mut rows = Rows {
+            input,
+            columns: Columns(HashMap::new()),
+            width: 0,
             rules,
-            record: csv::StringRecord::new(),
-        })
+            line: 0,
+            buf: Vec::new(),
+        };
+        let header = match rows.next_line()? {
+            Some(Ok(record)) => record,
+            Some(Err(reason)) if reason.starts_with("not valid UTF-8") => {
+                return Err(ImportError::NotText(format!("its first line is {reason}")));
+            }
+            Some(Err(reason)) => return Err(ImportError::Header(format!("line 1: {reason}"))),
+            None => return Err(ImportError::Header("the file is empty: it needs a header line".into())),
+        };
+        rows.columns = Columns::from_headers(&header)?;
+        rows.width = header.len();
+        Ok(rows)
     }
+
+    /// The next physical line as a record (its number in `self.line`), or why it is not one.
+    fn next_line(&mut self) -> Result<Option<Result<csv::StringRecord, String>>, ImportError> {
+        self.buf.clear();
+        if self.input.read_until(b'\n', &mut self.buf).map_err(csv::Error::from)? == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        let mut bytes = self.buf.as_slice();
+        bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                return Ok(Some(Err(format!(
+                    "not valid UTF-8 (byte {} of the line)",
+                    e.valid_up_to() + 1
+                ))));
+            }
+        };
+        if text.bytes().filter(|b| *b == b'"').count() % 2 == 1 {
+            return Ok(Some(Err(
+                "a quote opened on this line is not closed on it (fields cannot span lines)".into(),
+            )));
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(text.len().max(64))
+            .from_reader(text.as_bytes());
+        let mut record = csv::StringRecord::new();
+        match reader.read_record(&mut record) {
+            Ok(_) => Ok(Some(Ok(record))),
+            Err(e) => Ok(Some(Err(csv_reason(&e)))),
+        }
+    }
+}
+
+/// Refuses what is plainly not a text file (a spreadsheet, a zip, an image): a NUL byte in
+/// the first few kilobytes. (A header line that is not UTF-8 is refused as well, when it is
+/// read; a data row that is not is that row's error.)
+fn check_text(head: &[u8]) -> Result<(), ImportError> {
+    if head[..head.len().min(SNIFF)].contains(&0) {
+        return Err(ImportError::NotText("it contains NUL bytes".into()));
+    }
+    Ok(())
 }
 
 impl<R: Read> Iterator for Rows<'_, R> {
@@ -214,26 +278,29 @@ impl<R: Read> Iterator for Rows<'_, R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let line = self.reader.position().line();
-            match self.reader.read_record(&mut self.record) {
-                Ok(false) => return None,
-                Ok(true) => {}
-                Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => return Some(Err(e.into())),
-                Err(e) => {
-                    // A row that is not UTF-8 or not CSV: report it and go on with the next.
-                    let line = e.position().map(|p| p.line()).unwrap_or(line);
+            let record = match self.next_line() {
+                Err(e) => return Some(Err(e)),
+                Ok(None) => return None,
+                Ok(Some(Err(reason))) => {
                     return Some(Ok(Err(RowError {
-                        line,
-                        reason: csv_reason(&e),
+                        line: self.line,
+                        reason,
                     })));
                 }
-            }
-            if self.record.iter().all(|f| f.trim().is_empty()) {
+                Ok(Some(Ok(record))) => record,
+            };
+            if record.iter().all(|f| f.trim().is_empty()) {
                 continue;
             }
-            let line = self.record.position().map(|p| p.line()).unwrap_or(line);
-            let (columns, record) = (&self.columns, &self.record);
-            let parsed = parse_row(|name| columns.get(record, name).to_owned(), self.rules);
+            let line = self.line;
+            if record.len() != self.width {
+                return Some(Ok(Err(RowError {
+                    line,
+                    reason: format!("{} fields, but the header has {}", record.len(), self.width),
+                })));
+            }
+            let columns = &self.columns;
+            let parsed = parse_row(|name| columns.get(&record, name).to_owned(), self.rules);
             return Some(Ok(parsed.map_err(|reason| RowError { line, reason })));
         }
     }
@@ -287,6 +354,6 @@ pub async fn import_csv<R: Read>(
 fn csv_reason(e: &csv::Error) -> String {
     match e.kind() {
         csv::ErrorKind::Utf8 { err, .. } => format!("not valid UTF-8 (field {})", err.field() + 1),
-        _ => e.to_string(),
+        _ => format!("not CSV: {e}"),
     }
 }

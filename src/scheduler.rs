@@ -316,7 +316,7 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
                     );
                 }
             }
-            Err(e) => tracing::error!(error = %e, "tick failed"),
+            Err(e) => tracing::error!(error = %crate::domain::error_chain(&e), "tick failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -325,6 +325,9 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
     }
     match scheduler.dispatcher.left_claimed().await {
         Ok(left_claimed) => tracing::info!(left_claimed, "daemon stopped"),
-        Err(e) => tracing::info!(error = %e, "daemon stopped; cannot count the rows it left claimed"),
+        Err(e) => tracing::info!(
+            error = %crate::domain::error_chain(&e),
+            "daemon stopped; cannot count the rows it left claimed"
+        ),
     }
 }

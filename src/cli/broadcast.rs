@@ -19,7 +19,7 @@ use crate::broadcast::{self, Canary, Content, Estimate, EstimateInputs, Scan};
 use crate::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::{
     Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Locale, Message, MessageText, Notice, PhoneNumber,
-    Rendered, Span, WindowId, parse_instant,
+    Rendered, Span, parse_instant,
 };
 use crate::import::{RowRules, Rows};
 use crate::planner::notice_deadline;
@@ -87,7 +87,8 @@ pub struct BroadcastArgs {
 
 pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let now = ctx.now();
-    let store = ctx.store().await?;
+    // A broadcast goes to recipients already recorded: it never creates a database.
+    let store = ctx.existing_store().await?;
     let renderer = ctx.renderer()?;
     let filter = build_filter(ctx, &args)?;
     let (content, deadline) = content(ctx, &store, &args, now).await?;
@@ -287,11 +288,7 @@ async fn content(
 ) -> CliResult<(Content, DateTime<Utc>)> {
     if let (Some(id), Some(notice)) = (args.window, &args.notice) {
         let notice: Notice = notice.parse().map_err(bad_field("--notice"))?;
-        let window = match store.window(WindowId(id)).await {
-            Ok(w) => w,
-            Err(e @ StoreError::NoSuchWindow(_)) => return Err(bad_field("--window")(e)),
-            Err(e) => return Err(e.into()),
-        };
+        let window = super::window_arg(store, id, "--window").await?;
         let deadline = notice_deadline(&window, notice.kind(), &ctx.config.policy).map_err(bad_field("--notice"))?;
         return Ok((
             Content::Notice {

@@ -248,6 +248,16 @@ pub fn bad_field<E: std::fmt::Display>(field: &'static str) -> impl Fn(E) -> Fai
     move |e| Failure::Input(anyhow::anyhow!("{field}: {e}"))
 }
 
+/// The window `id` names: one that does not exist is the user's input (naming `flag`); a
+/// database failure is a runtime one, with its causes.
+pub async fn window_arg(store: &Store, id: i64, flag: &'static str) -> CliResult<crate::domain::Window> {
+    match store.window(crate::domain::WindowId(id)).await {
+        Ok(w) => Ok(w),
+        Err(e @ crate::storage::StoreError::NoSuchWindow(_)) => Err(bad_field(flag)(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What every command needs, built once from the global flags.
 pub struct Ctx {
     pub cli_json: bool,
@@ -292,8 +302,16 @@ impl Ctx {
         self.clock.now()
     }
 
+    /// The database, created if there is none: for commands that record something.
     pub async fn store(&self) -> CliResult<Store> {
         app::store(&self.config).await.map_err(|e| self.startup_failure(e))
+    }
+
+    /// The database, which must exist: for commands that only read (or change what is there).
+    pub async fn existing_store(&self) -> CliResult<Store> {
+        app::existing_store(&self.config)
+            .await
+            .map_err(|e| self.startup_failure(e))
     }
 
     pub fn renderer(&self) -> CliResult<Renderer> {
@@ -316,7 +334,7 @@ impl Ctx {
     /// (exit 2); a database that cannot be opened is a runtime failure (exit 1).
     fn startup_failure(&self, e: StartupError) -> Failure {
         match e {
-            e @ StartupError::UnsupportedDatabase(_) => bad_field::<_>(if self.database_override {
+            e @ StartupError::DatabaseUrl(_) => bad_field::<_>(if self.database_override {
                 "--database"
             } else {
                 "database_url"
@@ -345,11 +363,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Closed) => ExitCode::SUCCESS,
         Err(Failure::Input(e)) => {
-            errln!("error: {e:#}");
+            errln!("error: {}", crate::domain::error_chain(e.as_ref()));
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            errln!("error: {e:#}");
+            errln!("error: {}", crate::domain::error_chain(e.as_ref()));
             ExitCode::from(1)
         }
     }

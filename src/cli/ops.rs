@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::json;
 
-use super::{CliResult, Ctx, Failure, bad_field, bad_input};
+use super::{CliResult, Ctx, Failure, bad_field, bad_input, window_arg};
 use crate::app::owner;
 use crate::clock::Clock;
 use crate::config::EXAMPLE;
@@ -86,8 +86,8 @@ pub async fn preview(
 ) -> CliResult {
     let notice: crate::domain::Notice = notice.parse().map_err(bad_field("--notice"))?;
     let channel: crate::domain::Channel = channel.parse().map_err(bad_field("--channel"))?;
-    let store = ctx.store().await?;
-    let window = store.window(WindowId(window)).await.map_err(bad_field("--window"))?;
+    let store = ctx.existing_store().await?;
+    let window = window_arg(&store, window, "--window").await?;
     let who = match recipient {
         Some(r) => Some(find_recipient(&store, r).await?),
         None => None,
@@ -322,10 +322,10 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
 }
 
 pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
-    let store = ctx.store().await?;
+    let store = ctx.existing_store().await?;
     let window = window.map(WindowId);
     if let Some(id) = window {
-        store.window(id).await.map_err(bad_input)?;
+        window_arg(&store, id.0, "--window").await?;
     }
     let rows = store.summary(window).await?;
     let log = store.notice_log(window).await?;
@@ -349,9 +349,8 @@ pub async fn list(ctx: &Ctx, window: i64, state: Option<&str>) -> CliResult {
         .map(str::parse::<DeliveryState>)
         .transpose()
         .map_err(bad_field("--state"))?;
-    let store = ctx.store().await?;
-    let window = WindowId(window);
-    store.window(window).await.map_err(bad_field("--window"))?;
+    let store = ctx.existing_store().await?;
+    let window = window_arg(&store, window, "--window").await?.id;
     let rows = store.deliveries(window, state).await?;
     if ctx.cli_json {
         return ctx.print_json(&rows);
@@ -393,9 +392,8 @@ pub async fn retry(ctx: &Ctx, window: i64, state: &str, dry_run: bool) -> CliRes
             "only failed or expired deliveries can be re-queued",
         ));
     }
-    let store = ctx.store().await?;
-    let window = WindowId(window);
-    store.window(window).await.map_err(bad_field("--window"))?;
+    let store = ctx.existing_store().await?;
+    let window = window_arg(&store, window, "--window").await?.id;
     let done = store.requeue(window, state, ctx.now(), dry_run).await?;
     if ctx.cli_json {
         return ctx.print_json(&json!({"dry_run": dry_run, "requeued": done.requeued, "too_late": done.too_late}));

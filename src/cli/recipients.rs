@@ -62,7 +62,9 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                     .map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", file.display())))
             };
             let import_error = |e: ImportError| match e {
-                ImportError::Header(_) => bad_input(anyhow::anyhow!("{}: {e}", file.display())),
+                ImportError::Header(_) | ImportError::NotText(_) => {
+                    bad_input(anyhow::anyhow!("{}: {e}", file.display()))
+                }
                 e => e.into(),
             };
             if strict {
@@ -79,6 +81,9 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                     )));
                 }
             }
+            // A file that cannot be read as recipients is refused before any database is opened
+            // (or created).
+            crate::import::Rows::new(open()?, &rules).map_err(import_error)?;
             let store = ctx.store().await?;
             let started = std::time::Instant::now();
             let verbose = std::io::stderr().is_terminal() || !ctx.cli_json;
@@ -126,7 +131,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 .map(|k| k.parse::<Audience>())
                 .transpose()
                 .map_err(bad_field("--kind"))?;
-            let store = ctx.store().await?;
+            let store = ctx.existing_store().await?;
             let page = store.recipients_page(kind, RecipientId(after), limit.max(0)).await?;
             if ctx.cli_json {
                 let rows: Vec<_> = page
@@ -174,7 +179,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             Ok(())
         }
         RecipientsCommand::Count => {
-            let store = ctx.store().await?;
+            let store = ctx.existing_store().await?;
             let counts = store.recipient_counts().await?;
             if ctx.cli_json {
                 let rows: Vec<_> = counts
@@ -210,7 +215,7 @@ async fn set_opt_out(ctx: &Ctx, who: &str, opt_out: bool) -> CliResult {
             .as_str()
             .to_owned()
     };
-    let store = ctx.store().await?;
+    let store = ctx.existing_store().await?;
     let found = store
         .set_opt_out(&key, opt_out, ctx.now())
         .await

@@ -100,7 +100,7 @@ fn instant_arg(text: &str, zone: Zone, flag: &'static str) -> CliResult<DateTime
 }
 
 async fn load(ctx: &Ctx, id: i64) -> CliResult<(crate::storage::Store, Window)> {
-    let store = ctx.store().await?;
+    let store = ctx.existing_store().await?;
     match store.window(WindowId(id)).await {
         Ok(w) => Ok((store, w)),
         Err(e @ StoreError::NoSuchWindow(_)) => Err(bad_input(e)),
@@ -184,7 +184,7 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             Ok(())
         }
         WindowCommand::List => {
-            let store = ctx.store().await?;
+            let store = ctx.existing_store().await?;
             let windows = store.windows().await?;
             if ctx.cli_json {
                 return ctx.print_json(&windows.iter().map(window_json).collect::<Vec<_>>());

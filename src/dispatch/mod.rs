@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channels::{Address, Message, Receipt, SendError, Senders, send_on_time};
 use crate::clock::Clock;
 use crate::domain::{
-    Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, fingerprint, idempotency_key,
+    Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, error_chain, fingerprint, idempotency_key,
 };
 use crate::render::{NoticeFacts, RenderError, Renderer};
 use crate::storage::{Broadcast, Claim, ClaimedDelivery, Finish, Store, StoreError};
@@ -218,7 +218,7 @@ impl Dispatcher {
                     () = &mut sending => break,
                     _ = renew.tick() => {
                         if let Err(e) = self.store.renew(token, lease).await {
-                            tracing::warn!(error = %e, token, "cannot renew the lease of a batch in flight");
+                            tracing::warn!(error = %error_chain(&e), token, "cannot renew the lease of a batch in flight");
                         }
                     }
                 }

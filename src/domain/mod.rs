@@ -12,6 +12,7 @@ mod policy;
 mod recipient;
 mod secret;
 mod sms;
+mod text;
 mod time;
 mod window;
 
@@ -25,6 +26,7 @@ pub use recipient::{
 };
 pub use secret::{REDACTED, Secret};
 pub use sms::{Encoding, SmsCost, cost as sms_cost, first_non_gsm7, gsm7_septets};
+pub use text::{TextError, check as check_text, limits as text_limits};
 pub use time::{Span, TimeError, Zone, from_millis, parse_instant, to_millis};
 pub use window::{Change, Localized, NewWindow, Schedule, Window, WindowError, WindowId, WindowStatus};
 
@@ -34,6 +36,22 @@ pub fn fingerprint(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// An error with its causes, each once: `cannot open database x: database: connection refused`.
+/// For logs; the command line prints the same through anyhow's `{:#}`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        // Some errors repeat their cause's text in their own: say it once.
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Splits a `;`- or `,`-separated list, ignoring blanks.

@@ -323,6 +323,7 @@ impl Profile {
         if name.is_empty() {
             return Err(RecipientError::MissingName);
         }
+        super::text::check(name, super::text::limits::NAME, false).map_err(RecipientError::Name)?;
         if phone.is_none() && email.is_none() {
             return Err(RecipientError::NoAddress);
         }
@@ -391,25 +392,27 @@ impl Profile {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecipientError {
-    #[error("kind '{0}' is not one of customer, biller")]
+    #[error("kind '{}' is not one of customer, biller", quote_prefix(.0))]
     Kind(String),
-    #[error("locale '{0}' is not one of en, sw")]
+    #[error("locale '{}' is not one of en, sw", quote_prefix(.0))]
     Locale(String),
-    #[error("channel '{0}' is not one of sms, email, webhook")]
+    #[error("channel '{}' is not one of sms, email, webhook", quote_prefix(.0))]
     Channel(String),
     #[error("phone '{value}': {reason}")]
     Phone { value: String, reason: &'static str },
-    #[error("email '{0}' is not a valid email address")]
+    #[error("email '{}' is not a valid email address", quote_prefix(.0))]
     Email(String),
     #[error("name is required")]
     MissingName,
+    #[error("name {0}")]
+    Name(super::text::TextError),
     #[error("a phone or an email is required")]
     NoAddress,
     #[error("channel {0} was asked for but the recipient has no address for it")]
     ChannelWithoutAddress(Channel),
     #[error("channel webhook is for billers only")]
     WebhookForCustomer,
-    #[error("opt_out '{0}' is not one of true, false, yes, no, 1, 0")]
+    #[error("opt_out '{}' is not one of true, false, yes, no, 1, 0", quote_prefix(.0))]
     OptOut(String),
 }
 

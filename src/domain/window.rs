@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
+use super::text::{TextError, check as check_text, limits};
 use super::{ComponentId, Locale, Zone};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,12 +146,30 @@ pub struct NewWindow {
     pub auto_complete: bool,
 }
 
+/// Checks a window's wording: a title, and every text within its length, free of control
+/// and bidirectional characters.
+fn check_wording(title: &Localized, description: &Localized) -> Result<(), WindowError> {
+    if title.en.trim().is_empty() {
+        return Err(WindowError::MissingTitle);
+    }
+    let texts = [
+        ("--title", Some(&title.en), limits::TITLE, false),
+        ("--title-sw", title.sw.as_ref(), limits::TITLE, false),
+        ("--description", Some(&description.en), limits::DESCRIPTION, true),
+        ("--description-sw", description.sw.as_ref(), limits::DESCRIPTION, true),
+    ];
+    for (field, text, max, multiline) in texts {
+        if let Some(text) = text {
+            check_text(text, max, multiline).map_err(|error| WindowError::Text { field, error })?;
+        }
+    }
+    Ok(())
+}
+
 impl NewWindow {
     /// Refuses a window with no title, no components, or one that starts in the past.
     pub fn validate(self, now: DateTime<Utc>) -> Result<NewWindow, WindowError> {
-        if self.title.en.trim().is_empty() {
-            return Err(WindowError::MissingTitle);
-        }
+        check_wording(&self.title, &self.description)?;
         if self.components.is_empty() {
             return Err(WindowError::NoComponents);
         }
@@ -270,18 +289,23 @@ impl Window {
                 hint: "only a scheduled window can be cancelled; complete or extend one in progress",
             });
         }
+        let reason = reason.filter(|r| !r.trim().is_empty());
+        if let Some(r) = &reason {
+            check_text(r, limits::REASON, true).map_err(|error| WindowError::Text {
+                field: "--reason",
+                error,
+            })?;
+        }
         let mut w = self.next(Change::Cancelled, now);
         w.status = WindowStatus::Cancelled;
-        w.cancel_reason = reason.filter(|r| !r.trim().is_empty());
+        w.cancel_reason = reason;
         Ok(w)
     }
 
     /// Corrects the title or description. Not a new revision: nobody is re-notified for a
     /// wording change, and notices not yet rendered use the new text.
     pub fn edit_text(&self, title: Localized, description: Localized) -> Result<Window, WindowError> {
-        if title.en.trim().is_empty() {
-            return Err(WindowError::MissingTitle);
-        }
+        check_wording(&title, &description)?;
         if title == self.title && description == self.description {
             return Err(WindowError::NothingChanged(self.id));
         }
@@ -338,6 +362,8 @@ pub enum WindowError {
     EndInPast { end: DateTime<Utc>, now: DateTime<Utc> },
     #[error("title is required")]
     MissingTitle,
+    #[error("{field}: {error}")]
+    Text { field: &'static str, error: TextError },
     #[error("at least one component is required")]
     NoComponents,
     #[error("window {id} is {status}: cannot {action} ({hint})")]
@@ -375,6 +401,29 @@ mod tests {
             auto_complete: false,
         };
         Window::create(WindowId(1), new.validate(at(1)).unwrap(), at(1))
+    }
+
+    #[test]
+    fn wording_is_held_to_its_limits() {
+        let w = window();
+        let long = Localized {
+            en: "t".repeat(100_000),
+            sw: None,
+        };
+        let err = w.edit_text(long, Localized::default()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--title: is 100000 characters long") && err.len() < 200,
+            "{err}"
+        );
+        let sneaky = Localized {
+            en: "About".into(),
+            sw: Some("Habari \u{202e}".into()),
+        };
+        let err = w.edit_text(w.title.clone(), sneaky).unwrap_err().to_string();
+        assert!(err.starts_with("--description-sw: contains a bidirectional"), "{err}");
+        let err = w.cancel(Some("r".repeat(501)), at(2)).unwrap_err().to_string();
+        assert!(err.starts_with("--reason: is 501 characters long"), "{err}");
+        assert!(w.cancel(Some("Vendor delay\nNew date soon".into()), at(2)).is_ok());
     }
 
     #[test]

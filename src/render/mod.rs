@@ -68,7 +68,7 @@ pub enum RenderError {
     Render { file: String, message: String },
     #[error("template {file}: the SMS renders as {segments} segments, more than the limit of {max} (sms.max_segments)")]
     TooLong { file: String, segments: usize, max: usize },
-    #[error("cannot read template {file}: {source}")]
+    #[error("cannot read template {file}")]
     Read { file: String, source: std::io::Error },
     #[error("cannot encode the webhook payload: {0}")]
     Encode(serde_json::Error),

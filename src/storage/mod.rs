@@ -12,28 +12,38 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::domain::WindowId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database")]
     Database(#[from] sqlx::Error),
-    #[error("database migration: {0}")]
+    #[error("database migration")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL '{0}': use sqlite://FILE or postgres://USER@HOST:PORT/DB")]
     UnsupportedUrl(String),
     #[error("window {0} does not exist")]
     NoSuchWindow(WindowId),
+    #[error(
+        "no database at {}: nothing has been recorded there yet (check --database, or start with `recipients import` or `window add`)",
+        .0.display()
+    )]
+    NoDatabase(PathBuf),
+    #[error("cannot connect to PostgreSQL at {server}")]
+    Connect { server: String, source: sqlx::Error },
+    #[error("PostgreSQL at {server} did not answer within {seconds} s")]
+    NoAnswer { server: String, seconds: u64 },
     #[error("window {id} was changed by someone else (expected revision {expected}); look again and retry")]
     Conflict { id: WindowId, expected: u32 },
     #[error("a different broadcast is already recorded under the name '{0}'; choose another --name")]
     BroadcastNameTaken(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("cannot encode {what} for storage: {source}")]
+    #[error("cannot encode {what} for storage")]
     Encode {
         what: &'static str,
         source: serde_json::Error,
@@ -105,9 +115,19 @@ const ROWS_PER_STATEMENT: usize = 1000;
 impl Store {
     /// Opens (creating a SQLite file if needed) and migrates the database at `url`.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::open(url, true).await
+    }
+
+    /// Opens and migrates the database at `url`, which must exist already: for commands that
+    /// only read, so a mistyped path does not leave an empty database behind.
+    pub async fn connect_existing(url: &str) -> Result<Store, StoreError> {
+        Store::open(url, false).await
+    }
+
+    async fn open(url: &str, create: bool) -> Result<Store, StoreError> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
+                .create_if_missing(create)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
@@ -115,6 +135,9 @@ impl Store {
             let file = options.get_filename();
             let sqlite_file =
                 (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:")).then(|| file.to_owned());
+            if let Some(path) = sqlite_file.as_ref().filter(|p| !create && !p.exists()) {
+                return Err(StoreError::NoDatabase(path.clone()));
+            }
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
@@ -125,10 +148,19 @@ impl Store {
                 sqlite_file,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)?;
+            // One connection first, briefly: its error names the cause (refused, no such host,
+            // authentication), where the pool would only say it timed out, ten seconds later.
+            let server = format!("{}:{}", options.get_host(), options.get_port());
+            match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&options)).await {
+                Ok(Ok(conn)) => conn.close().await?,
+                Ok(Err(source)) => return Err(StoreError::Connect { server, source }),
+                Err(_) => return Err(StoreError::NoAnswer { server, seconds: 5 }),
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
+                .connect_with(options)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
             Ok(Store {

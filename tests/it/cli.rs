@@ -172,11 +172,7 @@ fn time_zones_and_daylight_saving() {
     assert!(
         overlap.contains("2026-10-25T02:30:00+02:00 (CEST)") && overlap.contains("2026-10-25T02:30:00+01:00 (CET)")
     );
-    assert_eq!(
-        cli.ok(&["window", "list", "--json"]).trim(),
-        "[]",
-        "nothing half-written"
-    );
+    assert!(!cli.path("tangazo.db").exists(), "nothing half-written");
 
     let berlin = cli.ok(&[
         "window",
@@ -283,6 +279,14 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
     assert!(cli.bad(&["window", "list", "--now", "yesterday"]).contains("--now"));
+    // Refused input wrote nothing, not even an empty database, and commands that only read do
+    // not make one.
+    assert!(!cli.path("tangazo.db").exists());
+    assert!(cli.bad(&["window", "show", "42"]).contains("no database at tangazo.db"));
+    assert!(cli.bad(&["recipients", "count"]).contains("no database"));
+    assert!(!cli.path("tangazo.db").exists());
+
+    let id = add_window(&cli);
     assert!(cli.bad(&["window", "show", "42"]).contains("window 42 does not exist"));
     assert!(
         cli.bad(&["window", "cancel", "42"])
@@ -305,9 +309,9 @@ fn bad_input_exits_2_naming_the_field_and_writes_nothing() {
             .contains("--database")
     );
     assert!(cli.bad(&["window", "frobnicate"]).contains("unrecognized subcommand"));
-    assert_eq!(cli.ok(&["window", "list", "--json"]).trim(), "[]");
+    let listed: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "only the window added");
 
-    let id = add_window(&cli);
     let err = cli.bad(&["window", "complete", &id, NOW]);
     assert!(err.contains("only a window in progress can be completed"), "{err}");
     let err = cli.bad(&[
@@ -333,10 +337,8 @@ fn import_reports_bad_rows_strict_imports_nothing_and_reimport_adds_none() {
     let err = cli.bad(&["recipients", "import", "--strict", csv.to_str().unwrap()]);
     assert!(err.contains("line 3: phone") && err.contains("line 4: email"), "{err}");
     assert!(err.contains("nothing was imported"), "{err}");
-    assert!(
-        cli.ok(&["recipients", "count"])
-            .contains("total                           0")
-    );
+    // Not even an empty database was left behind.
+    assert!(cli.bad(&["recipients", "count"]).contains("no database"));
     let out = cli.run(&["recipients", "import", csv.to_str().unwrap()]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -790,4 +792,19 @@ fn the_daemon_stops_on_sigterm_with_its_stderr_closed() {
     // The lock went with it.
     let probe = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
     assert!(probe.try_lock().is_ok());
+}
+
+#[test]
+fn connection_failures_are_named_and_each_cause_is_said_once() {
+    let cli = Cli::new();
+    // Nothing listens on port 1 of the loopback.
+    let out = cli.run(&["--database", "postgres://postgres@127.0.0.1:1/test", "window", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to PostgreSQL at 127.0.0.1:1"), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    let err = cli.bad(&["--config", "missing.toml", "config", "check"]);
+    assert!(err.contains("cannot read configuration file missing.toml"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
 }

@@ -41,7 +41,10 @@ const EDGE_CRATES: &[(&str, &[&str])] = &[
     ("anyhow", &["cli"]),
     ("clap", &["cli"]),
     ("indicatif", &["cli"]),
-    ("tokio", &["channels", "dispatch", "scheduler", "shutdown", "cli"]),
+    (
+        "tokio",
+        &["storage", "channels", "dispatch", "scheduler", "shutdown", "cli"],
+    ),
     ("tokio_util", &["dispatch", "scheduler", "shutdown", "cli"]),
 ];
 
