@@ -21,6 +21,12 @@ pub enum StartupError {
     Database { url: String, source: StoreError },
     #[error(transparent)]
     Templates(#[from] RenderError),
+    /// The start-up check found templates that do not render: nothing is sent with them.
+    #[error(
+        "{first}{}; nothing was recorded or sent (`tangazo templates check` lists every problem)",
+        if *more > 0 { format!(" (and {more} more problems)") } else { String::new() }
+    )]
+    TemplateCheck { first: RenderError, more: usize },
     #[error(transparent)]
     Senders(#[from] BuildError),
 }
@@ -53,6 +59,20 @@ pub fn renderer(config: &Config) -> Result<Renderer, StartupError> {
     )
 }
 
+/// The templates, refused unless every notice kind renders in every locale and channel (the
+/// start-up check of the daemon, `run-once` and `broadcast`).
+pub fn checked_renderer(config: &Config) -> Result<Renderer, StartupError> {
+    let renderer = renderer(config)?;
+    let mut problems = renderer.check(&config.components).problems.into_iter();
+    match problems.next() {
+        None => Ok(renderer),
+        Some(first) => Err(StartupError::TemplateCheck {
+            first,
+            more: problems.count(),
+        }),
+    }
+}
+
 /// Every configured backend, held to its limits, routed per channel.
 pub fn senders(config: &Config, context: &BuildContext) -> Result<Senders, StartupError> {
     Ok(Senders::build(&config.senders, &config.channels, context)?)
@@ -68,7 +88,7 @@ pub fn dispatcher(
 ) -> Result<Dispatcher, StartupError> {
     Ok(Dispatcher::new(
         store.clone(),
-        std::sync::Arc::new(renderer(config)?),
+        std::sync::Arc::new(checked_renderer(config)?),
         senders(config, context)?,
         config.dispatch.clone(),
         config.components.clone(),

@@ -89,7 +89,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let now = ctx.now();
     // A broadcast goes to recipients already recorded: it never creates a database.
     let store = ctx.existing_store().await?;
-    let renderer = ctx.renderer()?;
+    let renderer = ctx.checked_renderer()?;
     let filter = build_filter(ctx, &args)?;
     let (content, deadline) = content(ctx, &store, &args, now).await?;
     if deadline <= now {

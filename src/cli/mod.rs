@@ -318,6 +318,11 @@ impl Ctx {
         app::renderer(&self.config).map_err(|e| self.startup_failure(e))
     }
 
+    /// The templates, refused (exit 2, naming the file) unless every one renders.
+    pub fn checked_renderer(&self) -> CliResult<Renderer> {
+        app::checked_renderer(&self.config).map_err(|e| self.startup_failure(e))
+    }
+
     pub fn senders(&self) -> CliResult<Senders> {
         app::senders(&self.config, &console()).map_err(|e| self.startup_failure(e))
     }
@@ -342,7 +347,9 @@ impl Ctx {
             StartupError::Database { url, source } => {
                 Failure::Runtime(anyhow::Error::new(source).context(format!("cannot open database {url}")))
             }
-            e @ (StartupError::Templates(_) | StartupError::Senders(_)) => bad_input(e),
+            e @ (StartupError::Templates(_) | StartupError::TemplateCheck { .. } | StartupError::Senders(_)) => {
+                bad_input(e)
+            }
         }
     }
 

@@ -165,6 +165,8 @@ async fn find_recipient(store: &crate::storage::Store, who: &str) -> CliResult<c
 }
 
 pub async fn run_once(ctx: &Ctx) -> CliResult {
+    // Templates that do not all render stop the run before anything is opened or recorded.
+    ctx.checked_renderer()?;
     let store = ctx.store().await?;
     let scheduler = ctx.scheduler(&store, &owner("run-once"))?;
     let stop = CancellationToken::new();
@@ -289,6 +291,8 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
     // always finds the daemon ready for it.
     let stop = CancellationToken::new();
     on_signals(&stop);
+    // Templates that do not all render stop the daemon before it opens or records anything.
+    ctx.checked_renderer()?;
     let store = ctx.store().await?;
     let _lock = match (store.dialect(), store.sqlite_file()) {
         (Dialect::Sqlite, Some(file)) => Some(lock_sqlite(file)?),

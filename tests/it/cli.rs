@@ -595,47 +595,91 @@ fn broken_templates(cli: &Cli) -> PathBuf {
 }
 
 #[test]
-fn failed_deliveries_are_listed_and_retried_once_the_cause_is_fixed() {
+fn a_template_set_that_does_not_render_stops_run_once_before_anything_is_recorded() {
     let cli = Cli::new();
     let csv = recipients_csv(cli.dir.path());
     cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
     let id = add_window(&cli);
     let templates = broken_templates(&cli);
-    cli.ok(&["run-once", NOW, "--templates", templates.to_str().unwrap()]);
+    for args in [
+        vec!["run-once", NOW, "--templates", templates.to_str().unwrap()],
+        vec![
+            "broadcast",
+            NOW,
+            "--window",
+            &id,
+            "--notice",
+            "announced",
+            "--templates",
+            templates.to_str().unwrap(),
+        ],
+    ] {
+        let err = cli.bad(&args);
+        assert!(
+            err.contains("announced.sms.hbs") && err.contains("no_such_variable"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was recorded or sent"), "{err}");
+    }
+    assert_eq!(cli.outbox_lines(), 0);
+    let summary = cli.ok(&["deliveries", "summary"]);
+    assert!(summary.contains("no deliveries recorded"), "{summary}");
+}
+
+#[test]
+fn failed_deliveries_are_listed_and_retried_once_the_cause_is_fixed() {
+    let cli = Cli::new();
+    let csv = recipients_csv(cli.dir.path());
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let id = add_window(&cli);
+    // The outbox cannot be written (a file stands where its folder should be), and one retry
+    // is all the schedule allows.
+    std::fs::write(cli.path("tangazo.toml"), "[dispatch]\nretry = [\"1m\"]\n").unwrap();
+    std::fs::write(cli.path("outbox"), "not a folder").unwrap();
+    cli.ok(&["run-once", NOW]);
+    cli.ok(&["run-once", "--now=2015-04-10T09:02:00+03:00"]);
     let failed = cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed", "--json"]);
     let failed: Vec<serde_json::Value> = serde_json::from_str(&failed).unwrap();
-    assert!(!failed.is_empty());
+    assert!(failed.len() > 30, "{failed:?}");
     for row in &failed {
-        assert_eq!(
-            (row["notice"].as_str(), row["channel"].as_str()),
-            (Some("announced"), Some("sms"))
-        );
+        assert_eq!(row["notice"], "announced");
         assert!(
-            row["last_error"].as_str().unwrap().contains("no_such_variable"),
+            row["last_error"].as_str().unwrap().contains("gave up after 2 attempts"),
             "{row}"
         );
-        assert!(row["to"].as_str().unwrap().contains("****"), "masked: {row}");
-        assert_eq!(row["attempts"], 1);
+        assert_eq!(row["attempts"], 2);
     }
+    let sms = failed.iter().find(|r| r["channel"] == "sms").unwrap();
+    assert!(sms["to"].as_str().unwrap().contains("****"), "masked: {sms}");
     let table = cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed"]);
-    assert!(
-        table.contains("last error") && table.contains("no_such_variable"),
-        "{table}"
-    );
-    let sent_before = cli.outbox_lines();
+    assert!(table.contains("last error") && table.contains("gave up"), "{table}");
     // A dry run changes nothing.
-    let dry = cli.ok(&["deliveries", "retry", "--window", &id, NOW, "--dry-run"]);
+    let dry = cli.ok(&[
+        "deliveries",
+        "retry",
+        "--window",
+        &id,
+        "--now=2015-04-10T09:03:00+03:00",
+        "--dry-run",
+    ]);
     assert!(
         dry.contains(&format!("would re-queue {} failed", failed.len())),
         "{dry}"
     );
-    cli.ok(&["run-once", NOW]);
-    assert_eq!(cli.outbox_lines(), sent_before, "nothing was re-queued by the dry run");
-    // With the built-in templates back, the re-queued rows go out once each.
-    let done = cli.ok(&["deliveries", "retry", "--window", &id, NOW]);
+    std::fs::remove_file(cli.path("outbox")).unwrap();
+    cli.ok(&["run-once", "--now=2015-04-10T09:03:00+03:00"]);
+    assert_eq!(cli.outbox_lines(), 0, "nothing was re-queued by the dry run");
+    // With the outbox writable again, the re-queued rows go out once each.
+    let done = cli.ok(&[
+        "deliveries",
+        "retry",
+        "--window",
+        &id,
+        "--now=2015-04-10T09:03:00+03:00",
+    ]);
     assert!(done.contains(&format!("re-queued {} failed", failed.len())), "{done}");
-    cli.ok(&["run-once", NOW]);
-    assert_eq!(cli.outbox_lines(), sent_before + failed.len());
+    cli.ok(&["run-once", "--now=2015-04-10T09:03:00+03:00"]);
+    assert_eq!(cli.outbox_lines(), failed.len());
     let left = cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed", "--json"]);
     assert_eq!(left.trim(), "[]");
     // After the deadline, nothing can be re-queued, and it says so.
