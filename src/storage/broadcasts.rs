@@ -93,7 +93,7 @@ impl Store {
             let mut inserted = 0;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
-                    "INSERT INTO deliveries (window_id, broadcast_id, revision, notice, recipient_id, channel, due_at, deadline) ",
+                    "WITH v (window_id, broadcast_id, revision, notice, recipient_id, channel, due_at, deadline) AS (",
                 );
                 qb.push_values(chunk, |mut q, (recipient, channel)| {
                     q.push_bind(b.window.map(|w| w.0))
@@ -105,7 +105,16 @@ impl Store {
                         .push_bind(to_millis(due_at))
                         .push_bind(to_millis(b.deadline));
                 });
-                qb.push(" ON CONFLICT DO NOTHING");
+                // A window notice is not sent again to whom the window's own rows already
+                // carry it (a free message has no window: nothing matches).
+                qb.push(
+                    ") INSERT INTO deliveries (window_id, broadcast_id, revision, notice, recipient_id, channel, due_at, deadline) \
+                     SELECT v.window_id, v.broadcast_id, v.revision, v.notice, v.recipient_id, v.channel, v.due_at, v.deadline FROM v \
+                     WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
+                     AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
+                     AND w.recipient_id = v.recipient_id AND w.channel = v.channel AND w.state IN ('pending', 'claimed', 'sent')) \
+                     ON CONFLICT DO NOTHING",
+                );
                 inserted += qb.build().execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;

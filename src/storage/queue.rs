@@ -121,15 +121,15 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Inserts planned rows inside the transaction `$tx`, `ON CONFLICT DO NOTHING`; the count of
-/// new rows.
+/// Inserts planned rows inside the transaction `$tx`, `ON CONFLICT DO NOTHING`, except for a
+/// recipient a broadcast of the same notice already reaches on that channel (told once,
+/// whichever path told them); the count of new rows.
 macro_rules! insert_planned {
     ($tx:ident, $rows:expr) => {{
         let mut inserted = 0;
         for chunk in $rows.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::new(
-                "INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, due_at, deadline) ",
-            );
+            let mut qb =
+                QueryBuilder::new("WITH v (window_id, revision, notice, recipient_id, channel, due_at, deadline) AS (");
             qb.push_values(chunk, |mut b, d: &PlannedDelivery| {
                 b.push_bind(d.window.0)
                     .push_bind(i64::from(d.revision))
@@ -139,7 +139,14 @@ macro_rules! insert_planned {
                     .push_bind(to_millis(d.due_at))
                     .push_bind(to_millis(d.deadline));
             });
-            qb.push(" ON CONFLICT DO NOTHING");
+            qb.push(
+                ") INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, due_at, deadline) \
+                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.due_at, v.deadline FROM v \
+                 WHERE NOT EXISTS (SELECT 1 FROM deliveries b WHERE b.broadcast_id IS NOT NULL \
+                 AND b.window_id = v.window_id AND b.recipient_id = v.recipient_id AND b.revision = v.revision \
+                 AND b.notice = v.notice AND b.channel = v.channel AND b.state IN ('pending', 'claimed', 'sent')) \
+                 ON CONFLICT DO NOTHING",
+            );
             inserted += qb.build().execute(&mut *$tx).await?.rows_affected();
         }
         inserted

@@ -477,3 +477,53 @@ fn a_message_file_carries_each_locale_and_its_subject() {
     let long = "x".repeat(400);
     assert!(cli.bad(&["broadcast", NOW, "--message", &long]).contains("3 segments"));
 }
+
+/// Every announcement line in the outbox, as (channel, address).
+fn announced_lines(cli: &Cli) -> Vec<(String, String)> {
+    ["sms", "email", "webhook"]
+        .iter()
+        .flat_map(|c| {
+            std::fs::read_to_string(cli.path(&format!("outbox/{c}.jsonl")))
+                .unwrap_or_default()
+                .lines()
+                .map(json)
+                .filter(|l| l["notice"] == "announced")
+                .map(|l| {
+                    (
+                        l["channel"].as_str().unwrap().to_owned(),
+                        l["to"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_window_notice_is_told_once_whichever_path_told_it() {
+    for broadcast_first in [true, false] {
+        let cli = Cli::new();
+        small_audience(&cli);
+        let id = add_window(&cli);
+        let broadcast = ["broadcast", NOW, "--window", &id, "--notice", "announced", "--json"];
+        if broadcast_first {
+            cli.ok(&broadcast);
+            assert!(!announced_lines(&cli).is_empty());
+            cli.ok(&["run-once", NOW]);
+        } else {
+            cli.ok(&["run-once", NOW]);
+            let report = json(&cli.ok(&broadcast));
+            assert_eq!(report["this_run"]["sent"], 0, "the scheduler told them all already");
+        }
+        let lines = announced_lines(&cli);
+        let mut unique = lines.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            lines.len(),
+            unique.len(),
+            "an announcement went twice to someone (broadcast first: {broadcast_first})"
+        );
+        assert!(lines.len() >= 40, "everyone was told once: {}", lines.len());
+    }
+}
