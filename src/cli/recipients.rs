@@ -22,6 +22,7 @@ pub enum RecipientsCommand {
     /// updates by natural key and never clears an opt-out.
     #[command(verbatim_doc_comment)]
     Import {
+        /// The CSV file (UTF-8; a header line names the columns)
         file: PathBuf,
         /// Import nothing, and exit 2, if any row is bad
         #[arg(long)]
@@ -29,6 +30,7 @@ pub enum RecipientsCommand {
     },
     /// List recipients in id order
     List {
+        /// How many to list
         #[arg(long, default_value_t = 50)]
         limit: i64,
         /// Start after this id (paging)
@@ -41,9 +43,15 @@ pub enum RecipientsCommand {
     /// Count recipients by kind and opt-out
     Count,
     /// Stop sending to this phone number or email address
-    OptOut { phone_or_email: String },
+    OptOut {
+        /// The recipient's phone number (any form import accepts) or email address
+        phone_or_email: String,
+    },
     /// Resume sending to this phone number or email address
-    OptIn { phone_or_email: String },
+    OptIn {
+        /// The recipient's phone number (any form import accepts) or email address
+        phone_or_email: String,
+    },
 }
 
 /// Errors are listed in full up to this many; the rest are counted.

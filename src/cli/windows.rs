@@ -20,20 +20,26 @@ pub enum WindowCommand {
     /// time that does not exist or is ambiguous in the zone (daylight saving) is refused.
     #[command(verbatim_doc_comment)]
     Add {
+        /// The window's title in English, as customers will read it (at most 200 characters)
         #[arg(long)]
         title: String,
         /// Swahili title (the English one is used where this is absent)
         #[arg(long)]
         title_sw: Option<String>,
+        /// What happens and what to do, in English (emails and billers' notices; at most 2,000
+        /// characters)
         #[arg(long, default_value = "")]
         description: String,
+        /// The description in Swahili
         #[arg(long)]
         description_sw: Option<String>,
         /// Affected components, comma-separated (see [components] in the configuration)
         #[arg(long, value_name = "A,B")]
         components: String,
+        /// When the work starts (in the future)
         #[arg(long, value_name = "TIME")]
         start: String,
+        /// When the service is back (after the start)
         #[arg(long, value_name = "TIME")]
         end: String,
         /// IANA zone the times are announced in [default: default_zone from the configuration]
@@ -45,25 +51,36 @@ pub enum WindowCommand {
     },
     /// Correct the wording (title, description): no new revision, nobody re-notified
     Edit {
+        /// The window's id (see `tangazo window list`)
         id: i64,
+        /// New English title
         #[arg(long)]
         title: Option<String>,
+        /// New Swahili title
         #[arg(long)]
         title_sw: Option<String>,
+        /// New English description
         #[arg(long)]
         description: Option<String>,
+        /// New Swahili description
         #[arg(long)]
         description_sw: Option<String>,
     },
     /// List windows, newest first
     List,
     /// Show a window and its history
-    Show { id: i64 },
+    Show {
+        /// The window's id (see `tangazo window list`)
+        id: i64,
+    },
     /// Move a scheduled window to new times
     Reschedule {
+        /// The window's id (see `tangazo window list`)
         id: i64,
+        /// The new start (in the future)
         #[arg(long, value_name = "TIME")]
         start: String,
+        /// The new end (after the start)
         #[arg(long, value_name = "TIME")]
         end: String,
         /// Zone for the new times [default: the window's zone]
@@ -72,20 +89,28 @@ pub enum WindowCommand {
     },
     /// Move the end of a scheduled or running window (an overrun, or an early finish planned)
     Extend {
+        /// The window's id (see `tangazo window list`)
         id: i64,
+        /// The new end
         #[arg(long, value_name = "TIME")]
         end: String,
+        /// Zone for the new end [default: the window's zone]
         #[arg(long)]
         zone: Option<String>,
     },
     /// Cancel a scheduled window; those already told are told it is off
     Cancel {
+        /// The window's id (see `tangazo window list`)
         id: i64,
+        /// Why, in a sentence those told will read (at most 500 characters)
         #[arg(long)]
         reason: Option<String>,
     },
     /// Confirm that a running window's work is over: the all-clear goes out
-    Complete { id: i64 },
+    Complete {
+        /// The window's id (see `tangazo window list`)
+        id: i64,
+    },
 }
 
 fn zone_arg(zone: &Option<String>, default: Zone) -> CliResult<Zone> {

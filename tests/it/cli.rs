@@ -852,3 +852,62 @@ fn connection_failures_are_named_and_each_cause_is_said_once() {
     assert!(err.contains("cannot read configuration file missing.toml"), "{err}");
     assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
 }
+
+/// Every command's `--help`, found by walking the "Commands:" sections from the top.
+fn every_help(cli: &Cli, path: Vec<String>, out: &mut Vec<(String, String)>) {
+    let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+    args.push("--help");
+    let text = cli.ok(&args);
+    let subcommands: Vec<String> = text
+        .split("\nCommands:\n")
+        .nth(1)
+        .map(|section| {
+            section
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|name| *name != "help")
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push((path.join(" "), text));
+    for sub in subcommands {
+        let mut next = path.clone();
+        next.push(sub);
+        every_help(cli, next, out);
+    }
+}
+
+#[test]
+fn every_option_and_argument_has_help() {
+    let cli = Cli::new();
+    let mut helps = Vec::new();
+    every_help(&cli, Vec::new(), &mut helps);
+    assert!(helps.len() > 25, "{} commands found", helps.len());
+    let mut missing = Vec::new();
+    for (command, text) in &helps {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            let is_entry = (2..=6).contains(&indent) && (trimmed.starts_with('-') || trimmed.starts_with('<'));
+            if !is_entry {
+                continue;
+            }
+            // Beside the name (short form), or on the next lines, indented further (long form).
+            let beside = trimmed
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let below = lines
+                .get(i + 1)
+                .map(|next| next.trim())
+                .is_some_and(|next| !next.is_empty() && !next.starts_with('['));
+            let described = beside || below;
+            if !described {
+                missing.push(format!("tangazo {command}: {}", trimmed));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+}
