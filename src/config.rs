@@ -226,9 +226,19 @@ impl Config {
         if let Some(dir) = &overrides.templates {
             table.insert("templates".into(), toml::Value::String(dir.display().to_string()));
         }
-        let raw: RawConfig = table.try_into().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: "configuration".into(),
-            message: e.message().to_owned(),
+        // The path of the key at fault goes in front of serde's message: `dispatch.batch_size:
+        // invalid type: string "x", expected usize`.
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().trim_end().to_owned();
+            ConfigError::Syntax {
+                origin: "configuration".into(),
+                message: if path == "." {
+                    message
+                } else {
+                    format!("{path}: {message}")
+                },
+            }
         })?;
         Config::validate(raw)
     }
@@ -492,6 +502,12 @@ mod tests {
             ("[components.x]\nen = \"X\"", "components.x: missing the 'sw' name"),
             ("[senders.a]\ntype = \"carrier-pigeon\"", "carrier-pigeon"),
             ("[dispatch]\nbatch_size = 0", "batch_size"),
+            ("[dispatch]\nbatch_size = \"many\"", "dispatch.batch_size: invalid type"),
+            (
+                "[policy.customers]\nreminders = [\"soon\"]",
+                "policy.customers.reminders[0]",
+            ),
+            ("[senders.outbox]\ntype = \"file\"\ndir = 3", "senders.outbox"),
         ];
         for (text, needle) in cases {
             let err = load(text, &[]).unwrap_err().to_string();
