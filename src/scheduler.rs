@@ -136,7 +136,11 @@ impl Scheduler {
         for window in self.store.open_windows().await? {
             let window = self.transition(window, now, &mut report).await?;
             self.plan(&window, now, &mut report, progress).await?;
-            if let Some(alarm) = Alarm::overrun(&window, now) {
+            // Raised once for the window's state (its revision), not at every tick; `deliveries
+            // summary` shows it for as long as it holds.
+            if let Some(alarm) = Alarm::overrun(&window, now)
+                && self.store.raise_alarm_once(&window, &alarm.message, now).await?
+            {
                 tracing::warn!(window = window.id.0, "{}", alarm.message);
                 report.alarms.push(alarm);
             }

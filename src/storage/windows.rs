@@ -178,6 +178,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records an alarm about the window's current revision in its history, unless one is
+    /// recorded already. Returns whether this call recorded it (raise it then, not again).
+    pub async fn raise_alarm_once(&self, w: &Window, message: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let details = serde_json::json!({ "message": message }).to_string();
+        let raised = on_pool!(self, p => sqlx::query(
+            "INSERT INTO window_history (window_id, revision, at, actor, action, details) \
+             SELECT $1, $2, $3, 'scheduler', 'alarm', $4 WHERE NOT EXISTS \
+             (SELECT 1 FROM window_history WHERE window_id = $1 AND revision = $2 AND action = 'alarm')",
+        )
+        .bind(w.id.0)
+        .bind(i64::from(w.revision))
+        .bind(to_millis(now))
+        .bind(details)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(raised == 1)
+    }
+
     pub async fn history(&self, id: WindowId) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows: Vec<(i64, i64, String, String, String)> = on_pool!(self, p => sqlx::query_as(
             "SELECT revision, at, actor, action, details FROM window_history WHERE window_id = $1 ORDER BY id",

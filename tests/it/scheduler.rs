@@ -135,6 +135,10 @@ async fn a_window_from_announcement_to_completion(db: &TestDb) {
     assert!(rig.tick(start() + TimeDelta::hours(53)).await.alarms.is_empty());
     let late = start() + TimeDelta::hours(55);
     assert_eq!(rig.tick(late).await.alarms.len(), 1);
+    // Raised once for that state, not at every tick; the history says when.
+    assert!(rig.tick(late + TimeDelta::minutes(30)).await.alarms.is_empty());
+    let history = db.store.history(w.id).await.unwrap();
+    assert_eq!(history.iter().filter(|h| h.action == "alarm").count(), 1);
     let w2 = db.store.window(w.id).await.unwrap();
     db.store
         .save_change(&w2, &w2.complete(late).unwrap(), "ops", late)
