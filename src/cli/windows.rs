@@ -1,5 +1,6 @@
 //! `tangazo window …`: record maintenance windows and change them.
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use serde_json::json;
@@ -244,7 +245,7 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             let history = store.history(w.id).await?;
             if ctx.cli_json {
                 let mut v = window_json(&w);
-                v["history"] = serde_json::to_value(&history).unwrap_or_default();
+                v["history"] = serde_json::to_value(&history).context("encoding the history")?;
                 return ctx.print_json(&v);
             }
             let when = |t| format_instant(t, w.zone, Locale::En, true);
@@ -282,6 +283,17 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             );
             if let Some(r) = &w.cancel_reason {
                 outln!("  reason       {r}");
+            }
+            for (label, text) in [
+                ("description", Some(&w.description.en)),
+                ("description (sw)", w.description.sw.as_ref()),
+            ] {
+                if let Some(text) = text.filter(|t| !t.trim().is_empty()) {
+                    outln!("  {label}:");
+                    for line in text.lines() {
+                        outln!("    {line}");
+                    }
+                }
             }
             if w.overrun(now) {
                 outln!("  ALARM        past its planned end and not confirmed complete");
@@ -389,6 +401,7 @@ pub fn window_json(w: &Window) -> serde_json::Value {
         "title": w.title.en,
         "title_sw": w.title.sw,
         "description": w.description.en,
+        "description_sw": w.description.sw,
         "status": w.status.as_str(),
         "revision": w.revision,
         "starts_at": w.schedule.starts_at().to_rfc3339(),

@@ -911,3 +911,43 @@ fn every_option_and_argument_has_help() {
     }
     assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
 }
+
+#[test]
+fn window_show_gives_both_descriptions() {
+    let cli = Cli::new();
+    let id = cli
+        .ok(&[
+            "window",
+            "add",
+            NOW,
+            "--title",
+            "Systems migration",
+            "--components",
+            "send-money",
+            "--start",
+            "2015-04-18 00:00",
+            "--end",
+            "2015-04-19 23:59",
+            "--description",
+            "Our systems move to Nairobi.\nPay bills before Friday.",
+            "--description-sw",
+            "Mifumo yetu inahamia Nairobi.",
+        ])
+        .trim()
+        .to_owned();
+    let shown = cli.ok(&["window", "show", &id, NOW]);
+    assert!(
+        shown.contains("  description:\n    Our systems move to Nairobi.\n    Pay bills before Friday."),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  description (sw):\n    Mifumo yetu inahamia Nairobi."),
+        "{shown}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
+    assert_eq!(json["description_sw"], "Mifumo yetu inahamia Nairobi.");
+    assert_eq!(
+        json["description"],
+        "Our systems move to Nairobi.\nPay bills before Friday."
+    );
+}
