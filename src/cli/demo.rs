@@ -289,16 +289,55 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
     outln!(
         "\n{deliveries} deliveries in the ledger share {bodies} stored bodies (one per notice, channel, locale and zone)."
     );
-    outln!("outbox:   {}/{{sms,email,webhook}}.jsonl", outbox.display());
+    outln!("\nwhat a customer read (the announcement, from the outbox):");
+    for (channel, locale, text) in samples(&outbox)? {
+        outln!("  {channel} [{locale}]: {text}");
+    }
+    outln!("\noutbox:   {}/{{sms,email,webhook}}.jsonl", outbox.display());
     outln!("database: {}", db.display());
     outln!(
-        "look around: tangazo --config {} deliveries summary",
+        "look around: cargo run --release -- --config {} deliveries summary",
         config_path.display()
     );
+    outln!("            (or `tangazo --config … ` once installed with `cargo install --path .`)");
     outln!("finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn eat(t: DateTime<Utc>) -> String {
     crate::render::format_instant(t, Zone::NAIROBI, crate::domain::Locale::En, false)
+}
+
+/// The first announcement SMS in each language and the first announcement email's subject, as
+/// they were written to the outbox: (channel, locale, text).
+fn samples(outbox: &Path) -> CliResult<Vec<(&'static str, String, String)>> {
+    use std::io::BufRead as _;
+    let mut found = Vec::new();
+    for (channel, file, field, wanted) in [
+        ("SMS", "sms.jsonl", "body", 2),
+        ("email subject", "email.jsonl", "subject", 1),
+    ] {
+        let path = outbox.join(file);
+        let reader =
+            std::io::BufReader::new(std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?);
+        let mut seen: Vec<String> = Vec::new();
+        for line in reader.lines() {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("reading {}", path.display()))?;
+            let locale = v["locale"].as_str().unwrap_or_default().to_owned();
+            if v["notice"] == "announced" && !seen.contains(&locale) {
+                found.push((
+                    channel,
+                    locale.clone(),
+                    v[field].as_str().unwrap_or_default().to_owned(),
+                ));
+                seen.push(locale);
+                if seen.len() == wanted {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(found)
 }
