@@ -82,11 +82,83 @@ pub enum Progress {
 /// Told how a long tick is going; called from the ticking task.
 pub type ProgressSink<'a> = &'a (dyn Fn(Progress) + Send + Sync);
 
+/// A window the scheduler moved on: `started`, or `completed` by itself at its end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    pub window: i64,
+    pub revision: u32,
+    pub status: &'static str,
+}
+
+impl std::fmt::Display for Transition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            "completed" => write!(
+                f,
+                "window {} completed by itself at its end (r{})",
+                self.window, self.revision
+            ),
+            status => write!(f, "window {} {status} (r{})", self.window, self.revision),
+        }
+    }
+}
+
+/// A notice decided in this tick: planned (with the deliveries it enqueued), or recorded as a
+/// whole (skipped, superseded, expired).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NoticeDecision {
+    pub window: i64,
+    pub revision: u32,
+    pub notice: String,
+    pub audience: &'static str,
+    pub outcome: &'static str,
+    /// Rows enqueued (planned notices only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<u64>,
+    /// An interrupted fan-out continued after this recipient id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_after: Option<i64>,
+}
+
+impl NoticeDecision {
+    fn new(window: &Window, d: &Decision) -> NoticeDecision {
+        NoticeDecision {
+            window: window.id.0,
+            revision: d.revision,
+            notice: d.notice.to_string(),
+            audience: d.audience.as_str(),
+            outcome: d.outcome.as_str(),
+            deliveries: None,
+            resumed_after: None,
+        }
+    }
+}
+
+impl std::fmt::Display for NoticeDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let audience = match self.audience {
+            "customer" => "customers",
+            _ => "billers",
+        };
+        write!(
+            f,
+            "window {} r{} {} for {audience}: ",
+            self.window, self.revision, self.notice
+        )?;
+        match (self.deliveries, self.resumed_after) {
+            (Some(0), _) => write!(f, "nobody to tell"),
+            (Some(n), None) => write!(f, "{n} deliveries"),
+            (Some(n), Some(after)) => write!(f, "{n} more deliveries (resumed after recipient {after})"),
+            (None, _) => write!(f, "{}", self.outcome),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TickReport {
-    pub transitions: Vec<String>,
-    pub planned: Vec<String>,
-    pub recorded: Vec<String>,
+    pub transitions: Vec<Transition>,
+    pub planned: Vec<NoticeDecision>,
+    pub recorded: Vec<NoticeDecision>,
     pub enqueued: u64,
     pub superseded: u64,
     pub expired: u64,
@@ -166,7 +238,11 @@ impl Scheduler {
             let next = window.start(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
             tracing::info!(window = next.id.0, revision = next.revision, "window started");
-            report.transitions.push(format!("window {} started", next.id));
+            report.transitions.push(Transition {
+                window: next.id.0,
+                revision: next.revision,
+                status: "started",
+            });
             window = next;
         }
         if window.status == WindowStatus::InProgress && window.auto_complete && now >= window.schedule.ends_at() {
@@ -177,7 +253,11 @@ impl Scheduler {
                 revision = next.revision,
                 "window completed automatically"
             );
-            report.transitions.push(format!("window {} completed (auto)", next.id));
+            report.transitions.push(Transition {
+                window: next.id.0,
+                revision: next.revision,
+                status: "completed",
+            });
             window = next;
         }
         Ok(window)
@@ -198,10 +278,11 @@ impl Scheduler {
             };
             report.enqueued += n;
             tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, deliveries = n, after = after.0, "fan-out resumed");
-            report.planned.push(format!(
-                "window {} r{} {} → {} {} deliveries (resumed after recipient {})",
-                window.id, decision.revision, decision.notice, decision.audience, n, after
-            ));
+            report.planned.push(NoticeDecision {
+                deliveries: Some(n),
+                resumed_after: Some(after.0),
+                ..NoticeDecision::new(window, &decision)
+            });
         }
         let decided = self.store.decided(window.id, window.revision).await?;
         for decision in planner::decide(window, &self.policy, &decided, now) {
@@ -214,20 +295,13 @@ impl Scheduler {
                 };
                 report.enqueued += n;
                 tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, deliveries = n, "notice planned");
-                report.planned.push(format!(
-                    "window {} r{} {} → {} {} deliveries",
-                    window.id, decision.revision, decision.notice, decision.audience, n
-                ));
+                report.planned.push(NoticeDecision {
+                    deliveries: Some(n),
+                    ..NoticeDecision::new(window, &decision)
+                });
             } else {
                 tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, audience = %decision.audience, outcome = decision.outcome.as_str(), "notice recorded");
-                report.recorded.push(format!(
-                    "window {} r{} {} ({}) {}",
-                    window.id,
-                    decision.revision,
-                    decision.notice,
-                    decision.audience,
-                    decision.outcome.as_str()
-                ));
+                report.recorded.push(NoticeDecision::new(window, &decision));
             }
         }
         if let Some(last) = terminal_notice(window) {
