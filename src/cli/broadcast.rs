@@ -525,7 +525,7 @@ async fn canary(
         .map_err(|e| bad_input(anyhow::anyhow!("--canary {}: {e}", file.display())))?
     {
         match row.map_err(|e| bad_input(anyhow::anyhow!("--canary {}: {e}", file.display())))? {
-            Ok(p) => seeds.push(p),
+            Ok((_, p)) => seeds.push(p),
             Err(e) => return Err(bad_input(anyhow::anyhow!("--canary {}: {e}", file.display()))),
         }
     }

@@ -121,14 +121,15 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
             if ctx.cli_json {
                 return ctx.print_json(&json!({
                     "rows": report.rows, "imported": report.imported, "updated": report.updated,
-                    "rejected": report.rejected, "errors": report.errors,
+                    "unchanged": report.unchanged, "rejected": report.rejected, "errors": report.errors,
                 }));
             }
             outln!(
-                "{} rows: {} imported, {} updated, {} rejected ({:.1} s)",
+                "{} rows: {} imported, {} updated, {} unchanged, {} rejected ({:.1} s)",
                 report.rows,
                 report.imported,
                 report.updated,
+                report.unchanged,
                 report.rejected,
                 started.elapsed().as_secs_f64()
             );

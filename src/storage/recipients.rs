@@ -1,7 +1,7 @@
 //! Recipients: upserts by natural key, pages in id order for fan-out, opt-outs, canary seeds,
 //! and who was already told about a window.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, QueryBuilder};
@@ -13,6 +13,41 @@ use crate::domain::{Audience, Profile, Recipient, RecipientId, WindowId, to_mill
 /// Recipients read per page while fanning out (and rows enqueued per transaction).
 pub const PAGE: i64 = 10_000;
 
+/// An import's upsert: an opt-out is never cleared, a seed becomes an ordinary recipient.
+const UPSERT: &str = " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
+     phone = excluded.phone, email = excluded.email, locale = excluded.locale, zone = excluded.zone, \
+     components = excluded.components, channels = excluded.channels, \
+     opt_out = (recipients.opt_out OR excluded.opt_out), seed = FALSE, updated_at = excluded.updated_at, \
+     import_id = excluded.import_id, import_line = excluded.import_line";
+
+/// Which import wrote a row, from which line.
+#[derive(Debug, Clone, Copy)]
+struct ImportMark {
+    import: i64,
+    line: u64,
+}
+
+/// What one batch of an import was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportBatch {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    /// (line, the earlier line of the same recipient): not written.
+    pub repeats: Vec<(u64, u64)>,
+}
+
+/// A stored recipient with its import marks.
+#[derive(sqlx::FromRow)]
+struct StoredRecipient {
+    #[sqlx(flatten)]
+    row: RecipientRow,
+    natural_key: String,
+    seed: bool,
+    import_id: Option<i64>,
+    import_line: Option<i64>,
+}
+
 impl Store {
     /// Inserts or updates recipients by natural key, in one transaction. An opt-out is never
     /// cleared by an import: only `recipients opt-in` does that. An imported address that was a
@@ -23,25 +58,89 @@ impl Store {
         }
         // PostgreSQL refuses to update one row twice in a statement: keep the last of each key.
         let mut seen = HashSet::new();
-        let mut unique: Vec<&Profile> = batch.iter().rev().filter(|p| seen.insert(p.natural_key())).collect();
+        let mut unique: Vec<(&Profile, Option<ImportMark>)> = batch
+            .iter()
+            .rev()
+            .filter(|p| seen.insert(p.natural_key()))
+            .map(|p| (p, None))
+            .collect();
         unique.reverse();
-        self.insert_profiles(
-            &unique,
-            false,
-            " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
-             phone = excluded.phone, email = excluded.email, locale = excluded.locale, zone = excluded.zone, \
-             components = excluded.components, channels = excluded.channels, \
-             opt_out = (recipients.opt_out OR excluded.opt_out), seed = FALSE, updated_at = excluded.updated_at",
-            now,
-        )
-        .await
+        self.insert_profiles(&unique, false, UPSERT, now).await
+    }
+
+    /// Writes one batch of rows of import `import` (each with its line in the file) and says
+    /// what each was: new, changed, unchanged, or a second row for a recipient an earlier line
+    /// of the same import already gave (the first is kept; the repeat is not written).
+    pub async fn import_batch(
+        &self,
+        import: i64,
+        rows: &[(u64, Profile)],
+        now: DateTime<Utc>,
+    ) -> Result<ImportBatch, StoreError> {
+        let mut outcome = ImportBatch::default();
+        // Repeats within the batch first: the first line of each key stands.
+        let mut first_line: HashMap<String, u64> = HashMap::new();
+        let mut unique: Vec<(&Profile, u64, String)> = Vec::with_capacity(rows.len());
+        for (line, profile) in rows {
+            let key = profile.natural_key();
+            match first_line.get(&key) {
+                Some(first) => outcome.repeats.push((*line, *first)),
+                None => {
+                    first_line.insert(key.clone(), *line);
+                    unique.push((profile, *line, key));
+                }
+            }
+        }
+        // Then what is stored under those keys: from an earlier line of this import, or as it was.
+        let mut stored: HashMap<String, StoredRecipient> = HashMap::new();
+        for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT {RECIPIENT_COLUMNS}, natural_key, seed, import_id, import_line FROM recipients WHERE natural_key IN ("
+            );
+            let found: Vec<StoredRecipient> = on_pool!(self, p => {
+                let mut qb = QueryBuilder::new(sql);
+                let mut sep = qb.separated(", ");
+                for (_, _, key) in chunk {
+                    sep.push_bind(key.clone());
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(p).await?
+            });
+            stored.extend(found.into_iter().map(|f| (f.natural_key.clone(), f)));
+        }
+        let mut write: Vec<(&Profile, Option<ImportMark>)> = Vec::with_capacity(unique.len());
+        for (profile, line, key) in &unique {
+            match stored.remove(key) {
+                None => outcome.new += 1,
+                Some(f) if f.import_id == Some(import) => {
+                    let first = f.import_line.and_then(|l| u64::try_from(l).ok()).unwrap_or_default();
+                    outcome.repeats.push((*line, first));
+                    continue;
+                }
+                Some(f) => {
+                    let existing = Recipient::try_from(f.row)?;
+                    // An import never clears an opt-out: compare with the opt-out it would keep.
+                    // A canary seed that is imported becomes an ordinary recipient: a change.
+                    let mut incoming = (*profile).clone();
+                    incoming.opt_out |= existing.profile.opt_out;
+                    if incoming == existing.profile && !f.seed {
+                        outcome.unchanged += 1;
+                    } else {
+                        outcome.changed += 1;
+                    }
+                }
+            }
+            write.push((profile, Some(ImportMark { import, line: *line })));
+        }
+        self.insert_profiles(&write, false, UPSERT, now).await?;
+        Ok(outcome)
     }
 
     /// Inserts profiles in one transaction, `ROWS_PER_STATEMENT` to a statement, each statement
     /// ending with `conflict`.
     async fn insert_profiles(
         &self,
-        rows: &[&Profile],
+        rows: &[(&Profile, Option<ImportMark>)],
         seed: bool,
         conflict: &'static str,
         now: DateTime<Utc>,
@@ -51,9 +150,9 @@ impl Store {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO recipients (natural_key, kind, name, phone, email, locale, zone, components, channels, \
-                     opt_out, seed, updated_at) ",
+                     opt_out, seed, updated_at, import_id, import_line) ",
                 );
-                qb.push_values(chunk, |mut b, r| {
+                qb.push_values(chunk, |mut b, (r, mark)| {
                     b.push_bind(r.natural_key())
                         .push_bind(r.kind.as_str())
                         .push_bind(r.name.clone())
@@ -65,7 +164,9 @@ impl Store {
                         .push_bind(join_list(&r.channels))
                         .push_bind(r.opt_out && !seed)
                         .push_bind(seed)
-                        .push_bind(to_millis(now));
+                        .push_bind(to_millis(now))
+                        .push_bind(mark.map(|m| m.import))
+                        .push_bind(mark.map(|m| i64::try_from(m.line).unwrap_or(i64::MAX)));
                 });
                 qb.push(conflict);
                 qb.build().execute(&mut *tx).await?;
@@ -82,7 +183,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = seeds.iter().map(Profile::natural_key).collect();
-        let rows: Vec<&Profile> = seeds.iter().collect();
+        let rows: Vec<(&Profile, Option<ImportMark>)> = seeds.iter().map(|p| (p, None)).collect();
         self.insert_profiles(&rows, true, " ON CONFLICT (natural_key) DO NOTHING", now)
             .await?;
         let mut found = Vec::with_capacity(keys.len());

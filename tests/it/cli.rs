@@ -343,10 +343,16 @@ fn import_reports_bad_rows_strict_imports_nothing_and_reimport_adds_none() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("4 rows: 2 imported, 0 updated, 2 rejected"), "{stdout}");
+    assert!(
+        stdout.contains("4 rows: 2 imported, 0 updated, 0 unchanged, 2 rejected"),
+        "{stdout}"
+    );
     assert!(stderr.contains("mixed.csv: line 3: phone"), "{stderr}");
     let again = cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
-    assert!(again.contains("4 rows: 0 imported, 2 updated, 2 rejected"), "{again}");
+    assert!(
+        again.contains("4 rows: 0 imported, 0 updated, 2 unchanged, 2 rejected"),
+        "{again}"
+    );
     cli.ok(&["recipients", "opt-out", "+254712345678"]);
     let again = cli.ok(&["recipients", "import", csv.to_str().unwrap(), "--json"]);
     let report: serde_json::Value = serde_json::from_str(&again).unwrap();

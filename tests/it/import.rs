@@ -73,7 +73,7 @@ async fn bad_rows_are_reported_by_line_and_skipped() {
     assert_eq!(kplc.channels, [Channel::Email, Channel::Webhook]);
     assert_eq!(all.len(), 2, "the short row is not imported");
 
-    // The same file again adds nothing and updates the two good rows.
+    // The same file again adds nothing and finds the two good rows unchanged.
     let again = import_csv(
         &db.store,
         GOOD_AND_BAD.as_bytes(),
@@ -83,8 +83,53 @@ async fn bad_rows_are_reported_by_line_and_skipped() {
     )
     .await
     .unwrap();
-    assert_eq!((again.imported, again.updated, again.rejected), (0, 2, 9));
+    assert_eq!(
+        (again.imported, again.updated, again.unchanged, again.rejected),
+        (0, 0, 2, 9)
+    );
     assert_eq!(db.store.count_recipients().await.unwrap(), 2);
+    db.finish().await;
+}
+
+/// A second row for the same recipient is reported against the first, in the same batch or
+/// thousands of lines later; a changed row is an update; an opt-out in the store stays.
+#[tokio::test]
+async fn repeated_and_unchanged_rows_are_reported() {
+    let db = TestDb::sqlite().await;
+    let config = Config::defaults(&Overrides::default()).unwrap();
+    let mut text = String::from("kind,name,phone\n");
+    for i in 0..25_000 {
+        text.push_str(&format!("customer,Person {i},07{:08}\n", 20_000_000 + i));
+    }
+    // Line 4 again at line 25,002 (another batch), and line 5 again right after it.
+    text.push_str("customer,Person 2 again,0720000002\ncustomer,Person 3,0720000003\n");
+    let now = utc(2015, 4, 1, 0, 0);
+    let report = import_csv(&db.store, text.as_bytes(), &rules(&config), now, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.imported, report.rejected), (25_000, 2), "{:?}", report.errors);
+    let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "line 25002: the same recipient (phone, else email) as line 4: one row each; the first is kept",
+            "line 25003: the same recipient (phone, else email) as line 5: one row each; the first is kept",
+        ]
+    );
+    let page = db.store.recipients_page(None, RecipientId(2), 1).await.unwrap();
+    assert_eq!(page[0].profile.name, "Person 2", "the first row is kept");
+    // The same file with one name changed: one update, the rest unchanged, the repeats again.
+    let changed = text.replacen("Person 7,", "Person Seven,", 1);
+    let again = import_csv(&db.store, changed.as_bytes(), &rules(&config), now, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.imported, again.updated, again.unchanged, again.rejected),
+        (0, 1, 24_999, 2)
+    );
+    // Strict validation finds the repeats without the store.
+    let strict = validate_csv(text.as_bytes(), &rules(&config)).unwrap();
+    assert_eq!(strict.rejected, 2);
     db.finish().await;
 }
 
