@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::rows::{RECIPIENT_COLUMNS, RecipientRow, join_list};
 use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
-use crate::domain::{Audience, Profile, Recipient, RecipientId, WindowId, to_millis};
+use crate::domain::{Audience, Profile, Recipient, RecipientId, WindowId, fingerprint, to_millis};
 
 /// Recipients read per page while fanning out (and rows enqueued per transaction).
 pub const PAGE: i64 = 10_000;
@@ -18,7 +18,7 @@ const UPSERT: &str = " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.k
      phone = excluded.phone, email = excluded.email, locale = excluded.locale, zone = excluded.zone, \
      components = excluded.components, channels = excluded.channels, \
      opt_out = (recipients.opt_out OR excluded.opt_out), seed = FALSE, updated_at = excluded.updated_at, \
-     import_id = excluded.import_id, import_line = excluded.import_line";
+     import_id = excluded.import_id, import_line = excluded.import_line, content_hash = excluded.content_hash";
 
 /// Which import wrote a row, from which line.
 #[derive(Debug, Clone, Copy)]
@@ -37,15 +37,33 @@ pub struct ImportBatch {
     pub repeats: Vec<(u64, u64)>,
 }
 
-/// A stored recipient with its import marks.
+/// What an import needs to know of a stored recipient: enough to tell new, changed,
+/// unchanged and repeated rows apart, not the whole row.
 #[derive(sqlx::FromRow)]
 struct StoredRecipient {
-    #[sqlx(flatten)]
-    row: RecipientRow,
     natural_key: String,
     seed: bool,
+    opt_out: bool,
+    content_hash: Option<i64>,
     import_id: Option<i64>,
     import_line: Option<i64>,
+}
+
+/// A fingerprint of everything an import sets but the opt-out (which it can only add).
+fn content_hash(p: &Profile) -> i64 {
+    let text = format!(
+        "{}|{}|{}|{}|{}|{}|{}|{}",
+        p.kind.as_str(),
+        p.name,
+        p.phone.as_ref().map(|x| x.as_str()).unwrap_or_default(),
+        p.email.as_ref().map(|x| x.as_str()).unwrap_or_default(),
+        p.locale.as_str(),
+        p.zone.name(),
+        join_list(&p.components),
+        join_list(&p.channels)
+    );
+    // The bits as stored in a BIGINT.
+    i64::from_ne_bytes(fingerprint(text.as_bytes()).to_ne_bytes())
 }
 
 impl Store {
@@ -94,9 +112,8 @@ impl Store {
         // Then what is stored under those keys: from an earlier line of this import, or as it was.
         let mut stored: HashMap<String, StoredRecipient> = HashMap::new();
         for chunk in unique.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT {RECIPIENT_COLUMNS}, natural_key, seed, import_id, import_line FROM recipients WHERE natural_key IN ("
-            );
+            let sql = "SELECT natural_key, seed, opt_out, content_hash, import_id, import_line FROM recipients \
+                       WHERE natural_key IN (";
             let found: Vec<StoredRecipient> = on_pool!(self, p => {
                 let mut qb = QueryBuilder::new(sql);
                 let mut sep = qb.separated(", ");
@@ -118,12 +135,11 @@ impl Store {
                     continue;
                 }
                 Some(f) => {
-                    let existing = Recipient::try_from(f.row)?;
-                    // An import never clears an opt-out: compare with the opt-out it would keep.
-                    // A canary seed that is imported becomes an ordinary recipient: a change.
-                    let mut incoming = (*profile).clone();
-                    incoming.opt_out |= existing.profile.opt_out;
-                    if incoming == existing.profile && !f.seed {
+                    // An import never clears an opt-out, so only a new one is a change; a canary
+                    // seed that is imported becomes an ordinary recipient, also a change.
+                    let adds_opt_out = profile.opt_out && !f.opt_out;
+                    let same = !adds_opt_out && !f.seed && f.content_hash == Some(content_hash(profile));
+                    if same {
                         outcome.unchanged += 1;
                     } else {
                         outcome.changed += 1;
@@ -150,7 +166,7 @@ impl Store {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO recipients (natural_key, kind, name, phone, email, locale, zone, components, channels, \
-                     opt_out, seed, updated_at, import_id, import_line) ",
+                     opt_out, seed, updated_at, import_id, import_line, content_hash) ",
                 );
                 qb.push_values(chunk, |mut b, (r, mark)| {
                     b.push_bind(r.natural_key())
@@ -166,7 +182,8 @@ impl Store {
                         .push_bind(seed)
                         .push_bind(to_millis(now))
                         .push_bind(mark.map(|m| m.import))
-                        .push_bind(mark.map(|m| i64::try_from(m.line).unwrap_or(i64::MAX)));
+                        .push_bind(mark.map(|m| i64::try_from(m.line).unwrap_or(i64::MAX)))
+                        .push_bind(content_hash(r));
                 });
                 qb.push(conflict);
                 qb.build().execute(&mut *tx).await?;

@@ -10,6 +10,7 @@ mod dispatch;
 mod helpers;
 mod import;
 mod ledger;
+mod readme;
 mod scheduler;
 mod store;
 mod tidy;
