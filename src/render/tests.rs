@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::{Config, Overrides};
-use crate::domain::{Encoding, Localized};
+use crate::domain::{Encoding, Localized, Schedule};
 use chrono::{TimeZone, Utc};
 
 fn names() -> BTreeMap<ComponentId, ComponentNames> {
@@ -188,5 +188,42 @@ fn check_warns_about_ucs2_and_fails_over_the_segment_limit() {
     assert!(
         msg.contains("sw/completed.sms.hbs") && msg.contains("3 segments") && msg.contains("limit of 2"),
         "{msg}"
+    );
+}
+
+#[test]
+fn an_extension_names_the_old_end_and_only_changes_carry_previous() {
+    let r = renderer();
+    let mut facts = NoticeFacts::sample(NoticeKind::Rescheduled, &names());
+    // Extended by six hours: same start, later end.
+    facts.previous = Schedule::new(facts.schedule.starts_at(), facts.schedule.ends_at()).unwrap();
+    facts.schedule = Schedule::new(
+        facts.schedule.starts_at(),
+        facts.schedule.ends_at() + chrono::TimeDelta::hours(6),
+    )
+    .unwrap();
+    for (locale, was) in [
+        (Locale::En, "was until Sun 19 Apr 2015 23:59 EAT"),
+        (Locale::Sw, "awali hadi Jumapili 19 Aprili 2015 23:59 EAT"),
+    ] {
+        let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap() else {
+            panic!("not an SMS")
+        };
+        assert!(body.contains(was), "{body}");
+    }
+    // A moved start still says where it was.
+    let moved = NoticeFacts::sample(NoticeKind::Rescheduled, &names());
+    let Rendered::Sms { body, .. } = r.render(&moved, Channel::Sms, Locale::En, Zone::NAIROBI).unwrap() else {
+        panic!("not an SMS")
+    };
+    assert!(body.contains("was from Sat 11 Apr 2015 00:00 EAT"), "{body}");
+    // The webhook says what it was before only for a change.
+    assert!(webhook_payload(&facts, Locale::En).unwrap().get("previous").is_some());
+    let announced = NoticeFacts::sample(NoticeKind::Announced, &names());
+    assert!(
+        webhook_payload(&announced, Locale::En)
+            .unwrap()
+            .get("previous")
+            .is_none()
     );
 }

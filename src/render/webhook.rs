@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::Locale;
+use crate::domain::{Locale, NoticeKind};
 
 use super::view::NoticeFacts;
 
@@ -20,8 +20,10 @@ pub struct WebhookEventV1 {
     /// The full notice: `reminder:24h`.
     pub notice: String,
     pub window: WindowV1,
-    /// The schedule before the window's last change.
-    pub previous: ScheduleV1,
+    /// The schedule before the change, for a notice about a change (rescheduled, cancelled);
+    /// absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ScheduleV1>,
     /// The operator's reason, for a cancellation.
     pub reason: Option<String>,
 }
@@ -98,10 +100,10 @@ impl WebhookEventV1 {
                     })
                     .collect(),
             },
-            previous: ScheduleV1 {
+            previous: matches!(f.notice.kind(), NoticeKind::Rescheduled | NoticeKind::Cancelled).then(|| ScheduleV1 {
                 starts_at: f.previous.starts_at().to_rfc3339(),
                 ends_at: f.previous.ends_at().to_rfc3339(),
-            },
+            }),
             reason: f.reason.clone(),
         }
     }
