@@ -178,25 +178,40 @@ fn duration_helper(
     Ok(())
 }
 
-/// Hours and minutes, rounded to five minutes (a window ending at 23:59 lasts "48 hours").
+/// A duration as people say it, rounded to five minutes (a window ending at 23:59 lasts "48
+/// hours"): weeks and days when it is whole ones (from three days: "a week", "3 days"), else
+/// hours, with a half said as a half ("an hour and a half", "saa moja na nusu").
 pub fn duration_words(secs: i64, locale: Locale) -> String {
     let minutes = ((secs.max(0) + 150) / 300) * 5;
     let (h, m) = (minutes / 60, minutes % 60);
+    let (weeks, days) = (h / 168, h / 24);
     match locale {
-        Locale::En => {
-            let hours = match h {
-                1 => "1 hour".to_owned(),
-                n => format!("{n} hours"),
-            };
-            match (h, m) {
-                (_, 0) => hours,
-                (0, m) => format!("{m} minutes"),
-                (_, m) => format!("{hours} {m} minutes"),
-            }
-        }
+        Locale::En => match (h, m) {
+            (0, m) => format!("{m} minutes"),
+            (h, 0) if h % 168 == 0 => match weeks {
+                1 => "a week".to_owned(),
+                n => format!("{n} weeks"),
+            },
+            (h, 0) if h % 24 == 0 && h >= 72 => format!("{days} days"),
+            (1, 0) => "an hour".to_owned(),
+            (1, 30) => "an hour and a half".to_owned(),
+            (h, 0) => format!("{h} hours"),
+            (h, 30) => format!("{h} and a half hours"),
+            (1, m) => format!("an hour and {m} minutes"),
+            (h, m) => format!("{h} hours and {m} minutes"),
+        },
         Locale::Sw => match (h, m) {
-            (h, 0) => format!("saa {h}"),
             (0, m) => format!("dakika {m}"),
+            (h, 0) if h % 168 == 0 => match weeks {
+                1 => "wiki moja".to_owned(),
+                n => format!("wiki {n}"),
+            },
+            (h, 0) if h % 24 == 0 && h >= 72 => format!("siku {days}"),
+            (1, 0) => "saa moja".to_owned(),
+            (1, 30) => "saa moja na nusu".to_owned(),
+            (h, 0) => format!("saa {h}"),
+            (h, 30) => format!("saa {h} na nusu"),
+            (1, m) => format!("saa moja na dakika {m}"),
             (h, m) => format!("saa {h} na dakika {m}"),
         },
     }

@@ -83,13 +83,21 @@ fn recipients_abroad_see_their_zone_and_the_window_zone() {
 fn durations_in_words() {
     assert_eq!(duration_words(48 * 3600 - 60, Locale::En), "48 hours");
     assert_eq!(duration_words(48 * 3600 - 60, Locale::Sw), "saa 48");
-    assert_eq!(duration_words(3600, Locale::En), "1 hour");
-    assert_eq!(
-        duration_words(5400, Locale::En),
-        "1 hours 30 minutes".replace("1 hours", "1 hour")
-    );
-    assert_eq!(duration_words(5400, Locale::Sw), "saa 1 na dakika 30");
-    assert_eq!(duration_words(1800, Locale::En), "30 minutes");
+    let hours = |h: f64| (h * 3600.0) as i64;
+    for (secs, en, sw) in [
+        (hours(1.0), "an hour", "saa moja"),
+        (hours(1.5), "an hour and a half", "saa moja na nusu"),
+        (hours(2.5), "2 and a half hours", "saa 2 na nusu"),
+        (hours(1.25), "an hour and 15 minutes", "saa moja na dakika 15"),
+        (hours(24.0), "24 hours", "saa 24"),
+        (hours(72.0), "3 days", "siku 3"),
+        (hours(168.0), "a week", "wiki moja"),
+        (hours(336.0), "2 weeks", "wiki 2"),
+        (1800, "30 minutes", "dakika 30"),
+    ] {
+        assert_eq!(duration_words(secs, Locale::En), en, "{secs} s");
+        assert_eq!(duration_words(secs, Locale::Sw), sw, "{secs} s");
+    }
 }
 
 #[test]
