@@ -61,7 +61,7 @@ impl Content {
         }
     }
 
-    /// The content rendered for one channel, locale and zone.
+    /// The content rendered for one channel, locale and zone, as if sent at `now`.
     pub fn render(
         &self,
         renderer: &Renderer,
@@ -69,10 +69,11 @@ impl Content {
         channel: Channel,
         locale: Locale,
         zone: Zone,
+        now: DateTime<Utc>,
     ) -> Result<Rendered, RenderError> {
         match self {
             Content::Notice { window, notice } => {
-                let facts = NoticeFacts::new(window, *notice, components);
+                let facts = NoticeFacts::new(window, *notice, components, now);
                 renderer.render(&facts, channel, locale, zone)
             }
             Content::Message(m) => renderer.render_message(m, "preview", channel, locale),
@@ -267,6 +268,8 @@ pub struct EstimateInputs<'a> {
     pub rate: &'a dyn Fn(Channel) -> Option<f64>,
     /// The zone the samples are rendered in.
     pub sample_zone: Zone,
+    /// When it would be sent.
+    pub now: DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +282,8 @@ pub enum EstimateError {
 
 /// Counts, SMS segments (each (locale, zone) rendered once), cost, duration and samples.
 pub fn estimate(content: &Content, scan: &Scan, inputs: &EstimateInputs<'_>) -> Result<Estimate, EstimateError> {
-    let render = |channel, locale, zone| content.render(inputs.renderer, inputs.components, channel, locale, zone);
+    let render =
+        |channel, locale, zone| content.render(inputs.renderer, inputs.components, channel, locale, zone, inputs.now);
     let mut lines: BTreeMap<(Channel, Locale, Option<Encoding>), (u64, u64)> = BTreeMap::new();
     let mut cache: HashMap<(Locale, Zone), (Encoding, u64)> = HashMap::new();
     for (&(channel, locale, zone), &n) in &scan.messages {

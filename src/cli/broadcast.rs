@@ -336,6 +336,7 @@ fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: 
             costs: &ctx.config.costs,
             rate: &|c| senders.rate(c),
             sample_zone: ctx.config.default_zone,
+            now: ctx.now(),
         },
     )
     .map_err(bad_input)?;

@@ -101,7 +101,12 @@ pub async fn preview(
         None => who.as_ref().map(|r| r.profile.zone).unwrap_or(window.zone),
     };
     let renderer = ctx.renderer()?;
-    let facts = crate::render::NoticeFacts::new(&window, notice, &ctx.config.components);
+    // As it would go out: a reminder at its time (or now, if that has passed).
+    let sent_at = match notice.offset() {
+        Some(offset) => ctx.now().max(window.schedule.starts_at() - offset.delta()),
+        None => ctx.now(),
+    };
+    let facts = crate::render::NoticeFacts::new(&window, notice, &ctx.config.components, sent_at);
     let rendered = renderer.render(&facts, channel, locale, zone).map_err(bad_input)?;
     if ctx.cli_json {
         return ctx.print_json(&rendered);

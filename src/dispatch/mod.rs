@@ -12,6 +12,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{Address, Message, Receipt, SendError, Senders, send_on_time};
@@ -19,7 +20,7 @@ use crate::clock::Clock;
 use crate::domain::{
     Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, error_chain, fingerprint, idempotency_key,
 };
-use crate::render::{NoticeFacts, RenderError, Renderer};
+use crate::render::{NoticeFacts, RenderError, Renderer, lead_time};
 use crate::storage::{Broadcast, Claim, ClaimedDelivery, Finish, Store, StoreError};
 use retry::{AfterFailure, Retry, after_failure};
 
@@ -187,7 +188,7 @@ impl Dispatcher {
                     continue;
                 }
             };
-            match self.prepare(&row, cache).await {
+            match self.prepare(&row, now, cache).await {
                 Ok((mut message, body_id)) => {
                     // The deadline, on the real clock: a slow backend or a long wait for the
                     // rate cannot carry the message past it.
@@ -357,7 +358,12 @@ impl Dispatcher {
         results
     }
 
-    async fn prepare(&self, row: &ClaimedDelivery, cache: &mut Cache) -> Result<(Message, i64), Prepare> {
+    async fn prepare(
+        &self,
+        row: &ClaimedDelivery,
+        now: DateTime<Utc>,
+        cache: &mut Cache,
+    ) -> Result<(Message, i64), Prepare> {
         let corrupt = |what: &str| Prepare::Fail(format!("stored delivery has an invalid {what}"));
         let (channel, locale, zone, revision, recipient) =
             (row.channel, row.locale, row.zone, row.revision, row.recipient);
@@ -430,11 +436,14 @@ impl Dispatcher {
                 window.revision
             )));
         }
-        let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}");
+        // Relative phrases are true when sent: one body per lead time (to the hour, or five
+        // minutes in the last two hours) before the start.
+        let lead = lead_time(now, window.schedule.starts_at());
+        let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}.in{lead}");
         // The facts are gathered only when the body is not cached yet: not once per delivery.
         let body = self
             .body(cache, key, || {
-                let facts = NoticeFacts::new(&window, notice, &self.components);
+                let facts = NoticeFacts::new(&window, notice, &self.components, now);
                 self.renderer.render(&facts, channel, locale, zone)
             })
             .await?;

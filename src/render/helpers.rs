@@ -179,7 +179,7 @@ fn duration_helper(
 }
 
 /// A duration as people say it, rounded to five minutes (a window ending at 23:59 lasts "48
-/// hours"): weeks and days when it is whole ones (from three days: "a week", "3 days"), else
+/// hours"): weeks and days from three days on ("a week", "3 days", "7 days and 15 hours"), else
 /// hours, with a half said as a half ("an hour and a half", "saa moja na nusu").
 pub fn duration_words(secs: i64, locale: Locale) -> String {
     let minutes = ((secs.max(0) + 150) / 300) * 5;
@@ -193,6 +193,7 @@ pub fn duration_words(secs: i64, locale: Locale) -> String {
                 n => format!("{n} weeks"),
             },
             (h, 0) if h % 24 == 0 && h >= 72 => format!("{days} days"),
+            (h, 0) if h >= 72 => format!("{days} days and {} hours", h % 24),
             (1, 0) => "an hour".to_owned(),
             (1, 30) => "an hour and a half".to_owned(),
             (h, 0) => format!("{h} hours"),
@@ -207,6 +208,7 @@ pub fn duration_words(secs: i64, locale: Locale) -> String {
                 n => format!("wiki {n}"),
             },
             (h, 0) if h % 24 == 0 && h >= 72 => format!("siku {days}"),
+            (h, 0) if h >= 72 => format!("siku {days} na saa {}", h % 24),
             (1, 0) => "saa moja".to_owned(),
             (1, 30) => "saa moja na nusu".to_owned(),
             (h, 0) => format!("saa {h}"),

@@ -26,7 +26,7 @@ mod webhook;
 
 pub use check::CheckReport;
 pub use helpers::{duration_words, format_brief, format_instant};
-pub use view::NoticeFacts;
+pub use view::{NoticeFacts, lead_time};
 pub use webhook::{BroadcastMessageV1, WebhookEventV1, webhook_payload};
 
 mod embedded {

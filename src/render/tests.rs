@@ -92,6 +92,7 @@ fn durations_in_words() {
         (hours(24.0), "24 hours", "saa 24"),
         (hours(72.0), "3 days", "siku 3"),
         (hours(168.0), "a week", "wiki moja"),
+        (hours(183.0), "7 days and 15 hours", "siku 7 na saa 15"),
         (hours(336.0), "2 weeks", "wiki 2"),
         (1800, "30 minutes", "dakika 30"),
     ] {
@@ -233,5 +234,38 @@ fn an_extension_names_the_old_end_and_only_changes_carry_previous() {
             .unwrap()
             .get("previous")
             .is_none()
+    );
+}
+
+#[test]
+fn relative_times_are_true_when_sent() {
+    let r = renderer();
+    let mut facts = NoticeFacts::sample(NoticeKind::Reminder, &names());
+    let start = facts.schedule.starts_at();
+    for (late_by, en, sw) in [
+        (0, "starts in 24 hours", "Baada ya saa 24"),
+        (5, "starts in 19 hours", "Baada ya saa 19"),
+        (23, "starts in an hour", "Baada ya saa moja"),
+    ] {
+        facts.sent_at = start - chrono::TimeDelta::hours(24 - late_by);
+        for (locale, phrase) in [(Locale::En, en), (Locale::Sw, sw)] {
+            let Rendered::Sms { body, .. } = r.render(&facts, Channel::Sms, locale, Zone::NAIROBI).unwrap() else {
+                panic!("not an SMS")
+            };
+            assert!(body.contains(phrase), "{body}");
+        }
+    }
+    // To the hour from two hours on, to five minutes below that.
+    assert_eq!(
+        lead_time(start - chrono::TimeDelta::minutes(19 * 60 + 31), start).to_string(),
+        "20h"
+    );
+    assert_eq!(
+        lead_time(start - chrono::TimeDelta::minutes(83), start).to_string(),
+        "1h25m"
+    );
+    assert_eq!(
+        lead_time(start + chrono::TimeDelta::minutes(5), start).to_string(),
+        "0s"
     );
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 
 use crate::domain::{
@@ -21,6 +21,9 @@ impl Renderer {
             "zone": zone.name(),
             "notice": f.notice.kind().as_str(),
             "offset": f.notice.offset().map(|o| o.to_string()).unwrap_or_default(),
+            // How long until the start from when it is sent, not from when it was planned: a
+            // reminder that goes late still tells the truth.
+            "starts_in": lead_time(f.sent_at, f.schedule.starts_at()).to_string(),
             "reason": f.reason.clone().unwrap_or_default(),
             "window": window_view(f, locale, json!(f.components.iter().map(ComponentId::as_str).collect::<Vec<_>>())),
             "previous": {
@@ -47,10 +50,26 @@ pub struct NoticeFacts {
     pub previous: Schedule,
     pub zone: Zone,
     pub reason: Option<String>,
+    /// When it is rendered to be sent: relative phrases ("starts in 19 hours") are true then.
+    pub sent_at: DateTime<Utc>,
+}
+
+/// The time from `now` to `start` as a notice should say it: to the hour from two hours on, to
+/// five minutes below that; never negative. It is part of the body cache key, so one body is
+/// rendered per value.
+pub fn lead_time(now: DateTime<Utc>, start: DateTime<Utc>) -> Span {
+    let secs = (start - now).num_seconds().max(0);
+    let step = if secs >= 2 * 3600 { 3600 } else { 300 };
+    Span::from_secs((secs + step / 2) / step * step)
 }
 
 impl NoticeFacts {
-    pub fn new(window: &Window, notice: Notice, names: &BTreeMap<ComponentId, ComponentNames>) -> NoticeFacts {
+    pub fn new(
+        window: &Window,
+        notice: Notice,
+        names: &BTreeMap<ComponentId, ComponentNames>,
+        sent_at: DateTime<Utc>,
+    ) -> NoticeFacts {
         NoticeFacts {
             window_id: window.id,
             revision: window.revision,
@@ -68,6 +87,7 @@ impl NoticeFacts {
             previous: window.previous,
             zone: window.zone,
             reason: window.cancel_reason.clone(),
+            sent_at,
         }
     }
 
@@ -112,6 +132,8 @@ impl NoticeFacts {
             previous,
             zone: Zone::NAIROBI,
             reason: (kind == NoticeKind::Cancelled).then(|| "The vendor postponed the hardware delivery.".into()),
+            // On time: a reminder says what its offset says.
+            sent_at: schedule.starts_at() - offset.unwrap_or(Span::hours(24)).delta(),
         }
     }
 }

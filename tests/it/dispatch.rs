@@ -20,7 +20,8 @@ use crate::on_both;
 
 on_both!(
     transient_failures_fail_over_then_retry_then_give_up,
-    permanent_failures_are_final_and_late_retries_expire
+    permanent_failures_are_final_and_late_retries_expire,
+    a_late_reminder_says_how_long_is_left
 );
 
 /// Answers each call with the next scripted outcome (the last one repeats), for every message.
@@ -223,4 +224,40 @@ async fn permanent_failures_are_final_and_late_retries_expire(db: &TestDb) {
             .claimed
             == 0
     );
+}
+
+/// A 24-hour reminder that goes out late says how long is really left, in both languages, and
+/// one sent on time says 24 hours: bodies are rendered per lead time, not once per notice.
+async fn a_late_reminder_says_how_long_is_left(db: &TestDb) {
+    db.store
+        .upsert_recipients(
+            &[customer(0, Locale::En), customer(1, Locale::Sw)],
+            utc(2015, 4, 1, 0, 0),
+        )
+        .await
+        .unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    let people = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    let reminder = Notice::reminder("24h".parse().unwrap());
+    let rows: Vec<PlannedDelivery> =
+        crate::helpers::announced_sms(w.id, &people, start() - TimeDelta::hours(24), start())
+            .into_iter()
+            .map(|r| PlannedDelivery { notice: reminder, ..r })
+            .collect();
+    db.store.enqueue(&rows).await.unwrap();
+    let outbox = tempfile::tempdir().unwrap();
+    let file: Arc<dyn Sender> = Arc::new(FileSender::new("outbox", outbox.path().to_owned()));
+    let d = dispatcher(db, vec![file]);
+    // Five hours late.
+    d.run_due(&Clock::Fixed(start() - TimeDelta::hours(19)), &CancellationToken::new())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(outbox.path().join("sms.jsonl")).unwrap();
+    assert!(text.contains("planned maintenance starts in 19 hours"), "{text}");
+    assert!(text.contains("Baada ya saa 19 tutaanza"), "{text}");
+    assert!(!text.contains("24 hours") && !text.contains("saa 24"), "{text}");
 }
