@@ -26,13 +26,24 @@ on_both!(
 
 /// A file outbox in `dir` paced at `rate` per second, `batch` rows a claim, a `lease`.
 fn config(dir: &Path, rate: f64, batch: usize, lease: &str) -> Config {
+    write_config(
+        dir,
+        &format!("rate = {rate}\n[dispatch]\nbatch_size = {batch}\nlease = \"{lease}\"\n"),
+    )
+}
+
+/// A file outbox in `dir` with no rate.
+fn config_unpaced(dir: &Path) -> Config {
+    write_config(dir, "")
+}
+
+/// A configuration whose `outbox` sender writes to `dir/outbox`; `more` follows its table.
+fn write_config(dir: &Path, more: &str) -> Config {
     let path = dir.join("tangazo.toml");
+    let outbox = dir.join("outbox").display().to_string();
     std::fs::write(
         &path,
-        format!(
-            "[senders.outbox]\ntype = \"file\"\ndir = {:?}\nrate = {rate}\n[dispatch]\nbatch_size = {batch}\nlease = \"{lease}\"\n",
-            dir.join("outbox").display().to_string()
-        ),
+        format!("[senders.outbox]\ntype = \"file\"\ndir = {outbox:?}\n{more}"),
     )
     .unwrap();
     Config::load(&path, true, std::iter::empty(), &Overrides::default()).unwrap()
@@ -253,18 +264,4 @@ async fn change_in_mid_dispatch(db: &TestDb, change: impl Fn(&Window, DateTime<U
             .count();
         assert_eq!(announced, 100 - told_in_outbox.len());
     }
-}
-
-/// A file outbox in `dir` with no rate.
-fn config_unpaced(dir: &Path) -> Config {
-    let path = dir.join("tangazo.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[senders.outbox]\ntype = \"file\"\ndir = {:?}\n",
-            dir.join("outbox").display().to_string()
-        ),
-    )
-    .unwrap();
-    Config::load(&path, true, std::iter::empty(), &Overrides::default()).unwrap()
 }
