@@ -4,6 +4,8 @@
 //!
 //! Depends on `config` and the parts it builds; prints nothing.
 
+use std::sync::Arc;
+
 use crate::channels::{BuildContext, BuildError, Senders};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -61,7 +63,7 @@ pub fn renderer(config: &Config) -> Result<Renderer, StartupError> {
 
 /// The templates, refused unless every notice kind renders in every locale and channel (the
 /// start-up check of the daemon, `run-once` and `broadcast`).
-pub fn checked_renderer(config: &Config) -> Result<Renderer, StartupError> {
+fn checked_renderer(config: &Config) -> Result<Renderer, StartupError> {
     let renderer = renderer(config)?;
     let mut problems = renderer.check(&config.components).problems.into_iter();
     match problems.next() {
@@ -78,33 +80,65 @@ pub fn senders(config: &Config, context: &BuildContext) -> Result<Senders, Start
     Ok(Senders::build(&config.senders, &config.channels, context)?)
 }
 
-/// The dispatcher alone (`broadcast` works the queue without planning). `owner` names this
-/// process on the leases it takes.
+/// What sending needs from the configuration alone: the checked templates and the senders.
+/// Built, and so checked, before any database is opened; the dispatcher and scheduler are made
+/// from it without loading or checking anything again.
+#[derive(Clone)]
+pub struct Parts {
+    pub renderer: Arc<Renderer>,
+    pub senders: Senders,
+}
+
+/// The checked templates and the senders.
+pub fn parts(config: &Config, context: &BuildContext) -> Result<Parts, StartupError> {
+    Ok(Parts {
+        renderer: Arc::new(checked_renderer(config)?),
+        senders: senders(config, context)?,
+    })
+}
+
+impl Parts {
+    /// The dispatcher alone (`broadcast` works the queue without planning). `owner` names
+    /// this process on the leases it takes.
+    pub fn dispatcher(&self, config: &Config, store: &Store, owner: &str) -> Dispatcher {
+        Dispatcher::new(
+            store.clone(),
+            Arc::clone(&self.renderer),
+            self.senders.clone(),
+            config.dispatch.clone(),
+            config.components.clone(),
+            owner.to_owned(),
+        )
+    }
+
+    /// The scheduler with its dispatcher: what the daemon, `run-once` and the demo tick.
+    pub fn scheduler(&self, config: &Config, store: &Store, owner: &str) -> Scheduler {
+        Scheduler::new(
+            store.clone(),
+            config.policy.clone(),
+            self.dispatcher(config, store, owner),
+        )
+    }
+}
+
+/// The dispatcher, from the configuration in one step.
 pub fn dispatcher(
     config: &Config,
     store: &Store,
     context: &BuildContext,
     owner: &str,
 ) -> Result<Dispatcher, StartupError> {
-    Ok(Dispatcher::new(
-        store.clone(),
-        std::sync::Arc::new(checked_renderer(config)?),
-        senders(config, context)?,
-        config.dispatch.clone(),
-        config.components.clone(),
-        owner.to_owned(),
-    ))
+    Ok(parts(config, context)?.dispatcher(config, store, owner))
 }
 
-/// The scheduler with its dispatcher: what the daemon, `run-once` and the demo tick.
+/// The scheduler, from the configuration in one step.
 pub fn scheduler(
     config: &Config,
     store: &Store,
     context: &BuildContext,
     owner: &str,
 ) -> Result<Scheduler, StartupError> {
-    let dispatcher = dispatcher(config, store, context, owner)?;
-    Ok(Scheduler::new(store.clone(), config.policy.clone(), dispatcher))
+    Ok(parts(config, context)?.scheduler(config, store, owner))
 }
 
 /// A lease owner name for this process: `tag@host:pid`.

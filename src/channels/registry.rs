@@ -118,14 +118,14 @@ pub enum BuildError {
 pub struct Route {
     pub sender: Arc<dyn Sender>,
     pub retry: RetryPolicy,
+    /// Messages per second, where limited (for estimates).
+    pub rate: Option<f64>,
 }
 
 /// The senders of every channel, in order of preference.
 #[derive(Clone)]
 pub struct Senders {
     routes: BTreeMap<Channel, Vec<Route>>,
-    /// Messages per second of each channel's first backend, where limited (for estimates).
-    rates: BTreeMap<Channel, f64>,
 }
 
 impl std::fmt::Debug for Senders {
@@ -161,11 +161,11 @@ impl Senders {
                 Route {
                     sender: Limited::wrap(sender, &limits),
                     retry: limits.retry_policy(),
+                    rate: limits.rate,
                 },
             );
         }
         let mut routes = BTreeMap::new();
-        let mut rates = BTreeMap::new();
         for (channel, names) in channels {
             let list = names
                 .iter()
@@ -176,16 +176,9 @@ impl Senders {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Some(rate) = names
-                .first()
-                .and_then(|n| senders.get(n))
-                .and_then(|s| s.effective_limits().rate)
-            {
-                rates.insert(*channel, rate);
-            }
             routes.insert(*channel, list);
         }
-        Ok(Senders { routes, rates })
+        Ok(Senders { routes })
     }
 
     /// Routes made by hand (tests, benchmarks), each backend with the dispatcher's retries.
@@ -198,20 +191,18 @@ impl Senders {
                     .map(|sender| Route {
                         sender,
                         retry: RetryPolicy::default(),
+                        rate: None,
                     })
                     .collect();
                 (c, list)
             })
             .collect();
-        Senders {
-            routes,
-            rates: BTreeMap::new(),
-        }
+        Senders { routes }
     }
 
     /// The rate of the channel's first backend, if limited.
     pub fn rate(&self, channel: Channel) -> Option<f64> {
-        self.rates.get(&channel).copied()
+        self.route(channel).first().and_then(|r| r.rate)
     }
 
     pub fn route(&self, channel: Channel) -> &[Route] {

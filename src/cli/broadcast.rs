@@ -15,6 +15,7 @@ use clap::{ArgGroup, Args};
 use serde_json::json;
 
 use super::{CliResult, Ctx, Failure, bad_field, bad_input};
+use crate::app;
 use crate::broadcast::{self, Canary, Content, Estimate, EstimateInputs, Scan};
 use crate::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::{
@@ -23,7 +24,6 @@ use crate::domain::{
 };
 use crate::import::{RowRules, Rows};
 use crate::planner::notice_deadline;
-use crate::render::Renderer;
 use crate::shutdown::{CancellationToken, on_signals};
 use crate::storage::{Broadcast, Store, StoreError};
 
@@ -89,7 +89,8 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let now = ctx.now();
     // A broadcast goes to recipients already recorded: it never creates a database.
     let store = ctx.existing_store().await?;
-    let renderer = ctx.checked_renderer()?;
+    let parts = ctx.parts()?;
+    let renderer = &parts.renderer;
     let filter = build_filter(ctx, &args)?;
     let (content, deadline) = content(ctx, &store, &args, now).await?;
     if deadline <= now {
@@ -116,7 +117,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let scan = broadcast::scan(&store, &content, &filter).await?;
 
     if args.dry_run {
-        return dry_run(ctx, &renderer, &content, &name, &scan);
+        return dry_run(ctx, &parts, &content, &name, &scan);
     }
     if scan.recipients == 0 {
         outln!("no recipient matches this audience: nothing to send");
@@ -132,7 +133,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             e @ StoreError::BroadcastNameTaken(_) => bad_field("--name")(e),
             e => e.into(),
         })?;
-    let dispatcher = ctx.dispatcher(&store, &format!("broadcast:{}", std::process::id()))?;
+    let dispatcher = parts.dispatcher(&ctx.config, &store, &format!("broadcast:{}", std::process::id()));
     let stop = CancellationToken::new();
     on_signals(&stop);
 
@@ -325,8 +326,8 @@ async fn content(
     Ok((Content::Message(message), deadline))
 }
 
-fn dry_run(ctx: &Ctx, renderer: &Renderer, content: &Content, name: &str, scan: &Scan) -> CliResult {
-    let senders = ctx.senders()?;
+fn dry_run(ctx: &Ctx, parts: &app::Parts, content: &Content, name: &str, scan: &Scan) -> CliResult {
+    let (renderer, senders) = (parts.renderer.as_ref(), &parts.senders);
     let estimate = broadcast::estimate(
         content,
         scan,

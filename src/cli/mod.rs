@@ -50,10 +50,8 @@ use crate::app::{self, StartupError};
 use crate::channels::{BuildContext, Senders};
 use crate::clock::Clock;
 use crate::config::{Config, Overrides};
-use crate::dispatch::Dispatcher;
 use crate::domain::parse_instant;
 use crate::render::Renderer;
-use crate::scheduler::Scheduler;
 use crate::storage::Store;
 
 /// Tangazo tells people, in their language and time zone, that a service is going down for
@@ -318,21 +316,14 @@ impl Ctx {
         app::renderer(&self.config).map_err(|e| self.startup_failure(e))
     }
 
-    /// The templates, refused (exit 2, naming the file) unless every one renders.
-    pub fn checked_renderer(&self) -> CliResult<Renderer> {
-        app::checked_renderer(&self.config).map_err(|e| self.startup_failure(e))
-    }
-
     pub fn senders(&self) -> CliResult<Senders> {
         app::senders(&self.config, &console()).map_err(|e| self.startup_failure(e))
     }
 
-    pub fn scheduler(&self, store: &Store, owner: &str) -> CliResult<Scheduler> {
-        app::scheduler(&self.config, store, &console(), owner).map_err(|e| self.startup_failure(e))
-    }
-
-    pub fn dispatcher(&self, store: &Store, owner: &str) -> CliResult<Dispatcher> {
-        app::dispatcher(&self.config, store, &console(), owner).map_err(|e| self.startup_failure(e))
+    /// The checked templates and the senders: refused (exit 2, naming the file) before any
+    /// database is opened unless every template renders.
+    pub fn parts(&self) -> CliResult<app::Parts> {
+        app::parts(&self.config, &console()).map_err(|e| self.startup_failure(e))
     }
 
     /// Bad configuration, templates or a database URL of the wrong kind are the user's input

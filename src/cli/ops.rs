@@ -171,9 +171,9 @@ async fn find_recipient(store: &crate::storage::Store, who: &str) -> CliResult<c
 
 pub async fn run_once(ctx: &Ctx) -> CliResult {
     // Templates that do not all render stop the run before anything is opened or recorded.
-    ctx.checked_renderer()?;
+    let parts = ctx.parts()?;
     let store = ctx.store().await?;
-    let scheduler = ctx.scheduler(&store, &owner("run-once"))?;
+    let scheduler = parts.scheduler(&ctx.config, &store, &owner("run-once"));
     let stop = CancellationToken::new();
     on_signals(&stop);
     // Never minutes of silence: a line on stderr every few seconds while a tick is long.
@@ -297,7 +297,7 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
     let stop = CancellationToken::new();
     on_signals(&stop);
     // Templates that do not all render stop the daemon before it opens or records anything.
-    ctx.checked_renderer()?;
+    let parts = ctx.parts()?;
     let store = ctx.store().await?;
     let _lock = match (store.dialect(), store.sqlite_file()) {
         (Dialect::Sqlite, Some(file)) => Some(lock_sqlite(file)?),
@@ -323,7 +323,7 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
             );
         }
     }
-    let scheduler = ctx.scheduler(&store, &me)?;
+    let scheduler = parts.scheduler(&ctx.config, &store, &me);
     tracing::info!(database = %ctx.config.database_url, "daemon starting");
     crate::scheduler::run(scheduler, clock, every, stop).await;
     store.close().await;
