@@ -124,7 +124,7 @@ struct Pace {
 }
 
 impl Limited {
-    /// Wraps `inner` in the limits that are set; `None` when none is (nothing to enforce).
+    /// Wraps `inner` in the limits that are set; returns it as it is when none is.
     pub fn wrap(inner: Arc<dyn Sender>, limits: &Limits) -> Arc<dyn Sender> {
         let pace = limits.rate.map(|rate| {
             let interval = Duration::from_secs_f64(1.0 / rate);
