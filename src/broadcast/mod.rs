@@ -61,11 +61,13 @@ impl Content {
         }
     }
 
-    /// The content rendered for one channel, locale and zone, as if sent at `now`.
+    /// The content rendered for one audience, channel, locale and zone, as if sent at `now`.
+    #[allow(clippy::too_many_arguments)]
     pub fn render(
         &self,
         renderer: &Renderer,
         components: &BTreeMap<ComponentId, ComponentNames>,
+        audience: Audience,
         channel: Channel,
         locale: Locale,
         zone: Zone,
@@ -74,7 +76,7 @@ impl Content {
         match self {
             Content::Notice { window, notice } => {
                 let facts = NoticeFacts::new(window, *notice, components, now);
-                renderer.render(&facts, channel, locale, zone)
+                renderer.render(&facts, audience, channel, locale, zone)
             }
             Content::Message(m) => renderer.render_message(m, "preview", channel, locale),
         }
@@ -138,11 +140,11 @@ impl Pager {
     }
 }
 
-/// Who would receive what: counts by channel, locale and zone.
+/// Who would receive what: counts by channel, audience, locale and zone.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub recipients: u64,
-    pub messages: BTreeMap<(Channel, Locale, Zone), u64>,
+    pub messages: BTreeMap<(Channel, Audience, Locale, Zone), u64>,
 }
 
 impl Scan {
@@ -169,7 +171,9 @@ pub async fn scan(store: &Store, content: &Content, filter: &AudienceFilter) -> 
                 Content::Message(_) => Zone::NAIROBI,
             };
             for c in channels {
-                *s.messages.entry((c, r.profile.locale, zone)).or_default() += 1;
+                *s.messages
+                    .entry((c, r.profile.kind, r.profile.locale, zone))
+                    .or_default() += 1;
             }
         }
     }
@@ -282,20 +286,29 @@ pub enum EstimateError {
 
 /// Counts, SMS segments (each (locale, zone) rendered once), cost, duration and samples.
 pub fn estimate(content: &Content, scan: &Scan, inputs: &EstimateInputs<'_>) -> Result<Estimate, EstimateError> {
-    let render =
-        |channel, locale, zone| content.render(inputs.renderer, inputs.components, channel, locale, zone, inputs.now);
+    let render = |audience, channel, locale, zone| {
+        content.render(
+            inputs.renderer,
+            inputs.components,
+            audience,
+            channel,
+            locale,
+            zone,
+            inputs.now,
+        )
+    };
     let mut lines: BTreeMap<(Channel, Locale, Option<Encoding>), (u64, u64)> = BTreeMap::new();
-    let mut cache: HashMap<(Locale, Zone), (Encoding, u64)> = HashMap::new();
-    for (&(channel, locale, zone), &n) in &scan.messages {
+    let mut cache: HashMap<(Audience, Locale, Zone), (Encoding, u64)> = HashMap::new();
+    for (&(channel, audience, locale, zone), &n) in &scan.messages {
         let (encoding, segments) = if channel == Channel::Sms {
-            let (e, s) = match cache.get(&(locale, zone)) {
+            let (e, s) = match cache.get(&(audience, locale, zone)) {
                 Some(v) => *v,
                 None => {
-                    let (encoding, segments) = match render(channel, locale, zone)? {
+                    let (encoding, segments) = match render(audience, channel, locale, zone)? {
                         Rendered::Sms { encoding, segments, .. } => (encoding, segments as u64),
                         _ => return Err(EstimateError::NotSms),
                     };
-                    cache.insert((locale, zone), (encoding, segments));
+                    cache.insert((audience, locale, zone), (encoding, segments));
                     (encoding, segments)
                 }
             };
@@ -333,14 +346,16 @@ pub fn estimate(content: &Content, scan: &Scan, inputs: &EstimateInputs<'_>) -> 
     // Channels are worked in parallel; an unlimited backend adds nothing to the estimate.
     let seconds_total = seconds.values().flatten().fold(0.0_f64, |a, b| a.max(*b));
     let mut samples = BTreeMap::new();
-    let locales: BTreeSet<Locale> = scan.messages.keys().map(|k| k.1).collect();
+    let locales: BTreeSet<Locale> = scan.messages.keys().map(|k| k.2).collect();
+    // Samples are what customers read, or billers when only billers are in the audience.
+    let audience = scan.messages.keys().map(|k| k.1).min().unwrap_or(Audience::Customer);
     for locale in if locales.is_empty() {
         BTreeSet::from([Locale::En])
     } else {
         locales
     } {
-        let sms = render(Channel::Sms, locale, inputs.sample_zone)?;
-        let email = render(Channel::Email, locale, inputs.sample_zone)?;
+        let sms = render(audience, Channel::Sms, locale, inputs.sample_zone)?;
+        let email = render(audience, Channel::Email, locale, inputs.sample_zone)?;
         samples.insert(locale, (sms, email));
     }
     Ok(Estimate {

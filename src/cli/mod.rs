@@ -130,7 +130,10 @@ pub enum Command {
         /// The recipient's zone [default: the recipient's, else the window's]
         #[arg(long)]
         zone: Option<String>,
-        /// Render for this recipient (phone, email or id): their language and zone
+        /// customer or biller: whose wording [default: the recipient's, else customer]
+        #[arg(long)]
+        audience: Option<String>,
+        /// Render for this recipient (phone, email or id): their audience, language and zone
         #[arg(long, value_name = "PHONE|EMAIL|ID")]
         recipient: Option<String>,
     },
@@ -389,18 +392,16 @@ async fn dispatch(cli: Cli) -> CliResult {
             channel,
             locale,
             zone,
+            audience,
             recipient,
         } => {
-            ops::preview(
-                &ctx,
-                window,
-                &notice,
-                &channel,
-                locale.as_deref(),
-                zone.as_deref(),
-                recipient.as_deref(),
-            )
-            .await
+            let view = ops::View {
+                locale: locale.as_deref(),
+                zone: zone.as_deref(),
+                audience: audience.as_deref(),
+                recipient: recipient.as_deref(),
+            };
+            ops::preview(&ctx, window, &notice, &channel, view).await
         }
         Command::RunOnce => ops::run_once(&ctx).await,
         Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,

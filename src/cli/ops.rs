@@ -48,42 +48,93 @@ pub fn config_check(ctx: &Ctx) -> CliResult {
 pub fn templates_check(ctx: &Ctx) -> CliResult {
     let renderer = ctx.renderer()?;
     let report = renderer.check(&ctx.config.components);
-    let combos = 2 * 6 * 4;
+    let templates = crate::render::CheckReport::templates();
+    let max = ctx.config.max_sms_segments;
     let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     if ctx.cli_json {
-        ctx.print_json(&json!({"templates": combos, "problems": problems, "warnings": report.warnings}))?;
+        let segments: Vec<_> = report
+            .segments
+            .iter()
+            .map(|s| {
+                json!({
+                    "audience": s.audience, "locale": s.locale, "notice": s.notice.as_str(),
+                    "typical": s.typical, "typical_encoding": s.typical_encoding,
+                    "worst": s.worst, "worst_encoding": s.worst_encoding, "worst_body": s.worst_body,
+                })
+            })
+            .collect();
+        ctx.print_json(&json!({
+            "templates": templates, "max_segments": max, "segments": segments,
+            "problems": problems, "warnings": report.warnings,
+        }))?;
     } else {
+        outln!("SMS segments per notice: typical (3 components, in the window's zone, on time) / worst case");
+        outln!(
+            "{:<9} {:<6} {:<12} {:>8} {:>6}",
+            "audience",
+            "locale",
+            "notice",
+            "typical",
+            "worst"
+        );
+        for s in &report.segments {
+            let mark = if s.worst > max { "  over the limit" } else { "" };
+            outln!(
+                "{:<9} {:<6} {:<12} {:>8} {:>6}{mark}",
+                s.audience.as_str(),
+                s.locale.as_str(),
+                s.notice.as_str(),
+                s.typical,
+                s.worst
+            );
+        }
         for w in &report.warnings {
             errln!("warning: {w}");
         }
         for p in &problems {
             errln!("error: {p}");
         }
+        for s in report.segments.iter().filter(|s| s.worst > max) {
+            errln!(
+                "the worst case of the {} {} {} SMS ({} characters):\n{}",
+                s.audience.as_str(),
+                s.locale.as_str(),
+                s.notice.as_str(),
+                s.worst_body.chars().count(),
+                s.worst_body
+            );
+        }
     }
     if !problems.is_empty() {
         return Err(bad_input(anyhow::anyhow!(
-            "{} of {combos} templates do not render",
-            problems.len()
+            "{} problem{} in {templates} templates",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
         )));
     }
     if !ctx.cli_json {
         outln!(
-            "all {combos} templates render (2 locales × 6 notice kinds × sms, email subject, text and html; SMS within {} segments)",
-            ctx.config.max_sms_segments
+            "all {templates} templates render (2 locales × customers and billers × 6 notice kinds × sms, email subject, text and html); every SMS within {max} segments, even in the worst case"
         );
     }
     Ok(())
 }
 
-pub async fn preview(
-    ctx: &Ctx,
-    window: i64,
-    notice: &str,
-    channel: &str,
-    locale: Option<&str>,
-    zone: Option<&str>,
-    recipient: Option<&str>,
-) -> CliResult {
+/// For whom `preview` renders: each unset choice falls back to the recipient's, then a default.
+pub struct View<'a> {
+    pub locale: Option<&'a str>,
+    pub zone: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub recipient: Option<&'a str>,
+}
+
+pub async fn preview(ctx: &Ctx, window: i64, notice: &str, channel: &str, view: View<'_>) -> CliResult {
+    let View {
+        locale,
+        zone,
+        audience,
+        recipient,
+    } = view;
     let notice: crate::domain::Notice = notice.parse().map_err(bad_field("--notice"))?;
     let channel: crate::domain::Channel = channel.parse().map_err(bad_field("--channel"))?;
     let store = ctx.existing_store().await?;
@@ -100,6 +151,12 @@ pub async fn preview(
         Some(z) => z.parse().map_err(bad_field("--zone"))?,
         None => who.as_ref().map(|r| r.profile.zone).unwrap_or(window.zone),
     };
+    let audience = match audience {
+        Some(a) => a.parse().map_err(bad_field("--audience"))?,
+        None => who
+            .as_ref()
+            .map_or(crate::domain::Audience::Customer, |r| r.profile.kind),
+    };
     let renderer = ctx.renderer()?;
     // As it would go out: a reminder at its time (or now, if that has passed).
     let sent_at = match notice.offset() {
@@ -107,7 +164,9 @@ pub async fn preview(
         None => ctx.now(),
     };
     let facts = crate::render::NoticeFacts::new(&window, notice, &ctx.config.components, sent_at);
-    let rendered = renderer.render(&facts, channel, locale, zone).map_err(bad_input)?;
+    let rendered = renderer
+        .render(&facts, audience, channel, locale, zone)
+        .map_err(bad_input)?;
     if ctx.cli_json {
         return ctx.print_json(&rendered);
     }

@@ -439,12 +439,13 @@ impl Dispatcher {
         // Relative phrases are true when sent: one body per lead time (to the hour, or five
         // minutes in the last two hours) before the start.
         let lead = lead_time(now, window.schedule.starts_at());
-        let key = format!("w{window_id}.r{revision}.{notice}.{channel}.{locale}.{zone}.in{lead}");
+        let audience = row.audience;
+        let key = format!("w{window_id}.r{revision}.{notice}.{audience}.{channel}.{locale}.{zone}.in{lead}");
         // The facts are gathered only when the body is not cached yet: not once per delivery.
         let body = self
             .body(cache, key, || {
                 let facts = NoticeFacts::new(&window, notice, &self.components, now);
-                self.renderer.render(&facts, channel, locale, zone)
+                self.renderer.render(&facts, audience, channel, locale, zone)
             })
             .await?;
         let message = Message {

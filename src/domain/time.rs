@@ -147,13 +147,13 @@ fn describe(dt: DateTime<Tz>) -> String {
 pub struct Span(i64);
 
 impl Span {
-    pub fn from_secs(secs: i64) -> Span {
-        Span(secs.max(0))
+    pub const fn from_secs(secs: i64) -> Span {
+        Span(if secs < 0 { 0 } else { secs })
     }
-    pub fn hours(h: i64) -> Span {
+    pub const fn hours(h: i64) -> Span {
         Span::from_secs(h * 3600)
     }
-    pub fn secs(self) -> i64 {
+    pub const fn secs(self) -> i64 {
         self.0
     }
     pub fn delta(self) -> TimeDelta {

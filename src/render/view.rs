@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::domain::{
     ComponentId, ComponentNames, Locale, Localized, Notice, NoticeKind, Schedule, Span, Window, WindowId, WindowStatus,
-    Zone,
+    Zone, text_limits,
 };
 
 use super::Renderer;
@@ -25,6 +25,11 @@ impl Renderer {
             // reminder that goes late still tells the truth.
             "starts_in": lead_time(f.sent_at, f.schedule.starts_at()).to_string(),
             "reason": f.reason.clone().unwrap_or_default(),
+            // The affected components by id and name, for partners' notices.
+            "affected": f.components.iter().map(|c| json!({
+                "id": c.as_str(),
+                "name": f.component_names.get(c).map_or(c.as_str(), |n| n.get(locale)),
+            })).collect::<Vec<_>>(),
             "window": window_view(f, locale, json!(f.components.iter().map(ComponentId::as_str).collect::<Vec<_>>())),
             "previous": {
                 "starts_at": f.previous.starts_at().to_rfc3339(),
@@ -136,6 +141,52 @@ impl NoticeFacts {
             sent_at: schedule.starts_at() - offset.unwrap_or(Span::hours(24)).delta(),
         }
     }
+    /// The facts for the worst-case SMS check: every component, free text at its longest and
+    /// outside GSM-7 (so an SMS template that prints it cannot pass), the longest zone name, the
+    /// largest numbers, and one case per branch a template may take on them (a reason or none;
+    /// a change of start, of end only, or none). The helpers ignore the times in this check.
+    pub fn worst_cases(kind: NoticeKind, names: &BTreeMap<ComponentId, ComponentNames>) -> Vec<NoticeFacts> {
+        let filler = |n: usize| "ŵ".repeat(n);
+        let zone = longest_zone_name();
+        let base = NoticeFacts::sample(kind, names);
+        let (start, end) = (base.schedule.starts_at(), base.schedule.ends_at());
+        let moved_start = base.previous;
+        let moved_end = Schedule::new(start, end - chrono::TimeDelta::hours(1)).unwrap_or(base.previous);
+        let mut cases = Vec::new();
+        for previous in [moved_start, moved_end, base.schedule] {
+            for reason in [Some(filler(text_limits::REASON)), None] {
+                cases.push(NoticeFacts {
+                    window_id: WindowId(9_999_999_999),
+                    revision: u32::MAX,
+                    status: WindowStatus::InProgress,
+                    title: Localized {
+                        en: filler(text_limits::TITLE),
+                        sw: Some(filler(text_limits::TITLE)),
+                    },
+                    description: Localized {
+                        en: filler(text_limits::DESCRIPTION),
+                        sw: Some(filler(text_limits::DESCRIPTION)),
+                    },
+                    components: names.keys().cloned().collect(),
+                    component_names: names.clone(),
+                    previous,
+                    zone,
+                    reason,
+                    ..base.clone()
+                });
+            }
+        }
+        cases
+    }
+}
+
+/// The zone with the longest IANA name.
+fn longest_zone_name() -> Zone {
+    chrono_tz::TZ_VARIANTS
+        .iter()
+        .max_by_key(|tz| tz.name().len())
+        .and_then(|tz| tz.name().parse().ok())
+        .unwrap_or_default()
 }
 
 /// The window as templates and webhook payloads see it; `components` as each wants them.

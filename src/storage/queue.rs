@@ -305,7 +305,7 @@ impl Store {
             }
             let mut qb = QueryBuilder::new(
                 "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, d.recipient_id, \
-                 d.possibly_duplicate, r.phone, r.email, r.locale, r.zone \
+                 d.possibly_duplicate, r.kind AS audience, r.phone, r.email, r.locale, r.zone \
                  FROM deliveries d JOIN recipients r ON r.id = d.recipient_id WHERE d.id IN (",
             );
             let mut sep = qb.separated(", ");

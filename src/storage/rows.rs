@@ -149,6 +149,7 @@ pub(super) struct ClaimRow {
     pub deadline: i64,
     pub recipient_id: i64,
     pub possibly_duplicate: bool,
+    pub audience: String,
     pub phone: Option<String>,
     pub email: Option<String>,
     pub locale: String,
@@ -171,6 +172,8 @@ pub struct ClaimedDelivery {
     pub recipient: RecipientId,
     /// An earlier claim of this row lapsed: it may have gone out already.
     pub possibly_duplicate: bool,
+    /// Whom the recipient is: customers and billers are told in different words.
+    pub audience: Audience,
     pub phone: Option<PhoneNumber>,
     pub email: Option<EmailAddress>,
     pub locale: Locale,
@@ -210,6 +213,7 @@ impl ClaimRow {
             deadline: from_millis(self.deadline).map_err(|_| bad("deadline"))?,
             recipient: RecipientId(self.recipient_id),
             possibly_duplicate: self.possibly_duplicate,
+            audience: self.audience.parse().map_err(|_| bad("recipient kind"))?,
             phone: self.phone.map(PhoneNumber::from_trusted),
             email: self.email.map(EmailAddress::from_trusted),
             locale: self.locale.parse().map_err(|_| bad("locale"))?,

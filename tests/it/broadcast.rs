@@ -272,7 +272,7 @@ fn a_window_notice_can_be_broadcast_and_previewed() {
         "sw",
     ]);
     assert!(
-        preview.contains("Baada ya saa 24") && preview.contains("GSM-7"),
+        preview.contains("baada ya saa 24") && preview.contains("GSM-7"),
         "{preview}"
     );
     let preview = json(&cli.ok(&[
