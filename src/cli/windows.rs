@@ -50,7 +50,12 @@ pub enum WindowCommand {
         #[arg(long)]
         auto_complete: bool,
     },
-    /// Correct the wording (title, description): no new revision, nobody re-notified
+    /// Correct the wording, or change the affected components
+    ///
+    /// A wording fix (title, description) keeps the revision and notifies nobody: notices not
+    /// yet sent use the new text. New components are a new revision: those already told hear
+    /// of the change, and recipients newly affected are told for the first time.
+    #[command(verbatim_doc_comment)]
     Edit {
         /// The window's id (see `tangazo window list`)
         id: i64,
@@ -66,6 +71,9 @@ pub enum WindowCommand {
         /// New Swahili description
         #[arg(long)]
         description_sw: Option<String>,
+        /// The new list of affected components, comma-separated (a new revision)
+        #[arg(long, value_name = "A,B")]
+        components: Option<String>,
     },
     /// List windows, newest first
     List,
@@ -106,6 +114,9 @@ pub enum WindowCommand {
         /// Why, in a sentence those told will read (at most 500 characters)
         #[arg(long)]
         reason: Option<String>,
+        /// The reason in Swahili, for Swahili readers (the English one is used where absent)
+        #[arg(long, requires = "reason")]
+        reason_sw: Option<String>,
     },
     /// Confirm that a running window's work is over: the all-clear goes out
     Complete {
@@ -184,8 +195,21 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             title_sw,
             description,
             description_sw,
+            components,
         } => {
             let (store, w) = load(ctx, id).await?;
+            let wording = title.is_some() || title_sw.is_some() || description.is_some() || description_sw.is_some();
+            if let Some(list) = components {
+                if wording {
+                    return Err(bad_input(anyhow::anyhow!(
+                        "--components is a new revision and a wording fix is not: run `window edit` once for each"
+                    )));
+                }
+                let next = w
+                    .change_components(parse_components(ctx, &list)?, now)
+                    .map_err(in_zone(w.zone))?;
+                return change(ctx, &store, &w, next).await;
+            }
             let title = Localized {
                 en: title.unwrap_or_else(|| w.title.en.clone()),
                 sw: title_sw.or_else(|| w.title.sw.clone()),
@@ -282,7 +306,10 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 }
             );
             if let Some(r) = &w.cancel_reason {
-                outln!("  reason       {r}");
+                outln!("  reason       {}", r.en);
+                if let Some(sw) = &r.sw {
+                    outln!("  reason (sw)  {sw}");
+                }
             }
             for (label, text) in [
                 ("description", Some(&w.description.en)),
@@ -327,9 +354,10 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
                 .map_err(in_zone(zone))?;
             change(ctx, &store, &w, next).await
         }
-        WindowCommand::Cancel { id, reason } => {
+        WindowCommand::Cancel { id, reason, reason_sw } => {
             let (store, w) = load(ctx, id).await?;
-            let next = w.cancel(reason, now).map_err(bad_input)?;
+            let reason = reason.map(|en| Localized { en, sw: reason_sw });
+            let next = w.cancel(reason, now).map_err(in_zone(w.zone))?;
             change(ctx, &store, &w, next).await
         }
         WindowCommand::Complete { id } => {
@@ -409,7 +437,8 @@ pub fn window_json(w: &Window) -> serde_json::Value {
         "zone": w.zone.name(),
         "components": w.components.iter().map(ComponentId::as_str).collect::<Vec<_>>(),
         "auto_complete": w.auto_complete,
-        "cancel_reason": w.cancel_reason,
+        "cancel_reason": w.cancel_reason.as_ref().map(|r| &r.en),
+        "cancel_reason_sw": w.cancel_reason.as_ref().and_then(|r| r.sw.as_ref()),
         "created_at": w.created_at.to_rfc3339(),
     })
 }

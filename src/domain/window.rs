@@ -66,9 +66,16 @@ pub enum Change {
     Started,
     Completed,
     Cancelled,
+    /// The affected components changed: told like a reschedule.
+    Amended,
 }
 
 impl Change {
+    /// A change those already told must hear about (new times or new components).
+    pub fn is_amendment(self) -> bool {
+        matches!(self, Change::Rescheduled | Change::Amended)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Change::Created => "created",
@@ -76,6 +83,7 @@ impl Change {
             Change::Started => "started",
             Change::Completed => "completed",
             Change::Cancelled => "cancelled",
+            Change::Amended => "amended",
         }
     }
 }
@@ -89,6 +97,7 @@ impl FromStr for Change {
             "started" => Ok(Change::Started),
             "completed" => Ok(Change::Completed),
             "cancelled" => Ok(Change::Cancelled),
+            "amended" => Ok(Change::Amended),
             other => Err(WindowError::Corrupt(format!("unknown change '{other}'"))),
         }
     }
@@ -124,6 +133,16 @@ impl Schedule {
 pub struct Localized {
     pub en: String,
     pub sw: Option<String>,
+}
+
+/// English text with no Swahili version.
+impl From<&str> for Localized {
+    fn from(en: &str) -> Localized {
+        Localized {
+            en: en.to_owned(),
+            sw: None,
+        }
+    }
 }
 
 impl Localized {
@@ -197,7 +216,8 @@ pub struct Window {
     pub revision: u32,
     pub last_change: Change,
     pub auto_complete: bool,
-    pub cancel_reason: Option<String>,
+    /// Why it was cancelled, in English and optionally Swahili.
+    pub cancel_reason: Option<Localized>,
     pub created_at: DateTime<Utc>,
     /// When the current revision began.
     pub revised_at: DateTime<Utc>,
@@ -280,7 +300,9 @@ impl Window {
         Ok(w)
     }
 
-    pub fn cancel(&self, reason: Option<String>, now: DateTime<Utc>) -> Result<Window, WindowError> {
+    /// Calls a scheduled window off, with the reason those told will read (in English, and in
+    /// Swahili for Swahili readers when given).
+    pub fn cancel(&self, reason: Option<Localized>, now: DateTime<Utc>) -> Result<Window, WindowError> {
         if self.status != WindowStatus::Scheduled {
             return Err(WindowError::NotAllowed {
                 id: self.id,
@@ -289,12 +311,21 @@ impl Window {
                 hint: "only a scheduled window can be cancelled; complete or extend one in progress",
             });
         }
-        let reason = reason.filter(|r| !r.trim().is_empty());
+        let reason = reason.map(|r| Localized {
+            sw: r.sw.filter(|sw| !sw.trim().is_empty()),
+            ..r
+        });
+        let reason = match reason {
+            Some(r) if r.en.trim().is_empty() && r.sw.is_some() => return Err(WindowError::SwahiliOnly("--reason")),
+            Some(r) if r.en.trim().is_empty() => None,
+            other => other,
+        };
         if let Some(r) = &reason {
-            check_text(r, limits::REASON, true).map_err(|error| WindowError::Text {
-                field: "--reason",
-                error,
-            })?;
+            for (field, text) in [("--reason", Some(&r.en)), ("--reason-sw", r.sw.as_ref())] {
+                if let Some(text) = text {
+                    check_text(text, limits::REASON, true).map_err(|error| WindowError::Text { field, error })?;
+                }
+            }
         }
         let mut w = self.next(Change::Cancelled, now);
         w.status = WindowStatus::Cancelled;
@@ -314,6 +345,28 @@ impl Window {
             description,
             ..self.clone()
         })
+    }
+
+    /// Changes the affected components of a scheduled or running window: a new revision, so
+    /// those already told hear of it and those newly affected are told for the first time.
+    pub fn change_components(&self, components: Vec<ComponentId>, now: DateTime<Utc>) -> Result<Window, WindowError> {
+        if !matches!(self.status, WindowStatus::Scheduled | WindowStatus::InProgress) {
+            return Err(WindowError::NotAllowed {
+                id: self.id,
+                status: self.status,
+                action: "change the components of",
+                hint: "the window is over",
+            });
+        }
+        if components.is_empty() {
+            return Err(WindowError::NoComponents);
+        }
+        if components == self.components {
+            return Err(WindowError::NothingChanged(self.id));
+        }
+        let mut w = self.next(Change::Amended, now);
+        w.components = components;
+        Ok(w)
     }
 
     /// The scheduler's transition at the planned start.
@@ -366,6 +419,8 @@ pub enum WindowError {
     Text { field: &'static str, error: TextError },
     #[error("at least one component is required")]
     NoComponents,
+    #[error("{0}-sw needs the English text beside it: give {0} too")]
+    SwahiliOnly(&'static str),
     #[error("window {id} is {status}: cannot {action} ({hint})")]
     NotAllowed {
         id: WindowId,
@@ -421,8 +476,17 @@ mod tests {
         };
         let err = w.edit_text(w.title.clone(), sneaky).unwrap_err().to_string();
         assert!(err.starts_with("--description-sw: contains a bidirectional"), "{err}");
-        let err = w.cancel(Some("r".repeat(501)), at(2)).unwrap_err().to_string();
+        let err = w
+            .cancel(Some("r".repeat(501).as_str().into()), at(2))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--reason: is 501 characters long"), "{err}");
+        let sw_too_long = Localized {
+            en: "Vendor delay".into(),
+            sw: Some("r".repeat(501)),
+        };
+        let err = w.cancel(Some(sw_too_long), at(2)).unwrap_err().to_string();
+        assert!(err.starts_with("--reason-sw: is 501 characters long"), "{err}");
         assert!(w.cancel(Some("Vendor delay\nNew date soon".into()), at(2)).is_ok());
     }
 

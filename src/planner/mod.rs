@@ -12,8 +12,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Audience, Change, Decided, Decision, Notice, NoticeKind, Outcome, PlannedDelivery, Policy, Reach, Recipient,
-    RecipientId, Span, Window, WindowStatus,
+    Audience, Decided, Decision, Notice, NoticeKind, Outcome, PlannedDelivery, Policy, Reach, Recipient, RecipientId,
+    Span, Window, WindowStatus,
 };
 
 /// What the window's current revision owes now that has not been decided yet.
@@ -31,13 +31,13 @@ pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime
         };
         use Notice::{Announced, Cancelled, Completed, Rescheduled, Started};
         let primary = match (window.status, window.last_change) {
-            (WindowStatus::Scheduled, Change::Rescheduled) => {
+            (WindowStatus::Scheduled, change) if change.is_amendment() => {
                 let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at);
                 let b = d.primary(Announced, Reach::NotYetTold, window.revised_at);
                 a || b
             }
             (WindowStatus::Scheduled, _) => d.primary(Announced, Reach::Eligible, window.created_at),
-            (WindowStatus::InProgress, Change::Rescheduled) => {
+            (WindowStatus::InProgress, change) if change.is_amendment() => {
                 let a = d.primary(Rescheduled, Reach::AlreadyTold, window.revised_at);
                 let b = d.primary(Started, Reach::NotYetTold, window.revised_at);
                 a || b
@@ -175,10 +175,10 @@ pub fn notice_deadline(window: &Window, kind: NoticeKind, policy: &Policy) -> Re
     let end = window.schedule.ends_at();
     match (kind, window.status, window.last_change) {
         (NoticeKind::Announced | NoticeKind::Reminder, WindowStatus::Scheduled, _) => Ok(start),
-        (NoticeKind::Rescheduled, WindowStatus::Scheduled, Change::Rescheduled) => {
+        (NoticeKind::Rescheduled, WindowStatus::Scheduled, change) if change.is_amendment() => {
             Ok(start.min(window.previous.starts_at()))
         }
-        (NoticeKind::Rescheduled, WindowStatus::InProgress, Change::Rescheduled) => Ok(end),
+        (NoticeKind::Rescheduled, WindowStatus::InProgress, change) if change.is_amendment() => Ok(end),
         (NoticeKind::Started, WindowStatus::InProgress, _) => Ok(end),
         (NoticeKind::Completed, WindowStatus::Completed, _) => Ok(end + policy.completed_grace.delta()),
         (NoticeKind::Cancelled, WindowStatus::Cancelled, _) => Ok(window.previous.starts_at()),

@@ -24,13 +24,15 @@ impl Renderer {
             // How long until the start from when it is sent, not from when it was planned: a
             // reminder that goes late still tells the truth.
             "starts_in": lead_time(f.sent_at, f.schedule.starts_at()).to_string(),
-            "reason": f.reason.clone().unwrap_or_default(),
+            "reason": f.reason.as_ref().map(|r| r.get(locale)).unwrap_or_default(),
             // The affected components by id and name, for partners' notices.
             "affected": f.components.iter().map(|c| json!({
                 "id": c.as_str(),
                 "name": f.component_names.get(c).map_or(c.as_str(), |n| n.get(locale)),
             })).collect::<Vec<_>>(),
             "window": window_view(f, locale, json!(f.components.iter().map(ComponentId::as_str).collect::<Vec<_>>())),
+            // The times changed (a reschedule or an extension), not only the components.
+            "moved": f.schedule != f.previous,
             "previous": {
                 "starts_at": f.previous.starts_at().to_rfc3339(),
                 "ends_at": f.previous.ends_at().to_rfc3339(),
@@ -54,7 +56,7 @@ pub struct NoticeFacts {
     pub schedule: Schedule,
     pub previous: Schedule,
     pub zone: Zone,
-    pub reason: Option<String>,
+    pub reason: Option<Localized>,
     /// When it is rendered to be sent: relative phrases ("starts in 19 hours") are true then.
     pub sent_at: DateTime<Utc>,
 }
@@ -136,7 +138,10 @@ impl NoticeFacts {
             schedule,
             previous,
             zone: Zone::NAIROBI,
-            reason: (kind == NoticeKind::Cancelled).then(|| "The vendor postponed the hardware delivery.".into()),
+            reason: (kind == NoticeKind::Cancelled).then(|| Localized {
+                en: "The vendor postponed the hardware delivery.".into(),
+                sw: Some("Msambazaji aliahirisha kuleta vifaa.".into()),
+            }),
             // On time: a reminder says what its offset says.
             sent_at: schedule.starts_at() - offset.unwrap_or(Span::hours(24)).delta(),
         }
@@ -154,7 +159,11 @@ impl NoticeFacts {
         let moved_end = Schedule::new(start, end - chrono::TimeDelta::hours(1)).unwrap_or(base.previous);
         let mut cases = Vec::new();
         for previous in [moved_start, moved_end, base.schedule] {
-            for reason in [Some(filler(text_limits::REASON)), None] {
+            let reason = Localized {
+                en: filler(text_limits::REASON),
+                sw: Some(filler(text_limits::REASON)),
+            };
+            for reason in [Some(reason), None] {
                 cases.push(NoticeFacts {
                     window_id: WindowId(9_999_999_999),
                     revision: u32::MAX,

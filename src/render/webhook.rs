@@ -104,7 +104,7 @@ impl WebhookEventV1 {
                 starts_at: f.previous.starts_at().to_rfc3339(),
                 ends_at: f.previous.ends_at().to_rfc3339(),
             }),
-            reason: f.reason.clone(),
+            reason: f.reason.as_ref().map(|r| r.get(locale).to_owned()),
         }
     }
 }

@@ -29,13 +29,14 @@ pub(super) struct WindowRow {
     pub last_change: String,
     pub auto_complete: bool,
     pub cancel_reason: Option<String>,
+    pub cancel_reason_sw: Option<String>,
     pub created_at: i64,
     pub revised_at: i64,
 }
 
 pub(super) const WINDOW_COLUMNS: &str = "id, title_en, title_sw, description_en, description_sw, components, \
      starts_at, ends_at, prev_starts_at, prev_ends_at, zone, status, revision, last_change, auto_complete, \
-     cancel_reason, created_at, revised_at";
+     cancel_reason, cancel_reason_sw, created_at, revised_at";
 
 fn corrupt(what: &str, id: i64, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what} {id}: {e}"))
@@ -92,7 +93,10 @@ impl TryFrom<WindowRow> for Window {
             revision: u32::try_from(r.revision).map_err(|e| corrupt("window", r.id, e))?,
             last_change: parse("window", r.id, &r.last_change)?,
             auto_complete: r.auto_complete,
-            cancel_reason: r.cancel_reason,
+            cancel_reason: r.cancel_reason.map(|en| Localized {
+                en,
+                sw: r.cancel_reason_sw,
+            }),
             created_at: at(r.created_at)?,
             revised_at: at(r.revised_at)?,
         })

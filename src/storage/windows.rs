@@ -28,8 +28,8 @@ impl Store {
             let mut tx = p.begin().await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO windows (title_en, title_sw, description_en, description_sw, components, starts_at, ends_at, \
-                 prev_starts_at, prev_ends_at, zone, status, revision, last_change, auto_complete, cancel_reason, created_at, revised_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+                 prev_starts_at, prev_ends_at, zone, status, revision, last_change, auto_complete, cancel_reason, cancel_reason_sw, created_at, revised_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
             )
             .bind(&draft.title.en)
             .bind(&draft.title.sw)
@@ -45,7 +45,8 @@ impl Store {
             .bind(i64::from(draft.revision))
             .bind(draft.last_change.as_str())
             .bind(draft.auto_complete)
-            .bind(&draft.cancel_reason)
+            .bind(draft.cancel_reason.as_ref().map(|r| &r.en))
+            .bind(draft.cancel_reason.as_ref().and_then(|r| r.sw.as_ref()))
             .bind(to_millis(draft.created_at))
             .bind(to_millis(draft.revised_at))
             .fetch_one(&mut *tx)
@@ -69,13 +70,17 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut details = window_details(after);
         if let Some(reason) = &after.cancel_reason {
-            details["reason"] = reason.clone().into();
+            details["reason"] = reason.en.clone().into();
+            if let Some(sw) = &reason.sw {
+                details["reason_sw"] = sw.clone().into();
+            }
         }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let updated = sqlx::query(
                 "UPDATE windows SET starts_at = $1, ends_at = $2, prev_starts_at = $3, prev_ends_at = $4, status = $5, \
-                 revision = $6, last_change = $7, cancel_reason = $8, revised_at = $9 WHERE id = $10 AND revision = $11",
+                 revision = $6, last_change = $7, cancel_reason = $8, cancel_reason_sw = $9, revised_at = $10, \
+                 components = $11 WHERE id = $12 AND revision = $13",
             )
             .bind(to_millis(after.schedule.starts_at()))
             .bind(to_millis(after.schedule.ends_at()))
@@ -84,8 +89,10 @@ impl Store {
             .bind(after.status.as_str())
             .bind(i64::from(after.revision))
             .bind(after.last_change.as_str())
-            .bind(&after.cancel_reason)
+            .bind(after.cancel_reason.as_ref().map(|r| &r.en))
+            .bind(after.cancel_reason.as_ref().and_then(|r| r.sw.as_ref()))
             .bind(to_millis(after.revised_at))
+            .bind(join_list(&after.components))
             .bind(after.id.0)
             .bind(i64::from(before.revision))
             .execute(&mut *tx)

@@ -944,3 +944,120 @@ fn window_show_gives_both_descriptions() {
         "Our systems move to Nairobi.\nPay bills before Friday."
     );
 }
+
+fn outbox(cli: &Cli, channel: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(cli.path(&format!("outbox/{channel}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn new_components_are_a_new_revision_told_to_those_told_and_to_the_newly_affected() {
+    let cli = Cli::new();
+    let csv = cli.path("people.csv");
+    std::fs::write(
+        &csv,
+        "kind,name,phone,email,locale,zone,components,channels,opt_out\n\
+         customer,Sender,0720000001,,en,,send-money,sms,\n\
+         customer,Payer,0720000002,,en,,pay-bill,sms,\n\
+         biller,Kenya Power,,ops@kplc.example.co.ke,en,,,email,\n",
+    )
+    .unwrap();
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let id = add_window(&cli);
+    cli.ok(&["run-once", NOW]);
+    let to = |m: &serde_json::Value| m["to"].as_str().unwrap().to_owned();
+    let first: Vec<String> = outbox(&cli, "sms").iter().map(to).collect();
+    assert_eq!(first, ["+254720000001"], "only the send-money customer is affected");
+
+    let err = cli.bad(&["window", "edit", &id, NOW, "--components", "send-money,withdraw"]);
+    assert!(err.contains("already has those values"), "{err}");
+    let err = cli.bad(&["window", "edit", &id, NOW, "--components", "send-money,teleport"]);
+    assert!(err.contains("--components") && err.contains("teleport"), "{err}");
+    cli.ok(&[
+        "window",
+        "edit",
+        &id,
+        NOW,
+        "--components",
+        "send-money,pay-bill",
+        "--actor",
+        "ops",
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
+    assert_eq!(shown["revision"], 2);
+    assert_eq!(shown["components"], serde_json::json!(["send-money", "pay-bill"]));
+    assert_eq!(shown["history"][1]["action"], "amended");
+
+    cli.ok(&["run-once", NOW]);
+    let sms = outbox(&cli, "sms");
+    assert_eq!(sms.len(), 3, "{sms:#?}");
+    let (told, newly) = (&sms[1..], &sms[1..]);
+    let update = told.iter().find(|m| to(m) == "+254720000001").unwrap();
+    assert_eq!(update["notice"], "rescheduled");
+    let body = update["body"].as_str().unwrap();
+    assert!(
+        body.contains(
+            "Maintenance update: Sat 18 Apr 00:00 to Sun 19 Apr 23:59 EAT. Unavailable: Send money and Pay bill."
+        ),
+        "{body}"
+    );
+    assert!(!body.contains("(was"), "the times did not change: {body}");
+    let first_time = newly.iter().find(|m| to(m) == "+254720000002").unwrap();
+    assert_eq!(first_time["notice"], "announced");
+    let email = outbox(&cli, "email");
+    let biller = email.last().unwrap();
+    assert_eq!(biller["notice"], "rescheduled");
+    let text = biller["text"].as_str().unwrap();
+    assert!(
+        text.contains("has changed") && text.contains("pay-bill: Pay bill"),
+        "{text}"
+    );
+    assert!(!text.contains("Previous times"), "{text}");
+}
+
+#[test]
+fn a_cancellation_reason_is_read_in_each_language() {
+    let cli = Cli::new();
+    let csv = recipients_csv(cli.dir.path());
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let id = add_window(&cli);
+    cli.ok(&["run-once", NOW]);
+    let err = cli.bad(&["window", "cancel", &id, NOW, "--reason-sw", "Msambazaji amechelewa"]);
+    assert!(err.contains("--reason"), "{err}");
+    cli.ok(&[
+        "window",
+        "cancel",
+        &id,
+        NOW,
+        "--reason",
+        "The vendor is late.",
+        "--reason-sw",
+        "Msambazaji amechelewa.",
+    ]);
+    let shown = cli.ok(&["window", "show", &id]);
+    assert!(
+        shown.contains("reason       The vendor is late.") && shown.contains("reason (sw)  Msambazaji amechelewa."),
+        "{shown}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&cli.ok(&["window", "show", &id, "--json"])).unwrap();
+    assert_eq!(json["cancel_reason"], "The vendor is late.");
+    assert_eq!(json["cancel_reason_sw"], "Msambazaji amechelewa.");
+    cli.ok(&["run-once", NOW]);
+    let emails: Vec<_> = outbox(&cli, "email")
+        .into_iter()
+        .filter(|m| m["notice"] == "cancelled")
+        .collect();
+    assert!(!emails.is_empty());
+    for m in &emails {
+        let (text, locale) = (m["text"].as_str().unwrap(), m["locale"].as_str().unwrap());
+        let (theirs, other) = match locale {
+            "sw" => ("Msambazaji amechelewa.", "The vendor is late."),
+            _ => ("The vendor is late.", "Msambazaji amechelewa."),
+        };
+        assert!(text.contains(theirs) && !text.contains(other), "{locale}: {text}");
+    }
+    assert!(emails.iter().any(|m| m["locale"] == "sw"));
+}

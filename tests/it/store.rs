@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use tangazo::domain::{
-    Audience, AudienceFilter, Channel, Locale, Message, MessageText, Notice, PlannedDelivery, RecipientId, Schedule,
-    Span, WindowId, WindowStatus,
+    Audience, AudienceFilter, Channel, Locale, Localized, Message, MessageText, Notice, PlannedDelivery, RecipientId,
+    Schedule, Span, WindowId, WindowStatus,
 };
 use tangazo::domain::{Decision, Outcome, Reach};
 use tangazo::storage::{ClaimedDelivery, FanOutPage, Finish, NewBroadcast, StoreError};
@@ -295,7 +295,11 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
     db.store.finish(token, &[sent(claimed[0].id)]).await.unwrap();
     // One sent, one in flight, four queued: the cancellation supersedes the four queued and
     // leaves the one in flight to its worker.
-    let cancelled = w.cancel(Some("vendor delay".into()), now).unwrap();
+    let reason = Localized {
+        en: "vendor delay".into(),
+        sw: Some("msambazaji amechelewa".into()),
+    };
+    let cancelled = w.cancel(Some(reason.clone()), now).unwrap();
     assert_eq!(db.store.save_change(&w, &cancelled, "ops", now).await.unwrap(), 4);
     // It went out while the change committed: the ledger says so, and it counts as told.
     assert!(db.store.finish(token, &[sent(claimed[1].id)]).await.unwrap().is_empty());
@@ -305,7 +309,7 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
     );
     let stored = db.store.window(w.id).await.unwrap();
     assert_eq!((stored.status, stored.revision), (WindowStatus::Cancelled, 2));
-    assert_eq!(stored.cancel_reason.as_deref(), Some("vendor delay"));
+    assert_eq!(stored.cancel_reason, Some(reason), "both languages are kept");
     // A fan-out page of the old revision is refused once the change has committed.
     let page = FanOutPage {
         window: w.id,
