@@ -5,7 +5,7 @@
 //! `run-once` command and the demo call it directly with the clock they were given. Every
 //! comparison with time uses `now`, never the database's clock.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -168,6 +168,8 @@ pub struct TickReport {
     /// Rows this worker still holds claimed after the tick (normally none).
     pub left_claimed: u64,
     pub alarms: Vec<Alarm>,
+    /// Recipients whose stored row does not read back, by id, with why: skipped, not fatal.
+    pub unreadable: BTreeMap<i64, String>,
 }
 
 pub struct Scheduler {
@@ -273,7 +275,10 @@ impl Scheduler {
         // First what an earlier tick recorded but did not finish fanning out (it was stopped or
         // killed): from the first recipient it had not committed.
         for (decision, after) in self.store.open_fan_outs(window.id, window.revision).await? {
-            let Some(n) = self.fan_out(window, &decision, after, progress).await? else {
+            let Some(n) = self
+                .fan_out(window, &decision, after, progress, &mut report.unreadable)
+                .await?
+            else {
                 return Ok(());
             };
             report.enqueued += n;
@@ -289,7 +294,10 @@ impl Scheduler {
             // Recorded before its rows, so an interrupted fan-out is resumed, not re-decided.
             report.superseded += self.store.record_decision(window.id, &decision, now).await?;
             if decision.outcome == Outcome::Planned {
-                let Some(n) = self.fan_out(window, &decision, RecipientId(0), progress).await? else {
+                let Some(n) = self
+                    .fan_out(window, &decision, RecipientId(0), progress, &mut report.unreadable)
+                    .await?
+                else {
                     // The window changed meanwhile: its next revision is planned next tick.
                     return Ok(());
                 };
@@ -324,20 +332,25 @@ impl Scheduler {
         decision: &Decision,
         mut after: RecipientId,
         progress: ProgressSink<'_>,
+        unreadable: &mut BTreeMap<i64, String>,
     ) -> Result<Option<u64>, StoreError> {
         let mut enqueued = 0;
         loop {
             let page = self.store.recipients_page(Some(decision.audience), after, PAGE).await?;
-            let (Some(first), Some(last)) = (page.first(), page.last()) else {
+            let Some((first, last)) = page.range() else {
                 break;
             };
+            for (id, why) in &page.unreadable {
+                tracing::warn!(window = window.id.0, recipient = id.0, notice = %decision.notice, "recipient skipped: {why}");
+                unreadable.insert(id.0, why.clone());
+            }
             let told: HashSet<RecipientId> = match decision.reach {
                 Reach::Eligible => HashSet::new(),
-                Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first.id, last.id).await?,
+                Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first, last).await?,
             };
-            after = last.id;
+            after = last;
             let rows: Vec<PlannedDelivery> =
-                planner::fan_out(decision, window, &page, |id| told.contains(&id)).collect();
+                planner::fan_out(decision, window, &page.recipients, |id| told.contains(&id)).collect();
             let mark = FanOutPage {
                 window: window.id,
                 revision: decision.revision,

@@ -125,10 +125,13 @@ impl Pager {
     async fn next(&mut self, store: &Store) -> Result<Option<Vec<Recipient>>, StoreError> {
         while let Some(kind) = self.kinds.get(self.kind) {
             let page = store.recipients_page(*kind, self.after, PAGE).await?;
-            match page.last() {
+            match page.last {
                 Some(last) => {
-                    self.after = last.id;
-                    return Ok(Some(page));
+                    self.after = last;
+                    for (id, why) in &page.unreadable {
+                        tracing::warn!(recipient = id.0, "recipient skipped: {why}");
+                    }
+                    return Ok(Some(page.recipients));
                 }
                 None => {
                     self.kind += 1;

@@ -207,7 +207,13 @@ async fn find_recipient(store: &crate::storage::Store, who: &str) -> CliResult<c
         let page = store
             .recipients_page(None, crate::domain::RecipientId(id.0 - 1), 1)
             .await?;
+        if let Some((_, why)) = page.unreadable.iter().find(|u| u.0 == id) {
+            return Err(bad_field("--recipient")(format!(
+                "recipient {id} cannot be read: {why}"
+            )));
+        }
         return page
+            .recipients
             .into_iter()
             .find(|r| r.id == id)
             .ok_or_else(|| bad_field("--recipient")(format!("no recipient has id {id}")));
@@ -313,6 +319,15 @@ fn print_tick(ctx: &Ctx, r: &TickReport) -> CliResult {
     outln!("left claimed {}", r.left_claimed);
     for a in &r.alarms {
         outln!("ALARM: {}", a.message);
+    }
+    if !r.unreadable.is_empty() {
+        outln!(
+            "recipients skipped because their stored row cannot be read: {} (not told of this notice: fix them with `recipients import`, then reach them with `broadcast --window ID --notice KIND`)",
+            r.unreadable.len()
+        );
+        for (id, why) in r.unreadable.iter().take(10) {
+            outln!("  recipient {id}: {why}");
+        }
     }
     Ok(())
 }

@@ -142,8 +142,12 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 .map_err(bad_field("--kind"))?;
             let store = ctx.existing_store().await?;
             let page = store.recipients_page(kind, RecipientId(after), limit.max(0)).await?;
+            for (id, why) in &page.unreadable {
+                errln!("warning: recipient {id} cannot be read: {why}");
+            }
             if ctx.cli_json {
                 let rows: Vec<_> = page
+                    .recipients
                     .iter()
                     .map(|r| {
                         let p = &r.profile;
@@ -168,7 +172,7 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                 "lc",
                 "zone"
             );
-            for r in &page {
+            for r in &page.recipients {
                 let p = &r.profile;
                 outln!(
                     "{:>8}  {:<8}  {:<24}  {:<15}  {:<28}  {:<2}  {:<16}  {}",
@@ -182,8 +186,9 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
                     if p.opt_out { "opted-out" } else { "" }
                 );
             }
-            if let Some(last) = page.last().filter(|_| page.len() as i64 == limit) {
-                outln!("… more with --after {}", last.id);
+            let read = page.recipients.len() + page.unreadable.len();
+            if let Some(last) = page.last.filter(|_| read as i64 == limit) {
+                outln!("… more with --after {last}");
             }
             Ok(())
         }

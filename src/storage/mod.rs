@@ -104,7 +104,7 @@ mod windows;
 
 pub use notices::NoticeLogRow;
 pub use queue::{Claim, FanOutPage, Finish, Released};
-pub use recipients::{ImportBatch, PAGE};
+pub use recipients::{ImportBatch, PAGE, RecipientPage};
 pub use reports::{DeliveryRow, Requeued, SummaryRow};
 pub use rows::{Broadcast, Claimed, ClaimedDelivery, CorruptClaim, NewBroadcast};
 pub use windows::HistoryEntry;

@@ -66,6 +66,29 @@ fn content_hash(p: &Profile) -> i64 {
     i64::from_ne_bytes(fingerprint(text.as_bytes()).to_ne_bytes())
 }
 
+/// A page of recipients: those that read back, those that did not (with why), and the last id
+/// read, to ask for the next page after.
+#[derive(Debug, Default)]
+pub struct RecipientPage {
+    pub recipients: Vec<Recipient>,
+    pub unreadable: Vec<(RecipientId, String)>,
+    pub last: Option<RecipientId>,
+}
+
+impl RecipientPage {
+    /// The id range the page covers, readable or not.
+    pub fn range(&self) -> Option<(RecipientId, RecipientId)> {
+        let first = [
+            self.recipients.first().map(|r| r.id),
+            self.unreadable.first().map(|u| u.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        Some((first, self.last?))
+    }
+}
+
 impl Store {
     /// Inserts or updates recipients by natural key, in one transaction. An opt-out is never
     /// cleared by an import: only `recipients opt-in` does that. An imported address that was a
@@ -225,13 +248,15 @@ impl Store {
         .await?))
     }
 
-    /// Up to `limit` recipients of `kind` with ids after `after`, in id order.
+    /// Up to `limit` recipients of `kind` with ids after `after`, in id order. A stored row
+    /// that does not read back (edited by hand, say) is set aside with the reason, so one bad
+    /// row neither stops a fan-out nor hides the rest of the page.
     pub async fn recipients_page(
         &self,
         kind: Option<Audience>,
         after: RecipientId,
         limit: i64,
-    ) -> Result<Vec<Recipient>, StoreError> {
+    ) -> Result<RecipientPage, StoreError> {
         let sql = format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE ($1 IS NULL OR kind = $1) AND id > $2 AND seed = FALSE ORDER BY id LIMIT $3"
         );
@@ -241,7 +266,16 @@ impl Store {
             .bind(limit)
             .fetch_all(p)
             .await?);
-        rows.into_iter().map(Recipient::try_from).collect()
+        let mut page = RecipientPage::default();
+        for row in rows {
+            let id = RecipientId(row.id);
+            page.last = Some(id);
+            match Recipient::try_from(row) {
+                Ok(r) => page.recipients.push(r),
+                Err(e) => page.unreadable.push((id, e.to_string())),
+            }
+        }
+        Ok(page)
     }
 
     /// The recipient with this natural key (E.164 phone, else lower-case email).

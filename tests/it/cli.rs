@@ -430,6 +430,20 @@ fn templates_check_names_the_file_and_the_variable() {
     std::fs::write(dir.join("sw/reminder.sms.hbs"), "{{#if}").unwrap();
     let err = cli.bad(&["templates", "check", "--templates", dir.to_str().unwrap()]);
     assert!(err.contains("sw/reminder.sms.hbs"), "{err}");
+    // Components with long names pass for a typical window but could overflow for a window of
+    // all of them: the check fails before any such window exists.
+    let mut toml = String::new();
+    for i in 0..6 {
+        toml.push_str(&format!(
+            "[components.part-{i}]\nen = \"Component number {i} with a long name\"\nsw = \"Huduma namba {i} yenye jina refu sana\"\n"
+        ));
+    }
+    std::fs::write(cli.path("tangazo.toml"), toml).unwrap();
+    let err = cli.bad(&["templates", "check"]);
+    assert!(
+        err.contains("templates/en/announced.sms.hbs (built in): in the worst case") && err.contains("limit of 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -711,7 +725,11 @@ async fn a_daemon_killed_near_a_deadline_is_followed_by_one_that_sends_in_time_f
             .create_window(crate::helpers::new_window(48), now - TimeDelta::days(7), "ops")
             .await
             .unwrap();
-        let people = store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+        let people = store
+            .recipients_page(None, RecipientId(0), 10)
+            .await
+            .unwrap()
+            .recipients;
         let rows = crate::helpers::announced_sms(w.id, &people, now - TimeDelta::hours(1), deadline);
         store.enqueue(&rows).await.unwrap();
         // The dead daemon's claim, with five minutes of lease left: longer than the deadline.

@@ -116,7 +116,13 @@ async fn sms_for_new_window(db: &TestDb, hours: i64, deadline: DateTime<Utc>) ->
         window: w.id,
         revision: 1,
         notice: Notice::Announced,
-        recipient: db.store.recipients_page(None, RecipientId(0), 1).await.unwrap()[0].id,
+        recipient: db
+            .store
+            .recipients_page(None, RecipientId(0), 1)
+            .await
+            .unwrap()
+            .recipients[0]
+            .id,
         channel: Channel::Sms,
         due_at: utc(2015, 4, 10, 6, 0),
         deadline,
@@ -241,7 +247,12 @@ async fn a_late_reminder_says_how_long_is_left(db: &TestDb) {
         .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
         .await
         .unwrap();
-    let people = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    let people = db
+        .store
+        .recipients_page(None, RecipientId(0), 10)
+        .await
+        .unwrap()
+        .recipients;
     let reminder = Notice::reminder("24h".parse().unwrap());
     let rows: Vec<PlannedDelivery> =
         crate::helpers::announced_sms(w.id, &people, start() - TimeDelta::hours(24), start())

@@ -72,6 +72,18 @@ impl TestDb {
     }
 
     /// Drops a PostgreSQL test database (SQLite folders go with the TempDir).
+    /// Runs one statement on the database behind the store's back (to damage a row, say).
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        if self.pg.is_some() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+
     pub async fn finish(self) {
         self.store.close().await;
         if let Some((admin, name)) = self.pg

@@ -62,7 +62,12 @@ async fn bad_rows_are_reported_by_line_and_skipped() {
             "{got} (wanted line {line}: {needle})"
         );
     }
-    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    let all = db
+        .store
+        .recipients_page(None, RecipientId(0), 10)
+        .await
+        .unwrap()
+        .recipients;
     let jane = &all[0].profile;
     assert_eq!(
         (jane.name.as_str(), jane.locale, jane.phone.as_ref().unwrap().as_str()),
@@ -116,7 +121,12 @@ async fn repeated_and_unchanged_rows_are_reported() {
             "line 25003: the same recipient (phone, else email) as line 5: one row each; the first is kept",
         ]
     );
-    let page = db.store.recipients_page(None, RecipientId(2), 1).await.unwrap();
+    let page = db
+        .store
+        .recipients_page(None, RecipientId(2), 1)
+        .await
+        .unwrap()
+        .recipients;
     assert_eq!(page[0].profile.name, "Person 2", "the first row is kept");
     // The same file with one name changed: one update, the rest unchanged, the repeats again.
     let changed = text.replacen("Person 7,", "Person Seven,", 1);

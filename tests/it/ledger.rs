@@ -69,7 +69,8 @@ async fn queue(db: &TestDb, n: u32, deadline: DateTime<Utc>) -> WindowId {
         .store
         .recipients_page(None, RecipientId(0), i64::from(n))
         .await
-        .unwrap();
+        .unwrap()
+        .recipients;
     let rows = crate::helpers::announced_sms(w.id, &people, utc(2015, 4, 10, 6, 0), deadline);
     db.store.enqueue(&rows).await.unwrap();
     w.id

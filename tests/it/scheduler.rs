@@ -18,6 +18,7 @@ on_both!(
     a_window_from_announcement_to_completion,
     cancel_tells_only_those_told,
     an_interrupted_fan_out_resumes_after_the_last_committed_page,
+    a_recipient_whose_row_cannot_be_read_is_skipped_and_named,
 );
 
 fn config(outbox: &Path) -> Config {
@@ -84,6 +85,26 @@ async fn seed(db: &TestDb) {
 /// 19 reachable customers (the 10 even ones have email; number 5 opted out) and one biller on
 /// email and webhook.
 const ANNOUNCEMENT_ROWS: usize = 19 + 10 + 2;
+
+/// One damaged row neither stops the tick nor the fan-out: everyone else is told, and the
+/// report names the row and why.
+async fn a_recipient_whose_row_cannot_be_read_is_skipped_and_named(db: &TestDb) {
+    seed(db).await;
+    db.execute("UPDATE recipients SET locale = 'xx' WHERE id = 2").await;
+    let rig = Rig::new(db);
+    let created = start() - TimeDelta::hours(100);
+    db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let report = rig.tick(created).await;
+    // Recipient 2 is a customer on SMS only (odd ones have no email).
+    assert_eq!(report.enqueued as usize, ANNOUNCEMENT_ROWS - 1);
+    assert_eq!(report.dispatch.sent as usize, ANNOUNCEMENT_ROWS - 1);
+    assert_eq!(report.unreadable.len(), 1, "{:?}", report.unreadable);
+    let why = &report.unreadable[&2];
+    assert!(why.contains("recipient 2") && why.contains("xx"), "{why}");
+    // The next tick does not trip over it again for the same notice.
+    let again = rig.tick(created + TimeDelta::minutes(1)).await;
+    assert_eq!((again.enqueued, again.unreadable.len()), (0, 0));
+}
 
 async fn run_once_twice_at_the_same_now_does_nothing_twice(db: &TestDb) {
     seed(db).await;
@@ -182,6 +203,7 @@ async fn cancel_tells_only_those_told(db: &TestDb) {
         .recipients_page(None, RecipientId(0), 100)
         .await
         .unwrap()
+        .recipients
         .last()
         .unwrap()
         .id;
@@ -251,7 +273,12 @@ async fn an_interrupted_fan_out_resumes_after_the_last_committed_page(db: &TestD
         .find(|d| d.audience == tangazo::domain::Audience::Customer && d.outcome == tangazo::domain::Outcome::Planned)
         .unwrap();
     db.store.record_decision(w.id, announce, created).await.unwrap();
-    let first = db.store.recipients_page(None, RecipientId(0), 8).await.unwrap();
+    let first = db
+        .store
+        .recipients_page(None, RecipientId(0), 8)
+        .await
+        .unwrap()
+        .recipients;
     let rows: Vec<_> = tangazo::planner::fan_out(announce, &w, &first, |_| false).collect();
     let page = tangazo::storage::FanOutPage {
         window: w.id,

@@ -80,6 +80,7 @@ async fn seed(db: &TestDb, n: u32) -> Vec<i64> {
         .recipients_page(None, RecipientId(0), 1000)
         .await
         .unwrap()
+        .recipients
         .iter()
         .map(|r| r.id.0)
         .collect()
@@ -345,7 +346,12 @@ async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
     a.locale = Locale::Sw;
     db.store.upsert_recipients(&[a.clone(), a.clone()], now).await.unwrap();
     assert_eq!(db.store.count_recipients().await.unwrap(), 2);
-    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    let all = db
+        .store
+        .recipients_page(None, RecipientId(0), 10)
+        .await
+        .unwrap()
+        .recipients;
     let first = &all[0].profile;
     assert_eq!(
         (first.name.as_str(), first.locale, first.opt_out),
@@ -355,7 +361,8 @@ async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
         .store
         .recipients_page(Some(Audience::Biller), RecipientId(0), 10)
         .await
-        .unwrap();
+        .unwrap()
+        .recipients;
     assert_eq!(billers.len(), 1);
     assert_eq!(billers[0].profile, b);
     assert!(
@@ -364,7 +371,12 @@ async fn upsert_updates_by_natural_key_and_keeps_opt_outs(db: &TestDb) {
             .await
             .unwrap()
     );
-    let all = db.store.recipients_page(None, RecipientId(0), 10).await.unwrap();
+    let all = db
+        .store
+        .recipients_page(None, RecipientId(0), 10)
+        .await
+        .unwrap()
+        .recipients;
     assert!(!all[0].profile.opt_out);
 }
 
@@ -507,7 +519,12 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
         .unwrap();
     assert_eq!(seeded.len(), 2);
     assert_eq!(seeded[0].profile.name, existing.name);
-    let audience = db.store.recipients_page(None, RecipientId(0), 100).await.unwrap();
+    let audience = db
+        .store
+        .recipients_page(None, RecipientId(0), 100)
+        .await
+        .unwrap()
+        .recipients;
     assert_eq!(audience.len(), 4, "the new seed is not in the audience");
     assert!(
         db.store
@@ -520,7 +537,12 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
     // Imported later as a customer, the seed joins the audience.
     db.store.upsert_recipients(&[staff], now).await.unwrap();
     assert_eq!(
-        db.store.recipients_page(None, RecipientId(0), 100).await.unwrap().len(),
+        db.store
+            .recipients_page(None, RecipientId(0), 100)
+            .await
+            .unwrap()
+            .recipients
+            .len(),
         5
     );
 }
