@@ -35,7 +35,8 @@ pub struct Limits {
     /// Messages per second, sustained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
-    /// Messages that may go at once above the rate after a quiet spell.
+    /// Messages that may go at once above the rate after a quiet spell [default: a tenth of a
+    /// second's worth of the rate].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     /// Batches in flight at once.
@@ -115,11 +116,14 @@ pub struct Limited {
     timeout: Option<Duration>,
 }
 
-/// Generic cell rate pacing: a batch may start once the theoretical arrival time of the
-/// messages before it, less the burst allowance, has come.
+/// Generic cell rate pacing: a chunk of a batch may start once the theoretical arrival time of
+/// the messages before it, less the burst allowance, has come. Batches are cut into chunks of
+/// at most the burst, so in any second the backend is handed at most rate + burst messages
+/// however large a batch is.
 struct Pace {
     interval: Duration,
     tolerance: Duration,
+    chunk: usize,
     tat: Mutex<Instant>,
 }
 
@@ -128,9 +132,14 @@ impl Limited {
     pub fn wrap(inner: Arc<dyn Sender>, limits: &Limits) -> Arc<dyn Sender> {
         let pace = limits.rate.map(|rate| {
             let interval = Duration::from_secs_f64(1.0 / rate);
+            // Unset, the burst is a tenth of a second's worth: batches go in chunks that size.
+            let burst = limits
+                .burst
+                .unwrap_or_else(|| (rate / 10.0).ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
             Pace {
                 interval,
-                tolerance: interval * limits.burst.unwrap_or(0),
+                tolerance: interval * burst,
+                chunk: usize::try_from(burst).unwrap_or(usize::MAX).max(1),
                 tat: Mutex::new(Instant::now()),
             }
         });
@@ -171,25 +180,42 @@ impl Sender for Limited {
                 Some(p) => p.acquire().await.ok(),
                 None => None,
             };
-            if let Some(pace) = &self.pace {
-                tokio::time::sleep_until(pace.book(batch.len()).await).await;
-            }
-            // The wait for the rate may have outlasted a deadline: what is late now stays here.
-            let send = super::send_on_time(self.inner.as_ref(), batch);
-            match self.timeout {
-                None => send.await,
-                Some(limit) => match tokio::time::timeout(limit, send).await {
-                    Ok(results) => results,
-                    Err(_) => {
-                        let error = SendError::Transient {
-                            message: format!("{} did not answer within {} s", self.inner.name(), limit.as_secs()),
-                            retry_after: None,
-                        };
-                        vec![Err(error); batch.len()]
-                    }
-                },
-            }
+            let Some(pace) = &self.pace else {
+                return self.call(batch).await;
+            };
+            // Each chunk waits for its turn and goes; the chunks of one batch are in flight
+            // together, each booked in order.
+            let chunks = batch.chunks(pace.chunk).map(|chunk| async move {
+                tokio::time::sleep_until(pace.book(chunk.len()).await).await;
+                self.call(chunk).await
+            });
+            futures_util::future::join_all(chunks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
         })
+    }
+}
+
+impl Limited {
+    /// One call to the backend, within the timeout. The wait for the rate may have outlasted
+    /// a deadline: what is late by now is not handed over.
+    async fn call(&self, batch: &[Message]) -> Vec<Result<Receipt, SendError>> {
+        let send = super::send_on_time(self.inner.as_ref(), batch);
+        match self.timeout {
+            None => send.await,
+            Some(limit) => match tokio::time::timeout(limit, send).await {
+                Ok(results) => results,
+                Err(_) => {
+                    let error = SendError::Uncertain {
+                        message: format!("{} did not answer within {} s", self.inner.name(), limit.as_secs()),
+                        retry_after: None,
+                    };
+                    vec![Err(error); batch.len()]
+                }
+            },
+        }
     }
 }
 
@@ -249,6 +275,54 @@ mod tests {
             .collect();
         // Ten a second with ten in hand: the first two batches go at once, then one a second.
         assert_eq!(offsets, [0, 0, 1000, 2000]);
+    }
+
+    /// Messages per simulated second never exceed rate + burst, however the batches are cut.
+    #[tokio::test(start_paused = true)]
+    async fn in_any_second_a_backend_is_handed_at_most_rate_plus_burst() {
+        struct Stamps(std::sync::Mutex<Vec<Instant>>);
+        impl Sender for Stamps {
+            fn name(&self) -> &str {
+                "stamps"
+            }
+            fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
+                Box::pin(async move {
+                    let now = Instant::now();
+                    self.0.lock().unwrap().extend(batch.iter().map(|_| now));
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    vec![Ok(Receipt::default()); batch.len()]
+                })
+            }
+        }
+        let (rate, burst) = (20.0, 5_u32);
+        let inner = Arc::new(Stamps(std::sync::Mutex::new(Vec::new())));
+        let limits = Limits {
+            rate: Some(rate),
+            burst: Some(burst),
+            concurrency: Some(3),
+            ..Limits::default()
+        };
+        let sender = Limited::wrap(inner.clone(), &limits);
+        let t0 = Instant::now();
+        let big = super::super::sample_sms(137);
+        let small = super::super::sample_sms(3);
+        tokio::join!(sender.send(&big), sender.send(&small), sender.send(&big));
+        let stamps: Vec<Duration> = inner.0.lock().unwrap().iter().map(|s| *s - t0).collect();
+        assert_eq!(stamps.len(), 137 * 2 + 3);
+        let most = stamps
+            .iter()
+            .map(|from| {
+                stamps
+                    .iter()
+                    .filter(|t| **t >= *from && **t < *from + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(most <= rate as usize + burst as usize, "{most} in one second");
+        // And the rate is used: the whole lot takes about (277 - 25) / 20 s, not much more.
+        let last = stamps.iter().max().unwrap().as_secs_f64();
+        assert!(last < (277.0 - 25.0) / rate + 1.0, "took {last} s");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,10 +7,15 @@
 //! the only place that turns configuration into senders; [`limits`] is the rate, burst,
 //! concurrency, timeout and retry block every backend shares. Depends on `domain` only.
 
+pub mod africastalking;
 pub mod console;
 pub mod file;
+pub mod gateway;
 pub mod limits;
 pub mod registry;
+pub mod smtp;
+pub mod twilio;
+mod web;
 
 use std::fmt;
 use std::future::Future;
@@ -86,6 +91,9 @@ pub struct Message {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Receipt {
     pub provider_id: Option<String>,
+    /// When it was handed to the backend (set by [`send_on_time`]): the instant a message went,
+    /// which in a paced batch is not when the batch finished.
+    pub handed_at: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +101,14 @@ pub enum SendError {
     /// Worth another attempt: a timeout, a 4xx SMTP reply, HTTP 408/429/5xx.
     #[error("{message}")]
     Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// No answer, or a server error, after the request was sent: the provider may have
+    /// accepted it. Retried on the schedule (not failed over at once), and the retry is
+    /// flagged possibly duplicate.
+    #[error("{message}")]
+    Uncertain {
         message: String,
         retry_after: Option<Duration>,
     },
@@ -105,15 +121,24 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// Worth another attempt, now or later.
     pub fn is_transient(&self) -> bool {
+        matches!(self, SendError::Transient { .. } | SendError::Uncertain { .. })
+    }
+    /// Worth handing at once to the channel's next backend: surely not sent by this one.
+    pub fn fails_over(&self) -> bool {
         matches!(self, SendError::Transient { .. })
+    }
+    /// The provider may have accepted it: another attempt may deliver it twice.
+    pub fn may_have_been_sent(&self) -> bool {
+        matches!(self, SendError::Uncertain { .. })
     }
     pub fn is_permanent(&self) -> bool {
         !self.is_transient()
     }
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SendError::Transient { retry_after, .. } => *retry_after,
+            SendError::Transient { retry_after, .. } | SendError::Uncertain { retry_after, .. } => *retry_after,
             SendError::Permanent { .. } | SendError::TooLate => None,
         }
     }
@@ -124,8 +149,19 @@ impl SendError {
 pub async fn send_on_time(sender: &dyn Sender, batch: &[Message]) -> Vec<Result<Receipt, SendError>> {
     let now = tokio::time::Instant::now();
     let late: Vec<bool> = batch.iter().map(|m| m.not_after.is_some_and(|t| t <= now)).collect();
+    let stamp = |results: Vec<Result<Receipt, SendError>>| -> Vec<Result<Receipt, SendError>> {
+        results
+            .into_iter()
+            .map(|r| {
+                r.map(|mut receipt| {
+                    receipt.handed_at.get_or_insert(now);
+                    receipt
+                })
+            })
+            .collect()
+    };
     if !late.contains(&true) {
-        return sender.send(batch).await;
+        return stamp(sender.send(batch).await);
     }
     let live: Vec<Message> = batch
         .iter()
@@ -136,7 +172,7 @@ pub async fn send_on_time(sender: &dyn Sender, batch: &[Message]) -> Vec<Result<
     let mut sent = if live.is_empty() {
         Vec::new()
     } else {
-        sender.send(&live).await
+        stamp(sender.send(&live).await)
     }
     .into_iter();
     late.iter()
@@ -154,6 +190,18 @@ pub async fn send_on_time(sender: &dyn Sender, batch: &[Message]) -> Vec<Result<
         })
         .collect()
 }
+
+/// Installs rustls's aws-lc-rs provider for the process, once: every TLS connection (SMTP,
+/// HTTP) uses it, and two providers would leave none chosen.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Already installed by the embedding program: that one stays.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+pub(crate) use crate::domain::error_chain;
 
 /// A writer shared by the tasks that use it (the console backend's standard output).
 pub type SharedWriter = Arc<std::sync::Mutex<dyn std::io::Write + Send>>;

@@ -11,9 +11,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::africastalking::AfricasTalkingConfig;
 use super::console::ConsoleConfig;
 use super::file::FileConfig;
+use super::gateway::GatewayConfig;
 use super::limits::{self, Limited, Limits, RetryPolicy};
+use super::smtp::SmtpConfig;
+use super::twilio::TwilioConfig;
 use super::{Sender, SharedWriter};
 use crate::domain::Channel;
 
@@ -66,6 +70,10 @@ macro_rules! registry {
 registry! {
     "file" => File(FileConfig),
     "console" => Console(ConsoleConfig),
+    "smtp" => Smtp(SmtpConfig),
+    "twilio" => Twilio(TwilioConfig),
+    "africastalking" => AfricasTalking(AfricasTalkingConfig),
+    "http" => Gateway(GatewayConfig),
 }
 
 /// One `[senders.NAME]` table: the backend's settings and its limits, side by side.
@@ -147,6 +155,7 @@ impl Senders {
         channels: &BTreeMap<Channel, Vec<String>>,
         context: &BuildContext,
     ) -> Result<Senders, BuildError> {
+        super::install_tls_provider();
         let mut built: BTreeMap<&str, Route> = BTreeMap::new();
         for (name, config) in senders {
             let fail = |message: String| BuildError::Sender {

@@ -12,7 +12,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{Address, Message, Receipt, SendError, Senders, send_on_time};
@@ -265,9 +265,14 @@ impl Dispatcher {
                         if row.possibly_duplicate {
                             report.possibly_duplicate += 1;
                         }
+                        // When it was handed over, not when the batch's last one was.
+                        let at = receipt
+                            .handed_at
+                            .and_then(|h| TimeDelta::from_std(h.elapsed()).ok())
+                            .map_or(now, |ago| now - ago);
                         finishes.push(Finish::Sent {
                             id: row.id,
-                            at: now,
+                            at,
                             backend: backend.to_owned(),
                             provider_id: receipt.provider_id,
                             body_id: Some(body_id),
@@ -289,6 +294,7 @@ impl Dispatcher {
                                     id: row.id,
                                     at,
                                     error: format!("{backend}: {err}"),
+                                    maybe_sent: err.may_have_been_sent(),
                                 });
                             }
                             AfterFailure::Fail(error) => {
@@ -344,7 +350,7 @@ impl Dispatcher {
                         retry_after: None,
                     })
                 });
-                if matches!(&r, Err(e) if e.is_transient()) {
+                if matches!(&r, Err(e) if e.fails_over()) {
                     still.push(i);
                 }
                 results[i] = SendOutcome {

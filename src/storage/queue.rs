@@ -33,6 +33,8 @@ pub enum Finish {
         id: i64,
         at: DateTime<Utc>,
         error: String,
+        /// The provider may have accepted the failed attempt: the next is possibly a duplicate.
+        maybe_sent: bool,
     },
     Failed {
         id: i64,
@@ -421,14 +423,16 @@ impl Store {
                     .bind(backend.clone())
                     .bind(provider_id.clone())
                     .bind(*body_id),
-                    Finish::Retry { id, at, error } => sqlx::query(
+                    Finish::Retry { id, at, error, maybe_sent } => sqlx::query(
                         "UPDATE deliveries SET state = 'pending', due_at = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, \
-                         lease_token = NULL WHERE id = $1 AND state = 'claimed' AND lease_token = $2",
+                         lease_token = NULL, possibly_duplicate = (possibly_duplicate OR $5) \
+                         WHERE id = $1 AND state = 'claimed' AND lease_token = $2",
                     )
                     .bind(*id)
                     .bind(token)
                     .bind(to_millis(*at))
-                    .bind(error.clone()),
+                    .bind(error.clone())
+                    .bind(*maybe_sent),
                     Finish::Failed { id, error } | Finish::Expired { id, error } | Finish::Superseded { id, error } => {
                         let state = match f {
                             Finish::Failed { .. } => "failed",

@@ -21,7 +21,8 @@ use crate::on_both;
 on_both!(
     transient_failures_fail_over_then_retry_then_give_up,
     permanent_failures_are_final_and_late_retries_expire,
-    a_late_reminder_says_how_long_is_left
+    a_late_reminder_says_how_long_is_left,
+    a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_flagged,
 );
 
 /// Answers each call with the next scripted outcome (the last one repeats), for every message.
@@ -61,6 +62,7 @@ impl Sender for Scripted {
                 .map(|_| {
                     outcome.clone().map(|()| Receipt {
                         provider_id: Some("p-1".into()),
+                        ..Receipt::default()
                     })
                 })
                 .collect()
@@ -191,6 +193,71 @@ async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
     assert_eq!(only.seen.lock().unwrap().len(), 3);
     assert_eq!(state(db, w2).await, "failed");
     assert_eq!(state(db, w).await, "sent");
+}
+
+/// Real gateway backends behind the dispatcher: Africa's Talking out of balance hands the
+/// message to Twilio at once, and the delivery records Twilio; a Twilio 5xx may have been
+/// accepted, so the message waits for its retry and is flagged possibly duplicate.
+async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_flagged(db: &TestDb) {
+    use crate::providers::{build, talking_config, talking_server, twilio_config, twilio_server};
+    // Customer 5's number ends in 05 (the fake Africa's Talking answers 405 for it); customer
+    // 3's in 03 (the fake Twilio answers 502).
+    db.store
+        .upsert_recipients(&[customer(5, Locale::En)], utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let w = sms_for_new_window(db, 48, start()).await;
+    let (talking, talking_base) = talking_server().await;
+    let (twilio, twilio_base) = twilio_server().await;
+    let d = dispatcher(
+        db,
+        vec![
+            build(&talking_config(&talking_base, 100)),
+            build(&twilio_config(&twilio_base)),
+        ],
+    );
+    let now = utc(2015, 4, 10, 6, 0);
+    let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
+    assert_eq!((r.sent, r.retried), (1, 0));
+    assert_eq!(
+        (
+            talking.requests.lock().unwrap().len(),
+            twilio.requests.lock().unwrap().len()
+        ),
+        (1, 1)
+    );
+    let sent = db.store.deliveries(w, None).await.unwrap();
+    assert_eq!(sent[0].backend.as_deref(), Some("gw"), "{sent:?}");
+
+    let (_, twilio_base) = twilio_server().await;
+    db.store
+        .upsert_recipients(&[customer(3, Locale::En)], utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let w2 = db.store.create_window(new_window(24), now, "t").await.unwrap().id;
+    let third = db
+        .store
+        .recipients_page(None, RecipientId(1), 1)
+        .await
+        .unwrap()
+        .recipients[0]
+        .id;
+    let row = PlannedDelivery {
+        window: w2,
+        revision: 1,
+        notice: Notice::Announced,
+        recipient: third,
+        channel: Channel::Sms,
+        due_at: now,
+        deadline: start(),
+    };
+    db.store.enqueue(&[row]).await.unwrap();
+    let d = dispatcher(db, vec![build(&twilio_config(&twilio_base))]);
+    let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
+    assert_eq!((r.sent, r.retried), (0, 1));
+    let waiting = db.store.deliveries(w2, None).await.unwrap();
+    assert!(waiting[0].possibly_duplicate, "{waiting:?}");
+    assert!(waiting[0].last_error.as_deref().unwrap().contains("502"), "{waiting:?}");
 }
 
 /// A second window with the same recipient, for a fresh delivery.

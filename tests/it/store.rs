@@ -176,6 +176,7 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
             id: first[2].id,
             at: now + TimeDelta::minutes(1),
             error: "busy".into(),
+            maybe_sent: false,
         },
         Finish::Sent {
             id: first[3].id,

@@ -46,6 +46,9 @@ const EDGE_CRATES: &[(&str, &[&str])] = &[
         &["storage", "channels", "dispatch", "scheduler", "shutdown", "cli"],
     ),
     ("tokio_util", &["dispatch", "scheduler", "shutdown", "cli"]),
+    ("lettre", &["channels"]),
+    ("reqwest", &["channels"]),
+    ("rustls", &["channels"]),
 ];
 
 /// The names a source text imports from the crate's top level: `crate::x…` and each first

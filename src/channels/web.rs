@@ -1,0 +1,86 @@
+//! What the HTTP backends share: one client each (no redirects followed, bounded in time), a
+//! response read with a size cap, and how an HTTP status is classified.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+
+use super::SendError;
+
+/// The most of a response body that is read; the rest is never downloaded.
+pub const MAX_RESPONSE: usize = 64 * 1024;
+
+/// How much of a response body an error message quotes.
+const QUOTE: usize = 200;
+
+/// A client that follows no redirect (a 3xx is the far end's answer, not an instruction) and
+/// gives up on a request, body included, after `timeout`.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    super::install_tls_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// The status, the `Retry-After` in seconds if any, and up to [`MAX_RESPONSE`] bytes of body.
+pub async fn read(mut response: Response) -> Result<(StatusCode, Option<Duration>, Vec<u8>), reqwest::Error> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_RESPONSE - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_RESPONSE {
+            break;
+        }
+    }
+    Ok((status, retry_after, body))
+}
+
+/// The start of a response body, for an error message: one line, at most a few words.
+pub fn quote(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(QUOTE) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
+/// A request that got no answer. Before anything was sent (no connection) it was surely not
+/// processed; after, it may have been.
+pub fn unanswered(backend: &str, e: &reqwest::Error) -> SendError {
+    let message = format!("{backend}: no answer: {}", super::error_chain(e));
+    if e.is_connect() {
+        SendError::Transient {
+            message,
+            retry_after: None,
+        }
+    } else {
+        SendError::Uncertain {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// An answer that was not a success, classified: 408 and 429 were not processed and are
+/// retried; a 5xx may have been processed, so its retry may be a duplicate; 401 and 403 are
+/// this backend's credentials (worth failing over, then retrying); any other 4xx is final.
+pub fn refused(backend: &str, status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> SendError {
+    let message = format!("{backend}: HTTP {}: {}", status.as_u16(), quote(body));
+    match status.as_u16() {
+        408 | 429 | 401 | 403 => SendError::Transient { message, retry_after },
+        500..=599 => SendError::Uncertain { message, retry_after },
+        _ => SendError::Permanent { message },
+    }
+}

@@ -1,0 +1,329 @@
+//! The SMS gateway backends against local servers that speak the providers' documented request
+//! and response shapes: Twilio's Messages API and Africa's Talking's bulk messaging API.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use tangazo::channels::registry::{Backend, BuildContext};
+use tangazo::channels::{Address, Message, Receipt, SendError, Sender};
+use tangazo::domain::{Channel, Encoding, Locale, PhoneNumber, Rendered};
+
+/// Serves `app` on a loopback port; returns its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn sms(number: &str, body: &str) -> Message {
+    Message {
+        idempotency_key: format!("w1.r1.announced.{number}.sms"),
+        channel: Channel::Sms,
+        to: Address::Phone(PhoneNumber::parse(number).unwrap()),
+        kind: "announced".into(),
+        notice: "announced".into(),
+        window_id: Some(1),
+        broadcast: None,
+        revision: 1,
+        locale: Locale::En,
+        attempt: 1,
+        possibly_duplicate: false,
+        not_after: Some(tokio::time::Instant::now() + Duration::from_secs(3600)),
+        content: Rendered::Sms {
+            body: body.into(),
+            encoding: Encoding::Gsm7,
+            segments: 1,
+        },
+    }
+}
+
+pub fn build<B: Backend>(config: &B) -> Arc<dyn Sender> {
+    config
+        .build("gw", &BuildContext::with_console(std::io::sink()))
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- Twilio
+
+#[derive(Default)]
+pub struct Twilio {
+    pub requests: Mutex<Vec<HashMap<String, String>>>,
+}
+
+/// Twilio's Messages API as documented: the `To` number's last two digits pick the answer.
+async fn twilio(
+    State(state): State<Arc<Twilio>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    // Basic auth with the account SID and the auth token ("AC123:secret").
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if sid != "AC123" || auth != "Basic QUMxMjM6c2VjcmV0" {
+        return (
+            StatusCode::UNAUTHORIZED,
+            r#"{"code": 20003, "message": "Authenticate"}"#,
+        )
+            .into_response();
+    }
+    state.requests.lock().unwrap().push(form.clone());
+    let to = form.get("To").cloned().unwrap_or_default();
+    match &to[to.len() - 2..] {
+        "02" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "7")],
+            r#"{"code": 20429, "message": "Too Many Requests"}"#,
+        )
+            .into_response(),
+        "03" => (
+            StatusCode::BAD_GATEWAY,
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        )
+            .into_response(),
+        "04" => (
+            StatusCode::BAD_REQUEST,
+            r#"{"code": 21211, "message": "The 'To' number is not a valid phone number."}"#,
+        )
+            .into_response(),
+        "05" => (StatusCode::CREATED, "{garbled").into_response(),
+        "06" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            (StatusCode::CREATED, r#"{"sid": "SMlate"}"#).into_response()
+        }
+        _ => (
+            StatusCode::CREATED,
+            format!(r#"{{"sid": "SM{}", "status": "queued"}}"#, &to[1..]),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn twilio_server() -> (Arc<Twilio>, String) {
+    let state = Arc::new(Twilio::default());
+    let app = axum::Router::new()
+        .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+        .with_state(Arc::clone(&state));
+    (state, serve(app).await)
+}
+
+pub fn twilio_config(base: &str) -> tangazo::channels::twilio::TwilioConfig {
+    toml::from_str(&format!(
+        "base_url = \"{base}\"\naccount_sid = \"AC123\"\nauth_token = \"secret\"\nfrom = \"M-PESA\""
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn twilio_sends_one_request_per_message_and_classifies_each_answer() {
+    let (server, base) = twilio_server().await;
+    let sender = build(&twilio_config(&base));
+    let batch: Vec<Message> = ["0712000001", "0712000002", "0712000003", "0712000004", "0712000005"]
+        .iter()
+        .map(|n| sms(n, "M-PESA: Maintenance tonight."))
+        .collect();
+    let results = sender.send(&batch).await;
+    assert_eq!(
+        results[0],
+        Ok(Receipt {
+            provider_id: Some("SM254712000001".into()),
+            ..Receipt::default()
+        })
+    );
+    match &results[1] {
+        Err(e @ SendError::Transient { .. }) => assert_eq!(e.retry_after(), Some(Duration::from_secs(7))),
+        other => panic!("429 is retried after Retry-After: {other:?}"),
+    }
+    match &results[2] {
+        Err(e @ SendError::Uncertain { message, .. }) => {
+            assert!(
+                e.may_have_been_sent() && message.contains("502") && message.contains("Bad Gateway"),
+                "{message}"
+            )
+        }
+        other => panic!("a 5xx may have been accepted: {other:?}"),
+    }
+    assert!(
+        matches!(&results[3], Err(SendError::Permanent { message }) if message.contains("21211")),
+        "{:?}",
+        results[3]
+    );
+    assert_eq!(
+        results[4],
+        Ok(Receipt::default()),
+        "accepted, though the answer is garbled"
+    );
+    let requests = server.requests.lock().unwrap();
+    assert_eq!(requests.len(), 5, "one request per message");
+    let first = requests.iter().find(|r| r["To"] == "+254712000001").unwrap();
+    assert_eq!(
+        (first["From"].as_str(), first["Body"].as_str()),
+        ("M-PESA", "M-PESA: Maintenance tonight.")
+    );
+    let validity: u64 = first["ValidityPeriod"].parse().unwrap();
+    assert!(
+        (3590..=3600).contains(&validity),
+        "valid until the deadline: {validity}"
+    );
+}
+
+#[tokio::test]
+async fn twilio_without_an_answer_in_time_may_have_sent() {
+    let (_server, base) = twilio_server().await;
+    let config = twilio_config(&base);
+    let limits = tangazo::channels::Limits {
+        timeout: Some("1s".parse().unwrap()),
+        ..tangazo::channels::Limits::default()
+    };
+    let sender = tangazo::channels::limits::Limited::wrap(build(&config), &limits);
+    let results = sender.send(&[sms("0712000006", "slow")]).await;
+    assert!(matches!(&results[0], Err(e) if e.may_have_been_sent()), "{results:?}");
+    let wrong = toml::from_str::<tangazo::channels::twilio::TwilioConfig>(&format!(
+        "base_url = \"{base}\"\naccount_sid = \"AC123\"\nauth_token = \"wrong\"\nfrom = \"M-PESA\""
+    ))
+    .unwrap();
+    let results = build(&wrong).send(&[sms("0712000001", "hi")]).await;
+    assert!(
+        matches!(&results[0], Err(SendError::Transient { message, .. }) if message.contains("401") && !message.contains("wrong")),
+        "bad credentials fail over and are never echoed: {results:?}"
+    );
+}
+
+// ---------------------------------------------------------------- Africa's Talking
+
+#[derive(Default)]
+pub struct Talking {
+    pub requests: Mutex<Vec<(Vec<String>, String)>>,
+}
+
+/// Africa's Talking's bulk messaging API as documented: one status per number, picked by the
+/// number's last two digits; a message text of "html" or "garbled" picks a broken answer.
+async fn talking(
+    State(state): State<Arc<Talking>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if headers.get("apikey").and_then(|v| v.to_str().ok()) != Some("key-1")
+        || form.get("username").map(String::as_str) != Some("sandbox")
+    {
+        return (StatusCode::UNAUTHORIZED, "The supplied authentication is invalid").into_response();
+    }
+    let numbers: Vec<String> = form["to"].split(',').map(str::to_owned).collect();
+    let message = form["message"].clone();
+    state.requests.lock().unwrap().push((numbers.clone(), message.clone()));
+    match message.as_str() {
+        "html" => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<html><body>Internal Server Error</body></html>",
+            )
+                .into_response();
+        }
+        "garbled" => return (StatusCode::CREATED, "{\"SMSMessageData\": [").into_response(),
+        _ => {}
+    }
+    let recipients: Vec<serde_json::Value> = numbers
+        .iter()
+        .map(|n| {
+            let (code, status) = match &n[n.len() - 2..] {
+                "03" => (403, "InvalidPhoneNumber"),
+                "05" => (405, "InsufficientBalance"),
+                "07" => (407, "CouldNotRoute"),
+                "09" => (409, "DoNotDisturbRejection"),
+                _ => (101, "Success"),
+            };
+            serde_json::json!({"statusCode": code, "number": n, "status": status, "cost": "KES 0.8000", "messageId": format!("ATXid_{n}")})
+        })
+        .collect();
+    let body = serde_json::json!({"SMSMessageData": {"Message": format!("Sent to {}/{}", numbers.len(), numbers.len()), "Recipients": recipients}});
+    (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+pub async fn talking_server() -> (Arc<Talking>, String) {
+    let state = Arc::new(Talking::default());
+    let app = axum::Router::new()
+        .route("/version1/messaging", post(talking))
+        .with_state(Arc::clone(&state));
+    (state, serve(app).await)
+}
+
+pub fn talking_config(base: &str, batch: usize) -> tangazo::channels::africastalking::AfricasTalkingConfig {
+    toml::from_str(&format!(
+        "base_url = \"{base}\"\nusername = \"sandbox\"\napi_key = \"key-1\"\nbatch = {batch}\npause = \"10m\""
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn africas_talking_batches_identical_texts_and_maps_each_recipient() {
+    let (server, base) = talking_server().await;
+    let sender = build(&talking_config(&base, 3));
+    let mut batch: Vec<Message> = (10..17).map(|i| sms(&format!("07120000{i}"), "English text")).collect();
+    batch.push(sms("0712000003", "English text"));
+    batch.push(sms("0712000007", "Swahili text"));
+    batch.push(sms("0712000009", "Swahili text"));
+    let results = sender.send(&batch).await;
+    assert!(
+        results[..7]
+            .iter()
+            .all(|r| matches!(r, Ok(Receipt { provider_id: Some(id), .. }) if id.starts_with("ATXid_")))
+    );
+    assert!(matches!(&results[7], Err(SendError::Permanent { message }) if message.contains("403")));
+    assert!(matches!(&results[8], Err(SendError::Transient { message, .. }) if message.contains("407")));
+    assert!(matches!(&results[9], Err(SendError::Permanent { message }) if message.contains("409")));
+    let requests = server.requests.lock().unwrap();
+    // 8 English recipients in requests of at most 3, and 2 Swahili in one.
+    let mut sizes: Vec<(usize, &str)> = requests.iter().map(|(n, m)| (n.len(), m.as_str())).collect();
+    sizes.sort();
+    assert_eq!(
+        sizes,
+        [
+            (2, "English text"),
+            (2, "Swahili text"),
+            (3, "English text"),
+            (3, "English text")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn africas_talking_broken_answers_are_clear_transient_errors() {
+    let (_server, base) = talking_server().await;
+    let sender = build(&talking_config(&base, 100));
+    for (text, needle) in [("html", "Internal Server Error"), ("garbled", "not the expected JSON")] {
+        let results = sender.send(&[sms("0712000011", text), sms("0712000012", text)]).await;
+        for r in &results {
+            assert!(
+                matches!(r, Err(e) if e.is_transient() && e.to_string().contains(needle)),
+                "{r:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn insufficient_balance_pauses_africas_talking_and_the_channel_fails_over() {
+    let (talking_state, talking_base) = talking_server().await;
+    let (twilio_state, twilio_base) = twilio_server().await;
+    let at = build(&talking_config(&talking_base, 100));
+    let results = at.send(&[sms("0712000005", "hello"), sms("0712000011", "hello")]).await;
+    assert!(
+        matches!(&results[0], Err(SendError::Transient { message, .. }) if message.contains("405") && message.contains("paused"))
+    );
+    assert!(results[1].is_ok(), "the others in the request went");
+    // Paused: nothing more reaches Africa's Talking; every message fails over at once.
+    let later = at.send(&[sms("0712000012", "hello")]).await;
+    assert!(
+        matches!(&later[0], Err(e) if e.fails_over() && e.to_string().contains("paused")),
+        "{later:?}"
+    );
+    assert_eq!(talking_state.requests.lock().unwrap().len(), 1);
+    let twilio = build(&twilio_config(&twilio_base));
+    assert!(twilio.send(&[sms("0712000012", "hello")]).await[0].is_ok());
+    assert_eq!(twilio_state.requests.lock().unwrap().len(), 1);
+}
