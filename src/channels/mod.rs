@@ -16,6 +16,7 @@ pub mod registry;
 pub mod smtp;
 pub mod twilio;
 mod web;
+pub mod webhook;
 
 use std::fmt;
 use std::future::Future;

@@ -22,7 +22,7 @@ pub use content::Rendered;
 pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key};
 pub use policy::{AudiencePolicy, Decided, Decision, Outcome, Policy, PolicyError, Reach};
 pub use recipient::{
-    Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError, RecipientId,
+    Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError, RecipientId, quote_prefix,
 };
 pub use secret::{REDACTED, Secret};
 pub use sms::{Encoding, SmsCost, cost as sms_cost, first_non_gsm7, gsm7_septets};
