@@ -351,6 +351,18 @@ impl Scheduler {
             after = last;
             let rows: Vec<PlannedDelivery> =
                 planner::fan_out(decision, window, &page.recipients, |id| told.contains(&id)).collect();
+            // A biller's webhook notice goes to each of its endpoints that wants it.
+            let billers: Vec<RecipientId> = rows
+                .iter()
+                .filter(|r| r.channel == crate::domain::Channel::Webhook)
+                .map(|r| r.recipient)
+                .collect();
+            let rows = if billers.is_empty() {
+                rows
+            } else {
+                let endpoints = self.store.endpoint_routes(&billers).await?;
+                crate::domain::per_endpoint(rows, &endpoints, &window.components)
+            };
             let mark = FanOutPage {
                 window: window.id,
                 revision: decision.revision,

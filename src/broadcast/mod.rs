@@ -204,6 +204,7 @@ pub async fn enqueue_audience(
                     .map(|c| (r.id, c))
             })
             .collect();
+        let rows = per_endpoint(store, Some(content), rows).await?;
         enqueued += store.enqueue_broadcast(broadcast, &rows, now).await?;
     }
     store.after_bulk_load(enqueued).await?;
@@ -229,7 +230,37 @@ pub async fn enqueue_seeds(
                 .collect::<Vec<_>>()
         })
         .collect();
+    let rows = per_endpoint(store, None, rows).await?;
     store.enqueue_broadcast(broadcast, &rows, now).await
+}
+
+/// The rows with each webhook row made one per endpoint of the biller that wants `content`
+/// (every enabled one for a free message or a canary seed); a biller without endpoints keeps
+/// its one row.
+async fn per_endpoint(
+    store: &Store,
+    content: Option<&Content>,
+    rows: Vec<(RecipientId, Channel)>,
+) -> Result<Vec<(RecipientId, Channel, Option<i64>)>, StoreError> {
+    let billers: Vec<RecipientId> = rows.iter().filter(|r| r.1 == Channel::Webhook).map(|r| r.0).collect();
+    let endpoints = store.endpoint_routes(&billers).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (recipient, channel) in rows {
+        match endpoints.get(&recipient) {
+            Some(list) if channel == Channel::Webhook && !list.is_empty() => {
+                out.extend(
+                    list.iter()
+                        .filter(|e| match content {
+                            Some(Content::Notice { window, notice }) => e.wants(notice.kind(), &window.components),
+                            Some(Content::Message(_)) | None => e.enabled,
+                        })
+                        .map(|e| (recipient, channel, Some(e.id))),
+                );
+            }
+            _ => out.push((recipient, channel, None)),
+        }
+    }
+    Ok(out)
 }
 
 /// A line of the estimate: messages (and SMS segments) per channel, locale and encoding.

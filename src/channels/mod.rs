@@ -37,8 +37,32 @@ pub use registry::{BuildContext, BuildError, SenderConfig, Senders};
 pub enum Address {
     Phone(PhoneNumber),
     Email(EmailAddress),
-    /// A biller's webhook endpoint, named by the biller's recipient id.
-    Endpoint(RecipientId),
+    /// A biller's webhook endpoint: the biller, and the endpoint registered for it (none when
+    /// the biller has none: the file and console backends record such a message, the webhook
+    /// backend refuses it).
+    Endpoint {
+        biller: RecipientId,
+        endpoint: Option<Endpoint>,
+    },
+}
+
+/// Where a webhook goes and the secrets it is signed with (never shown).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: i64,
+    pub url: String,
+    /// The current secret, then the previous one while a rotation's overlap lasts.
+    pub secrets: Vec<crate::domain::Secret>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
 }
 
 impl fmt::Display for Address {
@@ -46,7 +70,8 @@ impl fmt::Display for Address {
         match self {
             Address::Phone(p) => f.write_str(p.as_str()),
             Address::Email(e) => f.write_str(e.as_str()),
-            Address::Endpoint(id) => write!(f, "{id}"),
+            Address::Endpoint { endpoint: Some(e), .. } => f.write_str(&e.url),
+            Address::Endpoint { biller, endpoint: None } => write!(f, "{biller}"),
         }
     }
 }

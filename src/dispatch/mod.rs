@@ -384,7 +384,24 @@ impl Dispatcher {
                     .clone()
                     .ok_or_else(|| Prepare::Fail("recipient has no email address".into()))?,
             ),
-            Channel::Webhook => Address::Endpoint(recipient),
+            Channel::Webhook => Address::Endpoint {
+                biller: recipient,
+                endpoint: match &row.endpoint {
+                    Some(e) if e.disabled.is_some() => {
+                        return Err(Prepare::Fail(format!(
+                            "webhook endpoint {} is disabled ({})",
+                            e.id,
+                            e.disabled.as_deref().unwrap_or_default()
+                        )));
+                    }
+                    Some(e) => Some(crate::channels::Endpoint {
+                        id: e.id,
+                        url: e.url.clone(),
+                        secrets: e.secrets.clone(),
+                    }),
+                    None => None,
+                },
+            },
         };
         let broadcast = match row.broadcast {
             Some(id) => Some(match cache.broadcasts.entry(id) {
@@ -405,7 +422,7 @@ impl Dispatcher {
                 })
                 .await?;
             let message = Message {
-                idempotency_key: format!("b{}.{recipient}.{channel}", b.id),
+                idempotency_key: broadcast_key(b.id, recipient, channel, row.endpoint.as_ref().map(|e| e.id)),
                 channel,
                 to,
                 kind: "message".to_owned(),
@@ -456,8 +473,15 @@ impl Dispatcher {
             .await?;
         let message = Message {
             idempotency_key: match &broadcast {
-                Some(b) => format!("b{}.{recipient}.{channel}", b.id),
-                None => idempotency_key(window_id, revision, notice, recipient, channel),
+                Some(b) => broadcast_key(b.id, recipient, channel, row.endpoint.as_ref().map(|e| e.id)),
+                None => idempotency_key(
+                    window_id,
+                    revision,
+                    notice,
+                    recipient,
+                    channel,
+                    row.endpoint.as_ref().map(|e| e.id),
+                ),
             },
             channel,
             to,
@@ -493,6 +517,19 @@ impl Dispatcher {
                 e.insert(Body { id, content })
             }
         })
+    }
+}
+
+/// A broadcast row's idempotency key: `b3.17.webhook.e2`.
+fn broadcast_key(
+    broadcast: i64,
+    recipient: crate::domain::RecipientId,
+    channel: Channel,
+    endpoint: Option<i64>,
+) -> String {
+    match endpoint {
+        None => format!("b{broadcast}.{recipient}.{channel}"),
+        Some(e) => format!("b{broadcast}.{recipient}.{channel}.e{e}"),
     }
 }
 

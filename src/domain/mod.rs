@@ -7,6 +7,7 @@
 mod broadcast;
 mod component;
 mod content;
+mod endpoint;
 mod notice;
 mod policy;
 mod recipient;
@@ -19,6 +20,7 @@ mod window;
 pub use broadcast::{AudienceFilter, Matcher, Message, MessageError, MessageText};
 pub use component::{ComponentError, ComponentId, ComponentNames};
 pub use content::Rendered;
+pub use endpoint::{EndpointRoute, EventType, per_endpoint};
 pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key};
 pub use policy::{AudiencePolicy, Decided, Decision, Outcome, Policy, PolicyError, Reach};
 pub use recipient::{

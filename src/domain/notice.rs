@@ -186,13 +186,23 @@ pub struct PlannedDelivery {
     pub notice: Notice,
     pub recipient: RecipientId,
     pub channel: Channel,
+    /// The biller's webhook endpoint a webhook row goes to (none for other channels, and for
+    /// a biller without endpoints).
+    pub endpoint: Option<i64>,
     pub due_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
 }
 
 impl PlannedDelivery {
     pub fn idempotency_key(&self) -> String {
-        idempotency_key(self.window, self.revision, self.notice, self.recipient, self.channel)
+        idempotency_key(
+            self.window,
+            self.revision,
+            self.notice,
+            self.recipient,
+            self.channel,
+            self.endpoint,
+        )
     }
 }
 
@@ -203,8 +213,12 @@ pub fn idempotency_key(
     notice: Notice,
     recipient: RecipientId,
     channel: Channel,
+    endpoint: Option<i64>,
 ) -> String {
-    format!("w{window}.r{revision}.{notice}.{recipient}.{channel}")
+    match endpoint {
+        None => format!("w{window}.r{revision}.{notice}.{recipient}.{channel}"),
+        Some(e) => format!("w{window}.r{revision}.{notice}.{recipient}.{channel}.e{e}"),
+    }
 }
 
 #[cfg(test)]

@@ -225,6 +225,7 @@ where
                 .effective_channels()
                 .into_iter()
                 .map(move |channel| PlannedDelivery {
+                    endpoint: None,
                     window: window.id,
                     revision: decision.revision,
                     notice: decision.notice,

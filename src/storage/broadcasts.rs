@@ -81,7 +81,7 @@ impl Store {
     pub async fn enqueue_broadcast(
         &self,
         b: &Broadcast,
-        rows: &[(RecipientId, Channel)],
+        rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         if rows.is_empty() {
@@ -93,26 +93,28 @@ impl Store {
             let mut inserted = 0;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
-                    "WITH v (window_id, broadcast_id, revision, notice, recipient_id, channel, due_at, deadline) AS (",
+                    "WITH v (window_id, broadcast_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (",
                 );
-                qb.push_values(chunk, |mut q, (recipient, channel)| {
+                qb.push_values(chunk, |mut q, (recipient, channel, endpoint)| {
                     q.push_bind(b.window.map(|w| w.0))
                         .push_bind(b.id)
                         .push_bind(i64::from(b.revision.unwrap_or(0)))
                         .push_bind(notice.clone())
                         .push_bind(recipient.0)
                         .push_bind(channel.as_str())
+                        .push_bind(*endpoint)
                         .push_bind(to_millis(due_at))
                         .push_bind(to_millis(b.deadline));
                 });
                 // A window notice is not sent again to whom the window's own rows already
                 // carry it (a free message has no window: nothing matches).
                 qb.push(
-                    ") INSERT INTO deliveries (window_id, broadcast_id, revision, notice, recipient_id, channel, due_at, deadline) \
-                     SELECT v.window_id, v.broadcast_id, v.revision, v.notice, v.recipient_id, v.channel, v.due_at, v.deadline FROM v \
+                    ") INSERT INTO deliveries (window_id, broadcast_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
+                     SELECT v.window_id, v.broadcast_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v \
                      WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
                      AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
-                     AND w.recipient_id = v.recipient_id AND w.channel = v.channel AND w.state IN ('pending', 'claimed', 'sent')) \
+                     AND w.recipient_id = v.recipient_id AND w.channel = v.channel \
+                     AND COALESCE(w.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) AND w.state IN ('pending', 'claimed', 'sent')) \
                      ON CONFLICT DO NOTHING",
                 );
                 inserted += qb.build().execute(&mut *tx).await?.rows_affected();

@@ -95,6 +95,7 @@ macro_rules! append_history {
 }
 
 mod broadcasts;
+mod endpoints;
 mod notices;
 mod queue;
 mod recipients;
@@ -102,11 +103,12 @@ mod reports;
 mod rows;
 mod windows;
 
+pub use endpoints::{EndpointInfo, NewEndpoint};
 pub use notices::NoticeLogRow;
 pub use queue::{Claim, FanOutPage, Finish, Released};
 pub use recipients::{ImportBatch, PAGE, RecipientPage};
 pub use reports::{DeliveryRow, Requeued, SummaryRow};
-pub use rows::{Broadcast, Claimed, ClaimedDelivery, CorruptClaim, NewBroadcast};
+pub use rows::{Broadcast, Claimed, ClaimedDelivery, CorruptClaim, Endpoint, NewBroadcast};
 pub use windows::HistoryEntry;
 
 /// Rows per multi-row INSERT statement: well under SQLite's and PostgreSQL's parameter limits.

@@ -131,22 +131,24 @@ macro_rules! insert_planned {
         let mut inserted = 0;
         for chunk in $rows.chunks(ROWS_PER_STATEMENT) {
             let mut qb =
-                QueryBuilder::new("WITH v (window_id, revision, notice, recipient_id, channel, due_at, deadline) AS (");
+                QueryBuilder::new("WITH v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (");
             qb.push_values(chunk, |mut b, d: &PlannedDelivery| {
                 b.push_bind(d.window.0)
                     .push_bind(i64::from(d.revision))
                     .push_bind(d.notice.to_string())
                     .push_bind(d.recipient.0)
                     .push_bind(d.channel.as_str())
+                    .push_bind(d.endpoint)
                     .push_bind(to_millis(d.due_at))
                     .push_bind(to_millis(d.deadline));
             });
             qb.push(
-                ") INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, due_at, deadline) \
-                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.due_at, v.deadline FROM v \
+                ") INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
+                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v \
                  WHERE NOT EXISTS (SELECT 1 FROM deliveries b WHERE b.broadcast_id IS NOT NULL \
                  AND b.window_id = v.window_id AND b.recipient_id = v.recipient_id AND b.revision = v.revision \
-                 AND b.notice = v.notice AND b.channel = v.channel AND b.state IN ('pending', 'claimed', 'sent')) \
+                 AND b.notice = v.notice AND b.channel = v.channel AND COALESCE(b.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) \
+                 AND b.state IN ('pending', 'claimed', 'sent')) \
                  ON CONFLICT DO NOTHING",
             );
             inserted += qb.build().execute(&mut *$tx).await?.rows_affected();
@@ -307,8 +309,11 @@ impl Store {
             }
             let mut qb = QueryBuilder::new(
                 "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, d.recipient_id, \
-                 d.possibly_duplicate, r.kind AS audience, r.phone, r.email, r.locale, r.zone \
-                 FROM deliveries d JOIN recipients r ON r.id = d.recipient_id WHERE d.id IN (",
+                 d.possibly_duplicate, r.kind AS audience, r.phone, r.email, r.locale, r.zone, \
+                 d.endpoint_id, e.url AS endpoint_url, e.secret AS endpoint_secret, e.previous_secret AS endpoint_previous_secret, \
+                 e.previous_until AS endpoint_previous_until, e.disabled_reason AS endpoint_disabled \
+                 FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
+                 LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.id IN (",
             );
             let mut sep = qb.separated(", ");
             for id in &ids {

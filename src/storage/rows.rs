@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Locale, Localized, Message, Notice, PhoneNumber,
-    Profile, Recipient, RecipientId, Schedule, Window, WindowId, Zone, from_millis,
+    Profile, Recipient, RecipientId, Schedule, Secret, Window, WindowId, Zone, from_millis,
 };
 
 use super::StoreError;
@@ -158,6 +158,12 @@ pub(super) struct ClaimRow {
     pub email: Option<String>,
     pub locale: String,
     pub zone: String,
+    pub endpoint_id: Option<i64>,
+    pub endpoint_url: Option<String>,
+    pub endpoint_secret: Option<String>,
+    pub endpoint_previous_secret: Option<String>,
+    pub endpoint_previous_until: Option<i64>,
+    pub endpoint_disabled: Option<String>,
 }
 
 /// A claimed delivery with what the dispatcher needs to render and address it, parsed.
@@ -182,6 +188,18 @@ pub struct ClaimedDelivery {
     pub email: Option<EmailAddress>,
     pub locale: Locale,
     pub zone: Zone,
+    /// The biller's webhook endpoint a webhook row goes to.
+    pub endpoint: Option<Endpoint>,
+}
+
+/// A webhook endpoint as a delivery to it needs it: where, and the secrets that sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: i64,
+    pub url: String,
+    /// The current secret, then the previous one while a rotation's overlap lasts.
+    pub secrets: Vec<Secret>,
+    pub disabled: Option<String>,
 }
 
 /// A claimed row: parsed, or the reason it could not be (the dispatcher records it failed
@@ -222,6 +240,25 @@ impl ClaimRow {
             email: self.email.map(EmailAddress::from_trusted),
             locale: self.locale.parse().map_err(|_| bad("locale"))?,
             zone: self.zone.parse().map_err(|_| bad("zone"))?,
+            endpoint: match (self.endpoint_id, self.endpoint_url, self.endpoint_secret) {
+                (Some(id), Some(url), Some(secret)) => {
+                    let mut secrets = vec![Secret::new(secret)];
+                    // The previous secret signs too until its overlap ends (real time).
+                    if let (Some(previous), Some(until)) = (self.endpoint_previous_secret, self.endpoint_previous_until)
+                        && until > chrono::Utc::now().timestamp_millis()
+                    {
+                        secrets.push(Secret::new(previous));
+                    }
+                    Some(Endpoint {
+                        id,
+                        url,
+                        secrets,
+                        disabled: self.endpoint_disabled,
+                    })
+                }
+                (None, _, _) => None,
+                (Some(_), _, _) => return Err(bad("webhook endpoint (it was removed)")),
+            },
         })
     }
 }

@@ -126,6 +126,7 @@ async fn sms_for_new_window(db: &TestDb, hours: i64, deadline: DateTime<Utc>) ->
             .recipients[0]
             .id,
         channel: Channel::Sms,
+        endpoint: None,
         due_at: utc(2015, 4, 10, 6, 0),
         deadline,
     };
@@ -248,6 +249,7 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
         notice: Notice::Announced,
         recipient: third,
         channel: Channel::Sms,
+        endpoint: None,
         due_at: now,
         deadline: start(),
     };

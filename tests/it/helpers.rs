@@ -160,6 +160,7 @@ pub fn announced_sms(
             notice: tangazo::domain::Notice::Announced,
             recipient: r.id,
             channel: Channel::Sms,
+            endpoint: None,
             due_at,
             deadline,
         })

@@ -64,6 +64,7 @@ fn planned(
             notice,
             recipient: RecipientId(r),
             channel: Channel::Sms,
+            endpoint: None,
             due_at: start() - TimeDelta::hours(due_hours_before),
             deadline: start(),
         })
@@ -477,7 +478,8 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
     ));
     assert_eq!(db.store.broadcast(b.id).await.unwrap().message, Some(message));
 
-    let rows: Vec<(RecipientId, Channel)> = ids.iter().map(|&i| (RecipientId(i), Channel::Sms)).collect();
+    let rows: Vec<(RecipientId, Channel, Option<i64>)> =
+        ids.iter().map(|&i| (RecipientId(i), Channel::Sms, None)).collect();
     assert_eq!(db.store.enqueue_broadcast(&b, &rows, now).await.unwrap(), 4);
     assert_eq!(
         db.store.enqueue_broadcast(&b, &rows, now).await.unwrap(),
