@@ -141,6 +141,10 @@ pub enum SendError {
     /// Never worth another attempt: an invalid number, a 5xx SMTP reply, other HTTP 4xx.
     #[error("{message}")]
     Permanent { message: String },
+    /// The receiver says the endpoint is gone for good (HTTP 410): final, and the endpoint is
+    /// disabled so nothing more is queued for it.
+    #[error("{message}")]
+    Gone { message: String },
     /// Not handed to the backend: its deadline came first (waiting for the rate, say).
     #[error("the deadline passed before it could be handed to a backend")]
     TooLate,
@@ -165,7 +169,7 @@ impl SendError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             SendError::Transient { retry_after, .. } | SendError::Uncertain { retry_after, .. } => *retry_after,
-            SendError::Permanent { .. } | SendError::TooLate => None,
+            SendError::Permanent { .. } | SendError::Gone { .. } | SendError::TooLate => None,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::gateway::GatewayConfig;
 use super::limits::{self, Limited, Limits, RetryPolicy};
 use super::smtp::SmtpConfig;
 use super::twilio::TwilioConfig;
+use super::webhook::WebhookConfig;
 use super::{Sender, SharedWriter};
 use crate::domain::Channel;
 
@@ -74,6 +75,7 @@ registry! {
     "twilio" => Twilio(TwilioConfig),
     "africastalking" => AfricasTalking(AfricasTalkingConfig),
     "http" => Gateway(GatewayConfig),
+    "webhook" => Webhook(WebhookConfig),
 }
 
 /// One `[senders.NAME]` table: the backend's settings and its limits, side by side.

@@ -37,6 +37,7 @@ mod broadcast;
 mod demo;
 mod ops;
 mod recipients;
+mod webhooks;
 mod windows;
 
 use std::path::PathBuf;
@@ -107,6 +108,9 @@ pub enum Command {
     /// Template commands
     #[command(subcommand)]
     Templates(TemplatesCommand),
+    /// Billers' webhook endpoints: register, list, remove, rotate secrets, test, enable
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Send an ad-hoc notice (a window's, or a free message) to a filtered audience
     ///
     /// Idempotent by --name: running the same broadcast again sends nothing twice. --dry-run
@@ -384,6 +388,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Config(ConfigCommand::Check) => ops::config_check(&ctx),
         Command::Window(c) => windows::run(&ctx, c).await,
         Command::Recipients(c) => recipients::run(&ctx, c).await,
+        Command::Webhooks(c) => webhooks::run(&ctx, c).await,
         Command::Templates(TemplatesCommand::Check) => ops::templates_check(&ctx),
         Command::Broadcast(args) => broadcast::run(&ctx, args).await,
         Command::Preview {

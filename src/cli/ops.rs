@@ -197,7 +197,7 @@ pub async fn preview(ctx: &Ctx, window: i64, notice: &str, channel: &str, view: 
 }
 
 /// A recipient by id, phone number or email address.
-async fn find_recipient(store: &crate::storage::Store, who: &str) -> CliResult<crate::domain::Recipient> {
+pub(super) async fn find_recipient(store: &crate::storage::Store, who: &str) -> CliResult<crate::domain::Recipient> {
     let who = who.trim();
     // A short number without a leading 0 or + is an id; anything longer is a phone number.
     let as_id = (who.len() <= 9 && !who.starts_with(['0', '+']))

@@ -68,6 +68,9 @@ pub struct DispatchConfig {
     pub tick: Span,
 }
 
+/// An endpoint failing for this long without a success is disabled.
+pub const ENDPOINT_FAILING_LIMIT: Span = Span::hours(5 * 24);
+
 pub struct Dispatcher {
     store: Store,
     renderer: Arc<Renderer>,
@@ -259,6 +262,12 @@ impl Dispatcher {
             let now = clock.now();
             for ((row, body_id), outcome) in rows.into_iter().zip(results) {
                 let backend = outcome.backend;
+                if let Some(endpoint) = &row.endpoint {
+                    // The streak is bookkeeping: failing to keep it does not hold up the sends.
+                    if let Err(e) = self.endpoint_outcome(endpoint.id, &outcome.result, now).await {
+                        tracing::warn!(endpoint = endpoint.id, error = %e, "could not record the endpoint's outcome");
+                    }
+                }
                 match outcome.result {
                     Ok(receipt) => {
                         report.sent += 1;
@@ -317,6 +326,35 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Keeps an endpoint's failure streak: a 410 disables it at once, and so does failing for
+    /// longer than [`ENDPOINT_FAILING_LIMIT`] without a success; a success ends the streak.
+    async fn endpoint_outcome(
+        &self,
+        endpoint: i64,
+        result: &Result<Receipt, SendError>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let reason = match result {
+            Err(SendError::Gone { .. }) => Some("the receiver answered 410 Gone".to_owned()),
+            Err(SendError::TooLate) => None,
+            other => {
+                let since = self.store.endpoint_outcome(endpoint, other.is_ok(), now).await?;
+                since
+                    .filter(|s| now - *s >= ENDPOINT_FAILING_LIMIT.delta())
+                    .map(|s| format!("failing since {}", s.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+            }
+        };
+        if let Some(reason) = reason {
+            tracing::warn!(
+                endpoint,
+                reason,
+                "webhook endpoint disabled: re-enable it with `tangazo webhooks enable`"
+            );
+            self.store.set_endpoint_disabled(endpoint, Some(&reason)).await?;
+        }
+        Ok(())
     }
 
     /// Tries the channel's senders in order: what one backend failed transiently goes to the

@@ -3,7 +3,7 @@
 
 use crate::domain::{Channel, Locale, Rendered, sms_cost};
 
-use super::webhook::BroadcastMessageV1;
+use super::webhook::{BroadcastMessageV1, Envelope};
 use super::{RenderError, Renderer};
 
 impl Renderer {
@@ -53,13 +53,14 @@ impl Renderer {
                 }
             }
             Channel::Webhook => Rendered::Webhook {
-                payload: serde_json::to_value(BroadcastMessageV1 {
-                    kind: "broadcast.message",
-                    version: "v1",
-                    name: name.to_owned(),
-                    locale: locale.as_str(),
-                    subject,
-                    text: text.to_owned(),
+                payload: serde_json::to_value(Envelope {
+                    kind: "broadcast.message".to_owned(),
+                    data: BroadcastMessageV1 {
+                        name: name.to_owned(),
+                        locale: locale.as_str(),
+                        subject,
+                        text: text.to_owned(),
+                    },
                 })
                 .map_err(RenderError::Encode)?,
             },

@@ -27,7 +27,7 @@ mod webhook;
 pub use check::{CheckReport, Segments};
 pub use helpers::{duration_words, format_brief, format_instant};
 pub use view::{NoticeFacts, lead_time};
-pub use webhook::{BroadcastMessageV1, WebhookEventV1, webhook_payload};
+pub use webhook::{BroadcastMessageV1, Envelope, WindowEventV1, webhook_payload};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/templates.rs"));

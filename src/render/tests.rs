@@ -160,10 +160,12 @@ fn a_missing_variable_names_the_file_and_the_variable() {
 fn webhook_payload_is_versioned() {
     let facts = NoticeFacts::sample(NoticeKind::Reminder, &names());
     let p = webhook_payload(&facts, Locale::En).unwrap();
-    assert_eq!(p["type"], "maintenance.reminder");
-    assert_eq!(p["version"], "v1");
-    assert_eq!(p["notice"], "reminder:24h");
-    assert_eq!(p["window"]["starts_at"], "2015-04-17T21:00:00+00:00");
+    assert_eq!(p["type"], "window.reminder");
+    assert_eq!(p["data"]["notice"], "reminder:24h");
+    assert_eq!(p["data"]["starts_at"], "2015-04-17T21:00:00Z");
+    assert_eq!(p["data"]["starts_at_local"], "2015-04-18T00:00:00+03:00");
+    assert_eq!(p["data"]["zone"], "Africa/Nairobi");
+    assert_eq!(p["data"]["components"][0]["id"], "send-money");
 }
 
 #[test]
@@ -257,11 +259,14 @@ fn an_extension_names_the_old_end_and_only_changes_carry_previous() {
     };
     assert!(body.contains("was from Sat 11 Apr 00:00)"), "{body}");
     // The webhook says what it was before only for a change.
-    assert!(webhook_payload(&facts, Locale::En).unwrap().get("previous").is_some());
+    assert!(
+        webhook_payload(&facts, Locale::En).unwrap()["data"]
+            .get("previous")
+            .is_some()
+    );
     let announced = NoticeFacts::sample(NoticeKind::Announced, &names());
     assert!(
-        webhook_payload(&announced, Locale::En)
-            .unwrap()
+        webhook_payload(&announced, Locale::En).unwrap()["data"]
             .get("previous")
             .is_none()
     );

@@ -16,3 +16,4 @@ mod scheduler;
 mod smtp;
 mod store;
 mod tidy;
+mod webhooks;

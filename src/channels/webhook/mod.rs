@@ -1,8 +1,203 @@
 //! The `webhook` backend: billers' subscribed endpoints receive each event in the Standard
 //! Webhooks envelope, signed.
 //!
-//! `guard` keeps every request on public addresses (checked at registration and at connect
-//! time); `sign` makes the signatures.
+//! The body is the rendered `{"type", "data"}` with the `timestamp` of this attempt added; the
+//! headers are `webhook-id` (the delivery's idempotency key: one per endpoint, the same on
+//! every retry), `webhook-timestamp` and `webhook-signature` (one `v1,` signature per secret:
+//! two during a rotation). `guard` keeps every request on public addresses, checked again at
+//! connect time through the client's resolver. A 2xx is success; a redirect is not followed
+//! and fails the attempt; 410 is final and disables the endpoint; 408, 429 and 5xx are retried
+//! (a 5xx or a timeout flagged possibly duplicate); other 4xx are final. The whole request,
+//! body read included, is bounded in time, and the response in size.
 
 pub mod guard;
 pub mod sign;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::registry::{Backend, BuildContext};
+use super::web;
+use super::{Address, BoxFuture, Limits, Message, Receipt, SendError, Sender};
+use crate::domain::{Rendered, Span};
+use guard::{Guard, Subnet, SystemLookup};
+
+/// `type = "webhook"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Accept `http://` endpoints (tests, receivers on the premises); https only otherwise.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Subnets endpoints may be in although they are not public (`10.20.0.0/16`, `127.0.0.1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The SSRF guard these settings make, on the system's resolver.
+    pub fn guard(&self) -> Result<Guard, String> {
+        let allow = self
+            .allow
+            .iter()
+            .map(|s| s.parse::<Subnet>().map_err(|e| format!("allow: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Guard::new(self.allow_http, allow, Arc::new(SystemLookup)))
+    }
+}
+
+/// How long one request may take, body included, unless `timeout` says otherwise.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Backend for WebhookConfig {
+    fn default_limits(&self) -> Limits {
+        Limits {
+            concurrency: Some(8),
+            timeout: Some(Span::from_secs(60)),
+            retry: Some(
+                ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+                    .iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect(),
+            ),
+            jitter: Some(0.2),
+            retry_after_max: Some(Span::from_secs(3600)),
+            ..Limits::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.guard().map(|_| ())
+    }
+
+    fn build(&self, name: &str, _: &BuildContext) -> Result<Arc<dyn Sender>, String> {
+        Ok(Arc::new(WebhookSender::new(name, self.guard()?, REQUEST_TIMEOUT)?))
+    }
+}
+
+pub struct WebhookSender {
+    name: String,
+    guard: Guard,
+    client: reqwest::Client,
+}
+
+impl WebhookSender {
+    /// A sender whose requests go only where `guard` allows, each within `timeout`.
+    pub fn new(name: &str, guard: Guard, timeout: Duration) -> Result<WebhookSender, String> {
+        super::install_tls_provider();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .dns_resolver(Arc::new(guard.clone()))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(WebhookSender {
+            name: name.to_owned(),
+            guard,
+            client,
+        })
+    }
+
+    async fn send_one(&self, m: &Message) -> Result<Receipt, SendError> {
+        let permanent = |message: String| SendError::Permanent { message };
+        let Rendered::Webhook { payload } = &m.content else {
+            return Err(permanent(format!("{} sends webhooks only", self.name)));
+        };
+        let endpoint = match &m.to {
+            Address::Endpoint { endpoint: Some(e), .. } => e,
+            Address::Endpoint { biller, endpoint: None } => {
+                return Err(permanent(format!(
+                    "biller {biller} has no webhook endpoint: add one with `tangazo webhooks add`"
+                )));
+            }
+            _ => return Err(permanent(format!("{} sends to webhook endpoints only", self.name))),
+        };
+        // A name is checked by the client's resolver when it connects; an address written in
+        // the URL never reaches a resolver, so it is checked here.
+        let url = self
+            .guard
+            .parse(&endpoint.url)
+            .map_err(|e| permanent(format!("endpoint {}: {e}", endpoint.id)))?;
+        if matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) {
+            self.guard
+                .resolve(&url)
+                .await
+                .map_err(|e| permanent(format!("endpoint {}: {e}", endpoint.id)))?;
+        }
+        let now = chrono::Utc::now();
+        let mut envelope = payload.clone();
+        if let Some(object) = envelope.as_object_mut() {
+            object.insert(
+                "timestamp".to_owned(),
+                serde_json::Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            );
+        }
+        let body = serde_json::to_vec(&envelope).map_err(|e| permanent(format!("cannot encode the event: {e}")))?;
+        let keys = endpoint
+            .secrets
+            .iter()
+            .map(sign::key)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| permanent(format!("endpoint {}: {e}", endpoint.id)))?;
+        let timestamp = now.timestamp();
+        let signature = sign::signature(&keys, &m.idempotency_key, timestamp, &body);
+        let response = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &m.idempotency_key)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| refused_or_unanswered(&self.name, endpoint.id, &e))?;
+        let (status, retry_after, bytes) = web::read(response)
+            .await
+            .map_err(|e| refused_or_unanswered(&self.name, endpoint.id, &e))?;
+        match status.as_u16() {
+            200..=299 => Ok(Receipt::default()),
+            300..=399 => Err(permanent(format!(
+                "{}: endpoint {} answered a redirect ({}), which is not followed: register the final URL",
+                self.name,
+                endpoint.id,
+                status.as_u16()
+            ))),
+            410 => Err(SendError::Gone {
+                message: format!(
+                    "{}: endpoint {} answered 410 Gone: it is disabled",
+                    self.name, endpoint.id
+                ),
+            }),
+            _ => Err(web::refused(&self.name, status, retry_after, &bytes)),
+        }
+    }
+}
+
+/// A request that failed without an answer: refused by the guard at connect time (final), or
+/// unanswered (retried).
+fn refused_or_unanswered(backend: &str, endpoint: i64, e: &reqwest::Error) -> SendError {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<guard::Refused>() {
+            return SendError::Permanent {
+                message: format!("{backend}: endpoint {endpoint}: {refused}"),
+            };
+        }
+        source = cause.source();
+    }
+    web::unanswered(backend, e)
+}
+
+impl Sender for WebhookSender {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
+        Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
+    }
+}
