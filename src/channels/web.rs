@@ -59,7 +59,7 @@ pub fn quote(body: &[u8]) -> String {
 /// A request that got no answer. Before anything was sent (no connection) it was surely not
 /// processed; after, it may have been.
 pub fn unanswered(backend: &str, e: &reqwest::Error) -> SendError {
-    let message = format!("{backend}: no answer: {}", super::error_chain(e));
+    let message = format!("no answer from {backend}: {}", super::error_chain(e));
     if e.is_connect() {
         SendError::Transient {
             message,
@@ -76,8 +76,8 @@ pub fn unanswered(backend: &str, e: &reqwest::Error) -> SendError {
 /// An answer that was not a success, classified: 408 and 429 were not processed and are
 /// retried; a 5xx may have been processed, so its retry may be a duplicate; 401 and 403 are
 /// this backend's credentials (worth failing over, then retrying); any other 4xx is final.
-pub fn refused(backend: &str, status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> SendError {
-    let message = format!("{backend}: HTTP {}: {}", status.as_u16(), quote(body));
+pub fn refused(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> SendError {
+    let message = format!("HTTP {}: {}", status.as_u16(), quote(body));
     match status.as_u16() {
         408 | 429 | 401 | 403 => SendError::Transient { message, retry_after },
         500..=599 => SendError::Uncertain { message, retry_after },

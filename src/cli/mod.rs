@@ -192,6 +192,12 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Every attempt to hand one delivery to a backend: when, which backend, how it went, the
+    /// provider's status and message id, how long it took, the error (addresses masked)
+    Attempts {
+        /// The delivery's id (see `tangazo deliveries list`)
+        id: i64,
+    },
     /// Put a window's failed (or expired) deliveries back in the queue where their deadline is
     /// still ahead, after fixing what made them fail; the daemon or run-once sends them
     Retry {
@@ -411,6 +417,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::RunOnce => ops::run_once(&ctx).await,
         Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,
         Command::Deliveries(DeliveriesCommand::Summary { window }) => ops::summary(&ctx, window).await,
+        Command::Deliveries(DeliveriesCommand::Attempts { id }) => ops::attempts(&ctx, id).await,
         Command::Deliveries(DeliveriesCommand::List { window, state }) => {
             ops::list(&ctx, window, state.as_deref()).await
         }

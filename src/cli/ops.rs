@@ -567,3 +567,37 @@ pub(super) fn print_summary(rows: &[SummaryRow], log: &[NoticeLogRow], alarms: &
     }
     Ok(())
 }
+
+pub async fn attempts(ctx: &Ctx, id: i64) -> CliResult {
+    let store = ctx.existing_store().await?;
+    let attempts = store.attempts(id).await?;
+    if ctx.cli_json {
+        return ctx.print_json(&attempts);
+    }
+    if attempts.is_empty() {
+        outln!("delivery {id}: no attempts recorded");
+        return Ok(());
+    }
+    outln!(
+        "{:<20}  {:<12}  {:<10}  {:<8}  {:>7}  {:<20}  error",
+        "at (UTC)",
+        "backend",
+        "outcome",
+        "status",
+        "ms",
+        "provider id"
+    );
+    for a in &attempts {
+        outln!(
+            "{:<20}  {:<12}  {:<10}  {:<8}  {:>7}  {:<20}  {}",
+            a.at.format("%Y-%m-%d %H:%M:%S"),
+            a.backend,
+            a.outcome,
+            a.status.as_deref().unwrap_or("-"),
+            a.latency_ms,
+            a.provider_id.as_deref().unwrap_or("-"),
+            a.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

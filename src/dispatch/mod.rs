@@ -21,7 +21,7 @@ use crate::domain::{
     Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, error_chain, fingerprint, idempotency_key,
 };
 use crate::render::{NoticeFacts, RenderError, Renderer, lead_time};
-use crate::storage::{Broadcast, Claim, ClaimedDelivery, Finish, Store, StoreError};
+use crate::storage::{Attempt, Broadcast, Claim, ClaimedDelivery, Finish, Store, StoreError};
 use retry::{AfterFailure, Retry, after_failure};
 
 #[derive(Debug, thiserror::Error)]
@@ -209,9 +209,10 @@ impl Dispatcher {
                 }
             }
         }
+        let mut attempts = Vec::new();
         let lease = self.config.lease.to_std();
         {
-            let sending = self.send_ready(&ready, clock, &mut report, &mut finishes);
+            let sending = self.send_ready(&ready, clock, &mut report, &mut finishes, &mut attempts);
             tokio::pin!(sending);
             // Renew the lease while the batch is in flight, so a slow send is not taken for a
             // dead worker's.
@@ -229,6 +230,9 @@ impl Dispatcher {
             }
         }
         let lost = self.store.finish(token, &finishes).await?;
+        if let Err(e) = self.store.record_attempts(&attempts).await {
+            tracing::warn!(error = %error_chain(&e), "could not record the attempts log");
+        }
         if !lost.is_empty() {
             tracing::warn!(
                 token,
@@ -247,6 +251,7 @@ impl Dispatcher {
         clock: &Clock,
         report: &mut DispatchReport,
         finishes: &mut Vec<Finish>,
+        attempts: &mut Vec<Attempt>,
     ) {
         for channel in Channel::ALL {
             let (rows, messages): (Vec<(&ClaimedDelivery, i64)>, Vec<Message>) = ready
@@ -260,8 +265,11 @@ impl Dispatcher {
             let results = self.send_with_failover(channel, &messages).await;
             // Read once the backends have answered: when they accepted, and what a retry waits from.
             let now = clock.now();
-            for ((row, body_id), outcome) in rows.into_iter().zip(results) {
+            for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(&messages) {
                 let backend = outcome.backend;
+                for t in &outcome.tries {
+                    attempts.push(attempt(row.id, &message.to, t, now));
+                }
                 if let Some(endpoint) = &row.endpoint {
                     // The streak is bookkeeping: failing to keep it does not hold up the sends.
                     if let Err(e) = self.endpoint_outcome(endpoint.id, &outcome.result, now).await {
@@ -288,6 +296,7 @@ impl Dispatcher {
                         });
                     }
                     Err(err) => {
+                        let shown = masked(&message.to, err.to_string());
                         let route = self.senders.route(channel).get(outcome.route);
                         let policy = route.map(|r| &r.retry);
                         let retry = Retry {
@@ -298,15 +307,16 @@ impl Dispatcher {
                         match after_failure(&err, row.attempts, &retry, spread(row), now, row.deadline) {
                             AfterFailure::RetryAt(at) => {
                                 report.retried += 1;
-                                tracing::warn!(delivery = row.id, %channel, backend, error = %err, retry_at = %at, "transient send failure");
+                                tracing::warn!(delivery = row.id, %channel, backend, error = %shown, retry_at = %at, "transient send failure");
                                 finishes.push(Finish::Retry {
                                     id: row.id,
                                     at,
-                                    error: format!("{backend}: {err}"),
+                                    error: format!("{backend}: {shown}"),
                                     maybe_sent: err.may_have_been_sent(),
                                 });
                             }
                             AfterFailure::Fail(error) => {
+                                let error = masked(&message.to, error);
                                 report.failed += 1;
                                 tracing::warn!(delivery = row.id, %channel, backend, error, "delivery failed");
                                 finishes.push(Finish::Failed {
@@ -315,6 +325,7 @@ impl Dispatcher {
                                 });
                             }
                             AfterFailure::Expire(error) => {
+                                let error = masked(&message.to, error);
                                 report.expired += 1;
                                 finishes.push(Finish::Expired {
                                     id: row.id,
@@ -370,6 +381,7 @@ impl Dispatcher {
                 result: Err(SendError::Permanent {
                     message: format!("no sender configured for {channel}"),
                 }),
+                tries: Vec::new(),
             })
             .collect();
         let mut pending: Vec<usize> = (0..messages.len()).collect();
@@ -379,7 +391,9 @@ impl Dispatcher {
             }
             let sender = &backend.sender;
             let batch: Vec<Message> = pending.iter().map(|&i| messages[i].clone()).collect();
+            let started = std::time::Instant::now();
             let outcome = send_on_time(sender.as_ref(), &batch).await;
+            let latency = started.elapsed();
             let mut still = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
                 let r = outcome.get(k).cloned().unwrap_or_else(|| {
@@ -391,10 +405,17 @@ impl Dispatcher {
                 if matches!(&r, Err(e) if e.fails_over()) {
                     still.push(i);
                 }
+                let mut tries = std::mem::take(&mut results[i].tries);
+                tries.push(Try {
+                    backend: sender.name(),
+                    result: r.clone(),
+                    latency,
+                });
                 results[i] = SendOutcome {
                     backend: sender.name(),
                     route: index,
                     result: r,
+                    tries,
                 };
             }
             pending = still;
@@ -558,6 +579,68 @@ impl Dispatcher {
     }
 }
 
+/// How long an error text in the attempts log may be.
+const ERROR_TEXT: usize = 300;
+
+/// One try as the attempts log keeps it: the outcome's class, the provider's status if its
+/// message names one, and the error with the recipient's address masked, cut short.
+fn attempt(delivery: i64, to: &Address, t: &Try<'_>, now: DateTime<Utc>) -> Attempt {
+    let (outcome, error, provider_id) = match &t.result {
+        Ok(receipt) => ("sent", None, receipt.provider_id.clone()),
+        Err(e) => {
+            let class = match e {
+                SendError::Transient { .. } => "transient",
+                SendError::Uncertain { .. } => "uncertain",
+                SendError::Permanent { .. } => "permanent",
+                SendError::Gone { .. } => "gone",
+                SendError::TooLate => "too_late",
+            };
+            (class, Some(e.to_string()), None)
+        }
+    };
+    let error = error.map(|text| {
+        let text = masked(to, text);
+        match text.char_indices().nth(ERROR_TEXT) {
+            Some((i, _)) => format!("{}…", &text[..i]),
+            None => text,
+        }
+    });
+    let status = error.as_deref().and_then(provider_status);
+    Attempt {
+        delivery,
+        at: now,
+        backend: t.backend.to_owned(),
+        outcome,
+        status,
+        latency_ms: u64::try_from(t.latency.as_millis()).unwrap_or(u64::MAX),
+        provider_id,
+        error,
+    }
+}
+
+/// `text` with the recipient's address masked (`+2547•••••678`): a provider's error may quote
+/// it, and logs and the ledger never hold it whole.
+fn masked(to: &Address, text: String) -> String {
+    let (plain, masked) = match to {
+        Address::Phone(p) => (p.as_str().to_owned(), p.masked()),
+        Address::Email(m) => (m.as_str().to_owned(), m.masked()),
+        Address::Endpoint { .. } => return text,
+    };
+    text.replace(&plain, &masked)
+}
+
+/// `HTTP 502` or `SMTP 451` where an error text names the provider's status.
+fn provider_status(text: &str) -> Option<String> {
+    ["HTTP ", "SMTP "].iter().find_map(|prefix| {
+        let at = text.find(prefix)?;
+        let code: String = text[at + prefix.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        (code.len() == 3).then(|| format!("{prefix}{code}"))
+    })
+}
+
 /// A broadcast row's idempotency key: `b3.17.webhook.e2`.
 fn broadcast_key(
     broadcast: i64,
@@ -584,6 +667,15 @@ struct SendOutcome<'a> {
     backend: &'a str,
     route: usize,
     result: Result<Receipt, SendError>,
+    /// Every backend tried, in order: for the attempts log.
+    tries: Vec<Try<'a>>,
+}
+
+/// One backend's go at a message.
+struct Try<'a> {
+    backend: &'a str,
+    result: Result<Receipt, SendError>,
+    latency: std::time::Duration,
 }
 
 /// What one dispatch run has already loaded or rendered.

@@ -94,6 +94,7 @@ macro_rules! append_history {
     };
 }
 
+mod attempts;
 mod broadcasts;
 mod endpoints;
 mod notices;
@@ -103,6 +104,7 @@ mod reports;
 mod rows;
 mod windows;
 
+pub use attempts::{Attempt, AttemptInfo};
 pub use endpoints::{EndpointInfo, NewEndpoint};
 pub use notices::NoticeLogRow;
 pub use queue::{Claim, FanOutPage, Finish, Released};

@@ -229,6 +229,12 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
     );
     let sent = db.store.deliveries(w, None).await.unwrap();
     assert_eq!(sent[0].backend.as_deref(), Some("gw"), "{sent:?}");
+    // Both tries are in the attempts log, in order.
+    let tries = db.store.attempts(sent[0].id).await.unwrap();
+    let outcomes: Vec<&str> = tries.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["transient", "sent"], "{tries:?}");
+    assert!(tries[0].error.as_deref().unwrap().contains("405"), "{tries:?}");
+    assert!(tries[1].error.is_none() && tries[1].latency_ms < 10_000, "{tries:?}");
 
     let (_, twilio_base) = twilio_server().await;
     db.store
@@ -260,6 +266,52 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
     let waiting = db.store.deliveries(w2, None).await.unwrap();
     assert!(waiting[0].possibly_duplicate, "{waiting:?}");
     assert!(waiting[0].last_error.as_deref().unwrap().contains("502"), "{waiting:?}");
+    let tries = db.store.attempts(waiting[0].id).await.unwrap();
+    assert_eq!(
+        (tries[0].outcome.as_str(), tries[0].status.as_deref()),
+        ("uncertain", Some("HTTP 502"))
+    );
+
+    // A provider's error that quotes the number: the ledger and the log hold it masked.
+    db.store
+        .upsert_recipients(&[customer(4, Locale::En)], utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let w3 = db.store.create_window(new_window(24), now, "t").await.unwrap().id;
+    let fourth = db
+        .store
+        .recipients_page(None, RecipientId(2), 1)
+        .await
+        .unwrap()
+        .recipients[0]
+        .id;
+    db.store
+        .enqueue(&[PlannedDelivery {
+            window: w3,
+            revision: 1,
+            notice: Notice::Announced,
+            recipient: fourth,
+            channel: Channel::Sms,
+            endpoint: None,
+            due_at: now,
+            deadline: start(),
+        }])
+        .await
+        .unwrap();
+    let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
+    assert_eq!(r.failed, 1);
+    let failed = db.store.deliveries(w3, None).await.unwrap();
+    let error = failed[0].last_error.clone().unwrap();
+    assert!(
+        error.contains("21211") && !error.contains("+254710000004") && error.contains("+2547"),
+        "{error}"
+    );
+    let tries = db.store.attempts(failed[0].id).await.unwrap();
+    let logged = tries[0].error.clone().unwrap();
+    assert!(
+        !logged.contains("+254710000004") && tries[0].status.as_deref() == Some("HTTP 400"),
+        "{tries:?}"
+    );
 }
 
 /// A second window with the same recipient, for a fresh delivery.

@@ -88,7 +88,7 @@ async fn twilio(
             .into_response(),
         "04" => (
             StatusCode::BAD_REQUEST,
-            r#"{"code": 21211, "message": "The 'To' number is not a valid phone number."}"#,
+            format!(r#"{{"code": 21211, "message": "The 'To' number {to} is not a valid phone number."}}"#),
         )
             .into_response(),
         "05" => (StatusCode::CREATED, "{garbled").into_response(),

@@ -347,6 +347,14 @@ fn billers_register_endpoints_and_each_receives_signed_events() {
     // The other biller has no endpoint: its event is refused, naming what to do.
     let failed = cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed"]);
     assert!(failed.contains("webhooks add"), "{failed}");
+    let failed: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["deliveries", "list", "--window", &id, "--state", "failed", "--json"])).unwrap();
+    let delivery = failed[0]["id"].to_string();
+    let attempts = cli.ok(&["deliveries", "attempts", &delivery]);
+    assert!(
+        attempts.contains("hooks") && attempts.contains("permanent") && attempts.contains("webhooks add"),
+        "{attempts}"
+    );
 
     // Rotation: both secrets sign the next event; the cancellation reaches both endpoints.
     let rotated: serde_json::Value =

@@ -173,7 +173,7 @@ impl AfricasTalkingSender {
             Err(e) => return all(web::unanswered(&self.name, &e)),
         };
         if !status.is_success() {
-            return all(web::refused(&self.name, status, retry_after, &bytes));
+            return all(web::refused(status, retry_after, &bytes));
         }
         let answer: Answer = match serde_json::from_slice(&bytes) {
             Ok(a) => a,

@@ -124,7 +124,7 @@ impl GatewaySender {
         let response = request.send().await.map_err(|e| web::unanswered(&self.name, &e))?;
         let (status, retry_after, bytes) = web::read(response).await.map_err(|e| web::unanswered(&self.name, &e))?;
         if !status.is_success() {
-            return Err(web::refused(&self.name, status, retry_after, &bytes));
+            return Err(web::refused(status, retry_after, &bytes));
         }
         let provider_id = self.config.id_pointer.as_deref().and_then(|pointer| {
             let answer: Value = serde_json::from_slice(&bytes).ok()?;

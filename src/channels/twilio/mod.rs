@@ -124,7 +124,7 @@ impl TwilioSender {
             .map_err(|e| web::unanswered(&self.name, &e))?;
         let (status, retry_after, bytes) = web::read(response).await.map_err(|e| web::unanswered(&self.name, &e))?;
         if !status.is_success() {
-            return Err(web::refused(&self.name, status, retry_after, &bytes));
+            return Err(web::refused(status, retry_after, &bytes));
         }
         // Accepted: an answer that does not parse still means it was taken.
         match serde_json::from_slice::<Created>(&bytes) {

@@ -172,7 +172,7 @@ impl WebhookSender {
                     self.name, endpoint.id
                 ),
             }),
-            _ => Err(web::refused(&self.name, status, retry_after, &bytes)),
+            _ => Err(web::refused(status, retry_after, &bytes)),
         }
     }
 }

@@ -1,0 +1,98 @@
+//! The attempts log: every hand-over of a delivery to a backend, and how it went.
+
+use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
+
+use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
+use crate::domain::to_millis;
+
+/// One attempt, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    pub delivery: i64,
+    pub at: DateTime<Utc>,
+    pub backend: String,
+    /// sent, transient, uncertain, permanent, gone or too_late.
+    pub outcome: &'static str,
+    /// The provider's status (`HTTP 502`, `SMTP 451`), where it gave one.
+    pub status: Option<String>,
+    pub latency_ms: u64,
+    pub provider_id: Option<String>,
+    /// Truncated, the recipient's address masked.
+    pub error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    delivery_id: i64,
+    at: i64,
+    backend: String,
+    outcome: String,
+    status: Option<String>,
+    latency_ms: i64,
+    provider_id: Option<String>,
+    error: Option<String>,
+}
+
+/// An attempt as read back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptInfo {
+    pub delivery: i64,
+    pub at: DateTime<Utc>,
+    pub backend: String,
+    pub outcome: String,
+    pub status: Option<String>,
+    pub latency_ms: i64,
+    pub provider_id: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// Appends attempts to the log.
+    pub async fn record_attempts(&self, attempts: &[Attempt]) -> Result<(), StoreError> {
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+            on_pool!(self, p => {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO attempts (delivery_id, at, backend, outcome, status, latency_ms, provider_id, error) ",
+                );
+                qb.push_values(chunk, |mut b, a| {
+                    b.push_bind(a.delivery)
+                        .push_bind(to_millis(a.at))
+                        .push_bind(a.backend.clone())
+                        .push_bind(a.outcome)
+                        .push_bind(a.status.clone())
+                        .push_bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+                        .push_bind(a.provider_id.clone())
+                        .push_bind(a.error.clone());
+                });
+                qb.build().execute(p).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// A delivery's attempts, oldest first.
+    pub async fn attempts(&self, delivery: i64) -> Result<Vec<AttemptInfo>, StoreError> {
+        let rows: Vec<AttemptRow> = on_pool!(self, p => sqlx::query_as(
+            "SELECT delivery_id, at, backend, outcome, status, latency_ms, provider_id, error \
+             FROM attempts WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(delivery)
+        .fetch_all(p)
+        .await?);
+        rows.into_iter()
+            .map(|r| {
+                Ok(AttemptInfo {
+                    delivery: r.delivery_id,
+                    at: super::rows::instant("attempt", r.delivery_id, r.at)?,
+                    backend: r.backend,
+                    outcome: r.outcome,
+                    status: r.status,
+                    latency_ms: r.latency_ms,
+                    provider_id: r.provider_id,
+                    error: r.error,
+                })
+            })
+            .collect()
+    }
+}
