@@ -13,6 +13,7 @@ mod ledger;
 mod providers;
 mod readme;
 mod scheduler;
+mod schema;
 mod smtp;
 mod store;
 mod tidy;
