@@ -173,6 +173,10 @@ impl Sender for Limited {
         self.inner.name()
     }
 
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        self.inner.check()
+    }
+
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
         Box::pin(async move {
             // Held until the call returns; a closed semaphore cannot happen (it is never closed).

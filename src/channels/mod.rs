@@ -242,6 +242,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Sender: Send + Sync {
     fn name(&self) -> &str;
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>>;
+    /// Checks the settings and that the far end answers, without sending anything to anyone;
+    /// says what it found, or what is wrong.
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async { Ok("nothing to check".to_owned()) })
+    }
 }
 
 /// `n` one-segment SMS for backend tests.

@@ -110,6 +110,12 @@ impl SenderConfig {
         self.limits.or(&self.backend.backend().default_limits())
     }
 
+    /// The backend alone, without its limits (for `senders check`).
+    pub fn build_sender(&self, name: &str, context: &BuildContext) -> Result<Arc<dyn Sender>, String> {
+        self.validate()?;
+        self.backend.backend().build(name, context)
+    }
+
     /// Checks the backend's settings and its limits.
     pub fn validate(&self) -> Result<(), String> {
         self.backend.backend().validate()?;

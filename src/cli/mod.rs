@@ -108,6 +108,9 @@ pub enum Command {
     /// Template commands
     #[command(subcommand)]
     Templates(TemplatesCommand),
+    /// Sender backends
+    #[command(subcommand)]
+    Senders(SendersCommand),
     /// Billers' webhook endpoints: register, list, remove, rotate secrets, test, enable
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
@@ -166,6 +169,13 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print the effective values (secrets redacted)
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SendersCommand {
+    /// Check each configured backend's settings and that it answers (an SMTP greeting, the
+    /// SMS provider's account), without sending anything to anyone; exit 2 if one fails
     Check,
 }
 
@@ -395,6 +405,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Window(c) => windows::run(&ctx, c).await,
         Command::Recipients(c) => recipients::run(&ctx, c).await,
         Command::Webhooks(c) => webhooks::run(&ctx, c).await,
+        Command::Senders(SendersCommand::Check) => ops::senders_check(&ctx).await,
         Command::Templates(TemplatesCommand::Check) => ops::templates_check(&ctx),
         Command::Broadcast(args) => broadcast::run(&ctx, args).await,
         Command::Preview {

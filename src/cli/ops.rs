@@ -601,3 +601,48 @@ pub async fn attempts(ctx: &Ctx, id: i64) -> CliResult {
     }
     Ok(())
 }
+
+pub async fn senders_check(ctx: &Ctx) -> CliResult {
+    // Every channel must name defined backends, and every backend must build.
+    ctx.senders()?;
+    let context = super::console();
+    let mut results = Vec::new();
+    for (name, config) in &ctx.config.senders {
+        let kind = serde_json::to_value(&config.backend)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let outcome = match config.build_sender(name, &context) {
+            Ok(sender) => tokio::time::timeout(std::time::Duration::from_secs(20), sender.check())
+                .await
+                .unwrap_or_else(|_| Err("no answer within 20 s".to_owned())),
+            Err(e) => Err(e),
+        };
+        results.push((name.clone(), kind, outcome));
+    }
+    let failed = results.iter().filter(|r| r.2.is_err()).count();
+    if ctx.cli_json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|(name, kind, r)| match r {
+                Ok(detail) => json!({"sender": name, "type": kind, "ok": true, "detail": detail}),
+                Err(error) => json!({"sender": name, "type": kind, "ok": false, "error": error}),
+            })
+            .collect();
+        ctx.print_json(&rows)?;
+    } else {
+        for (name, kind, r) in &results {
+            match r {
+                Ok(detail) => outln!("{name} ({kind}): ok, {detail}"),
+                Err(error) => outln!("{name} ({kind}): FAILED, {error}"),
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(bad_input(anyhow::anyhow!(
+            "{failed} of {} senders failed the check",
+            results.len()
+        )));
+    }
+    Ok(())
+}

@@ -108,6 +108,16 @@ pub async fn twilio_server() -> (Arc<Twilio>, String) {
     let state = Arc::new(Twilio::default());
     let app = axum::Router::new()
         .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+        .route(
+            "/2010-04-01/Accounts/{file}",
+            axum::routing::get(|Path(file): Path<String>, headers: HeaderMap| async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                if file != "AC123.json" || auth != Some("Basic QUMxMjM6c2VjcmV0") {
+                    return (StatusCode::UNAUTHORIZED, r#"{"code": 20003}"#.to_owned());
+                }
+                (StatusCode::OK, r#"{"sid": "AC123", "status": "active"}"#.to_owned())
+            }),
+        )
         .with_state(Arc::clone(&state));
     (state, serve(app).await)
 }
@@ -248,6 +258,15 @@ pub async fn talking_server() -> (Arc<Talking>, String) {
     let state = Arc::new(Talking::default());
     let app = axum::Router::new()
         .route("/version1/messaging", post(talking))
+        .route(
+            "/version1/user",
+            axum::routing::get(|headers: HeaderMap| async move {
+                match headers.get("apikey").and_then(|v| v.to_str().ok()) {
+                    Some("key-1") => (StatusCode::OK, r#"{"UserData": {"balance": "KES 1234.5000"}}"#),
+                    _ => (StatusCode::UNAUTHORIZED, "The supplied authentication is invalid"),
+                }
+            }),
+        )
         .with_state(Arc::clone(&state));
     (state, serve(app).await)
 }
@@ -326,4 +345,58 @@ async fn insufficient_balance_pauses_africas_talking_and_the_channel_fails_over(
     let twilio = build(&twilio_config(&twilio_base));
     assert!(twilio.send(&[sms("0712000012", "hello")]).await[0].is_ok());
     assert_eq!(twilio_state.requests.lock().unwrap().len(), 1);
+}
+
+/// `senders check` asks each backend whether it answers, sending nothing to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_check_reports_each_backend_without_sending() {
+    let (twilio_state, twilio_base) = twilio_server().await;
+    let (talking_state, talking_base) = talking_server().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cli = crate::cli::Cli::new();
+    std::fs::write(
+        cli.path("tangazo.toml"),
+        format!(
+            "[senders.outbox]\ntype = \"file\"\ndir = \"outbox\"\n\
+             [senders.twilio]\ntype = \"twilio\"\nbase_url = \"{twilio_base}\"\naccount_sid = \"AC123\"\nauth_token = \"secret\"\nfrom = \"MPESA\"\n\
+             [senders.at]\ntype = \"africastalking\"\nbase_url = \"{talking_base}\"\nusername = \"sandbox\"\napi_key = \"key-1\"\n\
+             [senders.mail]\ntype = \"smtp\"\nhost = \"127.0.0.1\"\nport = {closed}\ntls = \"none\"\nfrom = \"n@example.co.ke\"\n\
+             [channels]\nsms = [\"at\", \"twilio\"]\nemail = [\"mail\"]\nwebhook = [\"outbox\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = cli.run(&["senders", "check"]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            cli,
+        )
+    })
+    .await
+    .unwrap();
+    let (code, stdout, _cli) = out;
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(
+        stdout.contains("twilio (twilio): ok, account AC123 is active"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("at (africastalking): ok, user sandbox: balance KES 1234.5000"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("outbox (file): ok"), "{stdout}");
+    assert!(
+        stdout.contains("mail (smtp): FAILED, cannot connect to 127.0.0.1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret") && !stdout.contains("key-1"), "{stdout}");
+    assert!(
+        twilio_state.requests.lock().unwrap().is_empty() && talking_state.requests.lock().unwrap().is_empty(),
+        "nothing was sent"
+    );
 }

@@ -240,6 +240,33 @@ impl Sender for AfricasTalkingSender {
         &self.name
     }
 
+    /// Reads the account's balance (`GET {base_url}/version1/user`).
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let mut url = reqwest::Url::parse(&(self.url.trim_end_matches("/messaging").to_owned() + "/user"))
+                .map_err(|e| format!("base_url: {e}"))?;
+            url.query_pairs_mut().append_pair("username", &self.config.username);
+            let response = self
+                .client
+                .get(url)
+                .header("apiKey", self.config.api_key.expose())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|e| format!("no answer: {}", super::error_chain(&e)))?;
+            let (status, _, body) = web::read(response).await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {}: {}", status.as_u16(), quote(&body)));
+            }
+            let user: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            Ok(format!(
+                "user {}: balance {}",
+                self.config.username,
+                user["UserData"]["balance"].as_str().unwrap_or("unknown")
+            ))
+        })
+    }
+
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
         Box::pin(async move {
             let mut results: Vec<Option<Result<Receipt, SendError>>> = vec![None; batch.len()];

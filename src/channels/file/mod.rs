@@ -151,6 +151,21 @@ impl Sender for FileSender {
         &self.name
     }
 
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let dir = self.dir.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let probe = dir.join(".tangazo-check");
+                std::fs::write(&probe, b"").map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+                let _ = std::fs::remove_file(&probe);
+                Ok(format!("{} is writable", dir.display()))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
         Box::pin(async move {
             let mut results: Vec<Option<Result<Receipt, SendError>>> = vec![None; batch.len()];

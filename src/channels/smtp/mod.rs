@@ -349,6 +349,21 @@ impl Sender for SmtpSender {
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
         Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
     }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let mut connection = self.connect().await.map_err(|e| e.to_string())?;
+            let secured = connection.is_encrypted();
+            let _ = connection.quit().await;
+            Ok(format!(
+                "{}:{} answers{}{}",
+                self.host,
+                self.port,
+                if secured { ", encrypted" } else { ", unencrypted" },
+                if self.credentials.is_some() { ", logged in" } else { "" }
+            ))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -148,4 +148,28 @@ impl Sender for TwilioSender {
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
         Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
     }
+
+    /// Reads the account (`GET …/Accounts/{sid}.json`): the credentials work and it is active.
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let url = self.url.trim_end_matches("/Messages.json").to_owned() + ".json";
+            let response = self
+                .client
+                .get(&url)
+                .basic_auth(&self.config.account_sid, Some(self.config.auth_token.expose()))
+                .send()
+                .await
+                .map_err(|e| format!("no answer: {}", super::error_chain(&e)))?;
+            let (status, _, body) = web::read(response).await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {}: {}", status.as_u16(), quote(&body)));
+            }
+            let account: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            Ok(format!(
+                "account {} is {}",
+                self.config.account_sid,
+                account["status"].as_str().unwrap_or("reachable")
+            ))
+        })
+    }
 }
