@@ -253,16 +253,19 @@ impl Dispatcher {
         finishes: &mut Vec<Finish>,
         attempts: &mut Vec<Attempt>,
     ) {
-        for channel in Channel::ALL {
+        let sends = Channel::ALL.into_iter().filter_map(|channel| {
             let (rows, messages): (Vec<(&ClaimedDelivery, i64)>, Vec<Message>) = ready
                 .iter()
                 .filter(|(_, m, _)| m.channel == channel)
                 .map(|(r, m, b)| ((r, *b), m.clone()))
                 .unzip();
-            if messages.is_empty() {
-                continue;
-            }
-            let results = self.send_with_failover(channel, &messages).await;
+            (!messages.is_empty()).then(|| async move {
+                let results = self.send_with_failover(channel, &messages).await;
+                (channel, rows, messages, results)
+            })
+        });
+        // The channels are worked at once: a slow SMS gateway does not hold up the email.
+        for (channel, rows, messages, results) in futures_util::future::join_all(sends).await {
             // Read once the backends have answered: when they accepted, and what a retry waits from.
             let now = clock.now();
             for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(&messages) {

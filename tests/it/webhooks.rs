@@ -375,4 +375,31 @@ fn billers_register_endpoints_and_each_receives_signed_events() {
     let flaky = cancelled.iter().find(|r| r.path == "/flaky").unwrap();
     assert!(flaky.headers["webhook-id"].to_str().unwrap().ends_with(".webhook.e2"));
     assert_ne!(flaky.headers["webhook-id"], to_ok.headers["webhook-id"]);
+
+    // An endpoint that answers 410 Gone is disabled; nothing more is queued for it.
+    cli.ok(&[
+        "webhooks",
+        "add",
+        "--biller",
+        "ops@nse.example.co.ke",
+        "--url",
+        &format!("{base}/gone"),
+    ]);
+    let second = add_window(&cli);
+    cli.ok(&["run-once", NOW]);
+    assert_eq!(
+        state.seen.lock().unwrap().iter().filter(|r| r.path == "/gone").count(),
+        1
+    );
+    let list = cli.ok(&["webhooks", "list"]);
+    assert!(list.contains("disabled: the receiver answered 410 Gone"), "{list}");
+    cli.ok(&["window", "cancel", &second, NOW]);
+    cli.ok(&["run-once", NOW]);
+    assert_eq!(
+        state.seen.lock().unwrap().iter().filter(|r| r.path == "/gone").count(),
+        1,
+        "not sent again"
+    );
+    cli.ok(&["webhooks", "enable", "3"]);
+    assert!(!cli.ok(&["webhooks", "list"]).contains("410"));
 }
