@@ -259,7 +259,8 @@ impl Dispatcher {
                 .filter(|(_, m, _)| m.channel == channel)
                 .map(|(r, m, b)| ((r, *b), m.clone()))
                 .unzip();
-            (!messages.is_empty()).then(|| async move {
+            // A future does nothing until polled: building it for an empty channel is free.
+            (!messages.is_empty()).then_some(async move {
                 let results = self.send_with_failover(channel, &messages).await;
                 (channel, rows, messages, results)
             })
