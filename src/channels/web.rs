@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 
-use super::SendError;
+use super::{Limits, SendError};
+use crate::domain::Span;
 
 /// The most of a response body that is read; the rest is never downloaded.
 pub const MAX_RESPONSE: usize = 64 * 1024;
@@ -83,4 +84,32 @@ pub fn refused(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -
         500..=599 => SendError::Uncertain { message, retry_after },
         _ => SendError::Permanent { message },
     }
+}
+
+/// The limits an HTTP SMS gateway gets where the configuration sets none: `concurrency`
+/// requests in flight, 30 s each, retried after 15 s, 1, 5, 15 and 30 minutes (±20 %), a
+/// provider's `Retry-After` honoured up to 10 minutes.
+pub fn sms_limits(concurrency: usize) -> Limits {
+    Limits {
+        concurrency: Some(concurrency),
+        timeout: Some(Span::from_secs(30)),
+        retry: Some(
+            ["15s", "1m", "5m", "15m", "30m"]
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        ),
+        jitter: Some(0.2),
+        retry_after_max: Some(Span::from_secs(600)),
+        ..Limits::default()
+    }
+}
+
+/// Checks that `key`'s value is an http(s) URL.
+pub fn http_url(key: &str, url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{key}: {e}"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(format!("{key} must be an http(s) URL"));
+    }
+    Ok(())
 }

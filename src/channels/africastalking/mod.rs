@@ -49,25 +49,14 @@ const DEFAULT_BATCH: usize = 100;
 impl Backend for AfricasTalkingConfig {
     fn default_limits(&self) -> Limits {
         Limits {
-            concurrency: Some(4),
+            // A request carries up to `batch` recipients: the burst lets one go at once.
             burst: Some(u32::try_from(self.batch.unwrap_or(DEFAULT_BATCH)).unwrap_or(u32::MAX)),
-            timeout: Some(Span::from_secs(30)),
-            retry: Some(
-                ["15s", "1m", "5m", "15m", "30m"]
-                    .iter()
-                    .filter_map(|s| s.parse().ok())
-                    .collect(),
-            ),
-            jitter: Some(0.2),
-            retry_after_max: Some(Span::from_secs(600)),
-            ..Limits::default()
+            ..web::sms_limits(4)
         }
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(self.base_url.starts_with("https://") || self.base_url.starts_with("http://")) {
-            return Err("base_url must be an http(s) URL".into());
-        }
+        web::http_url("base_url", &self.base_url)?;
         if self.username.trim().is_empty() || self.api_key.expose().is_empty() {
             return Err("username and api_key are required".into());
         }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::registry::{Backend, BuildContext};
 use super::web;
 use super::{Address, BoxFuture, Limits, Message, Receipt, SendError, Sender};
-use crate::domain::{Rendered, Secret, Span};
+use crate::domain::{Rendered, Secret};
 
 /// `type = "http"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,26 +47,11 @@ impl GatewayConfig {
 
 impl Backend for GatewayConfig {
     fn default_limits(&self) -> Limits {
-        Limits {
-            concurrency: Some(8),
-            timeout: Some(Span::from_secs(30)),
-            retry: Some(
-                ["15s", "1m", "5m", "15m", "30m"]
-                    .iter()
-                    .filter_map(|s| s.parse().ok())
-                    .collect(),
-            ),
-            jitter: Some(0.2),
-            retry_after_max: Some(Span::from_secs(600)),
-            ..Limits::default()
-        }
+        web::sms_limits(8)
     }
 
     fn validate(&self) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.url).map_err(|e| format!("url: {e}"))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err("url must be http(s)".into());
-        }
+        web::http_url("url", &self.url)?;
         for name in self.headers.keys() {
             reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("headers: '{name}' is not a header name"))?;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::registry::{Backend, BuildContext};
 use super::web::{self, quote};
 use super::{Address, BoxFuture, Limits, Message, Receipt, SendError, Sender};
-use crate::domain::{Rendered, Secret, Span};
+use crate::domain::{Rendered, Secret};
 
 /// `type = "twilio"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,25 +42,11 @@ const MAX_VALIDITY: Duration = Duration::from_secs(36_000);
 
 impl Backend for TwilioConfig {
     fn default_limits(&self) -> Limits {
-        Limits {
-            concurrency: Some(8),
-            timeout: Some(Span::from_secs(30)),
-            retry: Some(
-                ["15s", "1m", "5m", "15m", "30m"]
-                    .iter()
-                    .filter_map(|s| s.parse().ok())
-                    .collect(),
-            ),
-            jitter: Some(0.2),
-            retry_after_max: Some(Span::from_secs(600)),
-            ..Limits::default()
-        }
+        web::sms_limits(8)
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(self.base_url.starts_with("https://") || self.base_url.starts_with("http://")) {
-            return Err("base_url must be an http(s) URL".into());
-        }
+        web::http_url("base_url", &self.base_url)?;
         if self.account_sid.trim().is_empty() || self.auth_token.expose().is_empty() {
             return Err("account_sid and auth_token are required".into());
         }
