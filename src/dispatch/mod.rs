@@ -276,7 +276,7 @@ impl Dispatcher {
                 }
                 if let Some(endpoint) = &row.endpoint {
                     // The streak is bookkeeping: failing to keep it does not hold up the sends.
-                    if let Err(e) = self.endpoint_outcome(endpoint.id, &outcome.result, now).await {
+                    if let Err(e) = self.endpoint_outcome(row, endpoint, &outcome.result, now).await {
                         tracing::warn!(endpoint = endpoint.id, error = %e, "could not record the endpoint's outcome");
                     }
                 }
@@ -347,10 +347,12 @@ impl Dispatcher {
     /// longer than [`ENDPOINT_FAILING_LIMIT`] without a success; a success ends the streak.
     async fn endpoint_outcome(
         &self,
-        endpoint: i64,
+        row: &ClaimedDelivery,
+        target: &crate::storage::Endpoint,
         result: &Result<Receipt, SendError>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let endpoint = target.id;
         let reason = match result {
             Err(SendError::Gone { .. }) => Some("the receiver answered 410 Gone".to_owned()),
             Err(SendError::TooLate) => None,
@@ -368,7 +370,86 @@ impl Dispatcher {
                 "webhook endpoint disabled: re-enable it with `tangazo webhooks enable`"
             );
             self.store.set_endpoint_disabled(endpoint, Some(&reason)).await?;
+            if row.email.is_some() {
+                self.tell_biller(row.recipient, target, &reason, now).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Emails the biller that its endpoint was disabled, as a one-recipient broadcast: it goes
+    /// through the email channel like any message, and is recorded like one.
+    async fn tell_biller(
+        &self,
+        biller: crate::domain::RecipientId,
+        target: &crate::storage::Endpoint,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        use crate::domain::{Audience, AudienceFilter, MessageText};
+        let text = |en: bool| {
+            if en {
+                format!(
+                    "Your webhook endpoint {} (endpoint {}) no longer receives outage events: {reason}.\n\n\
+                     Fix the receiver, then ask the {} operators to enable it again.",
+                    target.url,
+                    target.id,
+                    self.renderer.service()
+                )
+            } else {
+                format!(
+                    "Anwani yenu ya webhook {} (namba {}) haipokei tena taarifa za matengenezo: {reason}.\n\n\
+                     Rekebisheni kipokezi, kisha waombeni waendeshaji wa {} waiwashe tena.",
+                    target.url,
+                    target.id,
+                    self.renderer.service()
+                )
+            }
+        };
+        let message = crate::domain::Message::new(
+            MessageText {
+                text: text(true),
+                subject: Some(format!(
+                    "{}: your webhook endpoint is disabled",
+                    self.renderer.service()
+                )),
+            },
+            Some(MessageText {
+                text: text(false),
+                subject: Some(format!("{}: anwani yenu ya webhook imezimwa", self.renderer.service())),
+            }),
+        );
+        let Ok(message) = message else {
+            return Ok(());
+        };
+        let b = self
+            .store
+            .create_broadcast(
+                &crate::storage::NewBroadcast {
+                    name: format!("webhook-endpoint-{}-disabled-{}", target.id, now.timestamp_millis()),
+                    window: None,
+                    revision: None,
+                    notice: None,
+                    message: Some(message),
+                    filter: AudienceFilter {
+                        audiences: vec![Audience::Biller],
+                        channels: vec![Channel::Email],
+                        ..AudienceFilter::default()
+                    },
+                    deadline: now + chrono::TimeDelta::days(2),
+                },
+                now,
+                "tangazo",
+            )
+            .await?;
+        self.store
+            .enqueue_broadcast(&b, &[(biller, Channel::Email, None)], now)
+            .await?;
+        tracing::info!(
+            endpoint = target.id,
+            biller = biller.0,
+            "the biller is told by email that its endpoint is disabled"
+        );
         Ok(())
     }
 

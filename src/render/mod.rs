@@ -253,6 +253,11 @@ impl Renderer {
         })
     }
 
+    /// The service's name, as notices say it (`M-PESA`).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     /// Refuses SMS bodies billed as more than `max` segments.
     pub fn with_sms_limit(mut self, max: usize) -> Renderer {
         self.max_sms_segments = max;

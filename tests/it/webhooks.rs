@@ -393,6 +393,22 @@ fn billers_register_endpoints_and_each_receives_signed_events() {
     );
     let list = cli.ok(&["webhooks", "list"]);
     assert!(list.contains("disabled: the receiver answered 410 Gone"), "{list}");
+    // The biller is told by email.
+    cli.ok(&["run-once", NOW]);
+    let email = std::fs::read_to_string(cli.path("outbox/email.jsonl")).unwrap();
+    let told = email
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|m| m["to"] == "ops@nse.example.co.ke")
+        .expect("an email to the biller");
+    assert!(
+        told["text"]
+            .as_str()
+            .unwrap()
+            .contains("no longer receives outage events"),
+        "{told}"
+    );
+    assert!(told["text"].as_str().unwrap().contains("/gone"), "{told}");
     cli.ok(&["window", "cancel", &second, NOW]);
     cli.ok(&["run-once", NOW]);
     assert_eq!(
