@@ -214,7 +214,7 @@ impl Limited {
                 Err(_) => {
                     let error = SendError::Uncertain {
                         message: format!("{} did not answer within {} s", self.inner.name(), limit.as_secs()),
-                        retry_after: None,
+                        retry_after: Some(super::web::BUSY_FLOOR),
                     };
                     vec![Err(error); batch.len()]
                 }

@@ -8,6 +8,10 @@ use reqwest::{Response, StatusCode};
 use super::{Limits, SendError};
 use crate::domain::Span;
 
+/// The shortest pause after a 429, a 408 or a request that timed out: a provider that says
+/// it is overloaded is not asked again at once, whatever the retry schedule says.
+pub const BUSY_FLOOR: Duration = Duration::from_secs(30);
+
 /// The most of a response body that is read; the rest is never downloaded.
 pub const MAX_RESPONSE: usize = 64 * 1024;
 
@@ -61,16 +65,11 @@ pub fn quote(body: &[u8]) -> String {
 /// processed; after, it may have been.
 pub fn unanswered(backend: &str, e: &reqwest::Error) -> SendError {
     let message = format!("no answer from {backend}: {}", super::error_chain(e));
+    let retry_after = e.is_timeout().then_some(BUSY_FLOOR);
     if e.is_connect() {
-        SendError::Transient {
-            message,
-            retry_after: None,
-        }
+        SendError::Transient { message, retry_after }
     } else {
-        SendError::Uncertain {
-            message,
-            retry_after: None,
-        }
+        SendError::Uncertain { message, retry_after }
     }
 }
 
@@ -80,7 +79,11 @@ pub fn unanswered(backend: &str, e: &reqwest::Error) -> SendError {
 pub fn refused(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> SendError {
     let message = format!("HTTP {}: {}", status.as_u16(), quote(body));
     match status.as_u16() {
-        408 | 429 | 401 | 403 => SendError::Transient { message, retry_after },
+        408 | 429 => SendError::Transient {
+            message,
+            retry_after: Some(retry_after.map_or(BUSY_FLOOR, |r| r.max(BUSY_FLOOR))),
+        },
+        401 | 403 => SendError::Transient { message, retry_after },
         500..=599 => SendError::Uncertain { message, retry_after },
         _ => SendError::Permanent { message },
     }
@@ -112,4 +115,35 @@ pub fn http_url(key: &str, url: &str) -> Result<(), String> {
         return Err(format!("{key} must be an http(s) URL"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_answers_wait_at_least_the_floor() {
+        let wait = |status: u16, after: Option<u64>| {
+            refused(
+                StatusCode::from_u16(status).unwrap(),
+                after.map(Duration::from_secs),
+                b"busy",
+            )
+            .retry_after()
+        };
+        assert_eq!(wait(429, None), Some(BUSY_FLOOR));
+        assert_eq!(
+            wait(429, Some(5)),
+            Some(BUSY_FLOOR),
+            "a shorter Retry-After is lifted to the floor"
+        );
+        assert_eq!(wait(429, Some(120)), Some(Duration::from_secs(120)));
+        assert_eq!(wait(408, None), Some(BUSY_FLOOR));
+        assert_eq!(wait(503, None), None);
+        assert!(refused(StatusCode::BAD_GATEWAY, None, b"<html>").may_have_been_sent());
+        assert!(matches!(
+            refused(StatusCode::BAD_REQUEST, None, b"no"),
+            SendError::Permanent { .. }
+        ));
+    }
 }

@@ -77,7 +77,7 @@ async fn twilio(
     match &to[to.len() - 2..] {
         "02" => (
             StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", "7")],
+            [("retry-after", "45")],
             r#"{"code": 20429, "message": "Too Many Requests"}"#,
         )
             .into_response(),
@@ -146,7 +146,7 @@ async fn twilio_sends_one_request_per_message_and_classifies_each_answer() {
         })
     );
     match &results[1] {
-        Err(e @ SendError::Transient { .. }) => assert_eq!(e.retry_after(), Some(Duration::from_secs(7))),
+        Err(e @ SendError::Transient { .. }) => assert_eq!(e.retry_after(), Some(Duration::from_secs(45))),
         other => panic!("429 is retried after Retry-After: {other:?}"),
     }
     match &results[2] {
