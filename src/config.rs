@@ -120,6 +120,7 @@ struct RawBroadcast {
 #[serde(deny_unknown_fields)]
 struct RawDispatch {
     batch_size: usize,
+    batches_in_flight: usize,
     retry: Vec<Span>,
     lease: Span,
     tick: Span,
@@ -261,6 +262,9 @@ impl Config {
         if raw.dispatch.batch_size == 0 {
             return Err(invalid("dispatch.batch_size must be at least 1".into()));
         }
+        if !(1..=64).contains(&raw.dispatch.batches_in_flight) {
+            return Err(invalid("dispatch.batches_in_flight must be between 1 and 64".into()));
+        }
         if raw.dispatch.lease.secs() == 0 || raw.dispatch.tick.secs() == 0 {
             return Err(invalid(
                 "dispatch.lease and dispatch.tick must be longer than 0s".into(),
@@ -339,6 +343,7 @@ impl Config {
             costs: raw.costs.clone(),
             dispatch: DispatchConfig {
                 batch_size: raw.dispatch.batch_size,
+                batches_in_flight: raw.dispatch.batches_in_flight,
                 retry: raw.dispatch.retry.clone(),
                 lease: raw.dispatch.lease,
                 tick: raw.dispatch.tick,

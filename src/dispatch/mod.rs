@@ -63,6 +63,8 @@ impl DispatchReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchConfig {
     pub batch_size: usize,
+    /// Batches claimed and sent at once by one dispatcher.
+    pub batches_in_flight: usize,
     pub retry: Vec<Span>,
     pub lease: Span,
     pub tick: Span,
@@ -124,7 +126,26 @@ impl Dispatcher {
         stop: &CancellationToken,
         progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
-        let mut report = DispatchReport::default();
+        let report = std::sync::Mutex::new(DispatchReport::default());
+        // Several lanes, each claiming and sending its own batches: while one waits for a
+        // backend's answer, the others go on. Each stops when nothing is due.
+        let lanes =
+            (0..self.config.batches_in_flight.max(1)).map(|_| self.lane(clock, broadcast, stop, progress, &report));
+        for result in futures_util::future::join_all(lanes).await {
+            result?;
+        }
+        Ok(report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// One lane of `run_scoped`: claims and dispatches batches until nothing is due.
+    async fn lane(
+        &self,
+        clock: &Clock,
+        broadcast: Option<i64>,
+        stop: &CancellationToken,
+        progress: ReportSink<'_>,
+        report: &std::sync::Mutex<DispatchReport>,
+    ) -> Result<(), DispatchError> {
         let mut cache = Cache::default();
         let lease = self.config.lease.to_std();
         let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
@@ -148,10 +169,14 @@ impl Dispatcher {
                 lost = r.lost,
                 "batch dispatched"
             );
-            report.add(r);
-            progress(&report);
+            let total = {
+                let mut total = report.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                total.add(r);
+                *total
+            };
+            progress(&total);
         }
-        Ok(report)
+        Ok(())
     }
 
     /// How many rows this dispatcher holds claimed (after a run: none, unless it was stopped

@@ -85,6 +85,7 @@ fn dispatcher(db: &TestDb, sms: Vec<Arc<dyn Sender>>) -> Dispatcher {
     let routes = BTreeMap::from([(Channel::Sms, sms)]);
     let dispatch = DispatchConfig {
         batch_size: 100,
+        batches_in_flight: 2,
         retry: vec!["1m".parse().unwrap(), "10m".parse().unwrap()],
         lease: "5m".parse().unwrap(),
         tick: "30s".parse().unwrap(),
