@@ -213,7 +213,10 @@ impl Scheduler {
             // Raised once for the window's state (its revision), not at every tick; `deliveries
             // summary` shows it for as long as it holds.
             if let Some(alarm) = Alarm::overrun(&window, now)
-                && self.store.raise_alarm_once(&window, &alarm.message, now).await?
+                && self
+                    .store
+                    .raise_alarm_once(&window, "overrun", &alarm.message, now)
+                    .await?
             {
                 tracing::warn!(window = window.id.0, "{}", alarm.message);
                 report.alarms.push(alarm);

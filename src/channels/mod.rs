@@ -130,6 +130,13 @@ pub enum SendError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The backend has stopped taking messages for a while (a provider's balance ran out): fail
+    /// over at once, retry later, and raise an alarm an operator will see.
+    #[error("{message}")]
+    Paused {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// No answer, or a server error, after the request was sent: the provider may have
     /// accepted it. Retried on the schedule (not failed over at once), and the retry is
     /// flagged possibly duplicate.
@@ -153,11 +160,14 @@ pub enum SendError {
 impl SendError {
     /// Worth another attempt, now or later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SendError::Transient { .. } | SendError::Uncertain { .. })
+        matches!(
+            self,
+            SendError::Transient { .. } | SendError::Uncertain { .. } | SendError::Paused { .. }
+        )
     }
     /// Worth handing at once to the channel's next backend: surely not sent by this one.
     pub fn fails_over(&self) -> bool {
-        matches!(self, SendError::Transient { .. })
+        matches!(self, SendError::Transient { .. } | SendError::Paused { .. })
     }
     /// The provider may have accepted it: another attempt may deliver it twice.
     pub fn may_have_been_sent(&self) -> bool {
@@ -168,7 +178,9 @@ impl SendError {
     }
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SendError::Transient { retry_after, .. } | SendError::Uncertain { retry_after, .. } => *retry_after,
+            SendError::Transient { retry_after, .. }
+            | SendError::Uncertain { retry_after, .. }
+            | SendError::Paused { retry_after, .. } => *retry_after,
             SendError::Permanent { .. } | SendError::Gone { .. } | SendError::TooLate => None,
         }
     }

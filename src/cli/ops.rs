@@ -413,13 +413,30 @@ pub async fn summary(ctx: &Ctx, window: Option<i64>) -> CliResult {
     let rows = store.summary(window).await?;
     let log = store.notice_log(window).await?;
     let now = ctx.now();
-    let alarms: Vec<Alarm> = store
+    let windows: Vec<_> = store
         .windows()
         .await?
-        .iter()
+        .into_iter()
         .filter(|w| window.is_none_or(|id| id == w.id))
-        .filter_map(|w| Alarm::overrun(w, now))
         .collect();
+    let mut alarms: Vec<Alarm> = windows.iter().filter_map(|w| Alarm::overrun(w, now)).collect();
+    // A sender that paused itself (a provider's balance ran out) while the window's notices
+    // were going out: raised once for the window's revision, shown while it holds.
+    for w in windows
+        .iter()
+        .filter(|w| w.status != crate::domain::WindowStatus::Completed)
+    {
+        for entry in store.history(w.id).await? {
+            if entry.action == "alarm" && entry.revision == w.revision && entry.details["kind"] == "sender paused" {
+                alarms.push(Alarm {
+                    window_id: w.id.0,
+                    title: w.title.en.clone(),
+                    ends_at: w.schedule.ends_at(),
+                    message: entry.details["message"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+    }
     if ctx.cli_json {
         return ctx.print_json(&json!({"deliveries": rows, "notices": log, "alarms": alarms}));
     }

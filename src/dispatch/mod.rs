@@ -290,6 +290,8 @@ impl Dispatcher {
                 (channel, rows, messages, results)
             })
         });
+        // Backends that paused themselves, by window they held up: raised as alarms below.
+        let mut paused: std::collections::BTreeSet<(WindowId, String)> = std::collections::BTreeSet::new();
         // The channels are worked at once: a slow SMS gateway does not hold up the email.
         for (channel, rows, messages, results) in futures_util::future::join_all(sends).await {
             // Read once the backends have answered: when they accepted, and what a retry waits from.
@@ -298,6 +300,9 @@ impl Dispatcher {
                 let backend = outcome.backend;
                 for t in &outcome.tries {
                     attempts.push(attempt(row.id, &message.to, t, now));
+                    if let (Err(SendError::Paused { message: why, .. }), Some(window)) = (&t.result, row.window) {
+                        paused.insert((window, format!("sender {} is paused: {why}", t.backend)));
+                    }
                 }
                 if let Some(endpoint) = &row.endpoint {
                     // The streak is bookkeeping: failing to keep it does not hold up the sends.
@@ -366,6 +371,20 @@ impl Dispatcher {
                 }
             }
         }
+        for (window, why) in paused {
+            if let Err(e) = self.alarm(window, &why, clock.now()).await {
+                tracing::warn!(window = window.0, error = %e, "could not record the alarm");
+            }
+        }
+    }
+
+    /// Raises `why` on `window` (once for its revision): `deliveries summary` shows it.
+    async fn alarm(&self, window: WindowId, why: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let w = self.store.window(window).await?;
+        if self.store.raise_alarm_once(&w, "sender paused", why, now).await? {
+            tracing::error!(window = window.0, "ALARM: {why}");
+        }
+        Ok(())
     }
 
     /// Keeps an endpoint's failure streak: a 410 disables it at once, and so does failing for
@@ -700,6 +719,7 @@ fn attempt(delivery: i64, to: &Address, t: &Try<'_>, now: DateTime<Utc>) -> Atte
         Err(e) => {
             let class = match e {
                 SendError::Transient { .. } => "transient",
+                SendError::Paused { .. } => "paused",
                 SendError::Uncertain { .. } => "uncertain",
                 SendError::Permanent { .. } => "permanent",
                 SendError::Gone { .. } => "gone",

@@ -185,19 +185,29 @@ impl Store {
         Ok(())
     }
 
-    /// Records an alarm about the window's current revision in its history, unless one is
-    /// recorded already. Returns whether this call recorded it (raise it then, not again).
-    pub async fn raise_alarm_once(&self, w: &Window, message: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let details = serde_json::json!({ "message": message }).to_string();
+    /// Records an alarm about the window's current revision in its history, unless one of the
+    /// same kind (`overrun`, `sender paused`) is recorded already. Returns whether this call
+    /// recorded it (raise it then, not again).
+    pub async fn raise_alarm_once(
+        &self,
+        w: &Window,
+        kind: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // Keys serialise in order, so the details of one kind of alarm begin alike.
+        let details = serde_json::json!({ "kind": kind, "message": message }).to_string();
+        let same_kind = format!("{{\"kind\":{}%", serde_json::Value::from(kind));
         let raised = on_pool!(self, p => sqlx::query(
             "INSERT INTO window_history (window_id, revision, at, actor, action, details) \
              SELECT $1, $2, $3, 'scheduler', 'alarm', $4 WHERE NOT EXISTS \
-             (SELECT 1 FROM window_history WHERE window_id = $1 AND revision = $2 AND action = 'alarm')",
+             (SELECT 1 FROM window_history WHERE window_id = $1 AND revision = $2 AND action = 'alarm' AND details LIKE $5)",
         )
         .bind(w.id.0)
         .bind(i64::from(w.revision))
         .bind(to_millis(now))
         .bind(details)
+        .bind(same_kind)
         .execute(p)
         .await?
         .rows_affected());

@@ -233,8 +233,24 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
     // Both tries are in the attempts log, in order.
     let tries = db.store.attempts(sent[0].id).await.unwrap();
     let outcomes: Vec<&str> = tries.iter().map(|a| a.outcome.as_str()).collect();
-    assert_eq!(outcomes, ["transient", "sent"], "{tries:?}");
+    assert_eq!(outcomes, ["paused", "sent"], "{tries:?}");
     assert!(tries[0].error.as_deref().unwrap().contains("405"), "{tries:?}");
+    assert_eq!(tries[0].outcome, "paused");
+    // The pause is an alarm on the window, raised once.
+    let alarms: Vec<_> = db
+        .store
+        .history(w)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.action == "alarm")
+        .collect();
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert!(
+        alarms[0].details["message"].as_str().unwrap().contains("insufficient")
+            || alarms[0].details["message"].as_str().unwrap().contains("405"),
+        "{alarms:?}"
+    );
     assert!(tries[1].error.is_none() && tries[1].latency_ms < 10_000, "{tries:?}");
 
     let (_, twilio_base) = twilio_server().await;

@@ -332,7 +332,7 @@ async fn insufficient_balance_pauses_africas_talking_and_the_channel_fails_over(
     let at = build(&talking_config(&talking_base, 100));
     let results = at.send(&[sms("0712000005", "hello"), sms("0712000011", "hello")]).await;
     assert!(
-        matches!(&results[0], Err(SendError::Transient { message, .. }) if message.contains("405") && message.contains("paused"))
+        matches!(&results[0], Err(SendError::Paused { message, .. }) if message.contains("405") && message.contains("paused"))
     );
     assert!(results[1].is_ok(), "the others in the request went");
     // Paused: nothing more reaches Africa's Talking; every message fails over at once.
@@ -398,5 +398,46 @@ async fn senders_check_reports_each_backend_without_sending() {
     assert!(
         twilio_state.requests.lock().unwrap().is_empty() && talking_state.requests.lock().unwrap().is_empty(),
         "nothing was sent"
+    );
+}
+
+/// Africa's Talking out of balance while a window's notices go out: the operator sees an
+/// alarm in `deliveries summary`, and the SMS went through the next backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_gateway_is_an_alarm_in_the_summary() {
+    let (_talking, talking_base) = talking_server().await;
+    let (twilio_state, twilio_base) = twilio_server().await;
+    let cli = crate::cli::Cli::new();
+    std::fs::write(
+        cli.path("tangazo.toml"),
+        format!(
+            "[senders.outbox]\ntype = \"file\"\ndir = \"outbox\"\n\
+             [senders.twilio]\ntype = \"twilio\"\nbase_url = \"{twilio_base}\"\naccount_sid = \"AC123\"\nauth_token = \"secret\"\nfrom = \"MPESA\"\n\
+             [senders.at]\ntype = \"africastalking\"\nbase_url = \"{talking_base}\"\nusername = \"sandbox\"\napi_key = \"key-1\"\n\
+             [channels]\nsms = [\"at\", \"twilio\"]\nemail = [\"outbox\"]\nwebhook = [\"outbox\"]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        cli.path("people.csv"),
+        "kind,name,phone,email,locale,zone,components,channels,opt_out\ncustomer,Pays,0712000005,,en,,,sms,\n",
+    )
+    .unwrap();
+    let summary = tokio::task::spawn_blocking(move || {
+        cli.ok(&["recipients", "import", "people.csv"]);
+        let id = crate::cli::add_window(&cli);
+        cli.ok(&["run-once", crate::cli::NOW]);
+        cli.ok(&["deliveries", "summary", "--window", &id])
+    })
+    .await
+    .unwrap();
+    assert!(
+        summary.contains("sender at is paused") && summary.contains("405"),
+        "{summary}"
+    );
+    assert_eq!(
+        twilio_state.requests.lock().unwrap().len(),
+        1,
+        "the SMS went through Twilio"
     );
 }

@@ -64,6 +64,13 @@ pub fn receiver() -> (Arc<Receiver>, String) {
             }),
         )
         .route(
+            "/down",
+            post(|State(s): State<Arc<Receiver>>, h: HeaderMap, b: Bytes| async move {
+                record(&s, "/down", h, b).await;
+                StatusCode::SERVICE_UNAVAILABLE
+            }),
+        )
+        .route(
             "/redirect",
             post(|State(s): State<Arc<Receiver>>, h: HeaderMap, b: Bytes| async move {
                 record(&s, "/redirect", h, b).await;
@@ -325,6 +332,14 @@ fn billers_register_endpoints_and_each_receives_signed_events() {
         list.contains("/ok") && list.contains("events window.cancelled") && !list.contains("whsec_"),
         "{list}"
     );
+    let tested = cli.ok(&["webhooks", "test", "1"]);
+    assert!(tested.contains("accepted a signed test event"), "{tested}");
+    let ping = state.seen.lock().unwrap().pop().unwrap();
+    assert!(verifies(&secret, &ping));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&ping.body).unwrap()["type"],
+        "webhook.test"
+    );
 
     let id = add_window(&cli);
     cli.ok(&["run-once", NOW]);
@@ -418,4 +433,31 @@ fn billers_register_endpoints_and_each_receives_signed_events() {
     );
     cli.ok(&["webhooks", "enable", "3"]);
     assert!(!cli.ok(&["webhooks", "list"]).contains("410"));
+}
+
+/// An endpoint that keeps failing for five days, across deliveries, is disabled; one success
+/// in between would have ended the streak.
+#[test]
+fn an_endpoint_failing_for_five_days_is_disabled() {
+    let (state, base) = receiver();
+    let cli = Cli::new();
+    hooks_config(&cli);
+    cli.ok(&["recipients", "import", "billers.csv"]);
+    cli.ok(&[
+        "webhooks",
+        "add",
+        "--biller",
+        "ops@kplc.example.co.ke",
+        "--url",
+        &format!("{base}/down"),
+    ]);
+    add_window(&cli);
+    cli.ok(&["run-once", NOW]);
+    assert_eq!(state.seen.lock().unwrap().len(), 1);
+    assert!(!cli.ok(&["webhooks", "list"]).contains("disabled"));
+    // Five days and three hours later, the 72-hour reminder fails too: the endpoint is off.
+    cli.ok(&["run-once", "--now", "2015-04-15T09:00:00+03:00"]);
+    assert!(state.seen.lock().unwrap().len() >= 2);
+    let list = cli.ok(&["webhooks", "list"]);
+    assert!(list.contains("disabled: failing since 2015-04-10"), "{list}");
 }

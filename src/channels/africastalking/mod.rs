@@ -211,7 +211,7 @@ impl AfricasTalkingSender {
             }),
             // Invalid number, unsupported number type, blacklisted, do-not-disturb.
             403 | 404 | 406 | 409 => Err(SendError::Permanent { message }),
-            INSUFFICIENT_BALANCE => Err(SendError::Transient {
+            INSUFFICIENT_BALANCE => Err(SendError::Paused {
                 message: format!("{message}: the backend is paused"),
                 retry_after: Some(self.pause),
             }),
@@ -260,7 +260,7 @@ impl Sender for AfricasTalkingSender {
         Box::pin(async move {
             let mut results: Vec<Option<Result<Receipt, SendError>>> = vec![None; batch.len()];
             if let Some(left) = self.paused() {
-                let error = SendError::Transient {
+                let error = SendError::Paused {
                     message: format!(
                         "{} is paused for {} s after an insufficient-balance answer",
                         self.name,
