@@ -40,6 +40,11 @@ impl Peer {
     /// Starts the SMTP peer; with `tls`, it offers (and requires) STARTTLS with a certificate
     /// for localhost signed by a throwaway CA, returned as the third element.
     fn start(tls: bool) -> (Peer, Option<PathBuf>) {
+        Peer::start_with(tls, false)
+    }
+
+    /// `start`, with TLS from the first byte when `implicit`.
+    fn start_with(tls: bool, implicit: bool) -> (Peer, Option<PathBuf>) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("received.jsonl");
         let port = free_port();
@@ -51,6 +56,9 @@ impl Peer {
         let ca = tls.then(|| {
             let (ca, cert, key) = test_ca(dir.path());
             command.args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+            if implicit {
+                command.arg("--implicit");
+            }
             ca
         });
         let mut child = command
@@ -287,4 +295,27 @@ async fn starttls_with_a_private_ca() {
     let results = untrusted.send(&[email(2, "ok@example.co.ke")]).await;
     assert!(matches!(&results[0], Err(e) if e.is_transient()), "{results:?}");
     assert_eq!(peer.received().len(), 1);
+}
+
+#[tokio::test]
+#[ignore = "needs aiosmtpd: pip install -r tests/peers/requirements.txt; run with -- --include-ignored"]
+async fn implicit_tls_with_a_private_ca() {
+    let (peer, ca) = Peer::start_with(true, true);
+    let config: SmtpConfig = toml::from_str(&format!(
+        "host = \"localhost\"\nport = {}\ntls = \"tls\"\nfrom = \"notices@example.co.ke\"\nca_file = {:?}",
+        peer.port,
+        ca.unwrap().display().to_string()
+    ))
+    .unwrap();
+    let mail = config
+        .build("mail", &BuildContext::with_console(std::io::sink()))
+        .unwrap();
+    let results = mail
+        .send(&[email(1, "ok@example.co.ke"), email(2, "ok2@example.co.ke")])
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let received = peer.received();
+    assert_eq!(received.len(), 2);
+    assert!(received.iter().all(|r| r["tls"] == true), "{received:?}");
+    assert!(mail.check().await.unwrap().contains("encrypted"));
 }

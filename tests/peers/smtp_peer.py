@@ -4,7 +4,8 @@ Every message accepted is appended to --out as one JSON line: the envelope, whet
 session was encrypted, and the message as received. Recipients whose address starts with
 "tempfail" are refused with a 451 the first time they are seen and accepted after; those that
 start with "reject" are refused with a 550. With --cert and --key the server offers STARTTLS
-and requires it before MAIL. Prints "ready" once it listens; stops on SIGTERM.
+and requires it before MAIL; with --implicit as well, it speaks TLS from the first byte
+instead. Prints "ready" once it listens; stops on SIGTERM.
 """
 
 import argparse
@@ -35,7 +36,8 @@ class Recorder:
         record = {
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
-            "tls": session.ssl is not None,
+            # STARTTLS sets session.ssl; TLS from the first byte shows on the transport.
+            "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
             "data": envelope.content.decode("utf-8", "replace"),
         }
         with open(self.out, "a", encoding="utf-8") as f:
@@ -44,9 +46,9 @@ class Recorder:
 
 
 class TlsController(Controller):
-    def __init__(self, handler, context, **kwargs):
-        self.tls = context
-        super().__init__(handler, **kwargs)
+    def __init__(self, handler, context, implicit, **kwargs):
+        self.tls = None if implicit else context
+        super().__init__(handler, ssl_context=context if implicit else None, **kwargs)
 
     def factory(self):
         return SMTP(self.handler, tls_context=self.tls, require_starttls=self.tls is not None)
@@ -58,12 +60,13 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument("--implicit", action="store_true")
     args = p.parse_args()
     context = None
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.cert, args.key)
-    controller = TlsController(Recorder(args.out), context, hostname="127.0.0.1", port=args.port)
+    controller = TlsController(Recorder(args.out), context, args.implicit, hostname="127.0.0.1", port=args.port)
     controller.start()
     print("ready", flush=True)
     stop = asyncio.new_event_loop()
