@@ -44,6 +44,14 @@ struct EndpointRow {
     previous_until: Option<i64>,
 }
 
+/// An endpoint's row with its current secret.
+#[derive(sqlx::FromRow)]
+struct WithSecret {
+    #[sqlx(flatten)]
+    row: EndpointRow,
+    secret: String,
+}
+
 const COLUMNS: &str = "id, recipient_id, url, events, components, disabled_reason, previous_until";
 
 fn split(list: &str) -> Vec<String> {
@@ -116,13 +124,9 @@ impl Store {
     /// One endpoint with its current secret, for a test ping.
     pub async fn endpoint_with_secret(&self, id: i64) -> Result<Option<(EndpointInfo, Secret)>, StoreError> {
         let sql = format!("SELECT {COLUMNS}, secret FROM webhook_endpoints WHERE id = $1");
-        let row: Option<(String,)> = on_pool!(self, p => sqlx::query_as(
-            "SELECT secret FROM webhook_endpoints WHERE id = $1").bind(id).fetch_optional(p).await?);
-        let info: Option<EndpointRow> =
+        let row: Option<WithSecret> =
             on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(p).await?);
-        Ok(info
-            .zip(row)
-            .map(|(info, (secret,))| (info.info(), Secret::new(secret))))
+        Ok(row.map(|r| (r.row.info(), Secret::new(r.secret))))
     }
 
     /// Removes an endpoint that nothing was ever queued for; one with deliveries is disabled

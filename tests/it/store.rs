@@ -24,6 +24,7 @@ on_both!(
     told_and_decisions,
     broadcasts_are_named_keyed_and_scoped,
     the_claim_uses_the_due_index_on_a_large_queue,
+    webhook_endpoints_are_kept_rotated_disabled_and_removed,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -611,4 +612,112 @@ async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
         !plan.contains("Sort") && !plan.contains("TEMP B-TREE"),
         "the claim sorts the queue:\n{plan}"
     );
+}
+
+/// Billers' webhook endpoints on both stores: registration, the routes fan-out reads, secret
+/// rotation (the previous secret signs until its overlap ends), the failure streak, disabling,
+/// a claimed webhook row carrying its endpoint, and removal (kept, disabled, once used).
+async fn webhook_endpoints_are_kept_rotated_disabled_and_removed(db: &TestDb) {
+    use tangazo::domain::{EventType, NoticeKind, Secret};
+    use tangazo::storage::NewEndpoint;
+    let now = utc(2015, 4, 10, 6, 0);
+    db.store.upsert_recipients(&[biller(1)], now).await.unwrap();
+    let who = db
+        .store
+        .recipients_page(None, RecipientId(0), 1)
+        .await
+        .unwrap()
+        .recipients[0]
+        .id;
+    let new = |url: &str, events: Vec<EventType>| NewEndpoint {
+        recipient: who,
+        url: url.into(),
+        secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        events,
+        components: vec!["pay-bill".parse().unwrap()],
+    };
+    let first = db
+        .store
+        .add_endpoint(&new("https://a.example/hook", vec![]), now)
+        .await
+        .unwrap();
+    let second = db
+        .store
+        .add_endpoint(
+            &new("https://b.example/hook", vec![EventType(NoticeKind::Cancelled)]),
+            now,
+        )
+        .await
+        .unwrap();
+    let listed = db.store.endpoints(Some(who)).await.unwrap();
+    assert_eq!(listed.iter().map(|e| e.id).collect::<Vec<_>>(), [first, second]);
+    assert_eq!(listed[1].events, ["window.cancelled"]);
+    let routes = db.store.endpoint_routes(&[who]).await.unwrap();
+    assert_eq!(routes[&who].len(), 2);
+    assert!(routes[&who][1].wants(NoticeKind::Cancelled, &["pay-bill".parse().unwrap()]));
+    assert!(!routes[&who][1].wants(NoticeKind::Announced, &["pay-bill".parse().unwrap()]));
+
+    // The secret is kept whole; a rotation keeps the old one signing for the overlap.
+    let (info, secret) = db.store.endpoint_with_secret(first).await.unwrap().unwrap();
+    assert_eq!(
+        (info.url.as_str(), secret.expose()),
+        ("https://a.example/hook", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    );
+    let rotated = Secret::new("whsec_bmV3IHNlY3JldCBvZiB0d2VudHktZm91ciBi");
+    assert!(
+        db.store
+            .rotate_endpoint_secret(first, &rotated, chrono::Utc::now() + TimeDelta::hours(24))
+            .await
+            .unwrap()
+    );
+    // A webhook row for the endpoint, claimed: it carries the URL and both secrets.
+    let w = db.store.create_window(new_window(24), now, "ops").await.unwrap();
+    let row = PlannedDelivery {
+        window: w.id,
+        revision: 1,
+        notice: Notice::Announced,
+        recipient: who,
+        channel: Channel::Webhook,
+        endpoint: Some(first),
+        due_at: now,
+        deadline: start(),
+    };
+    assert_eq!(
+        db.store.enqueue(&[row.clone(), row]).await.unwrap(),
+        1,
+        "keyed by endpoint too"
+    );
+    let (_, claimed) = claim(db, now, 10, "w", LEASE, None).await;
+    let endpoint = claimed[0].endpoint.clone().unwrap();
+    assert_eq!(endpoint.url, "https://a.example/hook");
+    let secrets: Vec<&str> = endpoint.secrets.iter().map(Secret::expose).collect();
+    assert_eq!(secrets, [rotated.expose(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
+
+    // The failure streak: its start is kept until a success ends it.
+    assert_eq!(db.store.endpoint_outcome(second, false, now).await.unwrap(), Some(now));
+    let later = now + TimeDelta::days(2);
+    assert_eq!(
+        db.store.endpoint_outcome(second, false, later).await.unwrap(),
+        Some(now)
+    );
+    assert_eq!(db.store.endpoint_outcome(second, true, later).await.unwrap(), None);
+    assert_eq!(
+        db.store.endpoint_outcome(second, false, later).await.unwrap(),
+        Some(later)
+    );
+    assert!(
+        db.store
+            .set_endpoint_disabled(second, Some("the receiver answered 410 Gone"))
+            .await
+            .unwrap()
+    );
+    assert!(!db.store.endpoint_routes(&[who]).await.unwrap()[&who][1].enabled);
+
+    // Removal: one never used goes; one with deliveries stays, disabled.
+    assert!(db.store.remove_endpoint(second).await.unwrap());
+    assert!(db.store.remove_endpoint(first).await.unwrap());
+    let left = db.store.endpoints(None).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((left[0].id, left[0].disabled.as_deref()), (first, Some("removed")));
+    assert!(!db.store.remove_endpoint(999).await.unwrap());
 }
