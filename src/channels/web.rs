@@ -21,12 +21,21 @@ const QUOTE: usize = 200;
 /// A client that follows no redirect (a 3xx is the far end's answer, not an instruction) and
 /// gives up on a request, body included, after `timeout`.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    build(builder(timeout))
+}
+
+/// The settings every backend's client shares, to add to before [`build`].
+pub fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     super::install_tls_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(64)
+}
+
+pub fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
+    builder
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }

@@ -98,6 +98,17 @@ const V6: &[(&str, &str)] = &[
     ("ff00::/8", "a multicast address"),
 ];
 
+/// Both tables, parsed once.
+fn forbidden_ranges() -> &'static [(Subnet, &'static str)] {
+    static RANGES: std::sync::OnceLock<Vec<(Subnet, &'static str)>> = std::sync::OnceLock::new();
+    RANGES.get_or_init(|| {
+        V4.iter()
+            .chain(V6)
+            .filter_map(|(net, why)| net.parse().ok().map(|n| (n, *why)))
+            .collect()
+    })
+}
+
 /// The IPv4 address an IPv6 address carries, if it is one of the forms that do.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
@@ -178,19 +189,17 @@ impl Guard {
         if self.allow.iter().any(|s| s.contains(ip)) {
             return None;
         }
-        let in_table = |table: &[(&str, &'static str)], ip: IpAddr| {
-            table
-                .iter()
-                .find(|(net, _)| net.parse::<Subnet>().is_ok_and(|n| n.contains(ip)))
-                .map(|(_, why)| *why)
+        let ip = match ip {
+            IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
+            v4 => v4,
         };
-        match ip {
-            IpAddr::V4(v4) => in_table(V4, IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match embedded_v4(v6) {
-                Some(v4) => self.forbidden(IpAddr::V4(v4)),
-                None => in_table(V6, ip),
-            },
+        if self.allow.iter().any(|s| s.contains(ip)) {
+            return None;
         }
+        forbidden_ranges()
+            .iter()
+            .find(|(net, _)| net.contains(ip))
+            .map(|(_, why)| *why)
     }
 
     /// The URL parsed and checked for its form; the host is not resolved.

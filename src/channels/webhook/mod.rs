@@ -86,14 +86,8 @@ pub struct WebhookSender {
 impl WebhookSender {
     /// A sender whose requests go only where `guard` allows, each within `timeout`.
     pub fn new(name: &str, guard: Guard, timeout: Duration) -> Result<WebhookSender, String> {
-        super::install_tls_provider();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .dns_resolver(Arc::new(guard.clone()))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        // Every connection goes through the guard: it is the client's resolver.
+        let client = web::build(web::builder(timeout).dns_resolver(Arc::new(guard.clone())))?;
         Ok(WebhookSender {
             name: name.to_owned(),
             guard,
