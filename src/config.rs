@@ -84,6 +84,7 @@ struct RawConfig {
     broadcast: RawBroadcast,
     costs: Costs,
     dispatch: RawDispatch,
+    http: RawHttp,
     senders: BTreeMap<String, SenderConfig>,
     channels: BTreeMap<String, Vec<String>>,
     components: BTreeMap<String, BTreeMap<String, String>>,
@@ -126,6 +127,34 @@ struct RawDispatch {
     tick: Span,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    public_url: String,
+    body_limit: usize,
+    rate: u32,
+    burst: u32,
+    shutdown_grace: Span,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin_token: Option<Secret>,
+}
+
+/// The HTTP server's settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Where to listen; `None`: the daemon serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The base of links handed out; `None`: `http://{listen}`.
+    pub public_url: Option<url::Url>,
+    pub body_limit: usize,
+    /// Requests per second per token, and the burst.
+    pub rate: u32,
+    pub burst: u32,
+    pub shutdown_grace: Span,
+    pub admin_token: Option<Secret>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -142,6 +171,7 @@ pub struct Config {
     pub broadcast_deadline: Span,
     pub costs: Costs,
     pub dispatch: DispatchConfig,
+    pub http: HttpConfig,
     pub senders: BTreeMap<String, SenderConfig>,
     /// For each channel, the sender names in order of preference (never empty).
     pub channels: BTreeMap<Channel, Vec<String>>,
@@ -312,6 +342,7 @@ impl Config {
         {
             return Err(invalid("costs: prices must be zero or positive numbers".into()));
         }
+        let http = http_config(&raw.http)?;
         let mut channels = BTreeMap::new();
         for (key, names) in &raw.channels {
             let channel: Channel = key.parse().map_err(|e| invalid(format!("channels: {e}")))?;
@@ -348,6 +379,7 @@ impl Config {
                 lease: raw.dispatch.lease,
                 tick: raw.dispatch.tick,
             },
+            http,
             senders: raw.senders.clone(),
             channels,
             components,
@@ -364,6 +396,48 @@ impl Config {
     pub fn knows(&self, component: &ComponentId) -> bool {
         self.components.contains_key(component)
     }
+}
+
+fn http_config(raw: &RawHttp) -> Result<HttpConfig, ConfigError> {
+    let invalid = ConfigError::Invalid;
+    let listen = match raw.listen.trim() {
+        "" => None,
+        text => Some(text.parse().map_err(|_| {
+            invalid(format!(
+                "http.listen: '{text}' is not an address and port like 127.0.0.1:8080 or [::1]:8080"
+            ))
+        })?),
+    };
+    let public_url = match raw.public_url.trim() {
+        "" => None,
+        text => {
+            let url = url::Url::parse(text).map_err(|e| invalid(format!("http.public_url: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(invalid("http.public_url: give an http(s) URL with a host".into()));
+            }
+            Some(url)
+        }
+    };
+    if raw.body_limit < 1024 {
+        return Err(invalid("http.body_limit must be at least 1024 bytes".into()));
+    }
+    if raw.rate == 0 || raw.burst == 0 {
+        return Err(invalid("http.rate and http.burst must be at least 1".into()));
+    }
+    if let Some(token) = &raw.admin_token
+        && token.expose().len() < 32
+    {
+        return Err(invalid("http.admin_token must be at least 32 characters".into()));
+    }
+    Ok(HttpConfig {
+        listen,
+        public_url,
+        body_limit: raw.body_limit,
+        rate: raw.rate,
+        burst: raw.burst,
+        shutdown_grace: raw.shutdown_grace,
+        admin_token: raw.admin_token.clone(),
+    })
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod http;
 pub mod import;
 pub mod planner;
 pub mod render;

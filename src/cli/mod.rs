@@ -33,10 +33,12 @@ macro_rules! errln {
     };
 }
 
+mod billers;
 mod broadcast;
 mod demo;
 mod ops;
 mod recipients;
+mod serve;
 mod webhooks;
 mod windows;
 
@@ -111,6 +113,9 @@ pub enum Command {
     /// Sender backends
     #[command(subcommand)]
     Senders(SendersCommand),
+    /// Billers who use the API: add (prints an API token once), rotate-token, list
+    #[command(subcommand)]
+    Billers(billers::BillersCommand),
     /// Billers' webhook endpoints: register, list, remove, rotate secrets, test, enable
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
@@ -151,6 +156,25 @@ pub enum Command {
         /// Seconds between ticks [default: dispatch.tick from the configuration]
         #[arg(long, value_name = "SECONDS")]
         tick: Option<u64>,
+        /// Also serve the HTTP side here (e.g. 127.0.0.1:8080) [default: http.listen; unset:
+        /// none]
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
+    },
+    /// Serve the HTTP side alone: billers' API, operator API, status page, feeds, callbacks
+    ///
+    /// Routes (see GET /openapi.json): / (status page, ?lang=sw, ?tz=Europe/London),
+    /// /v1/windows, /calendar.ics, /feed.atom, /v1/subscriptions (billers' bearer token),
+    /// /v1/admin/… (http.admin_token), /callbacks/… (SMS providers), /unsubscribe/…,
+    /// /healthz, /readyz, /metrics. Stops on SIGINT/SIGTERM after requests in flight finish.
+    #[command(verbatim_doc_comment)]
+    Serve {
+        /// Listen here [default: http.listen]
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
+        /// Print the callback URLs to give Africa's Talking and Twilio, and exit
+        #[arg(long)]
+        print_callback_urls: bool,
     },
     /// Inspect the delivery ledger
     #[command(subcommand)]
@@ -405,6 +429,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Window(c) => windows::run(&ctx, c).await,
         Command::Recipients(c) => recipients::run(&ctx, c).await,
         Command::Webhooks(c) => webhooks::run(&ctx, c).await,
+        Command::Billers(c) => billers::run(&ctx, c).await,
         Command::Senders(SendersCommand::Check) => ops::senders_check(&ctx).await,
         Command::Templates(TemplatesCommand::Check) => ops::templates_check(&ctx),
         Command::Broadcast(args) => broadcast::run(&ctx, args).await,
@@ -426,7 +451,11 @@ async fn dispatch(cli: Cli) -> CliResult {
             ops::preview(&ctx, window, &notice, &channel, view).await
         }
         Command::RunOnce => ops::run_once(&ctx).await,
-        Command::Daemon { tick } => ops::daemon(&ctx, tick, cli.now.is_some()).await,
+        Command::Daemon { tick, listen } => ops::daemon(&ctx, tick, listen.as_deref(), cli.now.is_some()).await,
+        Command::Serve {
+            listen,
+            print_callback_urls,
+        } => serve::run(&ctx, listen.as_deref(), print_callback_urls, cli.now.is_some()).await,
         Command::Deliveries(DeliveriesCommand::Summary { window }) => ops::summary(&ctx, window).await,
         Command::Deliveries(DeliveriesCommand::Attempts { id }) => ops::attempts(&ctx, id).await,
         Command::Deliveries(DeliveriesCommand::List { window, state }) => {

@@ -365,7 +365,7 @@ fn lock_sqlite(db: &Path) -> CliResult<DaemonLock> {
     }
 }
 
-pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult {
+pub async fn daemon(ctx: &Ctx, tick: Option<u64>, listen: Option<&str>, fixed_now: bool) -> CliResult {
     // Signals are handled before the lock is taken: a stop that comes once the lock is held
     // always finds the daemon ready for it.
     let stop = CancellationToken::new();
@@ -398,8 +398,26 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, fixed_now: bool) -> CliResult 
         }
     }
     let scheduler = parts.scheduler(&ctx.config, &store, &me);
+    // The HTTP side, when asked for, shares the store, the clock and the stop.
+    let server = match super::serve::listen_addr(ctx, listen)? {
+        Some(addr) => {
+            let listener = crate::http::bind(addr).await.map_err(bad_input)?;
+            let state = crate::http::AppState::new(store.clone(), clock, ctx.config.clone()).await?;
+            Some(tokio::spawn(crate::http::serve(listener, state, stop.clone())))
+        }
+        None => None,
+    };
     tracing::info!(database = %ctx.config.database_url, "daemon starting");
-    crate::scheduler::run(scheduler, clock, every, stop).await;
+    crate::scheduler::run(scheduler, clock, every, stop.clone()).await;
+    if let Some(server) = server {
+        // The scheduler stops on the same token; the server finishes its requests in flight.
+        stop.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %crate::domain::error_chain(&e), "HTTP server failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+    }
     store.close().await;
     Ok(())
 }
@@ -451,7 +469,7 @@ pub async fn list(ctx: &Ctx, window: i64, state: Option<&str>) -> CliResult {
         .map_err(bad_field("--state"))?;
     let store = ctx.existing_store().await?;
     let window = window_arg(&store, window, "--window").await?.id;
-    let rows = store.deliveries(window, state).await?;
+    let rows = store.deliveries(window, state, None).await?;
     if ctx.cli_json {
         return ctx.print_json(&rows);
     }

@@ -1,17 +1,13 @@
 //! `tangazo webhooks …`: billers' endpoints — register (the secret is printed once), list,
 //! remove, rotate the secret, send a signed test, enable again.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use clap::Subcommand;
 use serde_json::json;
 
 use super::{CliResult, Ctx, bad_field, bad_input};
-use crate::channels::registry::BackendConfig;
-use crate::channels::webhook::{WebhookSender, guard::Guard, sign};
-use crate::channels::{Address, Endpoint, Message, Sender};
-use crate::domain::{Audience, Channel, ComponentId, EventType, Locale, Rendered, Span};
+use crate::channels::Endpoint;
+use crate::channels::webhook::{configured_guard, guard::Guard, send_test, sign};
+use crate::domain::{Audience, ComponentId, EventType, Span};
 use crate::storage::NewEndpoint;
 
 #[derive(Debug, Subcommand)]
@@ -70,16 +66,7 @@ pub enum WebhooksCommand {
 
 /// The guard of the configured webhook backend (the first one), or the default rules.
 fn guard(ctx: &Ctx) -> CliResult<Guard> {
-    let config = ctx
-        .config
-        .senders
-        .values()
-        .find_map(|s| match &s.backend {
-            BackendConfig::Webhook(c) => Some(c.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
-    config.guard().map_err(|e| bad_input(anyhow::anyhow!("senders: {e}")))
+    configured_guard(&ctx.config.senders).map_err(|e| bad_input(anyhow::anyhow!("senders: {e}")))
 }
 
 fn list<T: std::str::FromStr>(flag: &'static str, text: Option<&str>) -> CliResult<Vec<T>>
@@ -215,34 +202,20 @@ pub async fn run(ctx: &Ctx, command: WebhooksCommand) -> CliResult {
             let Some((info, secret)) = store.endpoint_with_secret(id).await? else {
                 return Err(bad_field("id")(format!("no endpoint has id {id}")));
             };
-            let sender = WebhookSender::new("test", guard(ctx)?, Duration::from_secs(15))
-                .map_err(|e| bad_input(anyhow::anyhow!(e)))?;
-            let message = Message {
-                idempotency_key: format!("test.e{id}.{}", ctx.now().timestamp_millis()),
-                channel: Channel::Webhook,
-                to: Address::Endpoint {
-                    biller: crate::domain::RecipientId(info.recipient),
-                    endpoint: Some(Endpoint {
-                        id,
-                        url: info.url.clone(),
-                        secrets: vec![secret],
-                    }),
-                },
-                kind: "test".into(),
-                notice: "test".into(),
-                window_id: None,
-                broadcast: None,
-                revision: 0,
-                locale: Locale::En,
-                attempt: 1,
-                possibly_duplicate: false,
-                not_after: None,
-                content: Rendered::Webhook {
-                    payload: json!({"type": "webhook.test", "data": {"endpoint_id": id, "message": "a test from Tangazo"}}),
-                },
+            let endpoint = Endpoint {
+                id,
+                url: info.url.clone(),
+                secrets: vec![secret],
             };
-            let sender: Arc<dyn Sender> = Arc::new(sender);
-            let result = sender.send(std::slice::from_ref(&message)).await.into_iter().next();
+            let result = Some(
+                send_test(
+                    guard(ctx)?,
+                    endpoint,
+                    crate::domain::RecipientId(info.recipient),
+                    ctx.now(),
+                )
+                .await,
+            );
             match result {
                 Some(Ok(_)) => {
                     outln!("endpoint {id} at {} accepted a signed test event", info.url);

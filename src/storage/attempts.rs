@@ -80,19 +80,36 @@ impl Store {
         .bind(delivery)
         .fetch_all(p)
         .await?);
-        rows.into_iter()
-            .map(|r| {
-                Ok(AttemptInfo {
-                    delivery: r.delivery_id,
-                    at: super::rows::instant("attempt", r.delivery_id, r.at)?,
-                    backend: r.backend,
-                    outcome: r.outcome,
-                    status: r.status,
-                    latency_ms: r.latency_ms,
-                    provider_id: r.provider_id,
-                    error: r.error,
-                })
-            })
-            .collect()
+        infos(rows)
     }
+
+    /// The latest attempts to deliver to a webhook endpoint, newest first.
+    pub async fn endpoint_attempts(&self, endpoint: i64, limit: i64) -> Result<Vec<AttemptInfo>, StoreError> {
+        let rows: Vec<AttemptRow> = on_pool!(self, p => sqlx::query_as(
+            "SELECT a.delivery_id, a.at, a.backend, a.outcome, a.status, a.latency_ms, a.provider_id, a.error \
+             FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1 ORDER BY a.id DESC LIMIT $2",
+        )
+        .bind(endpoint)
+        .bind(limit)
+        .fetch_all(p)
+        .await?);
+        infos(rows)
+    }
+}
+
+fn infos(rows: Vec<AttemptRow>) -> Result<Vec<AttemptInfo>, StoreError> {
+    rows.into_iter()
+        .map(|r| {
+            Ok(AttemptInfo {
+                delivery: r.delivery_id,
+                at: super::rows::instant("attempt", r.delivery_id, r.at)?,
+                backend: r.backend,
+                outcome: r.outcome,
+                status: r.status,
+                latency_ms: r.latency_ms,
+                provider_id: r.provider_id,
+                error: r.error,
+            })
+        })
+        .collect()
 }

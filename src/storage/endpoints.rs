@@ -121,6 +121,38 @@ impl Store {
         Ok(rows.into_iter().map(EndpointRow::info).collect())
     }
 
+    /// One endpoint.
+    pub async fn endpoint(&self, id: i64) -> Result<Option<EndpointInfo>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE id = $1");
+        let row: Option<EndpointRow> =
+            on_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(p).await?);
+        Ok(row.map(EndpointRow::info))
+    }
+
+    /// Changes an endpoint's URL, event types or components (each only when given).
+    pub async fn update_endpoint(
+        &self,
+        id: i64,
+        url: Option<&str>,
+        events: Option<&[EventType]>,
+        components: Option<&[ComponentId]>,
+    ) -> Result<bool, StoreError> {
+        let events = events.map(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+        let components = components.map(join_list);
+        Ok(on_pool!(self, p => sqlx::query(
+            "UPDATE webhook_endpoints SET url = COALESCE($2, url), events = COALESCE($3, events), \
+             components = COALESCE($4, components) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(url)
+        .bind(events)
+        .bind(components)
+        .execute(p)
+        .await?
+        .rows_affected())
+            == 1)
+    }
+
     /// One endpoint with its current secret, for a test ping.
     pub async fn endpoint_with_secret(&self, id: i64) -> Result<Option<(EndpointInfo, Secret)>, StoreError> {
         let sql = format!("SELECT {COLUMNS}, secret FROM webhook_endpoints WHERE id = $1");

@@ -94,6 +94,7 @@ macro_rules! append_history {
     };
 }
 
+mod access;
 mod attempts;
 mod broadcasts;
 mod endpoints;
@@ -104,6 +105,9 @@ mod reports;
 mod rows;
 mod windows;
 
+pub use access::{
+    HandsetReceipt, LATENCY_BOUNDS_MS, MetricsSnapshot, OptOutBy, OptedOut, RecipientEvent, StoredAnswer, StoredToken,
+};
 pub use attempts::{Attempt, AttemptInfo};
 pub use endpoints::{EndpointInfo, NewEndpoint};
 pub use notices::NoticeLogRow;
@@ -209,6 +213,28 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Whether the database answers and has exactly the migrations this build carries.
+    pub async fn migrations_current(&self) -> Result<bool, StoreError> {
+        let (known, applied): (Vec<i64>, Vec<i64>) = match &self.pool {
+            Pool::Sqlite(p) => (
+                sqlx::migrate!("migrations/sqlite").iter().map(|m| m.version).collect(),
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(p)
+                    .await?,
+            ),
+            Pool::Postgres(p) => (
+                sqlx::migrate!("migrations/postgres")
+                    .iter()
+                    .map(|m| m.version)
+                    .collect(),
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(p)
+                    .await?,
+            ),
+        };
+        Ok(known == applied)
     }
 
     pub async fn close(&self) {

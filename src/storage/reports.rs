@@ -27,6 +27,8 @@ pub struct DeliveryRow {
     pub sent_at: Option<DateTime<Utc>>,
     pub backend: Option<String>,
     pub possibly_duplicate: bool,
+    /// What the SMS provider later reported of the handset: delivered or undelivered.
+    pub handset: Option<String>,
 }
 
 /// What re-queueing a window's deliveries did.
@@ -55,6 +57,7 @@ struct DeliveryListRow {
     sent_at: Option<i64>,
     backend: Option<String>,
     possibly_duplicate: bool,
+    handset: Option<String>,
 }
 
 /// A count of deliveries by window, notice, channel and state.
@@ -139,20 +142,25 @@ impl Store {
         })
     }
 
-    /// A window's deliveries (of one state, or all), in id order.
+    /// A window's deliveries (of one state, or all), in id order: all of them, or a page of
+    /// `limit` after id `after`.
     pub async fn deliveries(
         &self,
         window: WindowId,
         state: Option<DeliveryState>,
+        page: Option<(i64, i64)>,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let (after, limit) = page.unwrap_or((0, i64::MAX));
         let rows: Vec<DeliveryListRow> = on_pool!(self, p => sqlx::query_as(
             "SELECT d.id, d.broadcast_id, d.revision, d.notice, d.channel, d.state, d.attempts, d.recipient_id, r.phone, r.email, \
-             d.last_error, d.deadline, d.sent_at, d.backend, d.possibly_duplicate \
+             d.last_error, d.deadline, d.sent_at, d.backend, d.possibly_duplicate, d.handset \
              FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
-             WHERE d.window_id = $1 AND ($2 IS NULL OR d.state = $2) ORDER BY d.id",
+             WHERE d.window_id = $1 AND ($2 IS NULL OR d.state = $2) AND d.id > $3 ORDER BY d.id LIMIT $4",
         )
         .bind(window.0)
         .bind(state.map(DeliveryState::as_str))
+        .bind(after)
+        .bind(limit)
         .fetch_all(p)
         .await?);
         rows.into_iter()
@@ -181,6 +189,7 @@ impl Store {
                     sent_at: r.sent_at.map(|t| instant("delivery", r.id, t)).transpose()?,
                     backend: r.backend,
                     possibly_duplicate: r.possibly_duplicate,
+                    handset: r.handset,
                 })
             })
             .collect()

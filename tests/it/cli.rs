@@ -769,7 +769,11 @@ async fn a_daemon_killed_near_a_deadline_is_followed_by_one_that_sends_in_time_f
     }
     let store = tangazo::storage::Store::connect(&url).await.unwrap();
     let sent = store
-        .deliveries(tangazo::domain::WindowId(1), Some(tangazo::domain::DeliveryState::Sent))
+        .deliveries(
+            tangazo::domain::WindowId(1),
+            Some(tangazo::domain::DeliveryState::Sent),
+            None,
+        )
         .await
         .unwrap();
     // The tick also planned the announcement's emails (new rows, not flagged); the SMS are the

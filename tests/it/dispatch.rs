@@ -228,7 +228,7 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
         ),
         (1, 1)
     );
-    let sent = db.store.deliveries(w, None).await.unwrap();
+    let sent = db.store.deliveries(w, None, None).await.unwrap();
     assert_eq!(sent[0].backend.as_deref(), Some("gw"), "{sent:?}");
     // Both tries are in the attempts log, in order.
     let tries = db.store.attempts(sent[0].id).await.unwrap();
@@ -280,7 +280,7 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
     let d = dispatcher(db, vec![build(&twilio_config(&twilio_base))]);
     let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
     assert_eq!((r.sent, r.retried), (0, 1));
-    let waiting = db.store.deliveries(w2, None).await.unwrap();
+    let waiting = db.store.deliveries(w2, None, None).await.unwrap();
     assert!(waiting[0].possibly_duplicate, "{waiting:?}");
     assert!(waiting[0].last_error.as_deref().unwrap().contains("502"), "{waiting:?}");
     let tries = db.store.attempts(waiting[0].id).await.unwrap();
@@ -317,7 +317,7 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
         .unwrap();
     let r = d.run_due(&Clock::Fixed(now), &CancellationToken::new()).await.unwrap();
     assert_eq!(r.failed, 1);
-    let failed = db.store.deliveries(w3, None).await.unwrap();
+    let failed = db.store.deliveries(w3, None, None).await.unwrap();
     let error = failed[0].last_error.clone().unwrap();
     assert!(
         error.contains("21211") && !error.contains("+254710000004") && error.contains("+2547"),

@@ -159,7 +159,7 @@ async fn a_run_that_starts_just_before_a_deadline_sends_nothing_after_it(db: &Te
 async fn sent_times(db: &TestDb, w: WindowId) -> Vec<DateTime<Utc>> {
     let rows = db
         .store
-        .deliveries(w, Some(tangazo::domain::DeliveryState::Sent))
+        .deliveries(w, Some(tangazo::domain::DeliveryState::Sent), None)
         .await
         .unwrap();
     rows.iter().filter_map(|r| r.sent_at).collect()

@@ -350,7 +350,7 @@ async fn a_change_between_fan_out_pages_stops_the_old_revision(db: &TestDb) {
         .await
         .unwrap();
     operator.await.unwrap();
-    let rows = db.store.deliveries(w.id, None).await.unwrap();
+    let rows = db.store.deliveries(w.id, None, None).await.unwrap();
     // The first page: 10,000 customers, an SMS each and an email for the even ones.
     assert_eq!(rows.len(), 15_000, "only the page committed before the change");
     assert!(

@@ -48,6 +48,61 @@ impl WebhookConfig {
     }
 }
 
+/// The guard of the first configured webhook backend, or the default rules: what registering
+/// an endpoint checks URLs with (`tangazo webhooks add`, `POST /v1/subscriptions`).
+pub fn configured_guard(senders: &std::collections::BTreeMap<String, super::SenderConfig>) -> Result<Guard, String> {
+    senders
+        .values()
+        .find_map(|s| match &s.backend {
+            super::registry::BackendConfig::Webhook(c) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+        .guard()
+}
+
+/// Sends an endpoint a signed `webhook.test` event now and says how it answered.
+pub async fn send_test(
+    guard: Guard,
+    endpoint: super::Endpoint,
+    biller: crate::domain::RecipientId,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Receipt, SendError> {
+    let id = endpoint.id;
+    let sender =
+        WebhookSender::new("test", guard, REQUEST_TIMEOUT).map_err(|message| SendError::Permanent { message })?;
+    let message = Message {
+        idempotency_key: format!("test.e{id}.{}", now.timestamp_millis()),
+        channel: crate::domain::Channel::Webhook,
+        to: Address::Endpoint {
+            biller,
+            endpoint: Some(endpoint),
+        },
+        kind: "test".into(),
+        notice: "test".into(),
+        window_id: None,
+        broadcast: None,
+        revision: 0,
+        locale: crate::domain::Locale::En,
+        attempt: 1,
+        possibly_duplicate: false,
+        not_after: None,
+        content: Rendered::Webhook {
+            payload: serde_json::json!({"type": "webhook.test", "data": {"endpoint_id": id, "message": "a test from Tangazo"}}),
+        },
+    };
+    sender
+        .send(std::slice::from_ref(&message))
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| {
+            Err(SendError::Permanent {
+                message: "the sender gave no result".into(),
+            })
+        })
+}
+
 /// How long one request may take, body included, unless `timeout` says otherwise.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 

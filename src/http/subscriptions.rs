@@ -1,0 +1,322 @@
+//! The billers' API: their webhook subscriptions (the same endpoints table, validation and
+//! SSRF guard as `tangazo webhooks`), secret rotation, a signed test, recent attempts.
+//!
+//! A biller sees only its own: another biller's subscription answers 404 exactly as one that
+//! does not exist, so ids tell nothing across tenants.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::AppState;
+use super::auth::Biller;
+use super::body::Json;
+use super::idempotency::idempotent;
+use super::problem::{Answer, Problem};
+use crate::channels::Endpoint;
+use crate::channels::webhook::{configured_guard, send_test, sign};
+use crate::domain::{ComponentId, EventType, Span};
+use crate::storage::{EndpointInfo, NewEndpoint};
+
+/// The longest overlap of two secrets after a rotation.
+const MAX_OVERLAP: i64 = 7 * 24 * 3600;
+/// Attempts listed per subscription.
+const ATTEMPTS_LISTED: i64 = 50;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/subscriptions", get(list).post(create))
+        .route("/v1/subscriptions/{id}", get(show).patch(update).delete(remove))
+        .route("/v1/subscriptions/{id}/rotate-secret", post(rotate))
+        .route("/v1/subscriptions/{id}/test", post(test))
+        .route("/v1/subscriptions/{id}/attempts", get(attempts))
+}
+
+/// A subscription as its biller sees it (never its secret, except once on creation and
+/// rotation).
+#[derive(Debug, Serialize)]
+pub struct SubscriptionView {
+    pub id: i64,
+    pub url: String,
+    /// Empty: every event type.
+    pub events: Vec<String>,
+    /// Empty: every component.
+    pub components: Vec<String>,
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Until when the previous secret also signs, after a rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_until: Option<DateTime<Utc>>,
+}
+
+impl From<EndpointInfo> for SubscriptionView {
+    fn from(e: EndpointInfo) -> SubscriptionView {
+        SubscriptionView {
+            id: e.id,
+            url: e.url,
+            events: e.events,
+            components: e.components,
+            enabled: e.disabled.is_none(),
+            disabled_reason: e.disabled,
+            previous_secret_until: e.previous_until,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    components: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPatch {
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    components: Option<Vec<String>>,
+    enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old secret keeps signing, e.g. "24h" (at most 7 days).
+    overlap: Option<String>,
+}
+
+fn events(list: &[String]) -> Answer<Vec<EventType>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.parse::<EventType>()
+                .map_err(|m| Problem::invalid(format!("/events/{i}"), m))
+        })
+        .collect()
+}
+
+fn components(state: &AppState, list: &[String]) -> Answer<Vec<ComponentId>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let id: ComponentId = c.parse().map_err(|e: crate::domain::ComponentError| {
+                Problem::invalid(format!("/components/{i}"), e.to_string())
+            })?;
+            if state.config.knows(&id) {
+                Ok(id)
+            } else {
+                Err(Problem::invalid(
+                    format!("/components/{i}"),
+                    format!("unknown component '{id}'"),
+                ))
+            }
+        })
+        .collect()
+}
+
+async fn checked_url(state: &AppState, url: &str) -> Answer<String> {
+    let guard = configured_guard(&state.config.senders).map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+    match guard.check_url(url).await {
+        Ok(u) => Ok(u.to_string()),
+        Err(refused) => Err(Problem::invalid("/url", refused.to_string())),
+    }
+}
+
+/// The caller's own subscription `id`, or 404 (another biller's, removed, or none).
+async fn own(state: &AppState, biller: &Biller, id: &str) -> Answer<EndpointInfo> {
+    let missing = || Problem::not_found(format!("no subscription has id '{}'", crate::domain::quote_prefix(id)));
+    let id: i64 = id.parse().ok().filter(|i| *i > 0).ok_or_else(missing)?;
+    match state.store.endpoint(id).await? {
+        Some(e) if e.recipient == biller.recipient.0 && e.disabled.as_deref() != Some("removed") => Ok(e),
+        _ => Err(missing()),
+    }
+}
+
+async fn list(State(state): State<AppState>, biller: Biller) -> Answer<Response> {
+    let list: Vec<SubscriptionView> = state
+        .store
+        .endpoints(Some(biller.recipient))
+        .await?
+        .into_iter()
+        .filter(|e| e.disabled.as_deref() != Some("removed"))
+        .map(SubscriptionView::from)
+        .collect();
+    Ok(axum::Json(json!({ "subscriptions": list })).into_response())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    biller: Biller,
+    headers: HeaderMap,
+    body: Json<NewSubscription>,
+) -> Answer<Response> {
+    idempotent(
+        &state,
+        &biller.caller,
+        &headers,
+        "POST /v1/subscriptions",
+        &body.raw,
+        async {
+            let new = &body.value;
+            let events = events(&new.events)?;
+            let components = components(&state, &new.components)?;
+            let url = checked_url(&state, &new.url).await?;
+            let secret = sign::new_secret().map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+            let id = state
+                .store
+                .add_endpoint(
+                    &NewEndpoint {
+                        recipient: biller.recipient,
+                        url,
+                        secret: secret.clone(),
+                        events,
+                        components,
+                    },
+                    state.clock.now(),
+                )
+                .await?;
+            let info = state
+                .store
+                .endpoint(id)
+                .await?
+                .ok_or_else(|| Problem::not_found("the subscription was removed meanwhile"))?;
+            let mut view = serde_json::to_value(SubscriptionView::from(info)).unwrap_or_default();
+            view["secret"] = json!(secret.expose());
+            Ok((StatusCode::CREATED, view))
+        },
+    )
+    .await
+}
+
+async fn show(State(state): State<AppState>, biller: Biller, Path(id): Path<String>) -> Answer<Response> {
+    let e = own(&state, &biller, &id).await?;
+    Ok(axum::Json(SubscriptionView::from(e)).into_response())
+}
+
+async fn update(
+    State(state): State<AppState>,
+    biller: Biller,
+    Path(id): Path<String>,
+    body: Json<SubscriptionPatch>,
+) -> Answer<Response> {
+    let e = own(&state, &biller, &id).await?;
+    let patch = &body.value;
+    // Everything is checked before anything is written.
+    let events = patch.events.as_deref().map(events).transpose()?;
+    let components = patch.components.as_deref().map(|c| components(&state, c)).transpose()?;
+    let url = match &patch.url {
+        Some(u) => Some(checked_url(&state, u).await?),
+        None => None,
+    };
+    state
+        .store
+        .update_endpoint(e.id, url.as_deref(), events.as_deref(), components.as_deref())
+        .await?;
+    match patch.enabled {
+        Some(true) => {
+            state.store.set_endpoint_disabled(e.id, None).await?;
+        }
+        Some(false) => {
+            state
+                .store
+                .set_endpoint_disabled(e.id, Some("disabled by the biller"))
+                .await?;
+        }
+        None => {}
+    }
+    let e = own(&state, &biller, &id).await?;
+    Ok(axum::Json(SubscriptionView::from(e)).into_response())
+}
+
+async fn remove(State(state): State<AppState>, biller: Biller, Path(id): Path<String>) -> Answer<Response> {
+    let e = own(&state, &biller, &id).await?;
+    state.store.remove_endpoint(e.id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    biller: Biller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Answer<Response> {
+    let e = own(&state, &biller, &id).await?;
+    let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        super::body::parse(&body)?
+    };
+    let route = format!("POST /v1/subscriptions/{}/rotate-secret", e.id);
+    idempotent(&state, &biller.caller, &headers, &route, &body, async {
+        let overlap: Span = match &request.overlap {
+            Some(text) => text
+                .parse()
+                .map_err(|m: crate::domain::TimeError| Problem::invalid("/overlap", m.to_string()))?,
+            None => Span::from_secs(24 * 3600),
+        };
+        if overlap.secs() > MAX_OVERLAP {
+            return Err(Problem::invalid("/overlap", "at most 7 days (168h)"));
+        }
+        let secret = sign::new_secret().map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+        // Real time: the overlap is checked against the real clock when signing.
+        let until = Utc::now() + overlap.delta();
+        state.store.rotate_endpoint_secret(e.id, &secret, until).await?;
+        Ok((
+            StatusCode::OK,
+            json!({ "id": e.id, "secret": secret.expose(), "previous_secret_until": until }),
+        ))
+    })
+    .await
+}
+
+async fn test(State(state): State<AppState>, biller: Biller, Path(id): Path<String>) -> Answer<Response> {
+    let e = own(&state, &biller, &id).await?;
+    let Some((info, secret)) = state.store.endpoint_with_secret(e.id).await? else {
+        return Err(Problem::not_found("the subscription was removed meanwhile"));
+    };
+    let guard = configured_guard(&state.config.senders).map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+    let endpoint = Endpoint {
+        id: info.id,
+        url: info.url.clone(),
+        secrets: vec![secret],
+    };
+    let started = std::time::Instant::now();
+    let result = send_test(guard, endpoint, biller.recipient, state.clock.now()).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    Ok(axum::Json(match result {
+        Ok(_) => json!({ "delivered": true, "latency_ms": latency_ms }),
+        Err(e) => json!({ "delivered": false, "latency_ms": latency_ms, "error": e.to_string() }),
+    })
+    .into_response())
+}
+
+async fn attempts(State(state): State<AppState>, biller: Biller, Path(id): Path<String>) -> Answer<Response> {
+    let e = own(&state, &biller, &id).await?;
+    let list: Vec<serde_json::Value> = state
+        .store
+        .endpoint_attempts(e.id, ATTEMPTS_LISTED)
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "at": a.at,
+                "outcome": a.outcome,
+                "status": a.status,
+                "latency_ms": a.latency_ms,
+                "response": a.error,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "attempts": list })).into_response())
+}
