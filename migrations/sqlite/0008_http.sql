@@ -42,7 +42,7 @@ CREATE TABLE idempotency_keys (
     caller       TEXT   NOT NULL,
     key          TEXT   NOT NULL,
     request_hash TEXT   NOT NULL,
-    status       INTEGER NOT NULL,
+    status       BIGINT NOT NULL,
     body         TEXT   NOT NULL,
     created_at   BIGINT NOT NULL,
     PRIMARY KEY (caller, key)

@@ -17,8 +17,15 @@ pub struct Json<T> {
     pub raw: Bytes,
 }
 
-/// Parses `bytes` as `T`, naming the field at fault.
+/// Parses `bytes` as `T` (every request body is a JSON object), naming the field at fault.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // serde reads a struct from an array too (`["https://…"]`): a body must be an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Problem::invalid("", "the body must be a JSON object"),
+            Err(e) => Problem::bad_request(format!("the body is not valid JSON: {e}")),
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let pointer: String = e
@@ -34,6 +41,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             Problem::bad_request(format!("the body is not valid JSON: {inner}"))
+        } else if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            // A bad field early in a body that is not JSON at all: the syntax is the problem.
+            Problem::bad_request(format!("the body is not valid JSON: {syntax}"))
         } else {
             Problem::invalid(pointer, strip_position(&inner.to_string()))
         }
@@ -103,6 +113,12 @@ mod tests {
         assert_eq!(p.errors[0].pointer, "/events/1");
         let p = parse::<Sub>(br#"{"url": "x", "secret": "y"}"#).unwrap_err();
         assert!(p.detail.contains("unknown field `secret`"), "{}", p.detail);
+        let p = parse::<Sub>(br#"["x"]"#).unwrap_err();
+        assert_eq!(
+            (p.status, p.errors[0].pointer.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "")
+        );
+        assert_eq!(parse::<Sub>(b"").unwrap_err().status, StatusCode::BAD_REQUEST);
         let p = parse::<Sub>(br#"{}"#).unwrap_err();
         assert!(p.detail.contains("missing field `url`"), "{}", p.detail);
     }

@@ -38,7 +38,7 @@ use crate::shutdown::CancellationToken;
 use crate::storage::Store;
 
 pub use auth::{NewToken, new_token_secret, token_text};
-pub use callbacks::{callback_path_secret, unsubscribe_token};
+pub use callbacks::{callback_path_secret, twilio_signature, unsubscribe_token};
 pub use problem::{FieldError, Problem};
 
 /// What every handler shares.

@@ -419,9 +419,10 @@ impl Store {
     pub async fn metrics(&self, now: DateTime<Utc>) -> Result<MetricsSnapshot, StoreError> {
         let buckets: String = LATENCY_BOUNDS_MS
             .iter()
-            .map(|b| format!(", COALESCE(SUM(CASE WHEN latency_ms <= {b} THEN 1 ELSE 0 END), 0)"))
+            .map(|b| format!(", CAST(COALESCE(SUM(CASE WHEN latency_ms <= {b} THEN 1 ELSE 0 END), 0) AS BIGINT)"))
             .collect();
-        let latency_sql = format!("SELECT COUNT(*), COALESCE(SUM(latency_ms), 0){buckets} FROM attempts");
+        let latency_sql =
+            format!("SELECT COUNT(*), CAST(COALESCE(SUM(latency_ms), 0) AS BIGINT){buckets} FROM attempts");
         on_pool!(self, p => {
             let deliveries: Vec<(String, String, String, i64)> = sqlx::query_as(
                 "SELECT state, channel, COALESCE(backend, ''), COUNT(*) FROM deliveries GROUP BY state, channel, COALESCE(backend, '') \

@@ -8,6 +8,7 @@ mod broadcast;
 mod cli;
 mod dispatch;
 mod helpers;
+mod http;
 mod import;
 mod ledger;
 mod providers;

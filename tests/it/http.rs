@@ -1,0 +1,1106 @@
+//! The HTTP side, booted for real on a loopback port against SQLite and PostgreSQL: public
+//! reads and feeds (checked by independent parsers), the billers' API and its authorization
+//! matrix, the operator API, bad input, idempotency, rate limits, providers' callbacks and
+//! unsubscribe end to end, and secrets kept out of the logs.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tangazo::clock::Clock;
+use tangazo::config::{Config, Overrides};
+use tangazo::domain::{Locale, RecipientId};
+use tangazo::http::{AppState, new_token_secret, token_text};
+use tangazo::shutdown::CancellationToken;
+
+use crate::helpers::{TestDb, biller, customer, new_window, utc};
+use crate::on_both;
+
+/// Rate limits no test of other things reaches.
+pub const GENEROUS: &str = "rate = 1000\nburst = 1000";
+
+pub const ADMIN: &str = "admin-token-0123456789abcdef-0123456789";
+
+/// A server on a loopback port, and what a test needs around it.
+pub struct Server {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub config: Config,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tangazo::http::ServeError>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The configuration of a test server: the defaults, an admin token, generous limits, a
+/// webhook backend that may reach the receivers on 127.0.0.1 (and nothing else internal), and
+/// Twilio and Africa's Talking senders (at `sms_base`, or nowhere) for callbacks.
+pub fn config(db: &TestDb, dir: &std::path::Path, sms_base: &str, http: &str) -> Config {
+    let text = format!(
+        r#"
+[http]
+admin_token = "{ADMIN}"
+{http}
+
+[senders.outbox]
+type = "file"
+dir = "{outbox}"
+
+[senders.hooks]
+type = "webhook"
+allow_http = true
+allow = ["127.0.0.1/32"]
+
+[senders.tw]
+type = "twilio"
+base_url = "{sms_base}"
+account_sid = "AC123"
+auth_token = "secret"
+from = "M-PESA"
+
+[senders.at]
+type = "africastalking"
+base_url = "{sms_base}"
+username = "sandbox"
+api_key = "key-1"
+
+[channels]
+sms = ["tw"]
+email = ["outbox"]
+webhook = ["hooks"]
+"#,
+        outbox = dir.join("outbox").display(),
+    );
+    let path = dir.join("tangazo.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(
+        &path,
+        true,
+        std::iter::empty(),
+        &Overrides {
+            database_url: Some(db.url.clone()),
+            templates: None,
+        },
+    )
+    .unwrap()
+}
+
+impl Server {
+    pub async fn boot(db: &TestDb, now: DateTime<Utc>) -> Server {
+        Server::boot_with(db, Clock::Fixed(now), "http://127.0.0.1:9", GENEROUS).await
+    }
+
+    pub async fn boot_with(db: &TestDb, clock: Clock, sms_base: &str, http: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(db, dir.path(), sms_base, http);
+        let listener = tangazo::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState::new(db.store.clone(), clock, config.clone()).await.unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(tangazo::http::serve(listener, state, stop.clone()));
+        Server {
+            base,
+            client: reqwest::Client::builder().build().unwrap(),
+            config,
+            stop,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// A request with an optional bearer token and JSON body; the status and the body (JSON
+    /// where it parses, else a string).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let response = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(15), self.task)
+            .await
+            .expect("the server stops within its grace period")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Stores recipients; returns them with their ids.
+pub async fn add(db: &TestDb, profiles: &[tangazo::domain::Profile]) -> Vec<tangazo::domain::Recipient> {
+    db.store
+        .upsert_recipients(profiles, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for p in profiles {
+        out.push(db.store.recipient_by_key(&p.natural_key()).await.unwrap().unwrap());
+    }
+    out
+}
+
+/// A biller with an API token.
+pub async fn biller_with_token(db: &TestDb, i: u32) -> (RecipientId, String) {
+    let id = add(db, &[biller(i)]).await[0].id;
+    let new = new_token_secret().unwrap();
+    let token_id = db
+        .store
+        .issue_api_token(id, &new.hash, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    (id, token_text(token_id, &new.secret))
+}
+
+/// A loopback receiver that answers 204 to every POST and remembers the bodies.
+pub async fn receiver() -> (Arc<Mutex<Vec<String>>>, String) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let app = axum::Router::new().fallback(move |body: String| {
+        let s = Arc::clone(&s);
+        async move {
+            s.lock().unwrap().push(body);
+            StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (seen, format!("http://{addr}"))
+}
+
+fn now() -> DateTime<Utc> {
+    utc(2015, 4, 10, 6, 0)
+}
+
+on_both!(
+    public_reads,
+    authorization_matrix,
+    subscriptions_refuse_bad_input_and_write_nothing,
+    idempotency_keys_and_rate_limits,
+    operator_api_changes_windows,
+    feeds_parse_with_independent_parsers,
+    delivery_reports_and_stop_replies_end_to_end,
+    unsubscribe_link_opts_out,
+);
+
+async fn public_reads(db: &TestDb) {
+    let w = db.store.create_window(new_window(48), now(), "test").await.unwrap();
+    let server = Server::boot(db, now()).await;
+    let (status, body) = server.call(Method::GET, "/v1/windows", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["windows"][0]["id"], w.id.0);
+    assert_eq!(body["windows"][0]["title"]["sw"], "Uhamisho wa kituo cha data");
+    assert_eq!(body["windows"][0]["components"][0]["name"]["en"], "Send money");
+    assert_eq!(body["windows"][0]["starts_at"], "2015-04-17T21:00:00Z");
+    let (status, body) = server
+        .call(Method::GET, &format!("/v1/windows/{}", w.id.0), None, None)
+        .await;
+    assert_eq!((status, body["revision"].clone()), (StatusCode::OK, json!(1)));
+    for missing in ["/v1/windows/999", "/v1/windows/abc", "/nowhere"] {
+        let (status, body) = server.call(Method::GET, missing, None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+        assert_eq!(body["status"], 404, "a problem document: {body}");
+    }
+    let (status, body) = server.call(Method::GET, "/v1/windows?component=nope", None, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["pointer"], "/component");
+    let (status, body) = server
+        .call(Method::GET, "/v1/windows?component=pay-bill", None, None)
+        .await;
+    assert_eq!((status, body["windows"].as_array().unwrap().len()), (StatusCode::OK, 0));
+
+    assert_eq!(server.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(server.get("/readyz").await, (StatusCode::OK, "ready\n".to_owned()));
+    let (status, metrics) = server.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for name in [
+        "tangazo_queue_due 0",
+        "tangazo_queue_oldest_due_age_seconds",
+        "tangazo_webhook_endpoints_disabled 0",
+        "tangazo_send_latency_seconds_bucket{le=\"+Inf\"} 0",
+    ] {
+        assert!(metrics.contains(name), "{name} in\n{metrics}");
+    }
+
+    // The status page, by query, by Accept-Language, and in a zone of the reader's choice.
+    let (status, page) = server.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Data centre move") && page.contains("Planned maintenance"),
+        "{page}"
+    );
+    assert!(page.contains("Sat 18 Apr 2015 00:00 EAT"), "{page}");
+    assert!(page.contains("Fri 17 Apr 2015 21:00 UTC"), "{page}");
+    let (_, page) = server.get("/?lang=sw&tz=Europe/London").await;
+    assert!(
+        page.contains("Uhamisho wa kituo cha data") && page.contains("Matengenezo yaliyopangwa"),
+        "{page}"
+    );
+    assert!(page.contains("22:00 BST"), "London summer time: {page}");
+    let page = server
+        .client
+        .get(format!("{}/", server.base))
+        .header("accept-language", "sw-KE, en;q=0.5")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("lang=\"sw\""), "{page}");
+    let (status, body) = server.call(Method::GET, "/?tz=Mars/Olympus", None, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["pointer"], "/tz");
+    server.stop().await;
+}
+
+/// Every biller and operator endpoint × {no token, malformed, wrong, another biller's, own,
+/// admin}: only the right caller succeeds, and another biller's ids answer exactly as ids that
+/// do not exist.
+async fn authorization_matrix(db: &TestDb) {
+    let w = db.store.create_window(new_window(48), now(), "test").await.unwrap();
+    let (_, a) = biller_with_token(db, 1).await;
+    let (_, b) = biller_with_token(db, 2).await;
+    let (_seen, hook) = receiver().await;
+    let server = Server::boot(db, now()).await;
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&a),
+            Some(json!({"url": format!("{hook}/a")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let sub_a = created["id"].as_i64().unwrap();
+    let (status, created_b) = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&b),
+            Some(json!({"url": format!("{hook}/b")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let sub_b = created_b["id"].as_i64().unwrap();
+
+    // A token of a real row with the wrong secret, one with no row, and shapes that are not
+    // tokens at all.
+    let token_id: &str = a.trim_start_matches("tgz_").split('_').next().unwrap();
+    let wrong_secret = format!("tgz_{token_id}_{}", "A".repeat(43));
+    let no_row = format!("tgz_999999_{}", "A".repeat(43));
+    let malformed = ["tgz_", "tgz_1_short", "not-a-token", "Bearer"];
+
+    let sub = |id: i64, rest: &str| format!("/v1/subscriptions/{id}{rest}");
+    let biller_endpoints: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "/v1/subscriptions".into(), None),
+        (Method::GET, sub(sub_a, ""), None),
+        (
+            Method::PATCH,
+            sub(sub_a, ""),
+            Some(json!({"events": ["window.cancelled"]})),
+        ),
+        (
+            Method::POST,
+            sub(sub_a, "/rotate-secret"),
+            Some(json!({"overlap": "1h"})),
+        ),
+        (Method::POST, sub(sub_a, "/test"), None),
+        (Method::GET, sub(sub_a, "/attempts"), None),
+        (
+            Method::POST,
+            "/v1/subscriptions".into(),
+            Some(json!({"url": format!("{hook}/x")})),
+        ),
+        (Method::DELETE, sub(sub_a, ""), None),
+    ];
+    let wid = w.id.0;
+    let admin_endpoints: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "/v1/admin/windows".into(), None),
+        (Method::GET, format!("/v1/admin/windows/{wid}"), None),
+        (Method::GET, format!("/v1/admin/windows/{wid}/summary"), None),
+        (Method::GET, format!("/v1/admin/windows/{wid}/deliveries"), None),
+        (
+            Method::POST,
+            format!("/v1/admin/windows/{wid}/extend"),
+            Some(json!({"ends_at": "2015-04-21T00:00:00+03:00"})),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/windows".into(),
+            Some(
+                json!({"title": "Another", "components": ["pay-bill"], "starts_at": "2015-05-01T00:00:00Z", "ends_at": "2015-05-01T04:00:00Z"}),
+            ),
+        ),
+        (
+            Method::POST,
+            format!("/v1/admin/windows/{wid}/cancel"),
+            Some(json!({"reason": "Postponed"})),
+        ),
+    ];
+    let unauthenticated: Vec<Option<&str>> = [None, Some(wrong_secret.as_str()), Some(no_row.as_str())]
+        .into_iter()
+        .chain(malformed.iter().map(|m| Some(*m)))
+        .collect();
+    for (method, path, body) in biller_endpoints.iter().chain(&admin_endpoints) {
+        for token in &unauthenticated {
+            let (status, answer) = server.call(method.clone(), path, *token, body.clone()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}: {answer}"
+            );
+        }
+    }
+    for (method, path, body) in &biller_endpoints {
+        let (status, _) = server.call(method.clone(), path, Some(ADMIN), body.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "admin on {method} {path}");
+        // Another biller: A's subscription is not there for B.
+        let (status, answer) = server.call(method.clone(), path, Some(&b), body.clone()).await;
+        if path.contains(&format!("/{sub_a}")) {
+            assert_eq!(status, StatusCode::NOT_FOUND, "B on {method} {path}: {answer}");
+            let (status_missing, missing) = server
+                .call(
+                    method.clone(),
+                    &path.replace(&format!("/{sub_a}"), "/987654"),
+                    Some(&b),
+                    body.clone(),
+                )
+                .await;
+            assert_eq!(status_missing, status);
+            assert_eq!(
+                missing["detail"].as_str().unwrap().replace("987654", "ID"),
+                answer["detail"].as_str().unwrap().replace(&sub_a.to_string(), "ID"),
+                "another biller's id reads as a missing one"
+            );
+        } else {
+            assert!(status.is_success(), "B on its own collection {method} {path}: {answer}");
+            if *method == Method::GET {
+                let ids: Vec<i64> = answer["subscriptions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["id"].as_i64().unwrap())
+                    .collect();
+                assert!(
+                    ids.contains(&sub_b) && !ids.contains(&sub_a),
+                    "B lists only its own: {ids:?}"
+                );
+            }
+        }
+    }
+    for (method, path, body) in &admin_endpoints {
+        for token in [&a, &b] {
+            let (status, _) = server.call(method.clone(), path, Some(token), body.clone()).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "a biller on {method} {path}");
+        }
+    }
+    // Nothing above changed A's subscription or the window.
+    let (status, still) = server.call(Method::GET, &sub(sub_a, ""), Some(&a), None).await;
+    assert_eq!((status, still["events"].clone()), (StatusCode::OK, json!([])));
+    assert_eq!(db.store.window(w.id).await.unwrap().revision, 1);
+
+    // The right callers succeed.
+    for (method, path, body) in &biller_endpoints {
+        let (status, answer) = server.call(method.clone(), path, Some(&a), body.clone()).await;
+        assert!(status.is_success(), "A on {method} {path}: {status} {answer}");
+    }
+    for (method, path, body) in &admin_endpoints {
+        let (status, answer) = server.call(method.clone(), path, Some(ADMIN), body.clone()).await;
+        assert!(status.is_success(), "admin on {method} {path}: {status} {answer}");
+    }
+    assert_eq!(
+        db.store.window(w.id).await.unwrap().revision,
+        3,
+        "extended, then cancelled"
+    );
+    let (status, _) = server.call(Method::GET, &sub(sub_a, ""), Some(&a), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "deleted");
+    server.stop().await;
+}
+
+async fn subscriptions_refuse_bad_input_and_write_nothing(db: &TestDb) {
+    let (a_id, a) = biller_with_token(db, 1).await;
+    let server = Server::boot(db, now()).await;
+    let hostile = [
+        "http://127.0.0.2/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.1.10/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/hook",
+        "http://[fd00::1]/hook",
+        "http://0.0.0.0/hook",
+        "ftp://example.com/hook",
+        "not a url",
+        "",
+    ];
+    for url in hostile {
+        let (status, body) = server
+            .call(Method::POST, "/v1/subscriptions", Some(&a), Some(json!({ "url": url })))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["errors"][0]["pointer"], "/url", "{body}");
+    }
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"url": 5}), "/url"),
+        (
+            json!({"url": "https://example.com/h", "events": ["window.nope"]}),
+            "/events/0",
+        ),
+        (
+            json!({"url": "https://example.com/h", "events": ["window.started", 7]}),
+            "/events/1",
+        ),
+        (
+            json!({"url": "https://example.com/h", "components": ["nope"]}),
+            "/components/0",
+        ),
+        (json!({"url": "https://example.com/h", "secret": "mine"}), "/secret"),
+        (json!({"events": []}), ""),
+        (json!(["https://example.com/h"]), ""),
+    ];
+    for (body, pointer) in cases {
+        let (status, answer) = server
+            .call(Method::POST, "/v1/subscriptions", Some(&a), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["errors"][0]["pointer"], pointer, "{body}: {answer}");
+    }
+    let raw = |body: Vec<u8>, content_type: &'static str| {
+        server
+            .client
+            .post(format!("{}/v1/subscriptions", server.base))
+            .header("authorization", format!("Bearer {a}"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    for (body, content_type, expected) in [
+        (b"{\"url\": ".to_vec(), "application/json", StatusCode::BAD_REQUEST),
+        (b"{} {}".to_vec(), "application/json", StatusCode::BAD_REQUEST),
+        (vec![0xff, 0xfe, b'{'], "application/json", StatusCode::BAD_REQUEST),
+        (
+            b"url=https://example.com".to_vec(),
+            "application/x-www-form-urlencoded",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            format!("{{\"url\": \"https://example.com/{}\"}}", "a".repeat(2 << 20)).into_bytes(),
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let response = raw(body, content_type).await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, expected, "{text}");
+        let problem: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("a problem document: {text}"));
+        assert_eq!(problem["status"], expected.as_u16());
+    }
+    // PATCH checks every field before writing any.
+    let (_, hook) = receiver().await;
+    let (status, created) = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&a),
+            Some(json!({"url": format!("{hook}/ok")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_i64().unwrap();
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(&a),
+            Some(json!({"events": ["window.started"], "url": "http://169.254.169.254/"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = server
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{id}/rotate-secret"),
+            Some(&a),
+            Some(json!({"overlap": "30d"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let endpoints = db.store.endpoints(Some(a_id)).await.unwrap();
+    assert_eq!(endpoints.len(), 1, "only the good subscription was written");
+    assert!(endpoints[0].events.is_empty() && endpoints[0].previous_until.is_none());
+    assert_eq!(endpoints[0].url, format!("{hook}/ok"));
+    server.stop().await;
+}
+
+async fn idempotency_keys_and_rate_limits(db: &TestDb) {
+    let (a_id, a) = biller_with_token(db, 1).await;
+    let (_, hook) = receiver().await;
+    let server = Server::boot_with(db, Clock::Fixed(now()), "http://127.0.0.1:9", "rate = 1\nburst = 3").await;
+    let post = |key: &'static str, url: String| {
+        server
+            .client
+            .post(format!("{}/v1/subscriptions", server.base))
+            .header("authorization", format!("Bearer {a}"))
+            .header("idempotency-key", key)
+            .json(&json!({ "url": url }))
+            .send()
+    };
+    let first = post("k-1", format!("{hook}/one")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let again = post("k-1", format!("{hook}/one")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first, "the same answer, secret included");
+    let other = post("k-1", format!("{hook}/two")).await.unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        db.store.endpoints(Some(a_id)).await.unwrap().len(),
+        1,
+        "one subscription, not two"
+    );
+    // The burst of three is spent: the next request waits.
+    let limited = post("k-2", format!("{hook}/two")).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    server.stop().await;
+}
+
+async fn operator_api_changes_windows(db: &TestDb) {
+    let server = Server::boot(db, now()).await;
+    let (status, w) = server
+        .call(
+            Method::POST,
+            "/v1/admin/windows",
+            Some(ADMIN),
+            Some(json!({
+                "title": "Data centre move", "title_sw": "Kuhamisha kituo cha data",
+                "components": ["send-money", "pay-bill"],
+                "starts_at": "2015-04-18 00:00", "ends_at": "2015-04-19 18:00", "zone": "Africa/Nairobi"
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{w}");
+    let id = w["id"].as_i64().unwrap();
+    assert_eq!(w["starts_at"], "2015-04-17T21:00:00Z");
+    for (body, pointer) in [
+        (
+            json!({"title": "x", "components": ["send-money"], "starts_at": "2015-04-18 00:00", "ends_at": "2015-04-17 00:00"}),
+            "/ends_at",
+        ),
+        (
+            json!({"title": "x", "components": ["send-money"], "starts_at": "2015-04-01 00:00", "ends_at": "2015-04-19 00:00"}),
+            "/starts_at",
+        ),
+        (
+            json!({"title": "x", "components": [], "starts_at": "2015-04-18 00:00", "ends_at": "2015-04-19 00:00"}),
+            "/components",
+        ),
+        (
+            json!({"title": "x", "components": ["send-money"], "starts_at": "2015-04-18 00:00", "ends_at": "2015-04-19 00:00", "zone": "Africa/Atlantis"}),
+            "/zone",
+        ),
+        (
+            json!({"title": "", "components": ["send-money"], "starts_at": "2015-04-18 00:00", "ends_at": "2015-04-19 00:00"}),
+            "/title",
+        ),
+        (
+            json!({"title": "x", "components": ["send-money"], "starts_at": "tomorrow", "ends_at": "2015-04-19 00:00"}),
+            "/starts_at",
+        ),
+    ] {
+        let (status, answer) = server
+            .call(Method::POST, "/v1/admin/windows", Some(ADMIN), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["errors"][0]["pointer"], pointer, "{answer}");
+    }
+    assert_eq!(
+        db.store.windows().await.unwrap().len(),
+        1,
+        "nothing written for bad input"
+    );
+    let (status, moved) = server
+        .call(
+            Method::POST,
+            &format!("/v1/admin/windows/{id}/reschedule"),
+            Some(ADMIN),
+            Some(json!({"starts_at": "2015-04-25 00:00", "ends_at": "2015-04-26 18:00", "expected_revision": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, moved["revision"].clone()),
+        (StatusCode::OK, json!(2)),
+        "{moved}"
+    );
+    let (status, stale) = server
+        .call(
+            Method::POST,
+            &format!("/v1/admin/windows/{id}/cancel"),
+            Some(ADMIN),
+            Some(json!({"reason": "Postponed", "expected_revision": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{stale}");
+    let (status, done) = server
+        .call(
+            Method::POST,
+            &format!("/v1/admin/windows/{id}/complete"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a scheduled window cannot complete: {done}"
+    );
+    let (status, summary) = server
+        .call(
+            Method::GET,
+            &format!("/v1/admin/windows/{id}/summary"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!((status, summary["revision"].clone()), (StatusCode::OK, json!(2)));
+    let (status, page) = server
+        .call(
+            Method::GET,
+            &format!("/v1/admin/windows/{id}/deliveries?state=bogus"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    server.stop().await;
+}
+
+async fn feeds_parse_with_independent_parsers(db: &TestDb) {
+    let w = db.store.create_window(new_window(48), now(), "test").await.unwrap();
+    let other = db.store.create_window(new_window(6), now(), "test").await.unwrap();
+    let server = Server::boot(db, now()).await;
+    let read = |server: &Server| {
+        let base = server.base.clone();
+        let client = server.client.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let ics = client.get(format!("{base}/calendar.ics?lang=sw")).send().await.unwrap();
+            assert_eq!(ics.headers()["content-type"], "text/calendar; charset=utf-8");
+            std::fs::write(dir.path().join("c.ics"), ics.bytes().await.unwrap()).unwrap();
+            let atom = client.get(format!("{base}/feed.atom")).send().await.unwrap();
+            std::fs::write(dir.path().join("f.atom"), atom.bytes().await.unwrap()).unwrap();
+            let out = std::process::Command::new("python3")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/check_feeds.py"))
+                .arg(dir.path().join("c.ics"))
+                .arg(dir.path().join("f.atom"))
+                .output()
+                .expect("python3 runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        }
+    };
+    let parsed = read(&server).await;
+    let events = parsed["calendar"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    let event = |parsed: &Value, id: i64| -> Value {
+        parsed["calendar"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["uid"].as_str().unwrap().starts_with(&format!("window-{id}@")))
+            .cloned()
+            .unwrap()
+    };
+    let e = event(&parsed, w.id.0);
+    assert_eq!(
+        (e["sequence"].clone(), e["status"].clone()),
+        (json!(1), json!("CONFIRMED"))
+    );
+    assert_eq!(e["start"], "2015-04-17T21:00:00+00:00");
+    assert_eq!(e["summary"], "Uhamisho wa kituo cha data");
+    assert!(
+        e["description"].as_str().unwrap().contains("Kutuma pesa, Kutoa pesa"),
+        "{e}"
+    );
+    assert_eq!(parsed["feed"]["version"], "atom10");
+    assert_eq!(parsed["feed"]["entries"].as_array().unwrap().len(), 2);
+
+    // Moved, then the other one cancelled: the same UIDs with higher SEQUENCEs.
+    let later = now() + chrono::TimeDelta::hours(1);
+    let moved = w
+        .reschedule(
+            tangazo::domain::Schedule::new(utc(2015, 4, 24, 21, 0), utc(2015, 4, 26, 15, 0)).unwrap(),
+            later,
+        )
+        .unwrap();
+    db.store.save_change(&w, &moved, "test", later).await.unwrap();
+    let cancelled = other.cancel(Some("Postponed".into()), later).unwrap();
+    db.store.save_change(&other, &cancelled, "test", later).await.unwrap();
+    let parsed = read(&server).await;
+    let e = event(&parsed, w.id.0);
+    assert_eq!(
+        (e["sequence"].clone(), e["start"].clone()),
+        (json!(2), json!("2015-04-24T21:00:00+00:00"))
+    );
+    let c = event(&parsed, other.id.0);
+    assert_eq!(
+        (c["sequence"].clone(), c["status"].clone()),
+        (json!(2), json!("CANCELLED"))
+    );
+    let categories: Vec<&str> = parsed["feed"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["category"].as_str().unwrap())
+        .collect();
+    assert_eq!(categories.len(), 4);
+    assert!(
+        categories.contains(&"window.rescheduled") && categories.contains(&"window.cancelled"),
+        "{categories:?}"
+    );
+    let (status, ics) = server.get("/calendar.ics?component=pay-bill").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!ics.contains("BEGIN:VEVENT"), "no window affects pay-bill");
+    server.stop().await;
+}
+
+/// An SMS goes out through the Twilio backend (to a local server speaking its API), Twilio's
+/// signed status callback records the handset's receipt on the delivery, and a STOP reply
+/// through Africa's Talking's callback opts the number out.
+async fn delivery_reports_and_stop_replies_end_to_end(db: &TestDb) {
+    let (_twilio, sms_base) = crate::providers::twilio_server().await;
+    let server = Server::boot_with(db, Clock::Fixed(now()), &sms_base, GENEROUS).await;
+    // Twilio's stand-in answers by the number's last two digits: 01 and 08 are accepted.
+    let people = add(db, &[customer(1, Locale::En), customer(8, Locale::Sw)]).await;
+    let w = db.store.create_window(new_window(48), now(), "test").await.unwrap();
+    let scheduler = tangazo::app::scheduler(
+        &server.config,
+        &db.store,
+        &tangazo::channels::BuildContext::with_console(std::io::sink()),
+        "test",
+    )
+    .unwrap();
+    scheduler
+        .tick(&Clock::Fixed(now()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let sms: Vec<_> = db
+        .store
+        .deliveries(w.id, None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.channel == "sms")
+        .collect();
+    assert_eq!(sms.len(), 2);
+    assert!(
+        sms.iter().all(|d| d.state == tangazo::domain::DeliveryState::Sent),
+        "{sms:?}"
+    );
+    let first = &sms[0];
+    let sid = db.store.attempts(first.id).await.unwrap()[0]
+        .provider_id
+        .clone()
+        .unwrap();
+
+    // Twilio's status callback, signed as Twilio signs it.
+    let path = "/callbacks/twilio/tw/status";
+    let fields = vec![
+        ("MessageSid".to_owned(), sid.clone()),
+        ("MessageStatus".to_owned(), "delivered".to_owned()),
+        ("AccountSid".to_owned(), "AC123".to_owned()),
+    ];
+    let signature = tangazo::http::twilio_signature("secret", &format!("{}{path}", server.base), &fields);
+    let post = |signature: String| {
+        server
+            .client
+            .post(format!("{}{path}", server.base))
+            .header("x-twilio-signature", signature)
+            .form(&fields)
+            .send()
+    };
+    assert_eq!(post("bm90IGl0".into()).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        db.store.handset(first.id).await.unwrap(),
+        None,
+        "a forged report changes nothing"
+    );
+    assert_eq!(post(signature).await.unwrap().status(), StatusCode::NO_CONTENT);
+    let (handset, _) = db.store.handset(first.id).await.unwrap().unwrap();
+    assert_eq!(handset, "delivered");
+    let listed = db.store.deliveries(w.id, None, None).await.unwrap();
+    assert_eq!(
+        listed.iter().find(|d| d.id == first.id).unwrap().handset.as_deref(),
+        Some("delivered")
+    );
+
+    // A STOP reply through Africa's Talking's callback, at its secret path.
+    let secret = tangazo::http::callback_path_secret(&db.store).await.unwrap();
+    let inbound = |secret: &str, text: &str| {
+        server
+            .client
+            .post(format!("{}/callbacks/{secret}/africastalking/at/inbound", server.base))
+            .form(&[("from", "+254710000008"), ("to", "22384"), ("text", text), ("id", "x1")])
+            .send()
+    };
+    assert_eq!(
+        inbound("0123456789abcdef0123456789abcdef", "STOP")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(inbound(&secret, "habari").await.unwrap().status(), StatusCode::OK);
+    let who = db.store.recipient(people[1].id).await.unwrap().unwrap();
+    assert!(!who.profile.opt_out, "a reply without a stop word changes nothing");
+    // Something still queued for the number: it must not go.
+    let next = tangazo::domain::PlannedDelivery {
+        notice: tangazo::domain::Notice::Reminder(tangazo::domain::Span::from_secs(3600)),
+        ..crate::helpers::announced_sms(
+            w.id,
+            std::slice::from_ref(&who),
+            now() + chrono::TimeDelta::days(3),
+            utc(2015, 4, 17, 21, 0),
+        )[0]
+        .clone()
+    };
+    db.store.enqueue(std::slice::from_ref(&next)).await.unwrap();
+    assert_eq!(inbound(&secret, "Sitaki tena").await.unwrap().status(), StatusCode::OK);
+    let who = db.store.recipient(people[1].id).await.unwrap().unwrap();
+    assert!(who.profile.opt_out);
+    let history = db.store.recipient_history(who.id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (history[0].source.as_str(), history[0].action.as_str()),
+        ("sms:at", "opt-out")
+    );
+    assert_eq!(history[0].details["word"], "SITAKI");
+    let pending = db
+        .store
+        .deliveries(w.id, Some(tangazo::domain::DeliveryState::Pending), None)
+        .await
+        .unwrap();
+    assert!(
+        pending.iter().all(|d| d.recipient_id != who.id.0),
+        "nothing further is queued for it"
+    );
+    server.stop().await;
+}
+
+async fn unsubscribe_link_opts_out(db: &TestDb) {
+    let id = add(db, &[customer(2, Locale::Sw)]).await[0].id;
+    let server = Server::boot(db, now()).await;
+    let token = tangazo::http::unsubscribe_token(&db.store, id).await.unwrap();
+    let (status, page) = server.get(&format!("/unsubscribe/{token}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Jiondoe") && page.contains("method=\"post\""), "{page}");
+    assert!(
+        !db.store.recipient(id).await.unwrap().unwrap().profile.opt_out,
+        "a GET changes nothing"
+    );
+    for forged in [
+        format!("{}.AAAAAAAAAAAAAAAAAAAAAAAA", id.0),
+        format!("{}{}", id.0 + 1, &token[token.find('.').unwrap()..]),
+        "x".into(),
+    ] {
+        let status = server
+            .client
+            .post(format!("{}/unsubscribe/{forged}", server.base))
+            .form(&[("List-Unsubscribe", "One-Click")])
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{forged}");
+    }
+    // RFC 8058: a POST of List-Unsubscribe=One-Click.
+    let response = server
+        .client
+        .post(format!("{}/unsubscribe/{token}", server.base))
+        .form(&[("List-Unsubscribe", "One-Click")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(db.store.recipient(id).await.unwrap().unwrap().profile.opt_out);
+    let history = db.store.recipient_history(id).await.unwrap();
+    assert_eq!((history.len(), history[0].source.as_str()), (1, "email"));
+    server.stop().await;
+}
+
+/// A full flow through `tangazo billers` and `tangazo serve` at trace level: no token, signing
+/// secret, admin token, callback path or unsubscribe token it made appears in what the server
+/// logged.
+#[tokio::test]
+async fn secrets_and_tokens_never_reach_the_logs() {
+    let cli = crate::cli::Cli::new();
+    std::fs::write(
+        cli.path("tangazo.toml"),
+        "[senders.outbox]\ntype = \"file\"\ndir = \"outbox\"\n\n[senders.hooks]\ntype = \"webhook\"\nallow_http = true\nallow = [\"127.0.0.1/32\"]\n\n[channels]\nsms = [\"outbox\"]\nemail = [\"outbox\"]\nwebhook = [\"hooks\"]\n",
+    )
+    .unwrap();
+    let token_of = |out: &str| {
+        out.split_whitespace()
+            .find(|w| w.starts_with("tgz_"))
+            .unwrap()
+            .to_owned()
+    };
+    let first = token_of(&cli.ok(&["billers", "add", "Kenya Power", "--email", "ops@kplc.example.co.ke"]));
+    // Updating by email issues a new token and revokes the first; rotating does it again.
+    let second = token_of(&cli.ok(&[
+        "billers",
+        "add",
+        "Kenya Power Ltd",
+        "--email",
+        "OPS@kplc.example.co.ke",
+        "--locale",
+        "sw",
+    ]));
+    let token = token_of(&cli.ok(&["billers", "rotate-token", "ops@kplc.example.co.ke"]));
+    let listed = cli.ok(&["billers", "list"]);
+    assert!(listed.contains("Kenya Power Ltd") && listed.contains("yes"), "{listed}");
+    assert_eq!(listed.lines().count(), 2, "one biller, updated in place: {listed}");
+    let bad = cli.bad(&["billers", "add", "X", "--email", "not-an-email"]);
+    assert!(bad.contains("--email"), "{bad}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(cli.path("serve.log")).unwrap();
+    let mut serve = cli
+        .command(&["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("TANGAZO_LOG", "trace")
+        .env("TANGAZO_HTTP__ADMIN_TOKEN", ADMIN)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..300 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(up, "the server came up");
+    let call = |method: Method, path: String, token: &str, body: Option<Value>| {
+        let mut r = client
+            .request(method, format!("{base}{path}"))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let response = r.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for old in [&first, &second] {
+        let (status, _) = call(Method::GET, "/v1/subscriptions".into(), old, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "a replaced token no longer works");
+    }
+    let (_, hook) = receiver().await;
+    let mut secrets = vec![first.clone(), second.clone(), token.clone(), ADMIN.to_owned()];
+    let (status, created) = call(
+        Method::POST,
+        "/v1/subscriptions".into(),
+        &token,
+        Some(json!({"url": format!("{hook}/ok")})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    secrets.push(created["secret"].as_str().unwrap().to_owned());
+    let sub = created["id"].as_i64().unwrap();
+    let (_, rotated) = call(
+        Method::POST,
+        format!("/v1/subscriptions/{sub}/rotate-secret"),
+        &token,
+        None,
+    )
+    .await;
+    secrets.push(rotated["secret"].as_str().unwrap().to_owned());
+    let (_, tested) = call(Method::POST, format!("/v1/subscriptions/{sub}/test"), &token, None).await;
+    assert_eq!(tested["delivered"], true, "{tested}");
+    let (status, _) = call(Method::GET, "/v1/admin/windows".into(), ADMIN, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let wrong = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(
+        call(Method::GET, "/v1/subscriptions".into(), &wrong, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let store = tangazo::storage::Store::connect_existing(&format!("sqlite://{}", cli.path("tangazo.db").display()))
+        .await
+        .unwrap();
+    let biller = store.biller_by_email("ops@kplc.example.co.ke").await.unwrap().unwrap();
+    let unsubscribe = tangazo::http::unsubscribe_token(&store, biller.id).await.unwrap();
+    secrets.push(unsubscribe.clone());
+    assert_eq!(
+        client
+            .get(format!("{base}/unsubscribe/{unsubscribe}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let path = tangazo::http::callback_path_secret(&store).await.unwrap();
+    secrets.push(path.clone());
+    let urls = cli.ok(&["serve", "--print-callback-urls"]);
+    assert!(urls.contains("no africastalking or twilio sender"), "{urls}");
+    let response = client
+        .post(format!("{base}/callbacks/{path}/africastalking/at/delivery"))
+        .form(&[("id", "ATXid_1"), ("status", "Success")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND, "no sender named at");
+    store.close().await;
+
+    // SIGTERM: the server stops accepting, finishes, and exits 0.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
+    let logged = std::fs::read_to_string(cli.path("serve.log")).unwrap();
+    assert!(
+        logged.contains("route=\"/v1/subscriptions/{id}/rotate-secret\""),
+        "the flow was logged:\n{logged}"
+    );
+    assert!(logged.contains("TRACE"), "at trace level");
+    for secret in &secrets {
+        assert!(!logged.contains(secret.as_str()), "a secret in the logs: {secret}");
+        let tail = secret.rsplit(['_', '.']).next().unwrap();
+        assert!(!logged.contains(tail), "part of a secret in the logs: {tail}");
+    }
+}
