@@ -109,6 +109,10 @@ pub struct Message {
     /// The last real instant at which it may still be handed to a provider (its deadline).
     #[serde(skip)]
     pub not_after: Option<tokio::time::Instant>,
+    /// The recipient's one-click unsubscribe token (emails): the SMTP backend puts it in the
+    /// `List-Unsubscribe` URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<String>,
     #[serde(flatten)]
     pub content: Rendered,
 }
@@ -279,6 +283,7 @@ pub(crate) fn sample_sms(n: usize) -> Vec<Message> {
             attempt: 1,
             possibly_duplicate: false,
             not_after: None,
+            unsubscribe: None,
             content: Rendered::Sms {
                 body: format!("Message {i}"),
                 encoding: Encoding::Gsm7,

@@ -561,6 +561,16 @@ impl Dispatcher {
         let corrupt = |what: &str| Prepare::Fail(format!("stored delivery has an invalid {what}"));
         let (channel, locale, zone, revision, recipient) =
             (row.channel, row.locale, row.zone, row.revision, row.recipient);
+        // Every email carries its recipient's one-click unsubscribe token (RFC 8058).
+        let unsubscribe = match channel {
+            Channel::Email => {
+                if cache.signing.is_none() {
+                    cache.signing = Some(self.store.signing_key().await.map_err(Prepare::Store)?);
+                }
+                cache.signing.as_ref().map(|k| k.unsubscribe_token(recipient))
+            }
+            Channel::Sms | Channel::Webhook => None,
+        };
         let to = match channel {
             Channel::Sms => Address::Phone(
                 row.phone
@@ -622,6 +632,7 @@ impl Dispatcher {
                 attempt: row.attempts,
                 possibly_duplicate: row.possibly_duplicate,
                 not_after: None,
+                unsubscribe,
                 content: body.content.clone(),
             };
             return Ok((message, body.id));
@@ -682,6 +693,7 @@ impl Dispatcher {
             attempt: row.attempts,
             possibly_duplicate: row.possibly_duplicate,
             not_after: None,
+            unsubscribe,
             content: body.content.clone(),
         };
         Ok((message, body.id))
@@ -814,6 +826,9 @@ struct Cache {
     windows: HashMap<WindowId, Arc<Window>>,
     broadcasts: HashMap<i64, Arc<Broadcast>>,
     bodies: HashMap<String, Body>,
+    /// The deployment's signing key, read once per run when an email needs its unsubscribe
+    /// token.
+    signing: Option<crate::domain::SigningKey>,
 }
 
 enum Prepare {

@@ -12,6 +12,7 @@ mod notice;
 mod policy;
 mod recipient;
 mod secret;
+mod signing;
 mod sms;
 mod text;
 mod time;
@@ -27,6 +28,7 @@ pub use recipient::{
     Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError, RecipientId, quote_prefix,
 };
 pub use secret::{REDACTED, Secret};
+pub use signing::SigningKey;
 pub use sms::{Encoding, SmsCost, cost as sms_cost, first_non_gsm7, gsm7_septets};
 pub use text::{TextError, check as check_text, limits as text_limits};
 pub use time::{Span, TimeError, Zone, from_millis, parse_instant, to_millis};

@@ -18,7 +18,6 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
@@ -31,76 +30,14 @@ use crate::storage::{OptOutBy, Store, StoreError};
 /// The words that opt a number out when they open an SMS reply.
 const STOP_WORDS: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "ACHA", "SITAKI", "SIMAMISHA"];
 
-/// This deployment's keys, made once and kept in the database.
-#[derive(Clone)]
-pub struct Keys {
-    key: Vec<u8>,
-}
-
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Keys([redacted])")
-    }
-}
-
-impl Keys {
-    pub async fn load(store: &Store) -> Result<Keys, StoreError> {
-        let text = store
-            .server_key("signing", || {
-                let mut bytes = [0u8; 32];
-                // A key that cannot be made randomly is not made at all: an empty key fails
-                // below, loudly, rather than signing with something guessable.
-                if getrandom::fill(&mut bytes).is_err() {
-                    return String::new();
-                }
-                base64::engine::general_purpose::STANDARD.encode(bytes)
-            })
-            .await?;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(text.as_bytes())
-            .ok()
-            .filter(|k| k.len() >= 32)
-            .ok_or_else(|| StoreError::Corrupt("server_keys.signing is not a 32-byte key".into()))?;
-        Ok(Keys { key })
-    }
-
-    fn mac(&self, purpose: &str) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(purpose.as_bytes());
-        mac.finalize().into_bytes().to_vec()
-    }
-
-    /// The secret path segment of providers' callbacks.
-    pub fn callback_path(&self) -> String {
-        self.mac("callback-path")[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    /// `{id}.{signature}`: the unsubscribe token of one recipient.
-    pub fn unsubscribe_token(&self, recipient: RecipientId) -> String {
-        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(&self.mac(&format!("unsubscribe:{}", recipient.0))[..18]);
-        format!("{}.{sig}", recipient.0)
-    }
-
-    fn check_unsubscribe(&self, token: &str) -> Option<RecipientId> {
-        let (id, _) = token.split_once('.')?;
-        let id = RecipientId(id.parse().ok().filter(|i: &i64| *i > 0)?);
-        let expected = self.unsubscribe_token(id);
-        bool::from(expected.as_bytes().ct_eq(token.as_bytes())).then_some(id)
-    }
-}
-
 /// The secret path segment of providers' callbacks, for `tangazo serve --print-callback-urls`.
 pub async fn callback_path_secret(store: &Store) -> Result<String, StoreError> {
-    Ok(Keys::load(store).await?.callback_path())
+    Ok(store.signing_key().await?.callback_path())
 }
 
-/// The unsubscribe token of a recipient, for links in emails.
+/// The unsubscribe token of a recipient, as links in emails carry it.
 pub async fn unsubscribe_token(store: &Store, recipient: RecipientId) -> Result<String, StoreError> {
-    Ok(Keys::load(store).await?.unsubscribe_token(recipient))
+    Ok(store.signing_key().await?.unsubscribe_token(recipient))
 }
 
 pub fn routes() -> Router<AppState> {
@@ -116,8 +53,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn check_path(state: &AppState, secret: &str) -> Answer<()> {
-    let expected = state.keys.callback_path();
-    if bool::from(expected.as_bytes().ct_eq(secret.as_bytes())) {
+    if state.keys.is_callback_path(secret) {
         Ok(())
     } else {
         // The same answer as a path that does not exist.

@@ -50,7 +50,7 @@ pub struct Shared {
     pub clock: Clock,
     pub config: Config,
     limiter: auth::Limiter,
-    keys: callbacks::Keys,
+    keys: crate::domain::SigningKey,
     /// The address bound, for links when no other is configured.
     local: Option<std::net::SocketAddr>,
 }
@@ -82,7 +82,7 @@ impl AppState {
     /// The state for a server on `store`, reading time from `clock`. Makes the deployment's
     /// own keys on first use.
     pub async fn new(store: Store, clock: Clock, config: Config) -> Result<AppState, ServeError> {
-        let keys = callbacks::Keys::load(&store).await?;
+        let keys = store.signing_key().await?;
         Ok(AppState(Arc::new(Shared {
             store,
             clock,

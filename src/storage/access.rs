@@ -7,7 +7,7 @@ use sqlx::AssertSqlSafe;
 
 use super::rows::{RECIPIENT_COLUMNS, RecipientRow, join_list};
 use super::{Pool, Store, StoreError};
-use crate::domain::{Profile, Recipient, RecipientId, from_millis, to_millis};
+use crate::domain::{Profile, Recipient, RecipientId, SigningKey, from_millis, to_millis};
 
 /// A stored API token: whose it is and the hash to compare with.
 #[derive(Debug, Clone)]
@@ -102,9 +102,9 @@ impl Store {
         }))
     }
 
-    /// The key named `name`, made by `make` and kept if there is none yet. Two processes making
-    /// it at once agree on the first one written.
-    pub async fn server_key(&self, name: &str, make: impl FnOnce() -> String) -> Result<String, StoreError> {
+    /// The key named `name`; `candidate` is kept if there is none yet. Two processes making it
+    /// at once agree on the first one written.
+    async fn server_key(&self, name: &str, candidate: String) -> Result<String, StoreError> {
         let existing: Option<String> = on_pool!(self, p => sqlx::query_scalar("SELECT value FROM server_keys WHERE name = $1")
             .bind(name)
             .fetch_optional(p)
@@ -112,7 +112,7 @@ impl Store {
         if let Some(value) = existing {
             return Ok(value);
         }
-        let value = make();
+        let value = candidate;
         Ok(on_pool!(self, p => {
             sqlx::query("INSERT INTO server_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                 .bind(name)
@@ -124,6 +124,19 @@ impl Store {
                 .fetch_one(p)
                 .await?
         }))
+    }
+
+    /// This deployment's signing key, made (from the system's randomness) on first use and
+    /// kept: every process sharing the database signs alike.
+    pub async fn signing_key(&self) -> Result<SigningKey, StoreError> {
+        // A candidate is made every time (it costs nothing) so that a failure to make one is
+        // never stored.
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| StoreError::Corrupt(format!("no randomness to make the signing key: {e}")))?;
+        let text = self.server_key("signing", SigningKey::encode(&bytes)).await?;
+        SigningKey::from_base64(&text)
+            .ok_or_else(|| StoreError::Corrupt("server_keys.signing is not a 32-byte key".into()))
     }
 
     /// The answer kept for `caller`'s `key`, if it is younger than `since`.

@@ -29,7 +29,7 @@ pub struct Server {
     pub config: Config,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tangazo::http::ServeError>>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 /// The configuration of a test server: the defaults, an admin token, generous limits, a
@@ -104,7 +104,7 @@ impl Server {
             config,
             stop,
             task,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -910,10 +910,27 @@ async fn delivery_reports_and_stop_replies_end_to_end(db: &TestDb) {
     server.stop().await;
 }
 
+/// An email goes out (through the file outbox) carrying its recipient's signed token; the
+/// link's page changes nothing, its one-click POST opts the recipient out.
 async fn unsubscribe_link_opts_out(db: &TestDb) {
     let id = add(db, &[customer(2, Locale::Sw)]).await[0].id;
+    db.store.create_window(new_window(48), now(), "test").await.unwrap();
     let server = Server::boot(db, now()).await;
-    let token = tangazo::http::unsubscribe_token(&db.store, id).await.unwrap();
+    let scheduler = tangazo::app::scheduler(
+        &server.config,
+        &db.store,
+        &tangazo::channels::BuildContext::with_console(std::io::sink()),
+        "test",
+    )
+    .unwrap();
+    scheduler
+        .tick(&Clock::Fixed(now()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let outbox = std::fs::read_to_string(server.dir.path().join("outbox/email.jsonl")).unwrap();
+    let sent: Value = serde_json::from_str(outbox.lines().next().unwrap()).unwrap();
+    let token = sent["unsubscribe"].as_str().unwrap().to_owned();
+    assert_eq!(token, tangazo::http::unsubscribe_token(&db.store, id).await.unwrap());
     let (status, page) = server.get(&format!("/unsubscribe/{token}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Jiondoe") && page.contains("method=\"post\""), "{page}");

@@ -11,6 +11,7 @@ mod helpers;
 mod http;
 mod import;
 mod ledger;
+mod openapi;
 mod providers;
 mod readme;
 mod scheduler;

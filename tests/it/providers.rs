@@ -35,6 +35,7 @@ fn sms(number: &str, body: &str) -> Message {
         attempt: 1,
         possibly_duplicate: false,
         not_after: Some(tokio::time::Instant::now() + Duration::from_secs(3600)),
+        unsubscribe: None,
         content: Rendered::Sms {
             body: body.into(),
             encoding: Encoding::Gsm7,

@@ -166,7 +166,7 @@ fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn sender(port: u16, extra: &str) -> Arc<dyn Sender> {
     let config: SmtpConfig = toml::from_str(&format!(
         "host = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"notices@example.co.ke\"\nfrom_name = \"M-PESA\"\n\
-         connections = 4\nunsubscribe_url = \"https://example.co.ke/unsubscribe?email={{email}}\"\n{extra}"
+         connections = 4\nunsubscribe_url = \"https://example.co.ke/unsubscribe/{{token}}?for={{email}}\"\n{extra}"
     ))
     .unwrap();
     config
@@ -188,6 +188,7 @@ fn email(i: usize, to: &str) -> Message {
         attempt: 1,
         possibly_duplicate: false,
         not_after: None,
+        unsubscribe: Some(format!("{i}.signature")),
         content: Rendered::Email {
             subject: format!("M-PESA: Matengenezo {i}"),
             text: "Habari,\nmatengenezo yataanza baada ya saa 24.\n".into(),
@@ -224,7 +225,9 @@ async fn a_thousand_notices_arrive_once_each_multipart_with_their_message_id() {
             "{data}"
         );
         assert!(
-            data.contains("List-Unsubscribe: <https://example.co.ke/unsubscribe?email=c"),
+            data.contains(&format!(
+                "List-Unsubscribe: <https://example.co.ke/unsubscribe/{i}.signature?for=c{i}%40example.co.ke>"
+            )),
             "{data}"
         );
         assert!(

@@ -31,6 +31,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "scheduler",
         ],
     ),
+    (
+        "http",
+        &["domain", "storage", "render", "channels", "clock", "config", "shutdown"],
+    ),
     ("cli", &["*"]),
 ];
 
@@ -43,11 +47,21 @@ const EDGE_CRATES: &[(&str, &[&str])] = &[
     ("indicatif", &["cli"]),
     (
         "tokio",
-        &["storage", "channels", "dispatch", "scheduler", "shutdown", "cli"],
+        &[
+            "storage",
+            "channels",
+            "dispatch",
+            "scheduler",
+            "shutdown",
+            "http",
+            "cli",
+        ],
     ),
     ("tokio_util", &["dispatch", "scheduler", "shutdown", "cli"]),
     ("lettre", &["channels"]),
     ("reqwest", &["channels"]),
+    ("axum", &["http"]),
+    ("tower_http", &["http"]),
     ("rustls", &["channels"]),
 ];
 

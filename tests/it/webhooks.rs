@@ -156,6 +156,7 @@ fn event(url: &str, secrets: Vec<Secret>, key: &str) -> Message {
         attempt: 1,
         possibly_duplicate: false,
         not_after: None,
+        unsubscribe: None,
         content: Rendered::Webhook {
             payload: serde_json::json!({"type": "window.announced", "data": {"window_id": 1}}),
         },

@@ -63,7 +63,9 @@ pub struct SmtpConfig {
     /// Connections kept open to the relay, and so messages in flight at once [default: 4].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
-    /// One-click unsubscribe (RFC 8058): `{email}` is replaced by the recipient's address.
+    /// One-click unsubscribe (RFC 8058), e.g. `https://status.example.co.ke/unsubscribe/{token}`:
+    /// `{token}` is replaced by the recipient's signed token (which `tangazo serve` checks),
+    /// `{email}` by the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsubscribe_url: Option<String>,
     /// The name given in EHLO [default: this host's name].
@@ -257,8 +259,15 @@ impl SmtpSender {
             .message_id(Some(message_id(&m.idempotency_key, &self.id_domain)))
             .multipart(MultiPart::alternative_plain_html(text.clone(), html.clone()))
             .map_err(|e| permanent(format!("cannot build the email: {e}")))?;
-        if let Some(url) = &self.unsubscribe_url {
-            let url = url.replace("{email}", &percent_encode(to.as_str()));
+        // A URL that needs a token goes only on messages that carry one.
+        let url = self
+            .unsubscribe_url
+            .as_ref()
+            .filter(|url| !url.contains("{token}") || m.unsubscribe.is_some());
+        if let Some(url) = url {
+            let url = url
+                .replace("{email}", &percent_encode(to.as_str()))
+                .replace("{token}", m.unsubscribe.as_deref().unwrap_or_default());
             let headers = email.headers_mut();
             headers.insert_raw(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe"),

@@ -87,6 +87,7 @@ pub async fn send_test(
         attempt: 1,
         possibly_duplicate: false,
         not_after: None,
+        unsubscribe: None,
         content: Rendered::Webhook {
             payload: serde_json::json!({"type": "webhook.test", "data": {"endpoint_id": id, "message": "a test from Tangazo"}}),
         },
