@@ -364,7 +364,7 @@ pub async fn import_csv<R: Read>(
     input: R,
     rules: &RowRules<'_>,
     now: DateTime<Utc>,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport::default();
     let import = import_id();

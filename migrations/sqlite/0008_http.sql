@@ -47,3 +47,17 @@ CREATE TABLE idempotency_keys (
     created_at   BIGINT NOT NULL,
     PRIMARY KEY (caller, key)
 );
+
+-- The events each biller was sent by webhook (or, with no endpoint, would have been), as
+-- rendered, in order: `GET /v1/events` pages through them and a subscription's replay sends
+-- them again. One row per event and biller, whatever its endpoints.
+CREATE TABLE biller_events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient_id BIGINT NOT NULL REFERENCES recipients (id),
+    event_key    TEXT   NOT NULL,
+    type         TEXT   NOT NULL,
+    payload      TEXT   NOT NULL,
+    created_at   BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX biller_events_key ON biller_events (recipient_id, event_key);
+CREATE INDEX biller_events_by_recipient ON biller_events (recipient_id, id);

@@ -35,6 +35,9 @@ pub enum BillersCommand {
         /// Only windows affecting these components, comma-separated [default: all]
         #[arg(long, value_name = "A,B")]
         components: Option<String>,
+        /// Channels, comma-separated [default: email and webhook, and sms with --phone]
+        #[arg(long, value_name = "A,B")]
+        channels: Option<String>,
         /// When updating, keep the biller's current token (print none)
         #[arg(long)]
         keep_token: bool,
@@ -58,6 +61,7 @@ pub async fn run(ctx: &Ctx, command: BillersCommand) -> CliResult {
             locale,
             zone,
             components,
+            channels,
             keep_token,
         } => {
             let email = EmailAddress::parse(&email).map_err(bad_field("--email"))?;
@@ -79,6 +83,19 @@ pub async fn run(ctx: &Ctx, command: BillersCommand) -> CliResult {
                 }
                 wanted.push(id);
             }
+            // A biller hears by email and by webhook (its subscriptions, or `GET /v1/events`).
+            let channels: Vec<Channel> = match channels {
+                Some(text) => crate::domain::split_list(&text)
+                    .map(|c| c.parse::<Channel>().map_err(bad_field("--channels")))
+                    .collect::<CliResult<_>>()?,
+                None => {
+                    let mut list = vec![Channel::Email, Channel::Webhook];
+                    if phone.is_some() {
+                        list.insert(0, Channel::Sms);
+                    }
+                    list
+                }
+            };
             let profile = Profile::new(
                 Audience::Biller,
                 &name,
@@ -87,10 +104,10 @@ pub async fn run(ctx: &Ctx, command: BillersCommand) -> CliResult {
                 locale,
                 zone,
                 wanted,
-                Vec::<Channel>::new(),
+                channels,
                 false,
             )
-            .map_err(bad_field("name"))?;
+            .map_err(|e| bad_input(anyhow::anyhow!(e)))?;
             let store = ctx.store().await?;
             let existing = store.biller_by_email(email.as_str()).await?;
             let id = store

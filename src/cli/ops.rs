@@ -402,7 +402,14 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, listen: Option<&str>, fixed_no
     let server = match super::serve::listen_addr(ctx, listen)? {
         Some(addr) => {
             let listener = crate::http::bind(addr).await.map_err(bad_input)?;
-            let state = crate::http::AppState::new(store.clone(), clock, ctx.config.clone()).await?;
+            let state = crate::http::AppState::new(
+                store.clone(),
+                clock,
+                ctx.config.clone(),
+                std::sync::Arc::clone(&parts.renderer),
+                parts.senders.clone(),
+            )
+            .await?;
             Some(tokio::spawn(crate::http::serve(listener, state, stop.clone())))
         }
         None => None,

@@ -19,6 +19,8 @@ pub fn listen_addr(ctx: &Ctx, flag: Option<&str>) -> CliResult<Option<SocketAddr
 }
 
 pub async fn run(ctx: &Ctx, listen: Option<&str>, print_callback_urls: bool, fixed_now: bool) -> CliResult {
+    // Templates that do not all render stop the server before it opens anything.
+    let parts = ctx.parts()?;
     let store = ctx.store().await?;
     if print_callback_urls {
         return print_urls(ctx, &store, listen).await;
@@ -36,7 +38,8 @@ pub async fn run(ctx: &Ctx, listen: Option<&str>, print_callback_urls: bool, fix
         Clock::System
     };
     let listener = crate::http::bind(addr).await.map_err(super::bad_input)?;
-    let state = crate::http::AppState::new(store.clone(), clock, ctx.config.clone()).await?;
+    let state =
+        crate::http::AppState::new(store.clone(), clock, ctx.config.clone(), parts.renderer, parts.senders).await?;
     crate::http::serve(listener, state, stop).await?;
     store.close().await;
     Ok(())

@@ -635,7 +635,10 @@ impl Dispatcher {
                 unsubscribe,
                 content: body.content.clone(),
             };
-            return Ok((message, body.id));
+            let body_id = body.id;
+            self.record_event(&message, recipient, broadcast_key(b.id, recipient, channel, None), now)
+                .await?;
+            return Ok((message, body_id));
         }
         let notice = row.notice.ok_or_else(|| corrupt("notice"))?;
         let window_id = row.window.ok_or_else(|| corrupt("window"))?;
@@ -670,6 +673,11 @@ impl Dispatcher {
                 self.renderer.render(&facts, audience, channel, locale, zone)
             })
             .await?;
+        // The event's identity is the biller's, whatever the endpoint.
+        let event_key = match &broadcast {
+            Some(b) => broadcast_key(b.id, recipient, channel, None),
+            None => idempotency_key(window_id, revision, notice, recipient, channel, None),
+        };
         let message = Message {
             idempotency_key: match &broadcast {
                 Some(b) => broadcast_key(b.id, recipient, channel, row.endpoint.as_ref().map(|e| e.id)),
@@ -696,7 +704,27 @@ impl Dispatcher {
             unsubscribe,
             content: body.content.clone(),
         };
-        Ok((message, body.id))
+        let body_id = body.id;
+        self.record_event(&message, recipient, event_key, now).await?;
+        Ok((message, body_id))
+    }
+
+    /// Keeps a webhook event in the biller's sequence (`GET /v1/events`, replays) once.
+    async fn record_event(
+        &self,
+        message: &Message,
+        recipient: crate::domain::RecipientId,
+        key: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), Prepare> {
+        match &message.content {
+            Rendered::Webhook { payload } => self
+                .store
+                .record_biller_event(recipient, &key, payload, now)
+                .await
+                .map_err(Prepare::Store),
+            _ => Ok(()),
+        }
     }
 
     /// The body for `key`, rendered and stored the first time it is asked for in this run.

@@ -35,7 +35,17 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/admin/windows/{id}/complete", post(complete))
         .route("/v1/admin/windows/{id}/summary", get(summary))
         .route("/v1/admin/windows/{id}/deliveries", get(deliveries))
+        .route("/v1/admin/broadcasts", post(broadcast))
+        .route("/v1/admin/broadcasts/{id}", get(broadcast_state))
+        .route(
+            "/v1/admin/recipients/import",
+            post(import).layer(axum::extract::DefaultBodyLimit::max(IMPORT_LIMIT)),
+        )
 }
+
+/// The largest CSV upload: about 21 million rows. It is streamed to a file, never held in
+/// memory.
+const IMPORT_LIMIT: usize = 4 << 30;
 
 /// A window as the operator sees it.
 fn view(w: &Window) -> serde_json::Value {
@@ -369,4 +379,355 @@ async fn deliveries(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(axum::Json(json!({ "deliveries": rows, "next_after": next })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// Import nothing if any row is bad (422 with the report).
+    #[serde(default)]
+    strict: bool,
+}
+
+/// A file removed when dropped.
+struct Spool(std::path::PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn import_problem(e: crate::import::ImportError) -> Problem {
+    use crate::import::ImportError;
+    match e {
+        e @ (ImportError::Header(_) | ImportError::NotText(_)) => Problem::invalid("", e.to_string()),
+        ImportError::Csv(e) => Problem::bad_request(format!("the CSV cannot be read: {e}")),
+        ImportError::Store(e) => e.into(),
+    }
+}
+
+/// `POST /v1/admin/recipients/import` (`Content-Type: text/csv`): the recipients CSV of
+/// `tangazo recipients import`, streamed to a spool file and imported with the same
+/// validation and report (bad rows by line, skipped; with `?strict=true` any bad row imports
+/// nothing).
+async fn import(
+    State(state): State<AppState>,
+    _: Admin,
+    headers: HeaderMap,
+    query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Body,
+) -> Answer<Response> {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let csv = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/csv"));
+    if !csv {
+        return Err(Problem::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the recipients CSV with `Content-Type: text/csv`",
+        ));
+    }
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let spool = Spool(std::env::temp_dir().join(format!(
+        "tangazo-import-{}-{}.csv",
+        std::process::id(),
+        UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )));
+    let mut file = tokio::fs::File::create(&spool.0)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            if size + 1 >= IMPORT_LIMIT || format!("{e:?}").contains("LengthLimit") {
+                Problem::status(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the CSV is larger than {IMPORT_LIMIT} bytes"),
+                )
+            } else {
+                Problem::bad_request(format!("the upload broke off: {e}"))
+            }
+        })?;
+        size += chunk.len();
+        file.write_all(&chunk).await.map_err(|e| Problem::internal(&e))?;
+    }
+    file.flush().await.map_err(|e| Problem::internal(&e))?;
+    drop(file);
+    let open = || {
+        std::fs::File::open(&spool.0)
+            .map(std::io::BufReader::new)
+            .map_err(|e| Problem::internal(&e))
+    };
+    let rules = crate::import::RowRules {
+        default_zone: state.config.default_zone,
+        components: &state.config.components,
+    };
+    if q.strict {
+        let report = crate::import::validate_csv(open()?, &rules).map_err(import_problem)?;
+        if report.rejected > 0 {
+            let mut problem = Problem::invalid("", format!("{} bad rows: nothing was imported", report.rejected));
+            problem.errors = report
+                .errors
+                .iter()
+                .map(|e| super::problem::FieldError {
+                    pointer: format!("/line/{}", e.line),
+                    detail: e.reason.clone(),
+                })
+                .collect();
+            return Err(problem);
+        }
+    }
+    let report = crate::import::import_csv(&state.store, open()?, &rules, state.clock.now(), &mut |_| {})
+        .await
+        .map_err(import_problem)?;
+    tracing::info!(
+        rows = report.rows,
+        imported = report.imported,
+        rejected = report.rejected,
+        "recipients imported over HTTP"
+    );
+    Ok(axum::Json(report).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    /// A window's notice: its id and the notice (`rescheduled`, `reminder:24h`) …
+    window_id: Option<i64>,
+    notice: Option<String>,
+    /// … or a free message, in English and optionally Swahili.
+    message: Option<String>,
+    message_sw: Option<String>,
+    subject: Option<String>,
+    subject_sw: Option<String>,
+    /// customers, billers or all [default: all].
+    audience: Option<String>,
+    #[serde(default)]
+    components: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    locale: Option<String>,
+    /// Idempotent by name [default: derived from the content and the audience].
+    name: Option<String>,
+    /// A free message's deadline [default: broadcast.deadline from now].
+    deadline: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    /// Needed above broadcast.confirm_above recipients.
+    #[serde(default)]
+    confirm: bool,
+}
+
+fn filter(state: &AppState, r: &BroadcastRequest) -> Answer<crate::domain::AudienceFilter> {
+    let audiences = match r
+        .audience
+        .as_deref()
+        .unwrap_or("all")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "all" => Vec::new(),
+        other => vec![
+            other
+                .parse::<crate::domain::Audience>()
+                .map_err(|e| Problem::invalid("/audience", e.to_string()))?,
+        ],
+    };
+    let mut components = components(state, &r.components)?;
+    components.sort();
+    components.dedup();
+    let mut channels = r
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse::<crate::domain::Channel>()
+                .map_err(|e| Problem::invalid(format!("/channels/{i}"), e.to_string()))
+        })
+        .collect::<Answer<Vec<_>>>()?;
+    channels.sort();
+    channels.dedup();
+    let locale = r
+        .locale
+        .as_deref()
+        .map(str::parse::<crate::domain::Locale>)
+        .transpose()
+        .map_err(|e| Problem::invalid("/locale", e.to_string()))?;
+    Ok(crate::domain::AudienceFilter {
+        audiences,
+        components,
+        channels,
+        locale,
+        subset: None,
+    })
+}
+
+async fn broadcast_content(
+    state: &AppState,
+    r: &BroadcastRequest,
+    now: DateTime<Utc>,
+) -> Answer<(crate::broadcast::Content, DateTime<Utc>)> {
+    use crate::broadcast::Content;
+    use crate::domain::{MessageText, Notice};
+    match (r.window_id, &r.notice, &r.message) {
+        (Some(id), Some(notice), None) => {
+            let notice: Notice = notice
+                .parse()
+                .map_err(|e: crate::domain::NoticeError| Problem::invalid("/notice", e.to_string()))?;
+            let window = window_of(state, &id.to_string()).await?;
+            let deadline = crate::planner::notice_deadline(&window, notice.kind(), &state.config.policy)
+                .map_err(|e| Problem::invalid("/notice", e.to_string()))?;
+            Ok((
+                Content::Notice {
+                    window: Box::new(window),
+                    notice,
+                },
+                deadline,
+            ))
+        }
+        (None, None, Some(text)) => {
+            let en = MessageText {
+                text: text.clone(),
+                subject: r.subject.clone(),
+            };
+            let sw = r.message_sw.clone().map(|text| MessageText {
+                text,
+                subject: r.subject_sw.clone(),
+            });
+            let message =
+                crate::domain::Message::new(en, sw).map_err(|e| Problem::invalid("/message", e.to_string()))?;
+            for locale in crate::domain::Locale::ALL {
+                state
+                    .renderer
+                    .render_message(&message, "check", crate::domain::Channel::Sms, locale)
+                    .map_err(|e| {
+                        Problem::invalid(
+                            if locale == crate::domain::Locale::Sw {
+                                "/message_sw"
+                            } else {
+                                "/message"
+                            },
+                            e.to_string(),
+                        )
+                    })?;
+            }
+            let deadline = match &r.deadline {
+                Some(t) => instant(t, state.config.default_zone, "/deadline")?,
+                None => now + state.config.broadcast_deadline.delta(),
+            };
+            Ok((Content::Message(message), deadline))
+        }
+        _ => Err(Problem::invalid(
+            "",
+            "give either window_id and notice, or message (with message_sw and subject if you like)",
+        )),
+    }
+}
+
+/// `POST /v1/admin/broadcasts`: a window's notice or a free message to a filtered audience,
+/// through the library's broadcast functions. A dry run records nothing and answers the
+/// estimate; otherwise the broadcast is recorded, every row enqueued (idempotent by name), and
+/// the daemon sends them (202).
+async fn broadcast(State(state): State<AppState>, _: Admin, body: Json<BroadcastRequest>) -> Answer<Response> {
+    let r = &body.value;
+    let now = state.clock.now();
+    let filter = filter(&state, r)?;
+    let (content, deadline) = broadcast_content(&state, r, now).await?;
+    if deadline <= now {
+        return Err(Problem::invalid(
+            "/deadline",
+            format!("the deadline {deadline} has already passed"),
+        ));
+    }
+    let name = match &r.name {
+        Some(n) if n.trim().is_empty() || n.len() > 120 => {
+            return Err(Problem::invalid("/name", "a name is 1 to 120 characters"));
+        }
+        Some(n) => n.trim().to_owned(),
+        None => crate::broadcast::default_name(&content, &filter).map_err(|e| Problem::internal(&e))?,
+    };
+    let scan = crate::broadcast::scan(&state.store, &content, &filter).await?;
+    if r.dry_run {
+        let estimate = crate::broadcast::estimate(
+            &content,
+            &scan,
+            &crate::broadcast::EstimateInputs {
+                renderer: &state.renderer,
+                components: &state.config.components,
+                costs: &state.config.costs,
+                rate: &|c| state.senders.rate(c),
+                sample_zone: state.config.default_zone,
+                now,
+            },
+        )
+        .map_err(|e| Problem::invalid("", e.to_string()))?;
+        return Ok(axum::Json(json!({
+            "name": name,
+            "dry_run": true,
+            "recipients": scan.recipients,
+            "messages": scan.total_messages(),
+            "lines": estimate.lines,
+            "sms_segments": estimate.sms_segments,
+            "cost": {"currency": state.config.costs.currency, "total": (estimate.cost * 100.0).round() / 100.0},
+            "seconds_total": estimate.seconds_total,
+        }))
+        .into_response());
+    }
+    if scan.recipients > state.config.confirm_above && !r.confirm {
+        return Err(Problem::invalid(
+            "/confirm",
+            format!(
+                "{} recipients is more than broadcast.confirm_above ({}): send \"confirm\": true to go ahead",
+                scan.recipients, state.config.confirm_above
+            ),
+        ));
+    }
+    let new = content.to_new(name, filter, deadline);
+    let recorded = state
+        .store
+        .create_broadcast(&new, now, "api:admin")
+        .await
+        .map_err(|e| match e {
+            e @ crate::storage::StoreError::BroadcastNameTaken(_) => Problem::conflict(e.to_string()),
+            e => e.into(),
+        })?;
+    let enqueued = crate::broadcast::enqueue_audience(&state.store, &content, &recorded, now).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "id": recorded.id,
+            "name": recorded.name,
+            "recipients": scan.recipients,
+            "enqueued": enqueued,
+            "deadline": deadline,
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /v1/admin/broadcasts/{id}`: its deliveries by state.
+async fn broadcast_state(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Answer<Response> {
+    let missing = || Problem::not_found(format!("no broadcast has id '{}'", crate::domain::quote_prefix(&id)));
+    let id: i64 = id.parse().ok().filter(|i: &i64| *i > 0).ok_or_else(missing)?;
+    let recorded = match state.store.broadcast(id).await {
+        Ok(b) => b,
+        Err(crate::storage::StoreError::Corrupt(_)) => return Err(missing()),
+        Err(e) => return Err(e.into()),
+    };
+    let states = crate::broadcast::states(&state.store, id).await?;
+    Ok(axum::Json(json!({
+        "id": recorded.id,
+        "name": recorded.name,
+        "deliveries": states.0,
+        "open": states.open(),
+        "settled": states.settled(),
+    }))
+    .into_response())
 }

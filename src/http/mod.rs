@@ -49,6 +49,9 @@ pub struct Shared {
     pub store: Store,
     pub clock: Clock,
     pub config: Config,
+    /// The checked templates and the senders: for broadcasts' checks and estimates.
+    pub renderer: Arc<crate::render::Renderer>,
+    pub senders: crate::channels::Senders,
     limiter: auth::Limiter,
     keys: crate::domain::SigningKey,
     /// The address bound, for links when no other is configured.
@@ -79,14 +82,22 @@ pub enum ServeError {
 }
 
 impl AppState {
-    /// The state for a server on `store`, reading time from `clock`. Makes the deployment's
-    /// own keys on first use.
-    pub async fn new(store: Store, clock: Clock, config: Config) -> Result<AppState, ServeError> {
+    /// The state for a server on `store`, reading time from `clock`, with the checked
+    /// templates and senders. Makes the deployment's own keys on first use.
+    pub async fn new(
+        store: Store,
+        clock: Clock,
+        config: Config,
+        renderer: Arc<crate::render::Renderer>,
+        senders: crate::channels::Senders,
+    ) -> Result<AppState, ServeError> {
         let keys = store.signing_key().await?;
         Ok(AppState(Arc::new(Shared {
             store,
             clock,
             config,
+            renderer,
+            senders,
             limiter: auth::Limiter::default(),
             keys,
             local: None,

@@ -21,6 +21,7 @@ use super::problem::{Answer, Problem};
 use crate::channels::Endpoint;
 use crate::channels::webhook::{configured_guard, send_test, sign};
 use crate::domain::{ComponentId, EventType, Span};
+use crate::storage::BillerEvent;
 use crate::storage::{EndpointInfo, NewEndpoint};
 
 /// The longest overlap of two secrets after a rotation.
@@ -35,7 +36,13 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/subscriptions/{id}/rotate-secret", post(rotate))
         .route("/v1/subscriptions/{id}/test", post(test))
         .route("/v1/subscriptions/{id}/attempts", get(attempts))
+        .route("/v1/subscriptions/{id}/replay", post(replay))
+        .route("/v1/events", get(list_events))
 }
+
+/// Events listed per page at most, and replayed per request at most.
+const EVENTS_MAX: i64 = 500;
+const REPLAY_MAX: i64 = 100;
 
 /// A subscription as its biller sees it (never its secret, except once on creation and
 /// rotation).
@@ -319,4 +326,133 @@ async fn attempts(State(state): State<AppState>, biller: Biller, Path(id): Path<
         })
         .collect();
     Ok(axum::Json(json!({ "attempts": list })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// The `id` of the last event already seen (the cursor).
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+fn event_view(e: &BillerEvent) -> serde_json::Value {
+    json!({
+        "id": e.id,
+        "webhook_id_prefix": e.key,
+        "created_at": e.at,
+        "type": e.payload["type"],
+        "data": e.payload["data"],
+    })
+}
+
+/// `GET /v1/events?after=CURSOR`: the caller's events in order, as they were sent.
+async fn list_events(
+    State(state): State<AppState>,
+    biller: Biller,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Response> {
+    let axum::extract::Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=EVENTS_MAX).contains(&limit) {
+        return Err(Problem::invalid("/limit", format!("between 1 and {EVENTS_MAX}")));
+    }
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(Problem::invalid("/after", "a cursor is an event id, 0 or more"));
+    }
+    let list = state.store.biller_events(biller.recipient, after, None, limit).await?;
+    let next = list.last().map_or(after, |e| e.id);
+    Ok(axum::Json(json!({
+        "events": list.iter().map(event_view).collect::<Vec<_>>(),
+        "next_after": next,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayQuery {
+    /// RFC 3339: events created at or after this instant.
+    since: Option<String>,
+    /// Events after this cursor.
+    after: Option<i64>,
+}
+
+/// Whether a subscription wants an event (its event types and components).
+fn wants(e: &EndpointInfo, event: &BillerEvent) -> bool {
+    let kind = event.payload["type"].as_str().unwrap_or_default();
+    let components: Vec<&str> = event.payload["data"]["components"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|c| c["id"].as_str()).collect())
+        .unwrap_or_default();
+    (e.events.is_empty() || e.events.iter().any(|t| t == kind))
+        && (e.components.is_empty() || e.components.iter().any(|c| components.contains(&c.as_str())))
+}
+
+/// `POST /v1/subscriptions/{id}/replay?since=…`: sends the caller's events again to this
+/// subscription, in order and under their first `webhook-id`, up to 100 a request; stops at
+/// the first failure. `next_after` is where to continue.
+async fn replay(
+    State(state): State<AppState>,
+    biller: Biller,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Response> {
+    let e = own(&state, &biller, &id).await?;
+    let axum::extract::Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let since = match &q.since {
+        Some(text) => Some(
+            DateTime::parse_from_rfc3339(text)
+                .map_err(|err| {
+                    Problem::invalid(
+                        "/since",
+                        format!(
+                            "'{}' is not an RFC 3339 instant: {err}",
+                            crate::domain::quote_prefix(text)
+                        ),
+                    )
+                })?
+                .with_timezone(&Utc),
+        ),
+        None => None,
+    };
+    if e.disabled.is_some() {
+        return Err(Problem::conflict(
+            "the subscription is disabled: enable it (PATCH {\"enabled\": true}) before replaying",
+        ));
+    }
+    let Some((info, secret)) = state.store.endpoint_with_secret(e.id).await? else {
+        return Err(Problem::not_found("the subscription was removed meanwhile"));
+    };
+    let page = state
+        .store
+        .biller_events(biller.recipient, q.after.unwrap_or(0).max(0), since, REPLAY_MAX)
+        .await?;
+    let last_seen = page.last().map(|ev| ev.id);
+    let wanted: Vec<&BillerEvent> = page.iter().filter(|ev| wants(&info, ev)).collect();
+    let guard = configured_guard(&state.config.senders).map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+    let endpoint = Endpoint {
+        id: info.id,
+        url: info.url.clone(),
+        secrets: vec![secret],
+    };
+    let events: Vec<(String, String, serde_json::Value)> = wanted
+        .iter()
+        .map(|ev| (ev.key.clone(), ev.kind.clone(), ev.payload.clone()))
+        .collect();
+    let (sent, error) = crate::channels::webhook::replay(guard, endpoint, biller.recipient, events)
+        .await
+        .map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+    // Where to go on: after the last event sent, or after the whole page when all went.
+    let next_after = match &error {
+        Some(_) => wanted.get(sent).map(|ev| ev.id - 1),
+        None => last_seen.filter(|_| page.len() as i64 == REPLAY_MAX),
+    };
+    Ok(axum::Json(json!({
+        "replayed": sent,
+        "error": error.map(|e| e.to_string()),
+        "next_after": next_after,
+    }))
+    .into_response())
 }

@@ -474,3 +474,76 @@ impl Store {
         })
     }
 }
+
+/// One event a biller was sent, as rendered.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BillerEvent {
+    /// Its place in the biller's sequence: the cursor of `GET /v1/events`.
+    pub id: i64,
+    /// The delivery's identity without the endpoint: with `.e{endpoint}` it is the `webhook-id`
+    /// the event was sent under.
+    pub key: String,
+    pub kind: String,
+    /// The envelope as sent, without its per-attempt timestamp.
+    pub payload: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Records an event for a biller, once per key.
+    pub async fn record_biller_event(
+        &self,
+        recipient: RecipientId,
+        key: &str,
+        payload: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let kind = payload["type"].as_str().unwrap_or_default().to_owned();
+        on_pool!(self, p => sqlx::query(
+            "INSERT INTO biller_events (recipient_id, event_key, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (recipient_id, event_key) DO NOTHING",
+        )
+        .bind(recipient.0)
+        .bind(key)
+        .bind(kind)
+        .bind(payload.to_string())
+        .bind(to_millis(now))
+        .execute(p)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// A biller's events after cursor `after` (and at or after `since`, if given), oldest
+    /// first, at most `limit`.
+    pub async fn biller_events(
+        &self,
+        recipient: RecipientId,
+        after: i64,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<BillerEvent>, StoreError> {
+        let rows: Vec<(i64, String, String, String, i64)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT id, event_key, type, payload, created_at FROM biller_events \
+             WHERE recipient_id = $1 AND id > $2 AND created_at >= $3 ORDER BY id LIMIT $4",
+        )
+        .bind(recipient.0)
+        .bind(after)
+        .bind(since.map_or(i64::MIN, to_millis))
+        .bind(limit)
+        .fetch_all(p)
+        .await?);
+        rows.into_iter()
+            .map(|(id, key, kind, payload, at)| {
+                let corrupt = |e: String| StoreError::Corrupt(format!("biller event {id}: {e}"));
+                Ok(BillerEvent {
+                    id,
+                    key,
+                    kind,
+                    payload: serde_json::from_str(&payload).map_err(|e| corrupt(e.to_string()))?,
+                    at: from_millis(at).map_err(|e| corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+}

@@ -89,6 +89,20 @@ fn the_document_lists_exactly_the_declared_routes() {
 #[test]
 fn the_document_is_valid_openapi_3_1() {
     assert_eq!(document()["openapi"], "3.1.0");
+    let generated = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/gen_openapi.py"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&generated.stdout).unwrap(),
+        document(),
+        "src/http/openapi.json is what .ci/gen_openapi.py writes: regenerate it"
+    );
     let out = std::process::Command::new("python3")
         .args([
             "-c",

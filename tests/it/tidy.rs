@@ -33,7 +33,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "http",
-        &["domain", "storage", "render", "channels", "clock", "config", "shutdown"],
+        &[
+            "domain",
+            "storage",
+            "render",
+            "channels",
+            "clock",
+            "config",
+            "shutdown",
+            "import",
+            "broadcast",
+            "planner",
+        ],
     ),
     ("cli", &["*"]),
 ];

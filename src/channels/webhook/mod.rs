@@ -69,17 +69,63 @@ pub async fn send_test(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Receipt, SendError> {
     let id = endpoint.id;
+    let payload =
+        serde_json::json!({"type": "webhook.test", "data": {"endpoint_id": id, "message": "a test from Tangazo"}});
     let sender =
         WebhookSender::new("test", guard, REQUEST_TIMEOUT).map_err(|message| SendError::Permanent { message })?;
-    let message = Message {
-        idempotency_key: format!("test.e{id}.{}", now.timestamp_millis()),
+    let sent = sender
+        .send(&[event(
+            endpoint,
+            biller,
+            format!("test.e{id}.{}", now.timestamp_millis()),
+            "test",
+            payload,
+        )])
+        .await;
+    first(sent)
+}
+
+/// Sends events again to one endpoint, in order, each under the `webhook-id` it first went out
+/// with (so a receiver that has it drops it), stopping at the first failure. Returns how many
+/// went, and the failure if one stopped it.
+pub async fn replay(
+    guard: Guard,
+    endpoint: super::Endpoint,
+    biller: crate::domain::RecipientId,
+    events: Vec<(String, String, serde_json::Value)>,
+) -> Result<(usize, Option<SendError>), String> {
+    let sender = WebhookSender::new("replay", guard, REQUEST_TIMEOUT)?;
+    let mut sent = 0;
+    for (key, kind, payload) in events {
+        let id = format!("{key}.e{}", endpoint.id);
+        if let Err(e) = first(
+            sender
+                .send(&[event(endpoint.clone(), biller, id, &kind, payload)])
+                .await,
+        ) {
+            return Ok((sent, Some(e)));
+        }
+        sent += 1;
+    }
+    Ok((sent, None))
+}
+
+fn event(
+    endpoint: super::Endpoint,
+    biller: crate::domain::RecipientId,
+    id: String,
+    kind: &str,
+    payload: serde_json::Value,
+) -> Message {
+    Message {
+        idempotency_key: id,
         channel: crate::domain::Channel::Webhook,
         to: Address::Endpoint {
             biller,
             endpoint: Some(endpoint),
         },
-        kind: "test".into(),
-        notice: "test".into(),
+        kind: kind.to_owned(),
+        notice: kind.to_owned(),
         window_id: None,
         broadcast: None,
         revision: 0,
@@ -88,20 +134,16 @@ pub async fn send_test(
         possibly_duplicate: false,
         not_after: None,
         unsubscribe: None,
-        content: Rendered::Webhook {
-            payload: serde_json::json!({"type": "webhook.test", "data": {"endpoint_id": id, "message": "a test from Tangazo"}}),
-        },
-    };
-    sender
-        .send(std::slice::from_ref(&message))
-        .await
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| {
-            Err(SendError::Permanent {
-                message: "the sender gave no result".into(),
-            })
+        content: Rendered::Webhook { payload },
+    }
+}
+
+fn first(results: Vec<Result<Receipt, SendError>>) -> Result<Receipt, SendError> {
+    results.into_iter().next().unwrap_or_else(|| {
+        Err(SendError::Permanent {
+            message: "the sender gave no result".into(),
         })
+    })
 }
 
 /// How long one request may take, body included, unless `timeout` says otherwise.
