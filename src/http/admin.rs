@@ -204,27 +204,35 @@ async fn create(
     .await
 }
 
-/// Saves the next revision, unless the window moved on since `expected_revision`.
+/// Saves the next revision, unless the window moved on since `expected_revision`; the same
+/// `Idempotency-Key` again answers the first answer and changes nothing.
 async fn save(
     state: &AppState,
+    headers: &HeaderMap,
+    action: &str,
+    body: &[u8],
     before: &Window,
     expected: Option<u32>,
     after: Result<Window, WindowError>,
 ) -> Answer<Response> {
-    if let Some(expected) = expected.filter(|e| *e != before.revision) {
-        return Err(Problem::conflict(format!(
-            "window {} is at revision {}, not {expected}; look again and retry",
-            before.id, before.revision
-        )));
-    }
-    let after = after.map_err(window_problem)?;
-    let superseded = state
-        .store
-        .save_change(before, &after, "api:admin", state.clock.now())
-        .await?;
-    let mut v = view(&after);
-    v["superseded_deliveries"] = json!(superseded);
-    Ok(axum::Json(v).into_response())
+    let route = format!("POST /v1/admin/windows/{}/{action}", before.id);
+    idempotent(state, &Caller::Admin, headers, &route, body, async {
+        if let Some(expected) = expected.filter(|e| *e != before.revision) {
+            return Err(Problem::conflict(format!(
+                "window {} is at revision {}, not {expected}; look again and retry",
+                before.id, before.revision
+            )));
+        }
+        let after = after.map_err(window_problem)?;
+        let superseded = state
+            .store
+            .save_change(before, &after, "api:admin", state.clock.now())
+            .await?;
+        let mut v = view(&after);
+        v["superseded_deliveries"] = json!(superseded);
+        Ok((StatusCode::OK, v))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +247,7 @@ pub struct RescheduleRequest {
 async fn reschedule(
     State(state): State<AppState>,
     _: Admin,
+    headers: HeaderMap,
     Path(id): Path<String>,
     body: Json<RescheduleRequest>,
 ) -> Answer<Response> {
@@ -251,7 +260,7 @@ async fn reschedule(
     )
     .map_err(window_problem)?;
     let next = w.reschedule(schedule, state.clock.now());
-    save(&state, &w, r.expected_revision, next).await
+    save(&state, &headers, "reschedule", &body.raw, &w, r.expected_revision, next).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +274,7 @@ pub struct ExtendRequest {
 async fn extend(
     State(state): State<AppState>,
     _: Admin,
+    headers: HeaderMap,
     Path(id): Path<String>,
     body: Json<ExtendRequest>,
 ) -> Answer<Response> {
@@ -272,7 +282,7 @@ async fn extend(
     let r = &body.value;
     let zone = zone(r.zone.as_deref(), w.zone)?;
     let next = w.extend(instant(&r.ends_at, zone, "/ends_at")?, state.clock.now());
-    save(&state, &w, r.expected_revision, next).await
+    save(&state, &headers, "extend", &body.raw, &w, r.expected_revision, next).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +296,7 @@ pub struct CancelRequest {
 async fn cancel(
     State(state): State<AppState>,
     _: Admin,
+    headers: HeaderMap,
     Path(id): Path<String>,
     body: Json<CancelRequest>,
 ) -> Answer<Response> {
@@ -310,7 +321,7 @@ async fn cancel(
         sw: r.reason_sw.clone(),
     });
     let next = w.cancel(reason, state.clock.now());
-    save(&state, &w, r.expected_revision, next).await
+    save(&state, &headers, "cancel", &body.raw, &w, r.expected_revision, next).await
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -322,6 +333,7 @@ pub struct CompleteRequest {
 async fn complete(
     State(state): State<AppState>,
     _: Admin,
+    headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Answer<Response> {
@@ -332,7 +344,7 @@ async fn complete(
         super::body::parse(&body)?
     };
     let next = w.complete(state.clock.now());
-    save(&state, &w, r.expected_revision, next).await
+    save(&state, &headers, "complete", &body, &w, r.expected_revision, next).await
 }
 
 async fn summary(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Answer<Response> {

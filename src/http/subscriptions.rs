@@ -287,25 +287,37 @@ async fn rotate(
     .await
 }
 
-async fn test(State(state): State<AppState>, biller: Biller, Path(id): Path<String>) -> Answer<Response> {
+async fn test(
+    State(state): State<AppState>,
+    biller: Biller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer<Response> {
     let e = own(&state, &biller, &id).await?;
-    let Some((info, secret)) = state.store.endpoint_with_secret(e.id).await? else {
-        return Err(Problem::not_found("the subscription was removed meanwhile"));
-    };
-    let guard = configured_guard(&state.config.senders).map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
-    let endpoint = Endpoint {
-        id: info.id,
-        url: info.url.clone(),
-        secrets: vec![secret],
-    };
-    let started = std::time::Instant::now();
-    let result = send_test(guard, endpoint, biller.recipient, state.clock.now()).await;
-    let latency_ms = started.elapsed().as_millis() as u64;
-    Ok(axum::Json(match result {
-        Ok(_) => json!({ "delivered": true, "latency_ms": latency_ms }),
-        Err(e) => json!({ "delivered": false, "latency_ms": latency_ms, "error": e.to_string() }),
+    let route = format!("POST /v1/subscriptions/{}/test", e.id);
+    idempotent(&state, &biller.caller, &headers, &route, b"", async {
+        let Some((info, secret)) = state.store.endpoint_with_secret(e.id).await? else {
+            return Err(Problem::not_found("the subscription was removed meanwhile"));
+        };
+        let guard =
+            configured_guard(&state.config.senders).map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+        let endpoint = Endpoint {
+            id: info.id,
+            url: info.url.clone(),
+            secrets: vec![secret],
+        };
+        let started = std::time::Instant::now();
+        let result = send_test(guard, endpoint, biller.recipient, state.clock.now()).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        Ok((
+            StatusCode::OK,
+            match result {
+                Ok(_) => json!({ "delivered": true, "latency_ms": latency_ms }),
+                Err(e) => json!({ "delivered": false, "latency_ms": latency_ms, "error": e.to_string() }),
+            },
+        ))
     })
-    .into_response())
+    .await
 }
 
 async fn attempts(State(state): State<AppState>, biller: Biller, Path(id): Path<String>) -> Answer<Response> {
@@ -396,6 +408,7 @@ fn wants(e: &EndpointInfo, event: &BillerEvent) -> bool {
 async fn replay(
     State(state): State<AppState>,
     biller: Biller,
+    headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<axum::extract::Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Response> {
@@ -441,18 +454,27 @@ async fn replay(
         .iter()
         .map(|ev| (ev.key.clone(), ev.kind.clone(), ev.payload.clone()))
         .collect();
-    let (sent, error) = crate::channels::webhook::replay(guard, endpoint, biller.recipient, events)
-        .await
-        .map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
-    // Where to go on: after the last event sent, or after the whole page when all went.
-    let next_after = match &error {
-        Some(_) => wanted.get(sent).map(|ev| ev.id - 1),
-        None => last_seen.filter(|_| page.len() as i64 == REPLAY_MAX),
-    };
-    Ok(axum::Json(json!({
-        "replayed": sent,
-        "error": error.map(|e| e.to_string()),
-        "next_after": next_after,
-    }))
-    .into_response())
+    let route = format!(
+        "POST /v1/subscriptions/{}/replay?since={:?}&after={:?}",
+        e.id, q.since, q.after
+    );
+    idempotent(&state, &biller.caller, &headers, &route, b"", async {
+        let (sent, error) = crate::channels::webhook::replay(guard, endpoint, biller.recipient, events)
+            .await
+            .map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
+        // Where to go on: after the last event sent, or after the whole page when all went.
+        let next_after = match &error {
+            Some(_) => wanted.get(sent).map(|ev| ev.id - 1),
+            None => last_seen.filter(|_| page.len() as i64 == REPLAY_MAX),
+        };
+        Ok((
+            StatusCode::OK,
+            json!({
+                "replayed": sent,
+                "error": error.map(|e| e.to_string()),
+                "next_after": next_after,
+            }),
+        ))
+    })
+    .await
 }

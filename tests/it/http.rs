@@ -316,6 +316,20 @@ async fn events_list_and_replay(db: &TestDb) {
         "the same webhook-id: a receiver that has it drops it"
     );
     assert_eq!(all[1].1["data"], all[0].1["data"]);
+    // With an Idempotency-Key, asking twice replays once.
+    let keyed = || {
+        server
+            .client
+            .post(format!("{}/v1/subscriptions/{sub}/replay", server.base))
+            .header("authorization", format!("Bearer {a}"))
+            .header("idempotency-key", "catch-up-1")
+            .send()
+    };
+    let once: Value = keyed().await.unwrap().json().await.unwrap();
+    let twice = keyed().await.unwrap();
+    assert_eq!(twice.headers()["idempotent-replayed"], "true");
+    assert_eq!(twice.json::<Value>().await.unwrap(), once);
+    assert_eq!(seen.lock().unwrap().len(), 3, "the keyed replay went once");
     let (_, none) = server
         .call(
             Method::POST,
@@ -794,6 +808,25 @@ async fn operator_api_changes_windows(db: &TestDb) {
         (StatusCode::OK, json!(2)),
         "{moved}"
     );
+    // The same Idempotency-Key again: the first answer, and no second revision.
+    let extend = || {
+        server
+            .client
+            .post(format!("{}/v1/admin/windows/{id}/extend", server.base))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .header("idempotency-key", "extend-1")
+            .json(&json!({"ends_at": "2015-04-27 06:00"}))
+            .send()
+    };
+    let first: Value = extend().await.unwrap().json().await.unwrap();
+    assert_eq!(first["revision"], 3, "{first}");
+    let second = extend().await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(second.json::<Value>().await.unwrap(), first);
+    assert_eq!(
+        db.store.window(tangazo::domain::WindowId(id)).await.unwrap().revision,
+        3
+    );
     let (status, stale) = server
         .call(
             Method::POST,
@@ -824,7 +857,7 @@ async fn operator_api_changes_windows(db: &TestDb) {
             None,
         )
         .await;
-    assert_eq!((status, summary["revision"].clone()), (StatusCode::OK, json!(2)));
+    assert_eq!((status, summary["revision"].clone()), (StatusCode::OK, json!(3)));
     let (status, page) = server
         .call(
             Method::GET,
