@@ -1580,3 +1580,94 @@ async fn graceful_shutdown_finishes_requests_in_flight_up_to_the_grace() {
     }
     db.finish().await;
 }
+
+/// `tangazo daemon --listen`: the HTTP side beside the scheduler, on the same store and clock;
+/// what the daemon sends shows in `/metrics`, and SIGTERM stops both, exit 0.
+#[tokio::test]
+async fn the_daemon_serves_beside_the_scheduler() {
+    let cli = crate::cli::Cli::new();
+    std::fs::write(
+        cli.path("people.csv"),
+        "kind,name,phone,email,locale,zone,components,channels\ncustomer,Jane,0712345678,,sw,,,\n",
+    )
+    .unwrap();
+    cli.ok(&["recipients", "import", "people.csv"]);
+    cli.ok(&[
+        crate::cli::NOW,
+        "window",
+        "add",
+        "--title",
+        "Systems migration",
+        "--components",
+        "send-money",
+        "--start",
+        "2015-04-18 00:00",
+        "--end",
+        "2015-04-19 23:59",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = cli
+        .command(&[
+            crate::cli::NOW,
+            "daemon",
+            "--tick",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut metrics = String::new();
+    for _ in 0..500 {
+        if let Ok(r) = client.get(format!("{base}/metrics")).send().await {
+            metrics = r.text().await.unwrap();
+            if metrics.contains("tangazo_deliveries{state=\"sent\",channel=\"sms\"") {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains("tangazo_deliveries{state=\"sent\",channel=\"sms\",backend=\"outbox\"} 1"),
+        "{metrics}"
+    );
+    let windows: Value = client
+        .get(format!("{base}/v1/windows"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(windows["windows"][0]["title"]["en"], "Systems migration");
+    let page = client
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Fri 10 Apr 2015"),
+        "the daemon's clock started at --now: {page}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        client.get(format!("{base}/healthz")).send().await.is_err(),
+        "stopped serving"
+    );
+}
