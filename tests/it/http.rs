@@ -1610,7 +1610,7 @@ async fn the_daemon_serves_beside_the_scheduler() {
         .local_addr()
         .unwrap()
         .port();
-    let mut daemon = cli
+    let daemon = cli
         .command(&[
             crate::cli::NOW,
             "daemon",
