@@ -52,6 +52,13 @@ pub enum RecipientsCommand {
         /// The recipient's phone number (any form import accepts) or email address
         phone_or_email: String,
     },
+    /// What happened to a recipient from outside: opt-outs (by SMS reply, by an email's
+    /// unsubscribe link, here) and opt-ins, when and how
+    History {
+        /// The recipient's phone number, email address or id
+        #[arg(value_name = "PHONE|EMAIL|ID")]
+        recipient: String,
+    },
 }
 
 /// Errors are listed in full up to this many; the rest are counted.
@@ -214,6 +221,33 @@ pub async fn run(ctx: &Ctx, command: RecipientsCommand) -> CliResult {
         }
         RecipientsCommand::OptOut { phone_or_email } => set_opt_out(ctx, &phone_or_email, true).await,
         RecipientsCommand::OptIn { phone_or_email } => set_opt_out(ctx, &phone_or_email, false).await,
+        RecipientsCommand::History { recipient } => {
+            let store = ctx.existing_store().await?;
+            let who = super::ops::find_recipient(&store, &recipient).await?;
+            let history = store.recipient_history(who.id).await?;
+            if ctx.cli_json {
+                return ctx.print_json(&history);
+            }
+            outln!(
+                "recipient {} ({}): {}",
+                who.id,
+                who.profile.name,
+                if who.profile.opt_out { "opted out" } else { "opted in" }
+            );
+            if history.is_empty() {
+                outln!("  no history");
+            }
+            for h in &history {
+                outln!(
+                    "  {}  {:<8} {:<16} {}",
+                    h.at.to_rfc3339(),
+                    h.action,
+                    h.source,
+                    h.details
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -230,14 +264,26 @@ async fn set_opt_out(ctx: &Ctx, who: &str, opt_out: bool) -> CliResult {
             .to_owned()
     };
     let store = ctx.existing_store().await?;
-    let found = store
-        .set_opt_out(&key, opt_out, ctx.now())
-        .await
-        .context("updating the recipient")?;
-    if !found {
-        return Err(bad_input(anyhow::anyhow!("no recipient has the phone or email {key}")));
+    let details = json!({ "actor": ctx.actor });
+    let missing = || bad_input(anyhow::anyhow!("no recipient has the phone or email {key}"));
+    if opt_out {
+        let done = store
+            .opt_out(crate::storage::OptOutBy::Key(&key), "cli", &details, ctx.now())
+            .await
+            .context("updating the recipient")?
+            .ok_or_else(missing)?;
+        outln!(
+            "{key}: opted out; {} deliveries still queued for it withdrawn",
+            done.withdrawn
+        );
+    } else {
+        store
+            .opt_in(&key, "cli", &details, ctx.now())
+            .await
+            .context("updating the recipient")?
+            .ok_or_else(missing)?;
+        outln!("{key}: opted back in");
     }
-    outln!("{key}: {}", if opt_out { "opted out" } else { "opted back in" });
     Ok(())
 }
 

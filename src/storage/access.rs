@@ -330,6 +330,46 @@ impl Store {
         })
     }
 
+    /// Opts a recipient (by natural key) back in and writes it to its history, in one
+    /// transaction. `None` if no such recipient exists.
+    pub async fn opt_in(
+        &self,
+        natural_key: &str,
+        source: &str,
+        details: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RecipientId>, StoreError> {
+        let details = serde_json::to_string(details).map_err(|source| StoreError::Encode {
+            what: "history details",
+            source,
+        })?;
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "UPDATE recipients SET opt_out = FALSE, updated_at = $1 WHERE natural_key = $2 RETURNING id",
+            )
+            .bind(to_millis(now))
+            .bind(natural_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = id else {
+                return Ok(None);
+            };
+            sqlx::query(
+                "INSERT INTO recipient_history (recipient_id, at, source, action, details) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(to_millis(now))
+            .bind(source)
+            .bind("opt-in")
+            .bind(&details)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(RecipientId(id)))
+        })
+    }
+
     /// A recipient's history, oldest first.
     pub async fn recipient_history(&self, id: RecipientId) -> Result<Vec<RecipientEvent>, StoreError> {
         let rows: Vec<HistoryRow> = on_pool!(self, p => sqlx::query_as(

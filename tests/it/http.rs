@@ -1150,8 +1150,52 @@ async fn delivery_reports_and_stop_replies_end_to_end(db: &TestDb) {
         Some("delivered")
     );
 
-    // A STOP reply through Africa's Talking's callback, at its secret path.
+    // Africa's Talking's delivery report, at its secret path, for a message it took (the
+    // attempt as its backend records it).
     let secret = tangazo::http::callback_path_secret(&db.store).await.unwrap();
+    let second = &sms[1];
+    db.store
+        .record_attempts(&[tangazo::storage::Attempt {
+            delivery: second.id,
+            at: now(),
+            backend: "at".into(),
+            outcome: "sent",
+            status: Some("101".into()),
+            latency_ms: 12,
+            provider_id: Some("ATXid_7f3a".into()),
+            error: None,
+        }])
+        .await
+        .unwrap();
+    let report = |secret: &str, status: &str| {
+        server
+            .client
+            .post(format!("{}/callbacks/{secret}/africastalking/at/delivery", server.base))
+            .form(&[
+                ("id", "ATXid_7f3a"),
+                ("status", status),
+                ("phoneNumber", "+254710000008"),
+                ("failureReason", "AbsentSubscriber"),
+            ])
+            .send()
+    };
+    assert_eq!(
+        report("00000000000000000000000000000000", "Failed")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(report(&secret, "Sent").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        db.store.handset(second.id).await.unwrap(),
+        None,
+        "on its way is not a receipt"
+    );
+    assert_eq!(report(&secret, "Failed").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(db.store.handset(second.id).await.unwrap().unwrap().0, "undelivered");
+
+    // A STOP reply through Africa's Talking's callback, at its secret path.
     let inbound = |secret: &str, text: &str| {
         server
             .client
