@@ -141,25 +141,6 @@ pub struct NewWindowRequest {
     auto_complete: bool,
 }
 
-fn components(state: &AppState, list: &[String]) -> Answer<Vec<ComponentId>> {
-    list.iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let id: ComponentId = c.parse().map_err(|e: crate::domain::ComponentError| {
-                Problem::invalid(format!("/components/{i}"), e.to_string())
-            })?;
-            if state.config.knows(&id) {
-                Ok(id)
-            } else {
-                Err(Problem::invalid(
-                    format!("/components/{i}"),
-                    format!("unknown component '{id}'"),
-                ))
-            }
-        })
-        .collect()
-}
-
 async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -190,7 +171,7 @@ async fn create(
                     en: r.description.clone(),
                     sw: r.description_sw.clone(),
                 },
-                components: components(&state, &r.components)?,
+                components: state.known_components(&r.components)?,
                 schedule,
                 zone,
                 auto_complete: r.auto_complete,
@@ -552,7 +533,7 @@ fn filter(state: &AppState, r: &BroadcastRequest) -> Answer<crate::domain::Audie
                 .map_err(|e| Problem::invalid("/audience", e.to_string()))?,
         ],
     };
-    let mut components = components(state, &r.components)?;
+    let mut components = state.known_components(&r.components)?;
     components.sort();
     components.dedup();
     let mut channels = r

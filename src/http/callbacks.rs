@@ -75,6 +75,21 @@ fn sender_named<'a, T>(
         .ok_or_else(|| Problem::not_found("no such resource (see /openapi.json)"))
 }
 
+/// An Africa's Talking callback's form, once its path secret and sender are checked.
+fn africas_talking<T>(
+    state: &AppState,
+    secret: &str,
+    sender: &str,
+    form: Result<Form<T>, axum::extract::rejection::FormRejection>,
+) -> Answer<Form<T>> {
+    check_path(state, secret)?;
+    sender_named(state, sender, |b| match b {
+        BackendConfig::AfricasTalking(c) => Some(c),
+        _ => None,
+    })?;
+    form.map_err(|e| Problem::bad_request(e.body_text()))
+}
+
 /// Africa's Talking delivery report (form fields as its documentation lists them).
 #[derive(Debug, Deserialize)]
 pub struct AtDelivery {
@@ -99,12 +114,7 @@ async fn at_delivery(
     Path((secret, sender)): Path<(String, String)>,
     form: Result<Form<AtDelivery>, axum::extract::rejection::FormRejection>,
 ) -> Answer<Response> {
-    check_path(&state, &secret)?;
-    sender_named(&state, &sender, |b| match b {
-        BackendConfig::AfricasTalking(c) => Some(c),
-        _ => None,
-    })?;
-    let Form(report) = form.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Form(report) = africas_talking(&state, &secret, &sender, form)?;
     handset(
         &state,
         &sender,
@@ -148,12 +158,7 @@ async fn at_inbound(
     Path((secret, sender)): Path<(String, String)>,
     form: Result<Form<AtInbound>, axum::extract::rejection::FormRejection>,
 ) -> Answer<Response> {
-    check_path(&state, &secret)?;
-    sender_named(&state, &sender, |b| match b {
-        BackendConfig::AfricasTalking(c) => Some(c),
-        _ => None,
-    })?;
-    let Form(message) = form.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Form(message) = africas_talking(&state, &secret, &sender, form)?;
     reply(&state, &format!("sms:{sender}"), &message.from, &message.text).await?;
     Ok(StatusCode::OK.into_response())
 }

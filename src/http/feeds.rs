@@ -100,24 +100,34 @@ fn component_line(state: &AppState, w: &Window, locale: Locale) -> String {
         .join(", ")
 }
 
-/// `GET /calendar.ics`: every window of the last 30 days and ahead, cancelled ones included
-/// (marked), optionally only those affecting `?component=`.
-pub async fn calendar(
-    State(state): State<AppState>,
+/// The windows a feed shows (of the last 30 days and ahead, affecting `?component=`), its
+/// language, and the instant it is made at.
+async fn feed_windows(
+    state: &AppState,
     query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
-) -> Answer<Response> {
+) -> Answer<(Vec<Window>, Locale, DateTime<Utc>)> {
     let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let filter = component_filter(&state, query.component.as_deref())?;
+    let filter = component_filter(state, query.component.as_deref())?;
     let locale = locale(query.lang.as_deref())?;
     let now = state.clock.now();
-    let host = host(&state);
-    let mut windows: Vec<Window> = state
+    let windows = state
         .store
         .windows()
         .await?
         .into_iter()
         .filter(|w| in_feed(w, now) && affects_any(w, &filter))
         .collect();
+    Ok((windows, locale, now))
+}
+
+/// `GET /calendar.ics`: every window of the last 30 days and ahead, cancelled ones included
+/// (marked), optionally only those affecting `?component=`.
+pub async fn calendar(
+    State(state): State<AppState>,
+    query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer<Response> {
+    let (mut windows, locale, _) = feed_windows(&state, query).await?;
+    let host = host(&state);
     windows.sort_by_key(|w| (w.schedule.starts_at(), w.id));
     let mut out = String::new();
     for line in [
@@ -209,19 +219,9 @@ pub async fn atom(
     State(state): State<AppState>,
     query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Response> {
-    let Query(query) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let filter = component_filter(&state, query.component.as_deref())?;
-    let locale = locale(query.lang.as_deref())?;
-    let now = state.clock.now();
+    let (windows, locale, now) = feed_windows(&state, query).await?;
     let base = state.public_base();
     let host = host(&state);
-    let windows: Vec<Window> = state
-        .store
-        .windows()
-        .await?
-        .into_iter()
-        .filter(|w| in_feed(w, now) && affects_any(w, &filter))
-        .collect();
     let mut entries = Vec::new();
     for w in &windows {
         for (n, event) in state.store.history(w.id).await?.into_iter().enumerate() {

@@ -104,6 +104,26 @@ impl AppState {
         })))
     }
 
+    /// A request's list of components (`/components/{i}` at fault), each configured.
+    fn known_components(&self, list: &[String]) -> Result<Vec<crate::domain::ComponentId>, Problem> {
+        list.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let id: crate::domain::ComponentId = c.parse().map_err(|e: crate::domain::ComponentError| {
+                    Problem::invalid(format!("/components/{i}"), e.to_string())
+                })?;
+                if self.config.knows(&id) {
+                    Ok(id)
+                } else {
+                    Err(Problem::invalid(
+                        format!("/components/{i}"),
+                        format!("unknown component '{id}'"),
+                    ))
+                }
+            })
+            .collect()
+    }
+
     /// The base of links handed out: `http.public_url`, else `http://{listen}`.
     fn public_base(&self) -> String {
         match (&self.config.http.public_url, self.local.or(self.config.http.listen)) {

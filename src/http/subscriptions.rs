@@ -20,7 +20,7 @@ use super::idempotency::idempotent;
 use super::problem::{Answer, Problem};
 use crate::channels::Endpoint;
 use crate::channels::webhook::{configured_guard, send_test, sign};
-use crate::domain::{ComponentId, EventType, Span};
+use crate::domain::{EventType, Span};
 use crate::storage::BillerEvent;
 use crate::storage::{EndpointInfo, NewEndpoint};
 
@@ -112,25 +112,6 @@ fn events(list: &[String]) -> Answer<Vec<EventType>> {
         .collect()
 }
 
-fn components(state: &AppState, list: &[String]) -> Answer<Vec<ComponentId>> {
-    list.iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let id: ComponentId = c.parse().map_err(|e: crate::domain::ComponentError| {
-                Problem::invalid(format!("/components/{i}"), e.to_string())
-            })?;
-            if state.config.knows(&id) {
-                Ok(id)
-            } else {
-                Err(Problem::invalid(
-                    format!("/components/{i}"),
-                    format!("unknown component '{id}'"),
-                ))
-            }
-        })
-        .collect()
-}
-
 async fn checked_url(state: &AppState, url: &str) -> Answer<String> {
     let guard = configured_guard(&state.config.senders).map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
     match guard.check_url(url).await {
@@ -176,7 +157,7 @@ async fn create(
         async {
             let new = &body.value;
             let events = events(&new.events)?;
-            let components = components(&state, &new.components)?;
+            let components = state.known_components(&new.components)?;
             let url = checked_url(&state, &new.url).await?;
             let secret = sign::new_secret().map_err(|e| Problem::internal(&std::io::Error::other(e)))?;
             let id = state
@@ -220,7 +201,11 @@ async fn update(
     let patch = &body.value;
     // Everything is checked before anything is written.
     let events = patch.events.as_deref().map(events).transpose()?;
-    let components = patch.components.as_deref().map(|c| components(&state, c)).transpose()?;
+    let components = patch
+        .components
+        .as_deref()
+        .map(|c| state.known_components(c))
+        .transpose()?;
     let url = match &patch.url {
         Some(u) => Some(checked_url(&state, u).await?),
         None => None,

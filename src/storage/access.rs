@@ -9,6 +9,22 @@ use super::rows::{RECIPIENT_COLUMNS, RecipientRow, join_list};
 use super::{Pool, Store, StoreError};
 use crate::domain::{Profile, Recipient, RecipientId, SigningKey, from_millis, to_millis};
 
+/// Appends an entry to a recipient's history inside the transaction `$tx` (either dialect).
+macro_rules! append_recipient_history {
+    ($tx:ident, $id:expr, $at:expr, $source:expr, $action:expr, $details:expr) => {
+        sqlx::query(
+            "INSERT INTO recipient_history (recipient_id, at, source, action, details) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($id)
+        .bind(to_millis($at))
+        .bind($source)
+        .bind($action)
+        .bind($details)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+
 /// A stored API token: whose it is and the hash to compare with.
 #[derive(Debug, Clone)]
 pub struct StoredToken {
@@ -311,16 +327,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            sqlx::query(
-                "INSERT INTO recipient_history (recipient_id, at, source, action, details) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(id)
-            .bind(to_millis(now))
-            .bind(source)
-            .bind("opt-out")
-            .bind(&details)
-            .execute(&mut *tx)
-            .await?;
+            append_recipient_history!(tx, id, now, source, "opt-out", &details);
             tx.commit().await?;
             Ok(Some(OptedOut {
                 recipient: RecipientId(id),
@@ -355,16 +362,7 @@ impl Store {
             let Some(id) = id else {
                 return Ok(None);
             };
-            sqlx::query(
-                "INSERT INTO recipient_history (recipient_id, at, source, action, details) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(id)
-            .bind(to_millis(now))
-            .bind(source)
-            .bind("opt-in")
-            .bind(&details)
-            .execute(&mut *tx)
-            .await?;
+            append_recipient_history!(tx, id, now, source, "opt-in", &details);
             tx.commit().await?;
             Ok(Some(RecipientId(id)))
         })

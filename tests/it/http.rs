@@ -191,6 +191,20 @@ pub async fn receiver() -> (Arc<Mutex<Vec<String>>>, String) {
     (seen, format!("http://{addr}"))
 }
 
+/// One scheduler tick at `now()` with the server's configuration.
+async fn tick(server: &Server, db: &TestDb) {
+    tangazo::app::scheduler(
+        &server.config,
+        &db.store,
+        &tangazo::channels::BuildContext::with_console(std::io::sink()),
+        "test",
+    )
+    .unwrap()
+    .tick(&Clock::Fixed(now()), &CancellationToken::new())
+    .await
+    .unwrap();
+}
+
 fn now() -> DateTime<Utc> {
     utc(2015, 4, 10, 6, 0)
 }
@@ -245,17 +259,7 @@ async fn events_list_and_replay(db: &TestDb) {
         .await;
     let sub = created["id"].as_i64().unwrap();
     let w = db.store.create_window(new_window(48), now(), "test").await.unwrap();
-    let scheduler = tangazo::app::scheduler(
-        &server.config,
-        &db.store,
-        &tangazo::channels::BuildContext::with_console(std::io::sink()),
-        "test",
-    )
-    .unwrap();
-    scheduler
-        .tick(&Clock::Fixed(now()), &CancellationToken::new())
-        .await
-        .unwrap();
+    tick(&server, db).await;
     let first = seen.lock().unwrap().clone();
     assert_eq!(first.len(), 1, "the announcement went to A's endpoint");
     let (status, listed) = server.call(Method::GET, "/v1/events", Some(&a), None).await;
@@ -1089,17 +1093,7 @@ async fn delivery_reports_and_stop_replies_end_to_end(db: &TestDb) {
     // Twilio's stand-in answers by the number's last two digits: 01 and 08 are accepted.
     let people = add(db, &[customer(1, Locale::En), customer(8, Locale::Sw)]).await;
     let w = db.store.create_window(new_window(48), now(), "test").await.unwrap();
-    let scheduler = tangazo::app::scheduler(
-        &server.config,
-        &db.store,
-        &tangazo::channels::BuildContext::with_console(std::io::sink()),
-        "test",
-    )
-    .unwrap();
-    scheduler
-        .tick(&Clock::Fixed(now()), &CancellationToken::new())
-        .await
-        .unwrap();
+    tick(&server, db).await;
     let sms: Vec<_> = db
         .store
         .deliveries(w.id, None, None)
@@ -1253,17 +1247,7 @@ async fn unsubscribe_link_opts_out(db: &TestDb) {
     let id = add(db, &[customer(2, Locale::Sw)]).await[0].id;
     db.store.create_window(new_window(48), now(), "test").await.unwrap();
     let server = Server::boot(db, now()).await;
-    let scheduler = tangazo::app::scheduler(
-        &server.config,
-        &db.store,
-        &tangazo::channels::BuildContext::with_console(std::io::sink()),
-        "test",
-    )
-    .unwrap();
-    scheduler
-        .tick(&Clock::Fixed(now()), &CancellationToken::new())
-        .await
-        .unwrap();
+    tick(&server, db).await;
     let outbox = std::fs::read_to_string(server.dir.path().join("outbox/email.jsonl")).unwrap();
     let sent: Value = serde_json::from_str(outbox.lines().next().unwrap()).unwrap();
     let token = sent["unsubscribe"].as_str().unwrap().to_owned();
