@@ -427,6 +427,11 @@ async fn public_reads(db: &TestDb) {
     let (status, body) = server.call(Method::GET, "/?tz=Mars/Olympus", None, None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["errors"][0]["pointer"], "/tz");
+    // A database whose migrations are not this build's is not ready.
+    db.execute("DELETE FROM _sqlx_migrations WHERE version = 8").await;
+    let (status, body) = server.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("migrations"), "{body}");
     server.stop().await;
 }
 
