@@ -47,6 +47,8 @@ CREATE TABLE idempotency_keys (
     created_at   BIGINT NOT NULL,
     PRIMARY KEY (caller, key)
 );
+-- Answers older than a day are deleted as new ones are kept.
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
 
 -- The events each biller was sent by webhook (or, with no endpoint, would have been), as
 -- rendered, in order: `GET /v1/events` pages through them and a subscription's replay sends
