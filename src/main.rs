@@ -7,7 +7,10 @@ use clap::Parser;
 #[allow(clippy::print_stderr)] // the binary reports a failure to start before the CLI exists
 fn main() -> ExitCode {
     let cli = tangazo::cli::Cli::parse();
-    tangazo::telemetry::init(matches!(cli.command, tangazo::cli::Command::Daemon { .. }));
+    tangazo::telemetry::init(matches!(
+        cli.command,
+        tangazo::cli::Command::Daemon { .. } | tangazo::cli::Command::Serve { .. }
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

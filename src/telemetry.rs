@@ -1,5 +1,5 @@
-//! Structured logs on stderr. `TANGAZO_LOG` sets the filter (default: `info` for the daemon,
-//! `warn` for one-shot commands); `TANGAZO_LOG_FORMAT=json` switches to JSON lines. Phone
+//! Structured logs on stderr. `TANGAZO_LOG` sets the filter (default: `info` for the daemon and
+//! `serve`, `warn` for one-shot commands); `TANGAZO_LOG_FORMAT=json` switches to JSON lines. Phone
 //! numbers and email addresses are never logged whole (see `PhoneNumber::masked`).
 
 use tracing_subscriber::EnvFilter;
