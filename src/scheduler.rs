@@ -170,6 +170,10 @@ pub struct TickReport {
     pub alarms: Vec<Alarm>,
     /// Recipients whose stored row does not read back, by id, with why: skipped, not fatal.
     pub unreadable: BTreeMap<i64, String>,
+    /// Wall-clock time spent on transitions and planning (every window's fan-outs), in seconds.
+    pub plan_seconds: f64,
+    /// Wall-clock time spent dispatching, in seconds.
+    pub dispatch_seconds: f64,
 }
 
 pub struct Scheduler {
@@ -207,6 +211,7 @@ impl Scheduler {
             released: self.store.release_lapsed_claims(now).await?,
             ..TickReport::default()
         };
+        let planning = std::time::Instant::now();
         for window in self.store.open_windows().await? {
             let window = self.transition(window, now, &mut report).await?;
             self.plan(&window, now, &mut report, progress).await?;
@@ -223,11 +228,14 @@ impl Scheduler {
             }
         }
         self.store.after_bulk_load(report.enqueued).await?;
+        report.plan_seconds = planning.elapsed().as_secs_f64();
         report.expired = self.store.expire_due(now).await?;
+        let sending = std::time::Instant::now();
         report.dispatch = self
             .dispatcher
             .run_scoped(clock, None, stop, &|r| progress(Progress::Sending(*r)))
             .await?;
+        report.dispatch_seconds = sending.elapsed().as_secs_f64();
         report.left_claimed = self.dispatcher.left_claimed().await?;
         Ok(report)
     }
