@@ -234,10 +234,13 @@ impl Dispatcher {
                 }
             }
         }
+        self.store
+            .record_biller_events(&std::mem::take(&mut cache.events), now)
+            .await?;
         let mut attempts = Vec::new();
         let lease = self.config.lease.to_std();
         {
-            let sending = self.send_ready(&ready, clock, &mut report, &mut finishes, &mut attempts);
+            let sending = self.send_ready(ready, clock, &mut report, &mut finishes, &mut attempts);
             tokio::pin!(sending);
             // Renew the lease while the batch is in flight, so a slow send is not taken for a
             // dead worker's.
@@ -272,24 +275,26 @@ impl Dispatcher {
     /// Sends the prepared messages channel by channel and notes each outcome.
     async fn send_ready(
         &self,
-        ready: &[(ClaimedDelivery, Message, i64)],
+        ready: Vec<(ClaimedDelivery, Message, i64)>,
         clock: &Clock,
         report: &mut DispatchReport,
         finishes: &mut Vec<Finish>,
         attempts: &mut Vec<Attempt>,
     ) {
-        let sends = Channel::ALL.into_iter().filter_map(|channel| {
-            let (rows, messages): (Vec<(&ClaimedDelivery, i64)>, Vec<Message>) = ready
-                .iter()
-                .filter(|(_, m, _)| m.channel == channel)
-                .map(|(r, m, b)| ((r, *b), m.clone()))
-                .unzip();
-            // A future does nothing until polled: building it for an empty channel is free.
-            (!messages.is_empty()).then_some(async move {
+        // Grouped by channel, moved rather than copied: a message carries its whole body.
+        let mut groups: Vec<ChannelGroup> = Channel::ALL.into_iter().map(|c| (c, Vec::new(), Vec::new())).collect();
+        for (row, message, body_id) in ready {
+            if let Some((_, rows, messages)) = groups.iter_mut().find(|(c, _, _)| *c == message.channel) {
+                rows.push((row, body_id));
+                messages.push(message);
+            }
+        }
+        let sends = groups.into_iter().filter(|(_, _, messages)| !messages.is_empty()).map(
+            |(channel, rows, messages)| async move {
                 let results = self.send_with_failover(channel, &messages).await;
                 (channel, rows, messages, results)
-            })
-        });
+            },
+        );
         // Backends that paused themselves, by window they held up: raised as alarms below.
         let mut paused: std::collections::BTreeSet<(WindowId, String)> = std::collections::BTreeSet::new();
         // The channels are worked at once: a slow SMS gateway does not hold up the email.
@@ -297,6 +302,7 @@ impl Dispatcher {
             // Read once the backends have answered: when they accepted, and what a retry waits from.
             let now = clock.now();
             for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(&messages) {
+                let row = &row;
                 let backend = outcome.backend;
                 for t in &outcome.tries {
                     attempts.push(attempt(row.id, &message.to, t, now));
@@ -519,9 +525,16 @@ impl Dispatcher {
                 break;
             }
             let sender = &backend.sender;
-            let batch: Vec<Message> = pending.iter().map(|&i| messages[i].clone()).collect();
+            // The first backend gets the messages as they are; a later one what is left.
+            let left: Vec<Message>;
+            let batch = if pending.len() == messages.len() {
+                messages
+            } else {
+                left = pending.iter().map(|&i| messages[i].clone()).collect();
+                &left
+            };
             let started = std::time::Instant::now();
-            let outcome = send_on_time(sender.as_ref(), &batch).await;
+            let outcome = send_on_time(sender.as_ref(), batch).await;
             let latency = started.elapsed();
             let mut still = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
@@ -636,8 +649,12 @@ impl Dispatcher {
                 content: body.content.clone(),
             };
             let body_id = body.id;
-            self.record_event(&message, recipient, broadcast_key(b.id, recipient, channel, None), now)
-                .await?;
+            Self::record_event(
+                cache,
+                &message,
+                recipient,
+                broadcast_key(b.id, recipient, channel, None),
+            );
             return Ok((message, body_id));
         }
         let notice = row.notice.ok_or_else(|| corrupt("notice"))?;
@@ -705,25 +722,20 @@ impl Dispatcher {
             content: body.content.clone(),
         };
         let body_id = body.id;
-        self.record_event(&message, recipient, event_key, now).await?;
+        Self::record_event(cache, &message, recipient, event_key);
         Ok((message, body_id))
     }
 
-    /// Keeps a webhook event in the biller's sequence (`GET /v1/events`, replays) once.
-    async fn record_event(
-        &self,
-        message: &Message,
-        recipient: crate::domain::RecipientId,
-        key: String,
-        now: DateTime<Utc>,
-    ) -> Result<(), Prepare> {
-        match &message.content {
-            Rendered::Webhook { payload } => self
-                .store
-                .record_biller_event(recipient, &key, payload, now)
-                .await
-                .map_err(Prepare::Store),
-            _ => Ok(()),
+    /// Notes a webhook event for the biller's sequence (`GET /v1/events`, replays); the batch's
+    /// events are kept together, once each, before anything is sent.
+    fn record_event(cache: &mut Cache, message: &Message, recipient: crate::domain::RecipientId, key: String) {
+        if let Rendered::Webhook { payload } = &message.content {
+            cache.events.push(crate::storage::NewBillerEvent {
+                recipient,
+                key,
+                kind: payload["type"].as_str().unwrap_or_default().to_owned(),
+                payload: payload.to_string(),
+            });
         }
     }
 
@@ -848,6 +860,9 @@ struct Try<'a> {
     latency: std::time::Duration,
 }
 
+/// A batch's messages on one channel, with their rows and body ids.
+type ChannelGroup = (Channel, Vec<(ClaimedDelivery, i64)>, Vec<Message>);
+
 /// What one dispatch run has already loaded or rendered.
 #[derive(Default)]
 struct Cache {
@@ -857,6 +872,8 @@ struct Cache {
     /// The deployment's signing key, read once per run when an email needs its unsubscribe
     /// token.
     signing: Option<crate::domain::SigningKey>,
+    /// The batch's webhook events, kept before it is sent.
+    events: Vec<crate::storage::NewBillerEvent>,
 }
 
 enum Prepare {

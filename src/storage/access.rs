@@ -3,10 +3,10 @@
 //! and handset receipts reported by SMS providers.
 
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::rows::{RECIPIENT_COLUMNS, RecipientRow, join_list};
-use super::{Pool, Store, StoreError};
+use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
 use crate::domain::{Profile, Recipient, RecipientId, SigningKey, from_millis, to_millis};
 
 /// Appends an entry to a recipient's history inside the transaction `$tx` (either dialect).
@@ -527,28 +527,38 @@ pub struct BillerEvent {
     pub at: DateTime<Utc>,
 }
 
+/// An event to keep in a biller's sequence: its key (the notice's idempotency key for that
+/// biller), its type and its payload as sent.
+#[derive(Debug, Clone)]
+pub struct NewBillerEvent {
+    pub recipient: RecipientId,
+    pub key: String,
+    pub kind: String,
+    pub payload: String,
+}
+
 impl Store {
-    /// Records an event for a biller, once per key.
-    pub async fn record_biller_event(
-        &self,
-        recipient: RecipientId,
-        key: &str,
-        payload: &serde_json::Value,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let kind = payload["type"].as_str().unwrap_or_default().to_owned();
-        on_pool!(self, p => sqlx::query(
-            "INSERT INTO biller_events (recipient_id, event_key, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (recipient_id, event_key) DO NOTHING",
-        )
-        .bind(recipient.0)
-        .bind(key)
-        .bind(kind)
-        .bind(payload.to_string())
-        .bind(to_millis(now))
-        .execute(p)
-        .await
-        .map(|_| ())?);
+    /// Records events for billers, each once per (biller, key), in one transaction.
+    pub async fn record_biller_events(&self, events: &[NewBillerEvent], now: DateTime<Utc>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new("INSERT INTO biller_events (recipient_id, event_key, type, payload, created_at) ");
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.recipient.0)
+                        .push_bind(e.key.as_str())
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.payload.as_str())
+                        .push_bind(to_millis(now));
+                });
+                qb.push(" ON CONFLICT (recipient_id, event_key) DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 

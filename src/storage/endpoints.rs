@@ -261,7 +261,8 @@ impl Store {
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let since: Option<i64> = on_pool!(self, p => {
             if ok {
-                sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
+                // Written only when a streak ends: a success is the common case.
+                sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
                     .bind(id)
                     .execute(p)
                     .await?;

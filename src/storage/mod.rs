@@ -106,8 +106,8 @@ mod rows;
 mod windows;
 
 pub use access::{
-    BillerEvent, HandsetReceipt, LATENCY_BOUNDS_MS, MetricsSnapshot, OptOutBy, OptedOut, RecipientEvent, StoredAnswer,
-    StoredToken,
+    BillerEvent, HandsetReceipt, LATENCY_BOUNDS_MS, MetricsSnapshot, NewBillerEvent, OptOutBy, OptedOut,
+    RecipientEvent, StoredAnswer, StoredToken,
 };
 pub use attempts::{Attempt, AttemptInfo};
 pub use endpoints::{EndpointInfo, NewEndpoint};

@@ -106,6 +106,52 @@ fn db_now_ms(dialect: Dialect) -> &'static str {
     }
 }
 
+/// The claim statement with its parameters bound, for either dialect.
+fn claim_query<'q, DB: sqlx::Database>(
+    sql: &'static str,
+    owner: &'q str,
+    lease: Duration,
+    now: DateTime<Utc>,
+    limit: i64,
+    only_broadcast: Option<i64>,
+    token: i64,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(sql)
+        .bind(owner)
+        .bind(millis(lease))
+        .bind(to_millis(now))
+        .bind(limit)
+        .bind(only_broadcast)
+        .bind(token)
+}
+
+/// What the dispatcher needs of each row claimed under the token `$1`, in id order.
+const CLAIMED_ROWS: &str = "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, \
+     d.recipient_id, d.possibly_duplicate, r.kind AS audience, r.phone, r.email, r.locale, r.zone, \
+     d.endpoint_id, e.url AS endpoint_url, e.secret AS endpoint_secret, e.previous_secret AS endpoint_previous_secret, \
+     e.previous_until AS endpoint_previous_until, e.disabled_reason AS endpoint_disabled \
+     FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
+     LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+     WHERE d.lease_token = $1 AND d.state = 'claimed' ORDER BY d.id";
+
+/// `CLAIMED_ROWS` as one JSON array of objects (SQLite).
+const CLAIMED_JSON_SQLITE: &str = "SELECT COALESCE(json_group_array(json_object('id', d.id, 'window_id', d.window_id, \
+     'broadcast_id', d.broadcast_id, 'revision', d.revision, 'notice', d.notice, 'channel', d.channel, 'attempts', d.attempts, \
+     'deadline', d.deadline, 'recipient_id', d.recipient_id, \
+     'possibly_duplicate', json(CASE WHEN d.possibly_duplicate THEN 'true' ELSE 'false' END), \
+     'audience', r.kind, 'phone', r.phone, 'email', r.email, 'locale', r.locale, 'zone', r.zone, \
+     'endpoint_id', d.endpoint_id, 'endpoint_url', e.url, 'endpoint_secret', e.secret, \
+     'endpoint_previous_secret', e.previous_secret, 'endpoint_previous_until', e.previous_until, \
+     'endpoint_disabled', e.disabled_reason) ORDER BY d.id), '[]') \
+     FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
+     LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+     WHERE d.lease_token = $1 AND d.state = 'claimed'";
+
 /// A lease token no other claim has: this process, this instant, this count.
 fn new_token() -> i64 {
     static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -123,15 +169,27 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Inserts planned rows inside the transaction `$tx`, `ON CONFLICT DO NOTHING`, except for a
-/// recipient a broadcast of the same notice already reaches on that channel (told once,
-/// whichever path told them); the count of new rows.
-macro_rules! insert_planned {
-    ($tx:ident, $rows:expr) => {{
+/// The condition that keeps a planned row `v` out when a broadcast of the same notice already
+/// reaches its recipient on that channel (told once, whichever path told them).
+const NOT_TOLD_BY_BROADCAST: &str = "NOT EXISTS (SELECT 1 FROM deliveries b WHERE b.broadcast_id IS NOT NULL \
+     AND b.window_id = v.window_id AND b.recipient_id = v.recipient_id AND b.revision = v.revision \
+     AND b.notice = v.notice AND b.channel = v.channel AND COALESCE(b.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) \
+     AND b.state IN ('pending', 'claimed', 'sent'))";
+
+/// Inserting planned rows inside a transaction, `ON CONFLICT DO NOTHING`, except for a
+/// recipient a broadcast of the same notice already reaches on that channel; the count of new
+/// rows. Each dialect passes a whole page in as few statements as it can.
+trait InsertPlanned {
+    async fn insert_planned(&mut self, rows: &[PlannedDelivery]) -> Result<u64, sqlx::Error>;
+}
+
+impl InsertPlanned for sqlx::SqliteConnection {
+    async fn insert_planned(&mut self, rows: &[PlannedDelivery]) -> Result<u64, sqlx::Error> {
         let mut inserted = 0;
-        for chunk in $rows.chunks(ROWS_PER_STATEMENT) {
-            let mut qb =
-                QueryBuilder::new("WITH v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (");
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "WITH v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (",
+            );
             qb.push_values(chunk, |mut b, d: &PlannedDelivery| {
                 b.push_bind(d.window.0)
                     .push_bind(i64::from(d.revision))
@@ -144,17 +202,155 @@ macro_rules! insert_planned {
             });
             qb.push(
                 ") INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
-                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v \
-                 WHERE NOT EXISTS (SELECT 1 FROM deliveries b WHERE b.broadcast_id IS NOT NULL \
-                 AND b.window_id = v.window_id AND b.recipient_id = v.recipient_id AND b.revision = v.revision \
-                 AND b.notice = v.notice AND b.channel = v.channel AND COALESCE(b.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) \
-                 AND b.state IN ('pending', 'claimed', 'sent')) \
-                 ON CONFLICT DO NOTHING",
+                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v WHERE ",
             );
-            inserted += qb.build().execute(&mut *$tx).await?.rows_affected();
+            qb.push(NOT_TOLD_BY_BROADCAST).push(" ON CONFLICT DO NOTHING");
+            inserted += qb.build().execute(&mut *self).await?.rows_affected();
         }
-        inserted
-    }};
+        Ok(inserted)
+    }
+}
+
+impl InsertPlanned for sqlx::PgConnection {
+    /// One statement for the whole page: its columns bound as arrays and `unnest`ed inside
+    /// the database, rather than thousands of bound values in a statement text.
+    async fn insert_planned(&mut self, rows: &[PlannedDelivery]) -> Result<u64, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let column = |f: fn(&PlannedDelivery) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+        let sql = format!(
+            "INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
+             SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]) \
+             AS v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
+             WHERE {NOT_TOLD_BY_BROADCAST} ON CONFLICT DO NOTHING"
+        );
+        Ok(sqlx::query(AssertSqlSafe(sql))
+            .bind(column(|d| d.window.0))
+            .bind(column(|d| i64::from(d.revision)))
+            .bind(rows.iter().map(|d| d.notice.to_string()).collect::<Vec<String>>())
+            .bind(column(|d| d.recipient.0))
+            .bind(rows.iter().map(|d| d.channel.as_str()).collect::<Vec<&str>>())
+            .bind(rows.iter().map(|d| d.endpoint).collect::<Vec<Option<i64>>>())
+            .bind(column(|d| to_millis(d.due_at)))
+            .bind(column(|d| to_millis(d.deadline)))
+            .execute(&mut *self)
+            .await?
+            .rows_affected())
+    }
+}
+
+/// A row recorded sent: when it was handed over, and the provider's id for it if any.
+#[derive(Debug, Clone, Copy)]
+struct SentRow<'a> {
+    id: i64,
+    at: i64,
+    provider_id: Option<&'a str>,
+}
+
+/// Recording rows sent through one backend with one body: one statement whose rows are bound
+/// as one value each column (a JSON array for SQLite, arrays for PostgreSQL), so its text is
+/// prepared once.
+trait MarkSent {
+    /// Marks the rows still claimed under `token` sent; how many it marked.
+    async fn mark_sent(
+        &mut self,
+        token: i64,
+        rows: &[SentRow<'_>],
+        backend: &str,
+        body: Option<i64>,
+    ) -> Result<u64, sqlx::Error>;
+    /// Which of `ids` are not recorded sent under `token`.
+    async fn not_sent_under(&mut self, token: i64, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error>;
+}
+
+/// The sent row's lease is cleared and its token kept (see `finish`); a provider id from an
+/// earlier attempt stays unless this one has its own.
+const MARK_SENT: &str = "SET state = 'sent', sent_at = v.at, provider_id = COALESCE(v.pid, deliveries.provider_id), \
+     backend = $1, body_id = $2, last_error = NULL, lease_owner = NULL, lease_until = NULL";
+
+fn json_ids(ids: &[i64]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
+
+impl MarkSent for sqlx::SqliteConnection {
+    async fn mark_sent(
+        &mut self,
+        token: i64,
+        rows: &[SentRow<'_>],
+        backend: &str,
+        body: Option<i64>,
+    ) -> Result<u64, sqlx::Error> {
+        let json = serde_json::Value::from(
+            rows.iter()
+                .map(|r| serde_json::json!([r.id, r.at, r.provider_id]))
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
+        // The unary `+`s keep SQLite from reaching the rows through the claimed rows' index and
+        // scanning the JSON for each: it walks the JSON and looks each row up by its id.
+        let sql = format!(
+            "UPDATE deliveries {MARK_SENT} FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS at, \
+             json_extract(value, '$[2]') AS pid FROM json_each($4)) AS v \
+             WHERE deliveries.id = v.id AND +deliveries.state = 'claimed' AND +deliveries.lease_token = $3"
+        );
+        Ok(sqlx::query(AssertSqlSafe(sql))
+            .bind(backend)
+            .bind(body)
+            .bind(token)
+            .bind(json)
+            .execute(&mut *self)
+            .await?
+            .rows_affected())
+    }
+
+    async fn not_sent_under(&mut self, token: i64, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT value FROM json_each($1) WHERE value NOT IN (SELECT id FROM deliveries \
+             WHERE state = 'sent' AND lease_token = $2 AND id IN (SELECT value FROM json_each($1)))",
+        )
+        .bind(json_ids(ids))
+        .bind(token)
+        .fetch_all(&mut *self)
+        .await
+    }
+}
+
+impl MarkSent for sqlx::PgConnection {
+    async fn mark_sent(
+        &mut self,
+        token: i64,
+        rows: &[SentRow<'_>],
+        backend: &str,
+        body: Option<i64>,
+    ) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "UPDATE deliveries {MARK_SENT} FROM unnest($4::bigint[], $5::bigint[], $6::text[]) AS v (id, at, pid) \
+             WHERE deliveries.id = v.id AND deliveries.state = 'claimed' AND deliveries.lease_token = $3"
+        );
+        Ok(sqlx::query(AssertSqlSafe(sql))
+            .bind(backend)
+            .bind(body)
+            .bind(token)
+            .bind(rows.iter().map(|r| r.id).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|r| r.at).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|r| r.provider_id).collect::<Vec<Option<&str>>>())
+            .execute(&mut *self)
+            .await?
+            .rows_affected())
+    }
+
+    async fn not_sent_under(&mut self, token: i64, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT i FROM unnest($1::bigint[]) AS i WHERE i NOT IN (SELECT id FROM deliveries \
+             WHERE state = 'sent' AND lease_token = $2 AND id = ANY($1))",
+        )
+        .bind(ids)
+        .bind(token)
+        .fetch_all(&mut *self)
+        .await
+    }
 }
 
 impl Store {
@@ -166,7 +362,7 @@ impl Store {
         }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let inserted = insert_planned!(tx, rows);
+            let inserted = tx.insert_planned(rows).await?;
             tx.commit().await?;
             Ok(inserted)
         })
@@ -189,7 +385,7 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
-            let inserted = insert_planned!(tx, rows);
+            let inserted = tx.insert_planned(rows).await?;
             sqlx::query(
                 "UPDATE window_notices SET fanned_out_to = $5 \
                  WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4",
@@ -292,37 +488,45 @@ impl Store {
             Dialect::Postgres => include_str!("sql/postgres/claim.sql"),
         };
         let token = new_token();
-        on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let ids: Vec<i64> = sqlx::query_scalar(claim)
-                .bind(owner)
-                .bind(millis(lease))
-                .bind(to_millis(now))
-                .bind(limit)
-                .bind(only_broadcast)
-                .bind(token)
-                .fetch_all(&mut *tx)
-                .await?;
-            if ids.is_empty() {
+        let rows: Vec<ClaimRow> = match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let claimed = claim_query(claim, owner, lease, now, limit, only_broadcast, token)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                // One row of JSON rather than a row per delivery: each row sqlx reads from
+                // SQLite is a hand-over between its worker thread and this task.
+                let rows = if claimed == 0 {
+                    Vec::new()
+                } else {
+                    let json: String = sqlx::query_scalar(CLAIMED_JSON_SQLITE)
+                        .bind(token)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("claimed rows: {e}")))?
+                };
                 tx.commit().await?;
-                return Ok(Claim { token, rows: Vec::new() });
+                rows
             }
-            let mut qb = QueryBuilder::new(
-                "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, d.recipient_id, \
-                 d.possibly_duplicate, r.kind AS audience, r.phone, r.email, r.locale, r.zone, \
-                 d.endpoint_id, e.url AS endpoint_url, e.secret AS endpoint_secret, e.previous_secret AS endpoint_previous_secret, \
-                 e.previous_until AS endpoint_previous_until, e.disabled_reason AS endpoint_disabled \
-                 FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
-                 LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.id IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for id in &ids {
-                sep.push_bind(*id);
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let claimed = claim_query(claim, owner, lease, now, limit, only_broadcast, token)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let rows = if claimed == 0 {
+                    Vec::new()
+                } else {
+                    sqlx::query_as(CLAIMED_ROWS).bind(token).fetch_all(&mut *tx).await?
+                };
+                tx.commit().await?;
+                rows
             }
-            qb.push(") ORDER BY d.id");
-            let rows: Vec<ClaimRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(Claim { token, rows: rows.into_iter().map(ClaimRow::parse).collect() })
+        };
+        Ok(Claim {
+            token,
+            rows: rows.into_iter().map(ClaimRow::parse).collect(),
         })
     }
 
@@ -367,12 +571,12 @@ impl Store {
     /// Records how each delivery claimed under `token` ended this attempt, in one transaction.
     /// Only rows still claimed under that token are touched: a row whose lease lapsed and was
     /// taken over, or that was settled otherwise meanwhile, keeps what its new owner records.
-    /// Returns the ids that were not recorded.
+    /// Returns the ids that were not recorded. A row recorded sent keeps the token of the claim
+    /// that sent it (its lease is cleared); rows leaving otherwise lose it.
     pub async fn finish(&self, token: i64, outcomes: &[Finish]) -> Result<Vec<i64>, StoreError> {
-        // The common case, a batch sent through one backend with one body at one instant, is
-        // one statement per group rather than one per row.
-        type Group<'a> = (&'a str, Option<i64>, i64);
-        let mut plain_sent: std::collections::BTreeMap<Group<'_>, Vec<i64>> = Default::default();
+        // Sent rows, the common case, are one statement per backend and body rather than one
+        // per row.
+        let mut sent: std::collections::BTreeMap<(&str, Option<i64>), Vec<SentRow<'_>>> = Default::default();
         let mut others = Vec::new();
         for f in outcomes {
             match f {
@@ -380,54 +584,34 @@ impl Store {
                     id,
                     at,
                     backend,
-                    provider_id: None,
+                    provider_id,
                     body_id,
-                } => plain_sent
-                    .entry((backend.as_str(), *body_id, to_millis(*at)))
-                    .or_default()
-                    .push(*id),
+                } => sent.entry((backend.as_str(), *body_id)).or_default().push(SentRow {
+                    id: *id,
+                    at: to_millis(*at),
+                    provider_id: provider_id.as_deref(),
+                }),
                 other => others.push(other),
             }
         }
         let mut lost = Vec::new();
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            for ((backend, body_id, at), ids) in &plain_sent {
-                for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-                    let mut qb = QueryBuilder::new("UPDATE deliveries SET state = 'sent', sent_at = ");
-                    qb.push_bind(*at)
-                        .push(", backend = ")
-                        .push_bind(*backend)
-                        .push(", body_id = ")
-                        .push_bind(*body_id)
-                        .push(", last_error = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL WHERE state = 'claimed' AND lease_token = ")
-                        .push_bind(token)
-                        .push(" AND id IN (");
-                    let mut sep = qb.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(*id);
-                    }
-                    qb.push(") RETURNING id");
-                    let done: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-                    if done.len() != chunk.len() {
-                        let done: std::collections::HashSet<i64> = done.into_iter().collect();
-                        lost.extend(chunk.iter().filter(|id| !done.contains(id)));
+            for ((backend, body_id), rows) in &sent {
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    // The row keeps its token, so the ids this statement did not reach can be
+                    // told apart from those it did when fewer rows changed than were named.
+                    let done = tx.mark_sent(token, chunk, backend, *body_id).await?;
+                    if done != chunk.len() as u64 {
+                        let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
+                        lost.extend(tx.not_sent_under(token, &ids).await?);
                     }
                 }
             }
             for f in others {
                 let q = match f {
-                    Finish::Sent { id, at, backend, provider_id, body_id } => sqlx::query(
-                        "UPDATE deliveries SET state = 'sent', sent_at = $3, backend = $4, provider_id = $5, body_id = $6, \
-                         last_error = NULL, lease_owner = NULL, lease_until = NULL, lease_token = NULL \
-                         WHERE id = $1 AND state = 'claimed' AND lease_token = $2",
-                    )
-                    .bind(*id)
-                    .bind(token)
-                    .bind(to_millis(*at))
-                    .bind(backend.clone())
-                    .bind(provider_id.clone())
-                    .bind(*body_id),
+                    // Recorded above.
+                    Finish::Sent { .. } => continue,
                     Finish::Retry { id, at, error, maybe_sent } => sqlx::query(
                         "UPDATE deliveries SET state = 'pending', due_at = $3, last_error = $4, lease_owner = NULL, lease_until = NULL, \
                          lease_token = NULL, possibly_duplicate = (possibly_duplicate OR $5) \

@@ -257,15 +257,39 @@ impl Store {
         after: RecipientId,
         limit: i64,
     ) -> Result<RecipientPage, StoreError> {
-        let sql = format!(
-            "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE ($1 IS NULL OR kind = $1) AND id > $2 AND seed = FALSE ORDER BY id LIMIT $3"
-        );
-        let rows: Vec<RecipientRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql))
-            .bind(kind.map(Audience::as_str))
-            .bind(after.0)
-            .bind(limit)
-            .fetch_all(p)
-            .await?);
+        const WHERE: &str = "WHERE ($1 IS NULL OR kind = $1) AND id > $2 AND seed = FALSE ORDER BY id LIMIT $3";
+        let kind = kind.map(Audience::as_str);
+        let rows: Vec<RecipientRow> = match &self.pool {
+            // One row of JSON rather than a row per recipient: each row sqlx reads from SQLite
+            // is a hand-over between its worker thread and this task.
+            Pool::Sqlite(p) => {
+                let sql = format!(
+                    "SELECT COALESCE(json_group_array(json_object('id', id, 'kind', CAST(kind AS TEXT), \
+                     'name', CAST(name AS TEXT), 'phone', CAST(phone AS TEXT), 'email', CAST(email AS TEXT), \
+                     'locale', CAST(locale AS TEXT), 'zone', CAST(zone AS TEXT), 'components', CAST(components AS TEXT), \
+                     'channels', CAST(channels AS TEXT), 'opt_out', json(CASE WHEN opt_out THEN 'true' ELSE 'false' END)) \
+                     ORDER BY id), '[]') \
+                     FROM (SELECT {RECIPIENT_COLUMNS} FROM recipients {WHERE})"
+                );
+                let json: String = sqlx::query_scalar(AssertSqlSafe(sql))
+                    .bind(kind)
+                    .bind(after.0)
+                    .bind(limit)
+                    .fetch_one(p)
+                    .await?;
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("recipients after {after}: {e}")))?
+            }
+            Pool::Postgres(p) => {
+                let sql = format!("SELECT {RECIPIENT_COLUMNS} FROM recipients {WHERE}");
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(kind)
+                    .bind(after.0)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
         let mut page = RecipientPage::default();
         for row in rows {
             let id = RecipientId(row.id);

@@ -103,7 +103,7 @@ impl TryFrom<WindowRow> for Window {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 pub(super) struct RecipientRow {
     pub id: i64,
     pub kind: String,
@@ -140,8 +140,8 @@ impl TryFrom<RecipientRow> for Recipient {
     }
 }
 
-/// A claimed delivery as sqlx reads it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A claimed delivery as sqlx reads it (or serde, from SQLite's JSON of the claimed rows).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Deserialize)]
 pub(super) struct ClaimRow {
     pub id: i64,
     pub window_id: Option<i64>,

@@ -1,7 +1,8 @@
 -- Claims up to $4 deliveries due at $3 (Unix ms, the injected clock) and before their deadline,
 -- oldest due first, for owner $1 under token $6, leased for $2 ms of real time on the database's
 -- clock (so daemons with skewed clocks agree); $5 is an optional broadcast. Several workers share
--- the table: rows another worker is claiming are skipped, never waited for.
+-- the table: rows another worker is claiming are skipped, never waited for. The claimed rows are
+-- read back by their token in the same transaction.
 UPDATE deliveries
 SET state = 'claimed', lease_owner = $1, lease_token = $6,
     lease_until = (floor(extract(epoch from clock_timestamp()) * 1000))::bigint + $2, attempts = attempts + 1
@@ -12,4 +13,3 @@ WHERE id IN (
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id

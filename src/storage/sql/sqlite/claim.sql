@@ -1,7 +1,8 @@
 -- Claims up to $4 deliveries due at $3 (Unix ms, the injected clock) and before their deadline,
 -- oldest due first, for owner $1 under token $6, leased for $2 ms of real time on the database's
 -- clock; $5 is an optional broadcast. SQLite: the daemon is the only claimer of its file but for
--- the `broadcast` command beside it, and SQLite runs one writer at a time.
+-- the `broadcast` command beside it, and SQLite runs one writer at a time. The claimed rows are read
+-- back by their token in the same transaction.
 UPDATE deliveries
 SET state = 'claimed', lease_owner = $1, lease_token = $6,
     lease_until = CAST(unixepoch('subsec') * 1000 AS INTEGER) + $2, attempts = attempts + 1
@@ -11,4 +12,3 @@ WHERE id IN (
     ORDER BY due_at, id
     LIMIT $4
 )
-RETURNING id
