@@ -145,7 +145,8 @@ impl Scenario {
     }
 
     /// The `[senders.bench]` table routing this scenario's channel, without a `rate`, so the
-    /// backend never waits and Tangazo's own speed is measured.
+    /// backend never waits and Tangazo's own speed is measured. SMTP gets 32 connections, as a
+    /// relay that takes them would be configured (the default is 4).
     fn sender(self, sinks: &Sinks) -> String {
         match self {
             Scenario::File => "type = \"file\"\ndir = \"outbox\"\n".to_owned(),
@@ -158,7 +159,7 @@ impl Scenario {
                 sinks.twilio.base_url()
             ),
             Scenario::Smtp => format!(
-                "type = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"notices@example.co.ke\"\nfrom_name = \"M-PESA\"\nhello_name = \"tangazo.bench\"\n",
+                "type = \"smtp\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"notices@example.co.ke\"\nfrom_name = \"M-PESA\"\nhello_name = \"tangazo.bench\"\nconnections = 32\n",
                 sinks.smtp.addr.port()
             ),
             Scenario::Webhook => "type = \"webhook\"\nallow_http = true\nallow = [\"127.0.0.1\"]\n".to_owned(),

@@ -295,6 +295,8 @@ impl Dispatcher {
                 (channel, rows, messages, results)
             },
         );
+        // Endpoints that took a message: any failure streak of theirs ends.
+        let mut answered: Vec<i64> = Vec::new();
         // Backends that paused themselves, by window they held up: raised as alarms below.
         let mut paused: std::collections::BTreeSet<(WindowId, String)> = std::collections::BTreeSet::new();
         // The channels are worked at once: a slow SMS gateway does not hold up the email.
@@ -311,8 +313,12 @@ impl Dispatcher {
                     }
                 }
                 if let Some(endpoint) = &row.endpoint {
+                    if outcome.result.is_ok() {
+                        // Streaks ended by a success are closed together, below.
+                        answered.push(endpoint.id);
+                    }
                     // The streak is bookkeeping: failing to keep it does not hold up the sends.
-                    if let Err(e) = self.endpoint_outcome(row, endpoint, &outcome.result, now).await {
+                    else if let Err(e) = self.endpoint_outcome(row, endpoint, &outcome.result, now).await {
                         tracing::warn!(endpoint = endpoint.id, error = %e, "could not record the endpoint's outcome");
                     }
                 }
@@ -376,6 +382,9 @@ impl Dispatcher {
                     }
                 }
             }
+        }
+        if let Err(e) = self.store.endpoints_answered(&answered).await {
+            tracing::warn!(endpoints = answered.len(), error = %e, "could not record the endpoints' outcomes");
         }
         for (window, why) in paused {
             if let Err(e) = self.alarm(window, &why, clock.now()).await {

@@ -251,6 +251,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Ends the failure streaks of endpoints that just took a message: one statement, written
+    /// only where a streak ran.
+    pub async fn endpoints_answered(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::Value::from(ids).to_string();
+        let sql = match self.dialect() {
+            super::Dialect::Sqlite => {
+                "UPDATE webhook_endpoints SET failing_since = NULL \
+                 WHERE failing_since IS NOT NULL AND id IN (SELECT value FROM json_each($1))"
+            }
+            super::Dialect::Postgres => {
+                "UPDATE webhook_endpoints SET failing_since = NULL \
+                 WHERE failing_since IS NOT NULL AND id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)"
+            }
+        };
+        on_pool!(self, p => sqlx::query(sql).bind(ids).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
     /// Records how an attempt to an endpoint went: a success ends a failure streak; a failure
     /// starts one (or continues it). Returns when the streak started, if one runs.
     pub async fn endpoint_outcome(
