@@ -257,10 +257,7 @@ impl Dispatcher {
                 }
             }
         }
-        let lost = self.store.finish(token, &finishes).await?;
-        if let Err(e) = self.store.record_attempts(&attempts).await {
-            tracing::warn!(error = %error_chain(&e), "could not record the attempts log");
-        }
+        let lost = self.store.finish_with_attempts(token, &finishes, &attempts).await?;
         if !lost.is_empty() {
             tracing::warn!(
                 token,

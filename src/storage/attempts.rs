@@ -47,27 +47,41 @@ pub struct AttemptInfo {
     pub error: Option<String>,
 }
 
-impl Store {
-    /// Appends attempts to the log.
-    pub async fn record_attempts(&self, attempts: &[Attempt]) -> Result<(), StoreError> {
-        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-            on_pool!(self, p => {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO attempts (delivery_id, at, backend, outcome, status, latency_ms, provider_id, error) ",
-                );
-                qb.push_values(chunk, |mut b, a| {
-                    b.push_bind(a.delivery)
-                        .push_bind(to_millis(a.at))
-                        .push_bind(a.backend.clone())
-                        .push_bind(a.outcome)
-                        .push_bind(a.status.clone())
-                        .push_bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
-                        .push_bind(a.provider_id.clone())
-                        .push_bind(a.error.clone());
-                });
-                qb.build().execute(p).await?;
+/// Appends attempts to the log through `$conn` (a connection or transaction of either
+/// dialect), `ROWS_PER_STATEMENT` to a statement.
+macro_rules! insert_attempts {
+    ($conn:expr, $attempts:expr) => {
+        for chunk in $attempts.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO attempts (delivery_id, at, backend, outcome, status, latency_ms, provider_id, error) ",
+            );
+            qb.push_values(chunk, |mut b, a: &Attempt| {
+                b.push_bind(a.delivery)
+                    .push_bind(to_millis(a.at))
+                    .push_bind(a.backend.as_str())
+                    .push_bind(a.outcome)
+                    .push_bind(a.status.as_deref())
+                    .push_bind(i64::try_from(a.latency_ms).unwrap_or(i64::MAX))
+                    .push_bind(a.provider_id.as_deref())
+                    .push_bind(a.error.as_deref());
             });
+            qb.build().execute(&mut *$conn).await?;
         }
+    };
+}
+pub(super) use insert_attempts;
+
+impl Store {
+    /// Appends attempts to the log, in one transaction.
+    pub async fn record_attempts(&self, attempts: &[Attempt]) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            insert_attempts!(tx, attempts);
+            tx.commit().await?;
+        });
         Ok(())
     }
 

@@ -14,6 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
+use super::Attempt;
+use super::attempts::insert_attempts;
 use super::rows::{ClaimRow, Claimed};
 use super::{Dialect, Pool, ROWS_PER_STATEMENT, Store, StoreError};
 use crate::domain::{Audience, Notice, PlannedDelivery, RecipientId, WindowId, fingerprint, to_millis};
@@ -488,6 +490,7 @@ impl Store {
             Dialect::Postgres => include_str!("sql/postgres/claim.sql"),
         };
         let token = new_token();
+        let _turn = self.write_turn().await;
         let rows: Vec<ClaimRow> = match &self.pool {
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await?;
@@ -574,6 +577,16 @@ impl Store {
     /// Returns the ids that were not recorded. A row recorded sent keeps the token of the claim
     /// that sent it (its lease is cleared); rows leaving otherwise lose it.
     pub async fn finish(&self, token: i64, outcomes: &[Finish]) -> Result<Vec<i64>, StoreError> {
+        self.finish_with_attempts(token, outcomes, &[]).await
+    }
+
+    /// `finish`, appending the batch's attempts to the log in the same transaction.
+    pub async fn finish_with_attempts(
+        &self,
+        token: i64,
+        outcomes: &[Finish],
+        attempts: &[Attempt],
+    ) -> Result<Vec<i64>, StoreError> {
         // Sent rows, the common case, are one statement per backend and body rather than one
         // per row.
         let mut sent: std::collections::BTreeMap<(&str, Option<i64>), Vec<SentRow<'_>>> = Default::default();
@@ -595,6 +608,7 @@ impl Store {
             }
         }
         let mut lost = Vec::new();
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             for ((backend, body_id), rows) in &sent {
@@ -642,6 +656,7 @@ impl Store {
                     lost.push(f.id());
                 }
             }
+            insert_attempts!(tx, attempts);
             tx.commit().await?;
         });
         Ok(lost)
