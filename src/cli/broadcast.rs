@@ -155,7 +155,13 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     }
 
     // Record every row, then send.
+    let recording = Instant::now();
     let enqueued = broadcast::enqueue_audience(&store, &content, &broadcast, now).await?;
+    let timing = Timing {
+        enqueued,
+        enqueue_seconds: recording.elapsed().as_secs_f64(),
+        dispatch_seconds: 0.0,
+    };
     let states = broadcast::states(&store, broadcast.id).await?;
     let (total, already) = (states.total().max(0) as u64, states.settled().max(0) as u64);
     if !ctx.cli_json {
@@ -169,8 +175,13 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             already
         );
     }
+    let sending = Instant::now();
     let report = send(ctx, &dispatcher, broadcast.id, total, already, &stop).await?;
-    finish(ctx, &store, &broadcast, &report, &stop).await
+    let timing = Timing {
+        dispatch_seconds: sending.elapsed().as_secs_f64(),
+        ..timing
+    };
+    finish(ctx, &store, &broadcast, &report, timing, &stop).await
 }
 
 fn build_filter(ctx: &Ctx, args: &BroadcastArgs) -> CliResult<AudienceFilter> {
@@ -641,17 +652,35 @@ async fn send(
     Ok(report)
 }
 
+/// How long this run took to record its rows and to send them.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// Rows newly recorded.
+    enqueued: u64,
+    enqueue_seconds: f64,
+    dispatch_seconds: f64,
+}
+
 async fn finish(
     ctx: &Ctx,
     store: &Store,
     broadcast: &Broadcast,
     report: &DispatchReport,
+    timing: Timing,
     stop: &CancellationToken,
 ) -> CliResult {
     let states = broadcast::states(store, broadcast.id).await?;
     let left = states.open();
     if ctx.cli_json {
-        ctx.print_json(&json!({"name": broadcast.name, "id": broadcast.id, "this_run": report, "states": states}))?;
+        ctx.print_json(&json!({
+            "name": broadcast.name,
+            "id": broadcast.id,
+            "this_run": report,
+            "states": states,
+            "enqueued": timing.enqueued,
+            "enqueue_seconds": timing.enqueue_seconds,
+            "dispatch_seconds": timing.dispatch_seconds,
+        }))?;
     } else {
         let line: Vec<String> = states.0.iter().map(|(s, n)| format!("{s} {n}")).collect();
         outln!(
