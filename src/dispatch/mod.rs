@@ -300,6 +300,8 @@ impl Dispatcher {
         for (channel, rows, messages, results) in futures_util::future::join_all(sends).await {
             // Read once the backends have answered: when they accepted, and what a retry waits from.
             let now = clock.now();
+            // The real instant `now` was read at: messages handed over together get one time.
+            let real_now = tokio::time::Instant::now();
             for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(&messages) {
                 let row = &row;
                 let backend = outcome.backend;
@@ -328,7 +330,7 @@ impl Dispatcher {
                         // When it was handed over, not when the batch's last one was.
                         let at = receipt
                             .handed_at
-                            .and_then(|h| TimeDelta::from_std(h.elapsed()).ok())
+                            .and_then(|h| TimeDelta::from_std(real_now.saturating_duration_since(h)).ok())
                             .map_or(now, |ago| now - ago);
                         finishes.push(Finish::Sent {
                             id: row.id,

@@ -284,6 +284,26 @@ impl MarkSent for sqlx::SqliteConnection {
         backend: &str,
         body: Option<i64>,
     ) -> Result<u64, sqlx::Error> {
+        // Rows handed over together with no provider ids (a file, a bulk request) share one
+        // time: their ids are all the statement needs, which SQLite reads far faster.
+        if let Some(first) = rows.first()
+            && rows.iter().all(|r| r.at == first.at && r.provider_id.is_none())
+        {
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            return Ok(sqlx::query(
+                "UPDATE deliveries SET state = 'sent', sent_at = $5, backend = $1, body_id = $2, last_error = NULL, \
+                 lease_owner = NULL, lease_until = NULL \
+                 WHERE state = 'claimed' AND lease_token = $3 AND id IN (SELECT value FROM json_each($4))",
+            )
+            .bind(backend)
+            .bind(body)
+            .bind(token)
+            .bind(json_ids(&ids))
+            .bind(first.at)
+            .execute(&mut *self)
+            .await?
+            .rows_affected());
+        }
         let json = serde_json::Value::from(
             rows.iter()
                 .map(|r| serde_json::json!([r.id, r.at, r.provider_id]))
