@@ -108,30 +108,6 @@ fn db_now_ms(dialect: Dialect) -> &'static str {
     }
 }
 
-/// The claim statement with its parameters bound, for either dialect.
-fn claim_query<'q, DB: sqlx::Database>(
-    sql: &'static str,
-    owner: &'q str,
-    lease: Duration,
-    now: DateTime<Utc>,
-    limit: i64,
-    only_broadcast: Option<i64>,
-    token: i64,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
-where
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    sqlx::query(sql)
-        .bind(owner)
-        .bind(millis(lease))
-        .bind(to_millis(now))
-        .bind(limit)
-        .bind(only_broadcast)
-        .bind(token)
-}
-
 /// What the dispatcher needs of each row claimed under the token `$1`, in id order.
 const CLAIMED_ROWS: &str = "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, \
      d.recipient_id, d.possibly_duplicate, r.kind AS audience, r.phone, r.email, r.locale, r.zone, \
@@ -153,6 +129,29 @@ const CLAIMED_JSON_SQLITE: &str = "SELECT COALESCE(json_group_array(json_object(
      FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
      LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id \
      WHERE d.lease_token = $1 AND d.state = 'claimed'";
+
+/// Reading back the rows claimed under a token, in id order.
+trait ReadClaimed {
+    async fn read_claimed(&mut self, token: i64) -> Result<Vec<ClaimRow>, StoreError>;
+}
+
+impl ReadClaimed for sqlx::SqliteConnection {
+    /// One row of JSON rather than a row per delivery: each row sqlx reads from SQLite is a
+    /// hand-over between its worker thread and this task.
+    async fn read_claimed(&mut self, token: i64) -> Result<Vec<ClaimRow>, StoreError> {
+        let json: String = sqlx::query_scalar(CLAIMED_JSON_SQLITE)
+            .bind(token)
+            .fetch_one(&mut *self)
+            .await?;
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("claimed rows: {e}")))
+    }
+}
+
+impl ReadClaimed for sqlx::PgConnection {
+    async fn read_claimed(&mut self, token: i64) -> Result<Vec<ClaimRow>, StoreError> {
+        Ok(sqlx::query_as(CLAIMED_ROWS).bind(token).fetch_all(&mut *self).await?)
+    }
+}
 
 /// A lease token no other claim has: this process, this instant, this count.
 fn new_token() -> i64 {
@@ -511,42 +510,22 @@ impl Store {
         };
         let token = new_token();
         let _turn = self.write_turn().await;
-        let rows: Vec<ClaimRow> = match &self.pool {
-            Pool::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                let claimed = claim_query(claim, owner, lease, now, limit, only_broadcast, token)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                // One row of JSON rather than a row per delivery: each row sqlx reads from
-                // SQLite is a hand-over between its worker thread and this task.
-                let rows = if claimed == 0 {
-                    Vec::new()
-                } else {
-                    let json: String = sqlx::query_scalar(CLAIMED_JSON_SQLITE)
-                        .bind(token)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("claimed rows: {e}")))?
-                };
-                tx.commit().await?;
-                rows
-            }
-            Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                let claimed = claim_query(claim, owner, lease, now, limit, only_broadcast, token)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let rows = if claimed == 0 {
-                    Vec::new()
-                } else {
-                    sqlx::query_as(CLAIMED_ROWS).bind(token).fetch_all(&mut *tx).await?
-                };
-                tx.commit().await?;
-                rows
-            }
-        };
+        let rows: Vec<ClaimRow> = on_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let claimed = sqlx::query(claim)
+                .bind(owner)
+                .bind(millis(lease))
+                .bind(to_millis(now))
+                .bind(limit)
+                .bind(only_broadcast)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let rows = if claimed == 0 { Vec::new() } else { tx.read_claimed(token).await? };
+            tx.commit().await?;
+            rows
+        });
         Ok(Claim {
             token,
             rows: rows.into_iter().map(ClaimRow::parse).collect(),
