@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::QueryBuilder;
+use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::rows::join_list;
 use super::{Pool, Store, StoreError};
@@ -257,18 +257,21 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let ids = serde_json::Value::from(ids).to_string();
-        let sql = match self.dialect() {
-            super::Dialect::Sqlite => {
-                "UPDATE webhook_endpoints SET failing_since = NULL \
-                 WHERE failing_since IS NOT NULL AND id IN (SELECT value FROM json_each($1))"
+        const END_STREAKS: &str =
+            "UPDATE webhook_endpoints SET failing_since = NULL WHERE failing_since IS NOT NULL AND ";
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let sql = format!("{END_STREAKS}id IN (SELECT value FROM json_each($1))");
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(super::json_ids(ids))
+                    .execute(p)
+                    .await?;
             }
-            super::Dialect::Postgres => {
-                "UPDATE webhook_endpoints SET failing_since = NULL \
-                 WHERE failing_since IS NOT NULL AND id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)"
+            Pool::Postgres(p) => {
+                let sql = format!("{END_STREAKS}id = ANY($1)");
+                sqlx::query(AssertSqlSafe(sql)).bind(ids).execute(p).await?;
             }
-        };
-        on_pool!(self, p => sqlx::query(sql).bind(ids).execute(p).await.map(|_| ())?);
+        }
         Ok(())
     }
 

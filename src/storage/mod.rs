@@ -74,6 +74,11 @@ pub struct Store {
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Ids as one JSON array, the one value SQLite's `json_each` reads a list of ids from.
+fn json_ids(ids: &[i64]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
+
 /// Runs the same body on either pool; `$p` is the pool (or a transaction begun on it).
 macro_rules! on_pool {
     ($store:expr, $p:ident => $body:expr) => {

@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder};
 use super::Attempt;
 use super::attempts::insert_attempts;
 use super::rows::{ClaimRow, Claimed};
-use super::{Dialect, Pool, ROWS_PER_STATEMENT, Store, StoreError};
+use super::{Dialect, Pool, ROWS_PER_STATEMENT, Store, StoreError, json_ids};
 use crate::domain::{Audience, Notice, PlannedDelivery, RecipientId, WindowId, fingerprint, to_millis};
 
 /// How a claimed delivery ended this attempt.
@@ -270,10 +270,6 @@ trait MarkSent {
 /// earlier attempt stays unless this one has its own.
 const MARK_SENT: &str = "SET state = 'sent', sent_at = v.at, provider_id = COALESCE(v.pid, deliveries.provider_id), \
      backend = $1, body_id = $2, last_error = NULL, lease_owner = NULL, lease_until = NULL";
-
-fn json_ids(ids: &[i64]) -> String {
-    serde_json::Value::from(ids).to_string()
-}
 
 impl MarkSent for sqlx::SqliteConnection {
     async fn mark_sent(
