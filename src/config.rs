@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::broadcast::Costs;
 use crate::channels::SenderConfig;
 use crate::dispatch::DispatchConfig;
-use crate::domain::{AudiencePolicy, Channel, ComponentId, ComponentNames, Policy, REDACTED, Secret, Span, Zone};
+use crate::domain::{
+    AudiencePolicy, Channel, ComponentId, ComponentNames, Policy, QuietHours, REDACTED, Secret, Span, Zone,
+};
 
 /// The documented example configuration, and the source of every default.
 pub const EXAMPLE: &str = include_str!("../tangazo.example.toml");
@@ -102,6 +104,7 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawAudiencePolicy {
     reminders: Vec<Span>,
+    quiet_hours: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,7 +304,11 @@ impl Config {
             ));
         }
         let reminders = |audience: &str, p: &RawAudiencePolicy| {
-            AudiencePolicy::new(p.reminders.clone()).map_err(|e| invalid(format!("policy.{audience}.reminders: {e}")))
+            let quiet = QuietHours::parse_setting(&p.quiet_hours)
+                .map_err(|e| invalid(format!("policy.{audience}.quiet_hours: {e}")))?;
+            AudiencePolicy::new(p.reminders.clone())
+                .map(|a| a.with_quiet_hours(quiet))
+                .map_err(|e| invalid(format!("policy.{audience}.reminders: {e}")))
         };
         let policy = Policy {
             customers: reminders("customers", &raw.policy.customers)?,

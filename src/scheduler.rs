@@ -5,7 +5,7 @@
 //! `run-once` command and the demo call it directly with the clock they were given. Every
 //! comparison with time uses `now`, never the database's clock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::dispatch::{DispatchError, DispatchReport, Dispatcher};
 use crate::domain::{
-    Audience, Decision, Notice, Outcome, PlannedDelivery, Policy, Reach, RecipientId, Window, WindowStatus,
+    Audience, Channel, Decision, Notice, Outcome, PlannedDelivery, Policy, Reach, RecipientId, Window, WindowStatus,
+    Zone,
 };
 use crate::planner;
+use crate::planner::pace::{AudienceSize, Capacity, FanOutPlan, Lead, Leads, Pacer};
 use crate::storage::{FanOutPage, PAGE, Released, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -174,21 +176,111 @@ pub struct TickReport {
     pub plan_seconds: f64,
     /// Wall-clock time spent dispatching, in seconds.
     pub dispatch_seconds: f64,
+    /// Whether this process led (planned and moved windows on); `false`: another daemon,
+    /// named in `leader`, did, and this one only dispatched.
+    pub led: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Fan-outs planned in this tick that the capacity cannot finish by their deadline.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cannot_meet_deadline: Vec<FanOutPlan>,
 }
+
+/// Audience sizes are counted at most this often (a count reads every recipient).
+const SIZES_FRESH_FOR: Duration = Duration::from_secs(60);
 
 pub struct Scheduler {
     store: Store,
     policy: Policy,
     dispatcher: Dispatcher,
+    /// Messages per second of each channel's first backend.
+    capacity: Capacity,
+    /// Audience sizes per channel, with when they were counted.
+    sizes: tokio::sync::Mutex<Option<(std::time::Instant, BTreeMap<Audience, AudienceSize>)>>,
 }
 
 impl Scheduler {
     pub fn new(store: Store, policy: Policy, dispatcher: Dispatcher) -> Scheduler {
+        let senders = dispatcher.senders();
+        let capacity = Capacity::new(Channel::ALL.into_iter().filter_map(|c| senders.rate(c).map(|r| (c, r))));
         Scheduler {
             store,
             policy,
             dispatcher,
+            capacity,
+            sizes: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The name this scheduler leads and claims under.
+    pub fn owner(&self) -> &str {
+        self.dispatcher.owner()
+    }
+
+    fn lease(&self) -> Duration {
+        self.dispatcher.config().lease.to_std()
+    }
+
+    /// Gives up the lead (at the end of a run), so another process plans at once.
+    pub async fn step_down(&self) -> Result<(), StoreError> {
+        self.store.step_down(self.owner()).await
+    }
+
+    /// Whether this scheduler (still) leads; renews the lease. A leader that was paused past
+    /// its lease and replaced finds out here, before it writes.
+    async fn still_leading(&self) -> Result<bool, StoreError> {
+        let leading = self.store.lead(self.owner(), self.lease()).await?;
+        if !leading {
+            tracing::warn!(
+                owner = self.owner(),
+                "another daemon leads now: this one stops planning"
+            );
+        }
+        Ok(leading)
+    }
+
+    /// Each audience's fan-out length at the capacity, and its quiet hours.
+    async fn leads(&self) -> Result<Leads, StoreError> {
+        let mut leads = Leads {
+            customers: Lead {
+                spread: chrono::TimeDelta::zero(),
+                quiet_hours: self.policy.customers.quiet_hours(),
+            },
+            billers: Lead {
+                spread: chrono::TimeDelta::zero(),
+                quiet_hours: self.policy.billers.quiet_hours(),
+            },
+        };
+        if !self.capacity.is_limited() {
+            return Ok(leads);
+        }
+        let sizes = self.audience_sizes().await?;
+        for audience in Audience::ALL {
+            let spread = sizes
+                .get(&audience)
+                .map(|s| self.capacity.spread(s))
+                .unwrap_or_default();
+            match audience {
+                Audience::Customer => leads.customers.spread = spread,
+                Audience::Biller => leads.billers.spread = spread,
+            }
+        }
+        Ok(leads)
+    }
+
+    async fn audience_sizes(&self) -> Result<BTreeMap<Audience, AudienceSize>, StoreError> {
+        let mut cached = self.sizes.lock().await;
+        if let Some((at, sizes)) = cached.as_ref()
+            && at.elapsed() < SIZES_FRESH_FOR
+        {
+            return Ok(sizes.clone());
+        }
+        let mut sizes = BTreeMap::new();
+        for audience in Audience::ALL {
+            sizes.insert(audience, self.store.audience_sizes(audience).await?);
+        }
+        *cached = Some((std::time::Instant::now(), sizes.clone()));
+        Ok(sizes)
     }
 
     /// One tick: transitions and planning at the instant `clock` reads when it starts, then
@@ -212,9 +304,26 @@ impl Scheduler {
             ..TickReport::default()
         };
         let planning = std::time::Instant::now();
-        for window in self.store.open_windows().await? {
+        report.led = self.store.lead(self.owner(), self.lease()).await?;
+        let windows = if report.led {
+            self.store.open_windows().await?
+        } else {
+            report.leader = self.store.leader().await?;
+            Vec::new()
+        };
+        let leads = if windows.is_empty() {
+            Leads::default()
+        } else {
+            self.leads().await?
+        };
+        for window in windows {
+            if !self.still_leading().await? {
+                report.led = false;
+                report.leader = self.store.leader().await?;
+                break;
+            }
             let window = self.transition(window, now, &mut report).await?;
-            self.plan(&window, now, &mut report, progress).await?;
+            self.plan(&window, now, &leads, &mut report, progress).await?;
             // Raised once for the window's state (its revision), not at every tick; `deliveries
             // summary` shows it for as long as it holds.
             if let Some(alarm) = Alarm::overrun(&window, now)
@@ -249,7 +358,10 @@ impl Scheduler {
     ) -> Result<Window, StoreError> {
         if window.status == WindowStatus::Scheduled && now >= window.schedule.starts_at() {
             let next = window.start(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
+            let Some(superseded) = self.save_transition(&window, &next, now).await? else {
+                return self.store.window(window.id).await;
+            };
+            report.superseded += superseded;
             tracing::info!(window = next.id.0, revision = next.revision, "window started");
             report.transitions.push(Transition {
                 window: next.id.0,
@@ -260,7 +372,10 @@ impl Scheduler {
         }
         if window.status == WindowStatus::InProgress && window.auto_complete && now >= window.schedule.ends_at() {
             let next = window.complete(now).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            report.superseded += self.store.save_change(&window, &next, "scheduler", now).await?;
+            let Some(superseded) = self.save_transition(&window, &next, now).await? else {
+                return self.store.window(window.id).await;
+            };
+            report.superseded += superseded;
             tracing::info!(
                 window = next.id.0,
                 revision = next.revision,
@@ -276,10 +391,34 @@ impl Scheduler {
         Ok(window)
     }
 
+    /// Saves a transition the scheduler makes. `None`: the window changed meanwhile (an
+    /// operator, or another daemon that moved it on first): not an error, the tick goes on with
+    /// the window as it is now.
+    async fn save_transition(
+        &self,
+        old: &Window,
+        next: &Window,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>, StoreError> {
+        match self.store.save_change(old, next, "scheduler", now).await {
+            Ok(n) => Ok(Some(n)),
+            Err(StoreError::Conflict { id, expected }) => {
+                tracing::info!(
+                    window = id.0,
+                    expected,
+                    "window changed meanwhile: its transition is left to the change"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn plan(
         &self,
         window: &Window,
         now: DateTime<Utc>,
+        leads: &Leads,
         report: &mut TickReport,
         progress: ProgressSink<'_>,
     ) -> Result<(), StoreError> {
@@ -287,7 +426,7 @@ impl Scheduler {
         // killed): from the first recipient it had not committed.
         for (decision, after) in self.store.open_fan_outs(window.id, window.revision).await? {
             let Some(n) = self
-                .fan_out(window, &decision, after, progress, &mut report.unreadable)
+                .fan_out(window, &decision, after, now, progress, &mut report.unreadable)
                 .await?
             else {
                 return Ok(());
@@ -301,12 +440,13 @@ impl Scheduler {
             });
         }
         let decided = self.store.decided(window.id, window.revision).await?;
-        for decision in planner::decide(window, &self.policy, &decided, now) {
+        for decision in planner::decide_paced(window, &self.policy, &decided, now, leads) {
             // Recorded before its rows, so an interrupted fan-out is resumed, not re-decided.
             report.superseded += self.store.record_decision(window.id, &decision, now).await?;
             if decision.outcome == Outcome::Planned {
+                self.check_deadline(window, &decision, now, report).await?;
                 let Some(n) = self
-                    .fan_out(window, &decision, RecipientId(0), progress, &mut report.unreadable)
+                    .fan_out(window, &decision, RecipientId(0), now, progress, &mut report.unreadable)
                     .await?
                 else {
                     // The window changed meanwhile: its next revision is planned next tick.
@@ -334,18 +474,97 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Says so, with the numbers, when the capacity cannot finish a planned fan-out by its
+    /// deadline: before any of it is sent.
+    async fn check_deadline(
+        &self,
+        window: &Window,
+        decision: &Decision,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), StoreError> {
+        if !self.capacity.is_limited() {
+            return Ok(());
+        }
+        let sizes = self.audience_sizes().await?;
+        let size = sizes.get(&decision.audience).cloned().unwrap_or_default();
+        let start = decision.due_at.max(now);
+        let plan = planner::pace::fan_out_plan(
+            decision.notice,
+            decision.audience,
+            start,
+            decision.deadline,
+            &size,
+            &self.capacity,
+            start,
+            start,
+        );
+        if !plan.feasible() {
+            tracing::warn!(
+                window = window.id.0,
+                notice = %decision.notice,
+                audience = decision.audience.as_str(),
+                deliveries = plan.total(),
+                start = %plan.start.to_rfc3339(),
+                expected_end = %plan.end.to_rfc3339(),
+                deadline = %plan.deadline.to_rfc3339(),
+                short_by_seconds = -plan.slack().num_seconds(),
+                "the capacity cannot reach everyone before the deadline: what is not sent by then expires"
+            );
+            report.cannot_meet_deadline.push(plan);
+        }
+        Ok(())
+    }
+
+    /// The pacer of a decision's fan-out: slots from when it begins at each channel's rate,
+    /// out of the recipients' quiet hours where the notice keeps them. `None`: nothing to pace.
+    async fn pacer(
+        &self,
+        window: &Window,
+        decision: &Decision,
+        after: RecipientId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Pacer>, StoreError> {
+        let quiet = self
+            .policy
+            .for_audience(decision.audience)
+            .quiet_hours()
+            .filter(|_| planner::pace::keeps_quiet(window, decision.notice, decision.reach, now));
+        if quiet.is_none() && !self.capacity.is_limited() {
+            return Ok(None);
+        }
+        let done = if after == RecipientId(0) {
+            AudienceSize::new()
+        } else {
+            self.store
+                .enqueued_per_channel(window.id, decision.revision, decision.notice, decision.audience)
+                .await?
+        };
+        Ok(Some(Pacer::new(
+            decision.due_at.max(now),
+            decision.deadline,
+            now,
+            self.capacity.clone(),
+            quiet,
+            done,
+        )))
+    }
+
     /// Enqueues a planned decision's deliveries for the recipients after `after`, a page at a
     /// time, each page committed with the fan-out's progress. `None`: the window changed
-    /// meanwhile, and the rest of this revision's fan-out is not enqueued.
+    /// meanwhile, or another daemon leads now, and the rest of this revision's fan-out is not
+    /// enqueued here.
     async fn fan_out(
         &self,
         window: &Window,
         decision: &Decision,
         mut after: RecipientId,
+        now: DateTime<Utc>,
         progress: ProgressSink<'_>,
         unreadable: &mut BTreeMap<i64, String>,
     ) -> Result<Option<u64>, StoreError> {
         let mut enqueued = 0;
+        let mut pacer = self.pacer(window, decision, after, now).await?;
         loop {
             let page = self.store.recipients_page(Some(decision.audience), after, PAGE).await?;
             let Some((first, last)) = page.range() else {
@@ -368,12 +587,23 @@ impl Scheduler {
                 .filter(|r| r.channel == crate::domain::Channel::Webhook)
                 .map(|r| r.recipient)
                 .collect();
-            let rows = if billers.is_empty() {
+            let mut rows = if billers.is_empty() {
                 rows
             } else {
                 let endpoints = self.store.endpoint_routes(&billers).await?;
                 crate::domain::per_endpoint(rows, &endpoints, &window.components)
             };
+            if let Some(pacer) = pacer.as_mut() {
+                let zones: HashMap<RecipientId, Zone> =
+                    page.recipients.iter().map(|r| (r.id, r.profile.zone)).collect();
+                for row in &mut rows {
+                    let zone = zones.get(&row.recipient).copied().unwrap_or_default();
+                    row.due_at = pacer.slot(row.channel, zone);
+                }
+            }
+            if !self.still_leading().await? {
+                return Ok(None);
+            }
             let mark = FanOutPage {
                 window: window.id,
                 revision: decision.revision,
@@ -411,31 +641,46 @@ fn terminal_notice(w: &Window) -> Option<Notice> {
 
 /// The daemon: a tick every `every` on `clock` until `shutdown` is cancelled. A tick in flight
 /// finishes its current batch; a failed tick (the database went away, say) is logged and tried
-/// again at the next one.
+/// again at the next one. Beside the ticks, the daemon beats: it tells the database it is
+/// alive, and paces its backends to its part of their rates among the daemons alive. Stopping,
+/// it gives up the lead and its row.
 pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: CancellationToken) {
-    tracing::info!(tick_seconds = every.as_secs(), "daemon started");
-    while !shutdown.is_cancelled() {
-        let now = clock.now();
-        match scheduler.tick(&clock, &shutdown).await {
-            Ok(r) => {
-                let d = &r.dispatch;
-                if r.enqueued + r.superseded + r.expired + d.claimed + r.released.total() > 0
-                    || !r.transitions.is_empty()
-                {
-                    tracing::info!(
-                        at = %now.to_rfc3339(), enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
-                        released = r.released.returned, released_expired = r.released.expired,
-                        sent = d.sent, possibly_duplicate = d.possibly_duplicate, retrying = d.retried, failed = d.failed,
-                        lost = d.lost, left_claimed = r.left_claimed, "tick"
-                    );
+    tracing::info!(
+        tick_seconds = every.as_secs(),
+        owner = scheduler.owner(),
+        "daemon started"
+    );
+    let beating = CancellationToken::new();
+    let heart = heartbeat(&scheduler, &beating);
+    let ticks = async {
+        while !shutdown.is_cancelled() {
+            let now = clock.now();
+            match scheduler.tick(&clock, &shutdown).await {
+                Ok(r) => {
+                    let d = &r.dispatch;
+                    if r.enqueued + r.superseded + r.expired + d.claimed + r.released.total() > 0
+                        || !r.transitions.is_empty()
+                    {
+                        tracing::info!(
+                            at = %now.to_rfc3339(), led = r.led, enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
+                            released = r.released.returned, released_expired = r.released.expired,
+                            sent = d.sent, possibly_duplicate = d.possibly_duplicate, retrying = d.retried, failed = d.failed,
+                            lost = d.lost, left_claimed = r.left_claimed, "tick"
+                        );
+                    }
                 }
+                Err(e) => tracing::error!(error = %crate::domain::error_chain(&e), "tick failed"),
             }
-            Err(e) => tracing::error!(error = %crate::domain::error_chain(&e), "tick failed"),
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => {}
+            }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => {}
-        }
+        beating.cancel();
+    };
+    tokio::join!(heart, ticks);
+    if let Err(e) = scheduler.store.leave(scheduler.owner()).await {
+        tracing::warn!(error = %crate::domain::error_chain(&e), "cannot give up the lead and the daemon's row");
     }
     match scheduler.dispatcher.left_claimed().await {
         Ok(left_claimed) => tracing::info!(left_claimed, "daemon stopped"),
@@ -443,5 +688,42 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
             error = %crate::domain::error_chain(&e),
             "daemon stopped; cannot count the rows it left claimed"
         ),
+    }
+}
+
+/// Every third of the lease until `stop`: the daemon's row renewed with its totals, and its
+/// share of every backend's rate set from how many daemons are alive.
+async fn heartbeat(scheduler: &Scheduler, stop: &CancellationToken) {
+    let lease = scheduler.lease();
+    let every = (lease / 3).max(Duration::from_millis(200));
+    let share = scheduler.dispatcher.senders().share().clone();
+    let mut last = (std::time::Instant::now(), 0u64);
+    let mut live_before = 0;
+    while !stop.is_cancelled() {
+        let sent = scheduler.dispatcher.sent_total();
+        let seconds = last.0.elapsed().as_secs_f64();
+        let rate = if seconds > 0.0 {
+            (sent - last.1) as f64 / seconds
+        } else {
+            0.0
+        };
+        last = (std::time::Instant::now(), sent);
+        match scheduler.store.beat(scheduler.owner(), lease, sent, rate).await {
+            Ok(live) => {
+                if live != live_before {
+                    tracing::info!(
+                        daemons = live,
+                        "daemons alive: each takes its part of every backend's rate"
+                    );
+                    live_before = live;
+                }
+                share.set(live);
+            }
+            Err(e) => tracing::warn!(error = %crate::domain::error_chain(&e), "cannot record that the daemon is alive"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => {}
+        }
     }
 }

@@ -108,6 +108,29 @@ pub struct RetryPolicy {
     pub retry_after_max: Option<Span>,
 }
 
+/// How many daemons share each backend's rate: each one takes its part, so the gateway sees
+/// the configured rate in all however many run. One per process, set from the live daemons.
+#[derive(Debug, Clone)]
+pub struct Share(Arc<std::sync::atomic::AtomicU32>);
+
+impl Default for Share {
+    fn default() -> Self {
+        Share(Arc::new(std::sync::atomic::AtomicU32::new(1)))
+    }
+}
+
+impl Share {
+    /// `n` daemons (at least one) share the rates from now on.
+    pub fn set(&self, n: u64) {
+        let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        self.0.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+}
+
 /// A sender held to its limits.
 pub struct Limited {
     inner: Arc<dyn Sender>,
@@ -119,17 +142,19 @@ pub struct Limited {
 /// Generic cell rate pacing: a chunk of a batch may start once the theoretical arrival time of
 /// the messages before it, less the burst allowance, has come. Batches are cut into chunks of
 /// at most the burst, so in any second the backend is handed at most rate + burst messages
-/// however large a batch is.
+/// however large a batch is. Shared by `n` daemons, each goes at a rate `n` times slower with
+/// an `n`th of the burst (the same allowance in time).
 struct Pace {
     interval: Duration,
     tolerance: Duration,
     chunk: usize,
+    share: Share,
     tat: Mutex<Instant>,
 }
 
 impl Limited {
     /// Wraps `inner` in the limits that are set; returns it as it is when none is.
-    pub fn wrap(inner: Arc<dyn Sender>, limits: &Limits) -> Arc<dyn Sender> {
+    pub fn wrap(inner: Arc<dyn Sender>, limits: &Limits, share: &Share) -> Arc<dyn Sender> {
         let pace = limits.rate.map(|rate| {
             let interval = Duration::from_secs_f64(1.0 / rate);
             // Unset, the burst is a tenth of a second's worth: batches go in chunks that size.
@@ -140,6 +165,7 @@ impl Limited {
                 interval,
                 tolerance: interval * burst,
                 chunk: usize::try_from(burst).unwrap_or(usize::MAX).max(1),
+                share: share.clone(),
                 tat: Mutex::new(Instant::now()),
             }
         });
@@ -160,11 +186,17 @@ impl Limited {
 impl Pace {
     /// When a batch of `n` messages may start; books its place.
     async fn book(&self, n: usize) -> Instant {
+        let interval = self.interval * self.share.get();
         let mut tat = self.tat.lock().await;
         let now = Instant::now();
         let start = now.max(tat.checked_sub(self.tolerance).unwrap_or(now));
-        *tat = (*tat).max(now) + self.interval * u32::try_from(n).unwrap_or(u32::MAX);
+        *tat = (*tat).max(now) + interval * u32::try_from(n).unwrap_or(u32::MAX);
         start
+    }
+
+    /// Messages per chunk: this daemon's part of the burst.
+    fn chunk(&self) -> usize {
+        self.chunk.div_ceil(self.share.get() as usize).max(1)
     }
 }
 
@@ -189,7 +221,7 @@ impl Sender for Limited {
             };
             // Each chunk waits for its turn and goes; the chunks of one batch are in flight
             // together, each booked in order.
-            let chunks = batch.chunks(pace.chunk).map(|chunk| async move {
+            let chunks = batch.chunks(pace.chunk()).map(|chunk| async move {
                 tokio::time::sleep_until(pace.book(chunk.len()).await).await;
                 self.call(chunk).await
             });
@@ -264,7 +296,7 @@ mod tests {
             burst: Some(10),
             ..Limits::default()
         };
-        let sender = Limited::wrap(inner.clone(), &limits);
+        let sender = Limited::wrap(inner.clone(), &limits, &Share::default());
         let t0 = Instant::now();
         let batch = super::super::sample_sms(10);
         for _ in 0..4 {
@@ -279,6 +311,47 @@ mod tests {
             .collect();
         // Ten a second with ten in hand: the first two batches go at once, then one a second.
         assert_eq!(offsets, [0, 0, 1000, 2000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn daemons_sharing_a_rate_each_take_their_part() {
+        let inner = recorder(Duration::ZERO);
+        let limits = Limits {
+            rate: Some(30.0),
+            burst: Some(30),
+            ..Limits::default()
+        };
+        let share = Share::default();
+        let sender = Limited::wrap(inner.clone(), &limits, &share);
+        // Three daemons: ten a second each, in chunks of ten.
+        share.set(3);
+        let t0 = Instant::now();
+        let batch = super::super::sample_sms(10);
+        for _ in 0..4 {
+            sender.send(&batch).await;
+        }
+        let offsets: Vec<u64> = inner
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| (*s - t0).as_millis() as u64)
+            .collect();
+        assert_eq!(offsets, [0, 0, 1000, 2000]);
+        // One left: the whole rate again, thirty a second, after what was booked before.
+        share.set(1);
+        let t1 = Instant::now();
+        for _ in 0..3 {
+            sender.send(&super::super::sample_sms(30)).await;
+        }
+        let late: Vec<u64> = inner.starts.lock().unwrap()[4..]
+            .iter()
+            .map(|s| (*s - t1).as_millis() as u64)
+            .collect();
+        assert_eq!(late, [1000, 2000, 3000]);
+        assert_eq!(share.get(), 1);
+        share.set(0);
+        assert_eq!(share.get(), 1, "never fewer than one");
     }
 
     /// Messages per simulated second never exceed rate + burst, however the batches are cut.
@@ -306,7 +379,7 @@ mod tests {
             concurrency: Some(3),
             ..Limits::default()
         };
-        let sender = Limited::wrap(inner.clone(), &limits);
+        let sender = Limited::wrap(inner.clone(), &limits, &Share::default());
         let t0 = Instant::now();
         let big = super::super::sample_sms(137);
         let small = super::super::sample_sms(3);
@@ -335,7 +408,7 @@ mod tests {
             timeout: Some(Span::from_secs(2)),
             ..Limits::default()
         };
-        let sender = Limited::wrap(recorder(Duration::from_secs(5)), &limits);
+        let sender = Limited::wrap(recorder(Duration::from_secs(5)), &limits, &Share::default());
         let results = sender.send(&super::super::sample_sms(3)).await;
         assert_eq!(results.len(), 3);
         assert!(results.iter().all(|r| matches!(r, Err(e) if e.is_transient())));
@@ -348,7 +421,7 @@ mod tests {
             rate: Some(1.0),
             ..Limits::default()
         };
-        let sender = Limited::wrap(inner.clone(), &limits);
+        let sender = Limited::wrap(inner.clone(), &limits, &Share::default());
         let mut batch = super::super::sample_sms(2);
         // The first two messages use up two seconds of the rate; the next batch has a
         // deadline one second away, so by its turn one of its messages is late.
@@ -372,7 +445,7 @@ mod tests {
             concurrency: Some(2),
             ..Limits::default()
         };
-        let sender = Limited::wrap(inner.clone(), &limits);
+        let sender = Limited::wrap(inner.clone(), &limits, &Share::default());
         let t0 = Instant::now();
         let batch = super::super::sample_sms(1);
         tokio::join!(

@@ -15,7 +15,7 @@ use super::africastalking::AfricasTalkingConfig;
 use super::console::ConsoleConfig;
 use super::file::FileConfig;
 use super::gateway::GatewayConfig;
-use super::limits::{self, Limited, Limits, RetryPolicy};
+use super::limits::{self, Limited, Limits, RetryPolicy, Share};
 use super::smtp::SmtpConfig;
 use super::twilio::TwilioConfig;
 use super::webhook::WebhookConfig;
@@ -142,6 +142,8 @@ pub struct Route {
 #[derive(Clone)]
 pub struct Senders {
     routes: BTreeMap<Channel, Vec<Route>>,
+    /// How many daemons share every backend's rate.
+    share: Share,
 }
 
 impl std::fmt::Debug for Senders {
@@ -164,6 +166,7 @@ impl Senders {
         context: &BuildContext,
     ) -> Result<Senders, BuildError> {
         super::install_tls_provider();
+        let share = Share::default();
         let mut built: BTreeMap<&str, Route> = BTreeMap::new();
         for (name, config) in senders {
             let fail = |message: String| BuildError::Sender {
@@ -176,7 +179,7 @@ impl Senders {
             built.insert(
                 name,
                 Route {
-                    sender: Limited::wrap(sender, &limits),
+                    sender: Limited::wrap(sender, &limits, &share),
                     retry: limits.retry_policy(),
                     rate: limits.rate,
                 },
@@ -195,7 +198,7 @@ impl Senders {
                 .collect::<Result<Vec<_>, _>>()?;
             routes.insert(*channel, list);
         }
-        Ok(Senders { routes })
+        Ok(Senders { routes, share })
     }
 
     /// Routes made by hand (tests, benchmarks), each backend with the dispatcher's retries.
@@ -214,7 +217,15 @@ impl Senders {
                 (c, list)
             })
             .collect();
-        Senders { routes }
+        Senders {
+            routes,
+            share: Share::default(),
+        }
+    }
+
+    /// How many daemons share the backends' rates: each paces itself to its part.
+    pub fn share(&self) -> &Share {
+        &self.share
     }
 
     /// The rate of the channel's first backend, if limited.

@@ -117,7 +117,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let scan = broadcast::scan(&store, &content, &filter).await?;
 
     if args.dry_run {
-        return dry_run(ctx, &parts, &content, &name, &scan);
+        return dry_run(ctx, &parts, &content, &name, &scan, deadline);
     }
     if scan.recipients == 0 {
         outln!("no recipient matches this audience: nothing to send");
@@ -337,7 +337,14 @@ async fn content(
     Ok((Content::Message(message), deadline))
 }
 
-fn dry_run(ctx: &Ctx, parts: &app::Parts, content: &Content, name: &str, scan: &Scan) -> CliResult {
+fn dry_run(
+    ctx: &Ctx,
+    parts: &app::Parts,
+    content: &Content,
+    name: &str,
+    scan: &Scan,
+    deadline: DateTime<Utc>,
+) -> CliResult {
     let (renderer, senders) = (parts.renderer.as_ref(), &parts.senders);
     let estimate = broadcast::estimate(
         content,
@@ -362,6 +369,9 @@ fn dry_run(ctx: &Ctx, parts: &app::Parts, content: &Content, name: &str, scan: &
     } = &estimate;
     let (segments, cost, longest) = (*segments, *cost, *longest);
     let costs = &ctx.config.costs;
+    // Sent from now at the configured rates: when the last message is expected.
+    let expected_end = ctx.now() + chrono::TimeDelta::milliseconds((longest * 1000.0).ceil() as i64);
+    let meets_deadline = expected_end <= deadline;
     let per_channel = |c: Channel| estimate.messages_on(c);
     if ctx.cli_json {
         let samples: BTreeMap<_, _> = samples
@@ -380,6 +390,7 @@ fn dry_run(ctx: &Ctx, parts: &app::Parts, content: &Content, name: &str, scan: &
             "cost": {"currency": costs.currency, "total": (cost * 100.0).round() / 100.0},
             "seconds": durations.iter().map(|(c, d)| (c.as_str(), *d)).collect::<BTreeMap<_, _>>(),
             "seconds_total": longest,
+            "deadline": deadline.to_rfc3339(), "expected_end": expected_end.to_rfc3339(), "meets_deadline": meets_deadline,
             "samples": samples,
         }));
     }
@@ -435,6 +446,21 @@ fn dry_run(ctx: &Ctx, parts: &app::Parts, content: &Content, name: &str, scan: &
     }
     if longest > 0.0 {
         outln!("estimated fan-out time (channels in parallel): {}", humanize(longest));
+    }
+    if meets_deadline {
+        outln!(
+            "deadline {}: the last message is expected by {} ({} to spare)",
+            deadline.to_rfc3339(),
+            expected_end.to_rfc3339(),
+            humanize((deadline - expected_end).num_milliseconds() as f64 / 1000.0)
+        );
+    } else {
+        outln!(
+            "WARNING: the deadline {} comes before the last message: sent from now at these rates it lands at {}, {} too late, and what is not sent by the deadline expires (raise the backends' rate, add one, or set a later --deadline)",
+            deadline.to_rfc3339(),
+            expected_end.to_rfc3339(),
+            humanize((expected_end - deadline).num_milliseconds() as f64 / 1000.0)
+        );
     }
     for (locale, (sms, email)) in samples {
         if let Rendered::Sms {

@@ -209,6 +209,7 @@ pub async fn run(dir: &Path, customers: u32, json_out: bool) -> CliResult {
         }
         now += step;
     }
+    scheduler.step_down().await.context("giving up the lead")?;
 
     let by_locale = store.locale_summary(window.id).await?;
     let log = store.notice_log(Some(window.id)).await?;

@@ -176,9 +176,12 @@ pub enum Command {
         #[arg(long)]
         print_callback_urls: bool,
     },
-    /// Inspect the delivery ledger
+    /// Inspect the delivery ledger, and pause or resume a window's sending
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// The daemons alive on this database: which one leads (plans and moves windows on), when
+    /// each was last seen, and how fast each is sending
+    Daemons,
     /// Replay the April 2015 M-PESA migration weekend in ./tangazo-demo (SQLite, file outbox)
     Demo {
         /// Folder for the demo's database, configuration and outbox (recreated on each run)
@@ -243,6 +246,17 @@ pub enum DeliveriesCommand {
         /// Say what would be re-queued and what is too late, and change nothing
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Stop every daemon sending a window's deliveries (planning goes on; what reaches its
+    /// deadline while paused expires), until `deliveries resume`
+    Pause {
+        #[arg(long, value_name = "ID")]
+        window: i64,
+    },
+    /// Let the daemons send a paused window's deliveries again
+    Resume {
+        #[arg(long, value_name = "ID")]
+        window: i64,
     },
 }
 
@@ -464,6 +478,9 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Deliveries(DeliveriesCommand::Retry { window, state, dry_run }) => {
             ops::retry(&ctx, window, &state, dry_run).await
         }
+        Command::Deliveries(DeliveriesCommand::Pause { window }) => ops::pause(&ctx, window, true).await,
+        Command::Deliveries(DeliveriesCommand::Resume { window }) => ops::pause(&ctx, window, false).await,
+        Command::Daemons => ops::daemons(&ctx).await,
         Command::Demo { .. } => Ok(()),
     }
 }

@@ -268,10 +268,11 @@ pub async fn run_once(ctx: &Ctx) -> CliResult {
             ),
         }
     };
-    let report = scheduler
-        .tick_reporting(&ctx.clock, &stop, &progress)
-        .await
-        .context("tick")?;
+    let report = scheduler.tick_reporting(&ctx.clock, &stop, &progress).await;
+    // The lead is given up however the tick ended, so a daemon plans at once.
+    let stepped_down = scheduler.step_down().await;
+    let report = report.context("tick")?;
+    stepped_down.context("giving up the lead")?;
     print_tick(ctx, &report)
 }
 
@@ -279,8 +280,17 @@ fn print_tick(ctx: &Ctx, r: &TickReport) -> CliResult {
     if ctx.cli_json {
         return ctx.print_json(r);
     }
+    if !r.led {
+        outln!(
+            "not planned here: {} leads (plans and moves windows on); this run only sent what was due",
+            r.leader.as_deref().unwrap_or("another daemon")
+        );
+    }
     for t in &r.transitions {
         outln!("{t}");
+    }
+    for p in &r.cannot_meet_deadline {
+        outln!("WARNING: {}", super::windows::late_plan_line(p));
     }
     for p in &r.planned {
         outln!("planned   {p}");
@@ -388,6 +398,7 @@ pub async fn daemon(ctx: &Ctx, tick: Option<u64>, listen: Option<&str>, fixed_no
         // The lock says no other daemon is alive: whatever a daemon left claimed is settled
         // now, not after its lease.
         let released = store.release_dead_daemons(&me, clock.now()).await?;
+        store.forget_other_daemons(&me).await?;
         if released.total() > 0 {
             tracing::warn!(
                 returned = released.returned,
@@ -529,6 +540,80 @@ pub async fn retry(ctx: &Ctx, window: i64, state: &str, dry_run: bool) -> CliRes
         done.requeued,
         done.too_late
     );
+    Ok(())
+}
+
+/// `deliveries pause` (`pause`) or `deliveries resume`: every daemon sharing the database stops
+/// or starts claiming the window's deliveries at its next claim.
+pub async fn pause(ctx: &Ctx, window: i64, pause: bool) -> CliResult {
+    let store = ctx.existing_store().await?;
+    let window = window_arg(&store, window, "--window").await?.id;
+    let changed = if pause {
+        store.pause_window(window, &ctx.actor, ctx.now()).await?
+    } else {
+        store.resume_window(window).await?
+    };
+    let pending = store
+        .summary(Some(window))
+        .await?
+        .iter()
+        .filter(|r| r.state == DeliveryState::Pending)
+        .map(|r| r.count)
+        .sum::<i64>();
+    if ctx.cli_json {
+        return ctx.print_json(&json!({"window": window.0, "paused": pause, "changed": changed, "pending": pending}));
+    }
+    match (pause, changed) {
+        (true, true) => outln!(
+            "window {window} paused: no daemon claims its deliveries ({pending} pending) until `tangazo deliveries resume --window {window}`; batches already in flight finish"
+        ),
+        (true, false) => outln!("window {window} was already paused; nothing changed"),
+        (false, true) => outln!("window {window} resumed: its {pending} pending deliveries go out as they fall due"),
+        (false, false) => outln!("window {window} was not paused; nothing changed"),
+    }
+    Ok(())
+}
+
+/// `tangazo daemons`: the live daemons, the leader first.
+pub async fn daemons(ctx: &Ctx) -> CliResult {
+    let store = ctx.existing_store().await?;
+    let daemons = store.daemons().await?;
+    let paused = store.paused_windows().await?;
+    if ctx.cli_json {
+        return ctx.print_json(&json!({"daemons": daemons, "paused_windows": paused}));
+    }
+    if daemons.is_empty() {
+        outln!("no daemon is alive on this database: start one with `tangazo daemon`");
+    } else {
+        outln!(
+            "{:<40} {:<7} {:<26} {:<26} {:>10} {:>8}",
+            "daemon",
+            "role",
+            "started",
+            "last seen",
+            "sent",
+            "per s"
+        );
+        for d in &daemons {
+            outln!(
+                "{:<40} {:<7} {:<26} {:<26} {:>10} {:>8.1}",
+                d.name,
+                if d.leader { "leader" } else { "worker" },
+                d.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                d.seen_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                d.sent,
+                d.rate
+            );
+        }
+    }
+    for p in &paused {
+        outln!(
+            "window {} paused since {} by {}",
+            p.window,
+            p.paused_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            p.actor
+        );
+    }
     Ok(())
 }
 

@@ -10,8 +10,9 @@ use crate::domain::Locale;
 use crate::domain::{
     ComponentId, Localized, NewWindow, Schedule, Window, WindowError, WindowId, Zone, parse_instant, split_list,
 };
+use crate::planner::pace::{AudienceSize, Capacity, FanOutPlan, window_plan};
 use crate::render::format_instant;
-use crate::storage::StoreError;
+use crate::storage::{Store, StoreError};
 
 #[derive(Debug, Subcommand)]
 pub enum WindowCommand {
@@ -182,11 +183,15 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             .map_err(in_zone(zone))?;
             let store = ctx.store().await?;
             let w = store.create_window(new, now, &ctx.actor).await?;
+            let plan = plan_of(ctx, &store, &w).await?;
             if ctx.cli_json {
-                ctx.print_json(&window_json(&w))?;
+                let mut v = window_json(&w);
+                v["cannot_meet_deadline"] = serde_json::to_value(late_only(&plan)).context("encoding the plan")?;
+                ctx.print_json(&v)?;
             } else {
                 outln!("{}", w.id);
             }
+            warn_late(&plan);
             Ok(())
         }
         WindowCommand::Edit {
@@ -267,9 +272,13 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
         WindowCommand::Show { id } => {
             let (store, w) = load(ctx, id).await?;
             let history = store.history(w.id).await?;
+            let plan = plan_of(ctx, &store, &w).await?;
+            let paused = store.paused_windows().await?.into_iter().find(|p| p.window == w.id.0);
             if ctx.cli_json {
                 let mut v = window_json(&w);
                 v["history"] = serde_json::to_value(&history).context("encoding the history")?;
+                v["plan"] = serde_json::to_value(&plan).context("encoding the plan")?;
+                v["paused"] = serde_json::to_value(&paused).context("encoding the pause")?;
                 return ctx.print_json(&v);
             }
             let when = |t| format_instant(t, w.zone, Locale::En, true);
@@ -325,6 +334,15 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
             if w.overrun(now) {
                 outln!("  ALARM        past its planned end and not confirmed complete");
             }
+            if let Some(p) = paused {
+                outln!(
+                    "  PAUSED       since {} by {}: no daemon sends its deliveries until `tangazo deliveries resume --window {}`",
+                    p.paused_at.to_rfc3339(),
+                    p.actor,
+                    w.id
+                );
+            }
+            print_plan(&w, &plan)?;
             outln!("history:");
             for h in history {
                 outln!(
@@ -370,9 +388,12 @@ pub async fn run(ctx: &Ctx, command: WindowCommand) -> CliResult {
 
 async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after: Window) -> CliResult {
     let superseded = store.save_change(before, &after, &ctx.actor, ctx.now()).await?;
+    let plan = plan_of(ctx, store, &after).await?;
+    warn_late(&plan);
     if ctx.cli_json {
         let mut v = window_json(&after);
         v["superseded_deliveries"] = json!(superseded);
+        v["cannot_meet_deadline"] = serde_json::to_value(late_only(&plan)).context("encoding the plan")?;
         return ctx.print_json(&v);
     }
     outln!(
@@ -382,6 +403,108 @@ async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after
         after.revision,
         superseded
     );
+    Ok(())
+}
+
+/// The channels' capacity: the rate of each channel's first backend, where it has one.
+pub(super) fn capacity(config: &crate::config::Config) -> Capacity {
+    Capacity::new(config.channels.iter().filter_map(|(channel, names)| {
+        let first = names.first().and_then(|n| config.senders.get(n))?;
+        first.effective_limits().rate.map(|r| (*channel, r))
+    }))
+}
+
+/// Every fan-out the window still owes, paced at the configured capacity.
+async fn plan_of(ctx: &Ctx, store: &Store, w: &Window) -> CliResult<Vec<FanOutPlan>> {
+    let mut sizes = std::collections::BTreeMap::new();
+    for audience in crate::domain::Audience::ALL {
+        sizes.insert(audience, store.audience_sizes(audience).await?);
+    }
+    let size_of = |a| sizes.get(&a).cloned().unwrap_or_else(AudienceSize::new);
+    Ok(window_plan(
+        w,
+        &ctx.config.policy,
+        &size_of,
+        &capacity(&ctx.config),
+        ctx.now(),
+    ))
+}
+
+fn late_only(plan: &[FanOutPlan]) -> Vec<&FanOutPlan> {
+    plan.iter().filter(|p| !p.feasible()).collect()
+}
+
+/// Each fan-out the capacity cannot finish by its deadline, on standard error.
+fn warn_late(plan: &[FanOutPlan]) {
+    for p in late_only(plan) {
+        errln!("warning: {}", late_plan_line(p));
+    }
+}
+
+/// A fan-out that misses its deadline, with the numbers.
+pub(super) fn late_plan_line(p: &FanOutPlan) -> String {
+    format!(
+        "the {} notice to {} {} cannot all go out before its deadline {}: at the configured rates it needs {} from {}, so the last would land at {}, {} too late; what is not sent by then expires (raise the backends' rate, or add one)",
+        p.notice,
+        p.total(),
+        if p.audience == "customer" {
+            "customer deliveries"
+        } else {
+            "biller deliveries"
+        },
+        p.deadline.to_rfc3339(),
+        span_text(p.end - p.start),
+        p.start.to_rfc3339(),
+        p.end.to_rfc3339(),
+        span_text(-p.slack()),
+    )
+}
+
+fn span_text(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The plan as `window show` prints it: per notice, when its fan-out begins and is expected to
+/// end, its deadline and the slack.
+fn print_plan(w: &Window, plan: &[FanOutPlan]) -> CliResult {
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let when = |t| format_instant(t, w.zone, Locale::En, true);
+    outln!("plan (at the configured rates; times in {}):", w.zone);
+    outln!(
+        "  {:<14} {:<9} {:>10}  {:<28} {:<28} {:<28} slack",
+        "notice",
+        "audience",
+        "deliveries",
+        "fan-out starts",
+        "expected end",
+        "deadline"
+    );
+    for p in plan {
+        let slack = p.slack();
+        let slack = if slack < chrono::TimeDelta::zero() {
+            format!("MISSES by {}", span_text(-slack))
+        } else {
+            span_text(slack)
+        };
+        outln!(
+            "  {:<14} {:<9} {:>10}  {:<28} {:<28} {:<28} {}{}",
+            p.notice,
+            p.audience,
+            p.total(),
+            when(p.start),
+            when(p.end),
+            when(p.deadline),
+            slack,
+            if p.early { "" } else { " (from its moment)" }
+        );
+    }
     Ok(())
 }
 

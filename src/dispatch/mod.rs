@@ -80,6 +80,8 @@ pub struct Dispatcher {
     config: DispatchConfig,
     components: BTreeMap<ComponentId, ComponentNames>,
     owner: String,
+    /// Deliveries this dispatcher recorded sent since it was made.
+    sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Told the running totals after every batch; called from the dispatching task.
@@ -107,7 +109,26 @@ impl Dispatcher {
             config,
             components,
             owner,
+            sent: Arc::default(),
         }
+    }
+
+    /// The name on this dispatcher's claims.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    pub fn senders(&self) -> &Senders {
+        &self.senders
+    }
+
+    /// Deliveries this dispatcher recorded sent since it was made.
+    pub fn sent_total(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Works the queue until nothing is due or `stop` is cancelled (checked between batches: a
@@ -158,6 +179,7 @@ impl Dispatcher {
                 break;
             }
             let r = self.dispatch_batch(claim, clock, &mut cache).await?;
+            self.sent.fetch_add(r.sent, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
                 claimed = r.claimed,
                 sent = r.sent,

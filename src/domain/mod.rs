@@ -10,6 +10,7 @@ mod content;
 mod endpoint;
 mod notice;
 mod policy;
+mod quiet;
 mod recipient;
 mod secret;
 mod signing;
@@ -24,6 +25,7 @@ pub use content::Rendered;
 pub use endpoint::{EndpointRoute, EventType, per_endpoint};
 pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key};
 pub use policy::{AudiencePolicy, Decided, Decision, Outcome, Policy, PolicyError, Reach};
+pub use quiet::{QuietHours, QuietHoursError};
 pub use recipient::{
     Audience, Channel, EmailAddress, Locale, PhoneNumber, Profile, Recipient, RecipientError, RecipientId, quote_prefix,
 };

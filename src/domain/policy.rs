@@ -8,12 +8,13 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{Audience, Notice, Span};
+use super::{Audience, Notice, QuietHours, Span};
 
-/// Reminder offsets for one audience.
+/// Reminder offsets and quiet hours for one audience.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudiencePolicy {
     reminders: Vec<Span>,
+    quiet_hours: Option<QuietHours>,
 }
 
 impl AudiencePolicy {
@@ -25,10 +26,23 @@ impl AudiencePolicy {
         }
         reminders.sort_by(|a, b| b.cmp(a));
         reminders.dedup();
-        Ok(AudiencePolicy { reminders })
+        Ok(AudiencePolicy {
+            reminders,
+            quiet_hours: None,
+        })
     }
+
+    /// The same, with routine notices kept out of `quiet` in each recipient's zone.
+    pub fn with_quiet_hours(self, quiet_hours: Option<QuietHours>) -> AudiencePolicy {
+        AudiencePolicy { quiet_hours, ..self }
+    }
+
     pub fn reminders(&self) -> &[Span] {
         &self.reminders
+    }
+
+    pub fn quiet_hours(&self) -> Option<QuietHours> {
+        self.quiet_hours
     }
 }
 
@@ -51,12 +65,18 @@ impl Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        let positive = |hours: &[i64]| AudiencePolicy {
+        let positive = |hours: &[i64], quiet_hours| AudiencePolicy {
             reminders: hours.iter().map(|h| Span::hours(*h)).collect(),
+            quiet_hours,
         };
+        let night = QuietHours::new(
+            chrono::NaiveTime::from_hms_opt(21, 0, 0).unwrap_or_default(),
+            chrono::NaiveTime::from_hms_opt(7, 0, 0).unwrap_or_default(),
+        )
+        .ok();
         Policy {
-            customers: positive(&[72, 24, 1]),
-            billers: positive(&[168, 72, 24, 1]),
+            customers: positive(&[72, 24, 1], night),
+            billers: positive(&[168, 72, 24, 1], None),
             completed_grace: Span::hours(24),
         }
     }

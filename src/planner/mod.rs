@@ -7,7 +7,11 @@
 //! Two halves:
 //! - [`decide`] looks at the window's current revision and returns one [`Decision`] per
 //!   (notice, audience) that is due, past, or overtaken, each recorded once in the notice log;
-//! - [`fan_out`] turns a planned decision and a stream of recipients into queue rows.
+//! - [`fan_out`] turns a planned decision and a stream of recipients into queue rows;
+//! - [`pace`] says how long a fan-out takes at the channels' capacity, when a reminder must
+//!   begin to end at its time, and each delivery's slot (quiet hours included).
+
+pub mod pace;
 
 use chrono::{DateTime, Utc};
 
@@ -16,8 +20,21 @@ use crate::domain::{
     Span, Window, WindowStatus,
 };
 
-/// What the window's current revision owes now that has not been decided yet.
+/// What the window's current revision owes now that has not been decided yet, unpaced.
 pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime<Utc>) -> Vec<Decision> {
+    decide_paced(window, policy, decided, now, &pace::Leads::default())
+}
+
+/// [`decide`], with each audience's fan-out taking `leads`: a reminder is decided early
+/// enough that its fan-out, begun at `due_at`, ends at its nominal time, and earlier still by
+/// the length of quiet hours where they could leave it no room before its deadline.
+pub fn decide_paced(
+    window: &Window,
+    policy: &Policy,
+    decided: &Decided,
+    now: DateTime<Utc>,
+    leads: &pace::Leads,
+) -> Vec<Decision> {
     let mut out = Vec::new();
     let start = window.schedule.starts_at();
     for audience in Audience::ALL {
@@ -27,6 +44,7 @@ pub fn decide(window: &Window, policy: &Policy, decided: &Decided, now: DateTime
             audience,
             decided,
             now,
+            lead: leads.of(audience),
             out: &mut out,
         };
         use Notice::{Announced, Cancelled, Completed, Rescheduled, Started};
@@ -59,6 +77,7 @@ struct Decider<'a> {
     audience: Audience,
     decided: &'a Decided,
     now: DateTime<Utc>,
+    lead: pace::Lead,
     out: &'a mut Vec<Decision>,
 }
 
@@ -99,6 +118,22 @@ impl Decider<'_> {
         true
     }
 
+    /// How long before its nominal time `due_at` a reminder with `deadline` is decided: its
+    /// fan-out's length, and the length of quiet hours where their end could come too late
+    /// for the deadline (the rows must exist before they begin).
+    fn ahead(&self, due_at: DateTime<Utc>, deadline: DateTime<Utc>) -> chrono::TimeDelta {
+        let quiet = self
+            .lead
+            .quiet_hours
+            .map(crate::domain::QuietHours::length)
+            .unwrap_or_default();
+        if deadline - due_at < quiet + self.lead.spread {
+            self.lead.spread + quiet
+        } else {
+            self.lead.spread
+        }
+    }
+
     /// Reminders of a scheduled window; `offsets` largest first.
     fn reminders(&mut self, offsets: &[Span], primary_planned_now: bool) {
         let start = self.window.schedule.starts_at();
@@ -114,6 +149,19 @@ impl Decider<'_> {
                 self.record(notice, Outcome::Skipped, Reach::Eligible, due_at, start);
             } else if due_at <= self.now {
                 due_now.push(offset);
+            } else if due_at - self.ahead(due_at, start) <= self.now {
+                // Its fan-out must begin before its time to end by then: planned now, its rows
+                // due from when the fan-out begins.
+                self.out.push(Decision {
+                    revision: self.window.revision,
+                    notice,
+                    audience: self.audience,
+                    outcome: Outcome::Planned,
+                    reach: Reach::Eligible,
+                    due_at: (due_at - self.lead.spread).max(self.now),
+                    deadline: start,
+                    supersedes: Vec::new(),
+                });
             }
         }
         let Some((&latest, earlier)) = due_now.split_last() else {

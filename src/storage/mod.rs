@@ -107,6 +107,7 @@ macro_rules! append_history {
 mod access;
 mod attempts;
 mod broadcasts;
+mod cluster;
 mod endpoints;
 mod notices;
 mod queue;
@@ -120,6 +121,7 @@ pub use access::{
     RecipientEvent, StoredAnswer, StoredToken,
 };
 pub use attempts::{Attempt, AttemptInfo};
+pub use cluster::{DaemonInfo, PausedWindow};
 pub use endpoints::{EndpointInfo, NewEndpoint};
 pub use notices::NoticeLogRow;
 pub use queue::{Claim, FanOutPage, Finish, Released};

@@ -101,7 +101,7 @@ pub struct FanOutPage {
 }
 
 /// The database's clock in Unix milliseconds, as a SQL expression of each dialect.
-fn db_now_ms(dialect: Dialect) -> &'static str {
+pub(super) fn db_now_ms(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
         Dialect::Postgres => "(floor(extract(epoch from clock_timestamp()) * 1000))::bigint",
@@ -166,7 +166,7 @@ fn new_token() -> i64 {
     (fingerprint(seed.as_bytes()) >> 1) as i64
 }
 
-fn millis(d: Duration) -> i64 {
+pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -269,7 +269,7 @@ trait MarkSent {
 /// The sent row's lease is cleared and its token kept (see `finish`); a provider id from an
 /// earlier attempt stays unless this one has its own.
 const MARK_SENT: &str = "SET state = 'sent', sent_at = v.at, provider_id = COALESCE(v.pid, deliveries.provider_id), \
-     backend = $1, body_id = $2, last_error = NULL, lease_owner = NULL, lease_until = NULL";
+     backend = $1, body_id = $2, last_error = NULL, lease_until = NULL";
 
 impl MarkSent for sqlx::SqliteConnection {
     async fn mark_sent(
@@ -287,7 +287,7 @@ impl MarkSent for sqlx::SqliteConnection {
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             return Ok(sqlx::query(
                 "UPDATE deliveries SET state = 'sent', sent_at = $5, backend = $1, body_id = $2, last_error = NULL, \
-                 lease_owner = NULL, lease_until = NULL \
+                 lease_until = NULL \
                  WHERE state = 'claimed' AND lease_token = $3 AND id IN (SELECT value FROM json_each($4))",
             )
             .bind(backend)
@@ -417,6 +417,36 @@ impl Store {
             tx.commit().await?;
             Ok(Some(inserted))
         })
+    }
+
+    /// The rows a window's notice has in the queue already, per channel (its own rows, not a
+    /// broadcast's): where a resumed fan-out's pacing goes on from.
+    pub async fn enqueued_per_channel(
+        &self,
+        window: WindowId,
+        revision: u32,
+        notice: Notice,
+        audience: Audience,
+    ) -> Result<std::collections::BTreeMap<crate::domain::Channel, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT d.channel, COUNT(*) FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
+             WHERE d.window_id = $1 AND d.revision = $2 AND d.notice = $3 AND d.broadcast_id IS NULL AND r.kind = $4 \
+             GROUP BY d.channel",
+        )
+        .bind(window.0)
+        .bind(i64::from(revision))
+        .bind(notice.to_string())
+        .bind(audience.as_str())
+        .fetch_all(p)
+        .await?);
+        rows.into_iter()
+            .map(|(c, n)| {
+                let channel = c
+                    .parse()
+                    .map_err(|e: crate::domain::RecipientError| StoreError::Corrupt(e.to_string()))?;
+                Ok((channel, u64::try_from(n).unwrap_or_default()))
+            })
+            .collect()
     }
 
     /// Marks every unsent delivery whose deadline has passed as expired.

@@ -1,14 +1,14 @@
 //! Recipients: upserts by natural key, pages in id order for fan-out, opt-outs, canary seeds,
 //! and who was already told about a window.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::rows::{RECIPIENT_COLUMNS, RecipientRow, join_list};
 use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
-use crate::domain::{Audience, Profile, Recipient, RecipientId, WindowId, fingerprint, to_millis};
+use crate::domain::{Audience, Channel, Profile, Recipient, RecipientId, WindowId, fingerprint, to_millis};
 
 /// Recipients read per page while fanning out (and rows enqueued per transaction).
 pub const PAGE: i64 = 10_000;
@@ -237,6 +237,36 @@ impl Store {
 
     pub async fn count_recipients(&self) -> Result<i64, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_scalar("SELECT COUNT(*) FROM recipients").fetch_one(p).await?))
+    }
+
+    /// Deliveries a notice to everyone of `audience` would make, per channel: recipients not
+    /// opted out (nor canary seeds) reached on it. Components are not looked at, so a window
+    /// that touches only some is overestimated: its pacing errs on the early side.
+    pub async fn audience_sizes(&self, audience: Audience) -> Result<BTreeMap<Channel, u64>, StoreError> {
+        let on = |c: &str, address: &str| {
+            format!(
+                "COALESCE(SUM(CASE WHEN (channels = '' AND {address}) OR (',' || channels || ',') LIKE '%,{c},%' THEN 1 ELSE 0 END), 0)"
+            )
+        };
+        let sql = format!(
+            "SELECT {}, {}, {} FROM recipients WHERE kind = $1 AND opt_out = FALSE AND seed = FALSE",
+            on("sms", "phone IS NOT NULL"),
+            on("email", "email IS NOT NULL"),
+            on("webhook", "FALSE"),
+        );
+        let (sms, email, webhook): (i64, i64, i64) = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql))
+            .bind(audience.as_str())
+            .fetch_one(p)
+            .await?);
+        Ok([
+            (Channel::Sms, sms),
+            (Channel::Email, email),
+            (Channel::Webhook, webhook),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(c, n)| (c, u64::try_from(n).unwrap_or_default()))
+        .collect())
     }
 
     /// Counts by kind and opt-out: `(kind, opted_out, count)`; canary seeds are not counted.

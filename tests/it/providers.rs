@@ -191,7 +191,8 @@ async fn twilio_without_an_answer_in_time_may_have_sent() {
         timeout: Some("1s".parse().unwrap()),
         ..tangazo::channels::Limits::default()
     };
-    let sender = tangazo::channels::limits::Limited::wrap(build(&config), &limits);
+    let sender =
+        tangazo::channels::limits::Limited::wrap(build(&config), &limits, &tangazo::channels::limits::Share::default());
     let results = sender.send(&[sms("0712000006", "slow")]).await;
     assert!(matches!(&results[0], Err(e) if e.may_have_been_sent()), "{results:?}");
     let wrong = toml::from_str::<tangazo::channels::twilio::TwilioConfig>(&format!(
