@@ -6,6 +6,7 @@
 
 mod broadcast;
 mod cli;
+mod cluster;
 mod dispatch;
 mod helpers;
 mod http;
