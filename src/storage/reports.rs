@@ -23,6 +23,8 @@ pub struct DeliveryRow {
     /// The recipient's address on this channel, masked (`+2547•••••678`).
     pub to: String,
     pub last_error: Option<String>,
+    /// Its slot: when it falls due (paced, out of quiet hours).
+    pub due_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub backend: Option<String>,
@@ -53,6 +55,7 @@ struct DeliveryListRow {
     phone: Option<String>,
     email: Option<String>,
     last_error: Option<String>,
+    due_at: i64,
     deadline: i64,
     sent_at: Option<i64>,
     backend: Option<String>,
@@ -153,7 +156,7 @@ impl Store {
         let (after, limit) = page.unwrap_or((0, i64::MAX));
         let rows: Vec<DeliveryListRow> = on_pool!(self, p => sqlx::query_as(
             "SELECT d.id, d.broadcast_id, d.revision, d.notice, d.channel, d.state, d.attempts, d.recipient_id, r.phone, r.email, \
-             d.last_error, d.deadline, d.sent_at, d.backend, d.possibly_duplicate, d.handset \
+             d.last_error, d.due_at, d.deadline, d.sent_at, d.backend, d.possibly_duplicate, d.handset \
              FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
              WHERE d.window_id = $1 AND ($2 IS NULL OR d.state = $2) AND d.id > $3 ORDER BY d.id LIMIT $4",
         )
@@ -185,6 +188,7 @@ impl Store {
                     recipient_id: r.recipient_id,
                     to,
                     last_error: r.last_error,
+                    due_at: instant("delivery", r.id, r.due_at)?,
                     deadline: instant("delivery", r.id, r.deadline)?,
                     sent_at: r.sent_at.map(|t| instant("delivery", r.id, t)).transpose()?,
                     backend: r.backend,

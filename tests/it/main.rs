@@ -13,6 +13,7 @@ mod http;
 mod import;
 mod ledger;
 mod openapi;
+mod pacing;
 mod providers;
 mod readme;
 mod scheduler;
