@@ -202,7 +202,11 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(store: Store, policy: Policy, dispatcher: Dispatcher) -> Scheduler {
         let senders = dispatcher.senders();
-        let capacity = Capacity::new(Channel::ALL.into_iter().filter_map(|c| senders.rate(c).map(|r| (c, r))));
+        let firsts: Vec<(Channel, &str, Option<f64>)> = Channel::ALL
+            .into_iter()
+            .filter_map(|c| senders.route(c).first().map(|r| (c, r.sender.name(), r.rate)))
+            .collect();
+        let capacity = Capacity::of_first_backends(&firsts);
         Scheduler {
             store,
             policy,
@@ -224,6 +228,11 @@ impl Scheduler {
     /// Gives up the lead (at the end of a run), so another process plans at once.
     pub async fn step_down(&self) -> Result<(), StoreError> {
         self.store.step_down(self.owner()).await
+    }
+
+    /// The dispatcher that sends for this scheduler.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
     }
 
     /// Whether this scheduler (still) leads; renews the lease. A leader that was paused past
@@ -540,11 +549,18 @@ impl Scheduler {
                 .enqueued_per_channel(window.id, decision.revision, decision.notice, decision.audience)
                 .await?
         };
+        let rates = if self.capacity.is_limited() {
+            let sizes = self.audience_sizes().await?;
+            self.capacity
+                .rates(&sizes.get(&decision.audience).cloned().unwrap_or_default())
+        } else {
+            BTreeMap::new()
+        };
         Ok(Some(Pacer::new(
             decision.due_at.max(now),
             decision.deadline,
             now,
-            self.capacity.clone(),
+            rates,
             quiet,
             done,
         )))
@@ -641,17 +657,14 @@ fn terminal_notice(w: &Window) -> Option<Notice> {
 
 /// The daemon: a tick every `every` on `clock` until `shutdown` is cancelled. A tick in flight
 /// finishes its current batch; a failed tick (the database went away, say) is logged and tried
-/// again at the next one. Beside the ticks, the daemon beats: it tells the database it is
-/// alive, and paces its backends to its part of their rates among the daemons alive. Stopping,
-/// it gives up the lead and its row.
+/// again at the next one. It takes part in the deployment's rates while it runs (see
+/// [`taking_part`]); stopping, it gives up the lead and its row.
 pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: CancellationToken) {
     tracing::info!(
         tick_seconds = every.as_secs(),
         owner = scheduler.owner(),
         "daemon started"
     );
-    let beating = CancellationToken::new();
-    let heart = heartbeat(&scheduler, &beating);
     let ticks = async {
         while !shutdown.is_cancelled() {
             let now = clock.now();
@@ -676,12 +689,8 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
                 _ = shutdown.cancelled() => {}
             }
         }
-        beating.cancel();
     };
-    tokio::join!(heart, ticks);
-    if let Err(e) = scheduler.store.leave(scheduler.owner()).await {
-        tracing::warn!(error = %crate::domain::error_chain(&e), "cannot give up the lead and the daemon's row");
-    }
+    taking_part(&scheduler.dispatcher, ticks).await;
     match scheduler.dispatcher.left_claimed().await {
         Ok(left_claimed) => tracing::info!(left_claimed, "daemon stopped"),
         Err(e) => tracing::info!(
@@ -691,16 +700,32 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
     }
 }
 
-/// Every third of the lease until `stop`: the daemon's row renewed with its totals, and its
-/// share of every backend's rate set from how many daemons are alive.
-async fn heartbeat(scheduler: &Scheduler, stop: &CancellationToken) {
-    let lease = scheduler.lease();
+/// Runs `work` with `dispatcher` taking part in the deployment's rates: every third of the
+/// lease it records that it is alive (with its totals) and paces its backends to its part of
+/// each rate among the processes alive. When `work` ends it leaves: its row goes, and the
+/// lead if it held it. The daemon, `run-once` and `broadcast` send this way.
+pub async fn taking_part<T>(dispatcher: &Dispatcher, work: impl std::future::Future<Output = T>) -> T {
+    let stop = CancellationToken::new();
+    let work = async {
+        let out = work.await;
+        stop.cancel();
+        out
+    };
+    let (out, ()) = tokio::join!(work, heartbeat(dispatcher, &stop));
+    if let Err(e) = dispatcher.store().leave(dispatcher.owner()).await {
+        tracing::warn!(error = %crate::domain::error_chain(&e), "cannot give up the lead and this process's row");
+    }
+    out
+}
+
+async fn heartbeat(dispatcher: &Dispatcher, stop: &CancellationToken) {
+    let lease = dispatcher.config().lease.to_std();
     let every = (lease / 3).max(Duration::from_millis(200));
-    let share = scheduler.dispatcher.senders().share().clone();
+    let share = dispatcher.senders().share().clone();
     let mut last = (std::time::Instant::now(), 0u64);
     let mut live_before = 0;
     while !stop.is_cancelled() {
-        let sent = scheduler.dispatcher.sent_total();
+        let sent = dispatcher.sent_total();
         let seconds = last.0.elapsed().as_secs_f64();
         let rate = if seconds > 0.0 {
             (sent - last.1) as f64 / seconds
@@ -708,18 +733,20 @@ async fn heartbeat(scheduler: &Scheduler, stop: &CancellationToken) {
             0.0
         };
         last = (std::time::Instant::now(), sent);
-        match scheduler.store.beat(scheduler.owner(), lease, sent, rate).await {
+        match dispatcher.store().beat(dispatcher.owner(), lease, sent, rate).await {
             Ok(live) => {
                 if live != live_before {
                     tracing::info!(
                         daemons = live,
-                        "daemons alive: each takes its part of every backend's rate"
+                        "processes sending: each takes its part of every backend's rate"
                     );
                     live_before = live;
                 }
                 share.set(live);
             }
-            Err(e) => tracing::warn!(error = %crate::domain::error_chain(&e), "cannot record that the daemon is alive"),
+            Err(e) => {
+                tracing::warn!(error = %crate::domain::error_chain(&e), "cannot record that this process is alive")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -655,21 +655,22 @@ async fn send(
     let started = Instant::now();
     let last_line = Mutex::new(Instant::now());
     let quiet = ctx.cli_json;
-    let report = dispatcher
-        .run_scoped(&ctx.clock, Some(broadcast), stop, &|r| {
-            let done = already + r.sent + r.failed + r.expired;
-            let Ok(mut last_line) = last_line.lock() else { return };
-            match &bar {
-                Some(bar) => bar.set_position(done),
-                None if !quiet && last_line.elapsed() >= Duration::from_secs(2) => {
-                    *last_line = Instant::now();
-                    let rate = (r.sent + r.failed + r.expired) as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    // A closed stdout ends the command after this batch, at `finish`.
-                    let _ = super::write_stdout(format_args!("… {done}/{total} sent or settled ({rate:.0}/s)\n"));
-                }
-                None => {}
+    let progress = |r: &DispatchReport| {
+        let done = already + r.sent + r.failed + r.expired;
+        let Ok(mut last_line) = last_line.lock() else { return };
+        match &bar {
+            Some(bar) => bar.set_position(done),
+            None if !quiet && last_line.elapsed() >= Duration::from_secs(2) => {
+                *last_line = Instant::now();
+                let rate = (r.sent + r.failed + r.expired) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                // A closed stdout ends the command after this batch, at `finish`.
+                let _ = super::write_stdout(format_args!("… {done}/{total} sent or settled ({rate:.0}/s)\n"));
             }
-        })
+            None => {}
+        }
+    };
+    let sending = dispatcher.run_scoped(&ctx.clock, Some(broadcast), stop, &progress);
+    let report = crate::scheduler::taking_part(dispatcher, sending)
         .await
         .context("sending")?;
     if let Some(bar) = bar {

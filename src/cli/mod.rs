@@ -179,8 +179,9 @@ pub enum Command {
     /// Inspect the delivery ledger, and pause or resume a window's sending
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
-    /// The daemons alive on this database: which one leads (plans and moves windows on), when
-    /// each was last seen, and how fast each is sending
+    /// The processes sending from this database (daemons, and run-once or broadcast while they
+    /// run): which one leads (plans and moves windows on), when each was last seen, and how
+    /// fast each is sending. Each takes an even part of every backend's rate
     Daemons,
     /// Replay the April 2015 M-PESA migration weekend in ./tangazo-demo (SQLite, file outbox)
     Demo {

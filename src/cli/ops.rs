@@ -268,7 +268,8 @@ pub async fn run_once(ctx: &Ctx) -> CliResult {
             ),
         }
     };
-    let report = scheduler.tick_reporting(&ctx.clock, &stop, &progress).await;
+    let tick = scheduler.tick_reporting(&ctx.clock, &stop, &progress);
+    let report = crate::scheduler::taking_part(scheduler.dispatcher(), tick).await;
     // The lead is given up however the tick ended, so a daemon plans at once.
     let stepped_down = scheduler.step_down().await;
     let report = report.context("tick")?;

@@ -408,10 +408,16 @@ async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after
 
 /// The channels' capacity: the rate of each channel's first backend, where it has one.
 pub(super) fn capacity(config: &crate::config::Config) -> Capacity {
-    Capacity::new(config.channels.iter().filter_map(|(channel, names)| {
-        let first = names.first().and_then(|n| config.senders.get(n))?;
-        first.effective_limits().rate.map(|r| (*channel, r))
-    }))
+    let firsts: Vec<(crate::domain::Channel, &str, Option<f64>)> = config
+        .channels
+        .iter()
+        .filter_map(|(channel, names)| {
+            let name = names.first()?;
+            let rate = config.senders.get(name).and_then(|s| s.effective_limits().rate);
+            Some((*channel, name.as_str(), rate))
+        })
+        .collect();
+    Capacity::of_first_backends(&firsts)
 }
 
 /// Every fan-out the window still owes, paced at the configured capacity.

@@ -113,6 +113,10 @@ impl Dispatcher {
         }
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The name on this dispatcher's claims.
     pub fn owner(&self) -> &str {
         &self.owner

@@ -12,18 +12,33 @@ use serde::Serialize;
 
 use crate::domain::{Audience, Channel, Notice, NoticeKind, Policy, QuietHours, Reach, Window, WindowStatus, Zone};
 
-/// Messages per second each channel can take, where limited.
+/// Messages per second each channel's first backend takes, where limited, and which backend
+/// that is: channels sent through the same backend share its rate.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Capacity(BTreeMap<Channel, f64>);
+pub struct Capacity(BTreeMap<Channel, (String, f64)>);
 
 impl Capacity {
-    /// Rates per channel; rates that are not positive and finite are left out (unlimited).
+    /// Rates per channel, each channel its own backend; rates that are not positive and finite
+    /// are left out (unlimited).
     pub fn new(rates: impl IntoIterator<Item = (Channel, f64)>) -> Capacity {
-        Capacity(rates.into_iter().filter(|(_, r)| r.is_finite() && *r > 0.0).collect())
+        Capacity(
+            rates
+                .into_iter()
+                .filter(|(_, r)| r.is_finite() && *r > 0.0)
+                .map(|(c, r)| (c, (c.as_str().to_owned(), r)))
+                .collect(),
+        )
     }
 
-    pub fn rate(&self, channel: Channel) -> Option<f64> {
-        self.0.get(&channel).copied()
+    /// From each channel's first backend: its name and its rate.
+    pub fn of_first_backends(firsts: &[(Channel, &str, Option<f64>)]) -> Capacity {
+        Capacity(
+            firsts
+                .iter()
+                .filter_map(|(c, name, rate)| rate.map(|r| (*c, ((*name).to_owned(), r))))
+                .filter(|(_, (_, r))| r.is_finite() && *r > 0.0)
+                .collect(),
+        )
     }
 
     /// Whether any channel is paced at all.
@@ -31,11 +46,36 @@ impl Capacity {
         !self.0.is_empty()
     }
 
+    /// The rate each limited channel gets for a fan-out of `sizes`: a backend that several
+    /// channels share is split between them in proportion to their deliveries, so they end
+    /// together.
+    pub fn rates(&self, sizes: &AudienceSize) -> BTreeMap<Channel, f64> {
+        let size = |c: &Channel| sizes.get(c).copied().unwrap_or(0);
+        self.0
+            .iter()
+            .map(|(c, (backend, rate))| {
+                let on_backend: u64 = self
+                    .0
+                    .iter()
+                    .filter(|(_, (b, _))| b == backend)
+                    .map(|(o, _)| size(o))
+                    .sum();
+                let share = if on_backend == 0 || size(c) == 0 {
+                    1.0
+                } else {
+                    size(c) as f64 / on_backend as f64
+                };
+                (*c, rate * share)
+            })
+            .collect()
+    }
+
     /// How long the fan-out of `sizes` deliveries per channel takes: its slowest channel.
     pub fn spread(&self, sizes: &AudienceSize) -> TimeDelta {
+        let rates = self.rates(sizes);
         sizes
             .iter()
-            .filter_map(|(c, &n)| self.rate(*c).map(|r| seconds(n as f64 / r)))
+            .filter_map(|(c, &n)| rates.get(c).map(|r| seconds(n as f64 / r)))
             .max()
             .unwrap_or_default()
     }
@@ -100,7 +140,8 @@ pub struct Pacer {
     start: DateTime<Utc>,
     deadline: DateTime<Utc>,
     now: DateTime<Utc>,
-    capacity: Capacity,
+    /// Messages per second of each paced channel.
+    rates: BTreeMap<Channel, f64>,
     quiet_hours: Option<QuietHours>,
     ranks: BTreeMap<Channel, u64>,
     /// Unpaced slots out of quiet hours, by zone: the same for every recipient of a zone.
@@ -108,13 +149,14 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// A pacer for a fan-out starting at `start`; `done` counts the rows already enqueued per
-    /// channel (a resumed fan-out goes on from there).
+    /// A pacer for a fan-out starting at `start` at `rates` (per channel; see
+    /// [`Capacity::rates`]); `done` counts the rows already enqueued per channel (a resumed
+    /// fan-out goes on from there).
     pub fn new(
         start: DateTime<Utc>,
         deadline: DateTime<Utc>,
         now: DateTime<Utc>,
-        capacity: Capacity,
+        rates: BTreeMap<Channel, f64>,
         quiet_hours: Option<QuietHours>,
         done: AudienceSize,
     ) -> Pacer {
@@ -122,7 +164,7 @@ impl Pacer {
             start,
             deadline,
             now,
-            capacity,
+            rates,
             quiet_hours,
             ranks: done,
             unpaced: std::collections::HashMap::new(),
@@ -131,14 +173,14 @@ impl Pacer {
 
     /// Whether slots differ at all from the start.
     pub fn is_active(&self) -> bool {
-        self.capacity.is_limited() || self.quiet_hours.is_some()
+        !self.rates.is_empty() || self.quiet_hours.is_some()
     }
 
     /// The next slot on `channel` for a recipient in `zone`.
     pub fn slot(&mut self, channel: Channel, zone: Zone) -> DateTime<Utc> {
         let rank = self.ranks.entry(channel).or_default();
         *rank += 1;
-        let Some(rate) = self.capacity.rate(channel) else {
+        let Some(&rate) = self.rates.get(&channel) else {
             let (start, deadline, now) = (self.start, self.deadline, self.now);
             return match self.quiet_hours {
                 Some(q) => *self
@@ -294,4 +336,253 @@ pub fn window_plan(
     }
     out.sort_by_key(|p| (p.start, p.audience));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::domain::{Localized, NewWindow, Schedule, Span, WindowId};
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2015, 4, 17, h, m, 0).unwrap()
+    }
+
+    fn sms(n: u64) -> AudienceSize {
+        AudienceSize::from([(Channel::Sms, n)])
+    }
+
+    fn window(start: DateTime<Utc>, created: DateTime<Utc>) -> Window {
+        let new = NewWindow {
+            title: Localized {
+                en: "Data centre move".into(),
+                sw: None,
+            },
+            description: Localized::default(),
+            components: vec!["send-money".parse().unwrap()],
+            schedule: Schedule::new(start, start + TimeDelta::hours(48)).unwrap(),
+            zone: Zone::NAIROBI,
+            auto_complete: false,
+        };
+        Window::create(WindowId(1), new.validate(created).unwrap(), created)
+    }
+
+    #[test]
+    fn a_fan_out_takes_as_long_as_its_slowest_channel() {
+        let capacity = Capacity::new([
+            (Channel::Sms, 1000.0),
+            (Channel::Email, 5000.0),
+            (Channel::Webhook, 0.0),
+        ]);
+        let rate = |c, sizes: &AudienceSize| capacity.rates(sizes).get(&c).copied();
+        // 21 million SMS at 1,000 a second: 5 h 50 min.
+        assert_eq!(capacity.spread(&sms(21_000_000)), TimeDelta::seconds(21_000));
+        let mixed = AudienceSize::from([
+            (Channel::Sms, 1_000),
+            (Channel::Email, 10_000),
+            (Channel::Webhook, 1 << 40),
+        ]);
+        assert_eq!(
+            capacity.spread(&mixed),
+            TimeDelta::seconds(2),
+            "email is slowest; webhooks unlimited"
+        );
+        assert_eq!(Capacity::default().spread(&mixed), TimeDelta::zero());
+        assert!(!Capacity::new([(Channel::Sms, f64::NAN)]).is_limited());
+        assert_eq!(rate(Channel::Sms, &mixed), Some(1000.0));
+        assert_eq!(rate(Channel::Webhook, &mixed), None);
+        // SMS and email through one backend at 1,000 a second, three SMS for each email: they
+        // share it 750/250 and end together, 4 s for 4,000.
+        let shared = Capacity::of_first_backends(&[
+            (Channel::Sms, "gateway", Some(1000.0)),
+            (Channel::Email, "gateway", Some(1000.0)),
+            (Channel::Webhook, "hooks", None),
+        ]);
+        let sizes = AudienceSize::from([(Channel::Sms, 3000), (Channel::Email, 1000)]);
+        let rates = shared.rates(&sizes);
+        assert_eq!((rates[&Channel::Sms], rates[&Channel::Email]), (750.0, 250.0));
+        assert_eq!(shared.spread(&sizes), TimeDelta::seconds(4));
+        assert_eq!(
+            shared.rates(&sms(10))[&Channel::Sms],
+            1000.0,
+            "alone on it, SMS has it all"
+        );
+    }
+
+    #[test]
+    fn a_reminder_begins_early_enough_to_end_at_its_time() {
+        let capacity = Capacity::new([(Channel::Sms, 1000.0)]);
+        let nominal = at(21, 0);
+        let plan = fan_out_plan(
+            Notice::reminder(Span::hours(24)),
+            Audience::Customer,
+            nominal,
+            nominal + TimeDelta::hours(24),
+            &sms(21_000_000),
+            &capacity,
+            at(0, 0) - TimeDelta::days(7),
+            at(0, 0),
+        );
+        assert!(plan.early);
+        assert_eq!(
+            plan.start,
+            nominal - TimeDelta::seconds(21_000),
+            "about six hours early"
+        );
+        assert_eq!(plan.end, nominal);
+        assert_eq!(plan.slack(), TimeDelta::hours(24));
+        assert!(plan.feasible());
+        // Decided late, it begins now and ends later than its time, still within its deadline.
+        let late = fan_out_plan(
+            Notice::reminder(Span::hours(24)),
+            Audience::Customer,
+            nominal,
+            nominal + TimeDelta::hours(24),
+            &sms(21_000_000),
+            &capacity,
+            at(0, 0) - TimeDelta::days(7),
+            at(18, 0),
+        );
+        assert_eq!(
+            (late.start, late.end),
+            (at(18, 0), at(18, 0) + TimeDelta::seconds(21_000))
+        );
+    }
+
+    #[test]
+    fn started_is_spread_from_its_moment_and_an_impossible_deadline_shows() {
+        let capacity = Capacity::new([(Channel::Sms, 1000.0)]);
+        let start = at(21, 0);
+        let plan = fan_out_plan(
+            Notice::Started,
+            Audience::Customer,
+            start,
+            start + TimeDelta::hours(2),
+            &sms(21_000_000),
+            &capacity,
+            start,
+            start - TimeDelta::hours(30),
+        );
+        assert!(!plan.early);
+        assert_eq!(plan.start, start, "not before its moment");
+        assert_eq!(plan.end, start + TimeDelta::seconds(21_000));
+        assert!(!plan.feasible());
+        assert_eq!(plan.slack(), TimeDelta::hours(2) - TimeDelta::seconds(21_000));
+        assert_eq!(plan.total(), 21_000_000);
+    }
+
+    #[test]
+    fn slots_follow_each_channels_rate_and_a_resumed_fan_out_goes_on() {
+        let capacity = Capacity::new([(Channel::Sms, 4.0)]);
+        let begin = at(10, 0);
+        let mut p = Pacer::new(
+            begin,
+            at(21, 0),
+            begin,
+            capacity.rates(&sms(5)),
+            None,
+            AudienceSize::new(),
+        );
+        assert!(p.is_active());
+        let slots: Vec<_> = (0..5).map(|_| p.slot(Channel::Sms, Zone::NAIROBI)).collect();
+        let ms: Vec<i64> = slots.iter().map(|s| (*s - begin).num_milliseconds()).collect();
+        assert_eq!(ms, [0, 250, 500, 750, 1000]);
+        assert_eq!(p.slot(Channel::Email, Zone::NAIROBI), begin, "email is not paced");
+        // Resumed after 8 SMS rows: the ninth is 2 s in.
+        let mut resumed = Pacer::new(begin, at(21, 0), begin, capacity.rates(&sms(9)), None, sms(8));
+        assert_eq!(resumed.slot(Channel::Sms, Zone::NAIROBI), begin + TimeDelta::seconds(2));
+        let idle = Pacer::new(begin, at(21, 0), begin, BTreeMap::new(), None, AudienceSize::new());
+        assert!(!idle.is_active());
+    }
+
+    #[test]
+    fn slots_leave_quiet_hours_in_the_recipients_zone() {
+        let night: QuietHours = "21:00-07:00".parse().unwrap();
+        // 19:30 UTC: 22:30 in Nairobi (quiet), 20:30 in London (not).
+        let begin = at(19, 30);
+        let london: Zone = "Europe/London".parse().unwrap();
+        let mut p = Pacer::new(
+            begin,
+            begin + TimeDelta::days(1),
+            begin,
+            BTreeMap::new(),
+            Some(night),
+            AudienceSize::new(),
+        );
+        assert_eq!(p.slot(Channel::Sms, london), begin);
+        assert_eq!(p.slot(Channel::Sms, Zone::NAIROBI), at(4, 0) + TimeDelta::days(1));
+        assert_eq!(
+            p.slot(Channel::Sms, Zone::NAIROBI),
+            at(4, 0) + TimeDelta::days(1),
+            "the same for the zone"
+        );
+    }
+
+    #[test]
+    fn what_keeps_quiet_hours() {
+        let start = at(21, 0);
+        let w = window(start, start - TimeDelta::days(5));
+        let now = start - TimeDelta::days(3);
+        assert!(keeps_quiet(&w, Notice::Announced, Reach::Eligible, now));
+        assert!(keeps_quiet(&w, Notice::reminder(Span::hours(1)), Reach::Eligible, now));
+        assert!(!keeps_quiet(&w, Notice::Started, Reach::Eligible, now));
+        assert!(!keeps_quiet(&w, Notice::Cancelled, Reach::AlreadyTold, now));
+        // A change: kept quiet days ahead, not within 24 h of the start.
+        let moved = w
+            .reschedule(
+                Schedule::new(start + TimeDelta::hours(2), start + TimeDelta::hours(50)).unwrap(),
+                now,
+            )
+            .unwrap();
+        assert!(keeps_quiet(&moved, Notice::Rescheduled, Reach::AlreadyTold, now));
+        assert!(keeps_quiet(&moved, Notice::Announced, Reach::NotYetTold, now));
+        let close = start - TimeDelta::hours(20);
+        assert!(!keeps_quiet(&moved, Notice::Rescheduled, Reach::AlreadyTold, close));
+        assert!(!keeps_quiet(&moved, Notice::Announced, Reach::NotYetTold, close));
+    }
+
+    #[test]
+    fn a_window_plan_lists_what_is_still_owed() {
+        let start = at(21, 0);
+        let created = start - TimeDelta::days(5);
+        let w = window(start, created);
+        let capacity = Capacity::new([(Channel::Sms, 1000.0)]);
+        let sizes = |a: Audience| match a {
+            Audience::Customer => sms(21_000_000),
+            Audience::Biller => AudienceSize::new(),
+        };
+        let plan = window_plan(&w, &Policy::default(), &sizes, &capacity, created);
+        let customers: Vec<(&str, bool)> = plan
+            .iter()
+            .filter(|p| p.audience == "customer")
+            .map(|p| (p.notice.as_str(), p.feasible()))
+            .collect();
+        assert_eq!(
+            customers,
+            [
+                ("announced", true),
+                ("reminder:72h", true),
+                ("reminder:24h", true),
+                ("reminder:1h", true),
+                ("started", true),
+                ("completed", true),
+            ]
+        );
+        let one_hour = plan
+            .iter()
+            .find(|p| p.notice == "reminder:1h" && p.audience == "customer")
+            .unwrap();
+        assert_eq!(one_hour.end, start - TimeDelta::hours(1));
+        assert_eq!(one_hour.start, start - TimeDelta::hours(1) - TimeDelta::seconds(21_000));
+        // A window starting in an hour cannot announce itself to 21 million at 1,000 a second.
+        let soon = window(created + TimeDelta::hours(1), created);
+        let plan = window_plan(&soon, &Policy::default(), &sizes, &capacity, created);
+        let announced = plan
+            .iter()
+            .find(|p| p.notice == "announced" && p.audience == "customer")
+            .unwrap();
+        assert!(!announced.feasible());
+        assert_eq!(-announced.slack(), TimeDelta::seconds(21_000) - TimeDelta::hours(1));
+    }
 }

@@ -379,3 +379,77 @@ fn deciding_again_yields_nothing_new() {
     let decided: Decided = first.iter().map(|d| (d.notice, d.audience)).collect();
     assert!(decide(&w, &policy, &decided, start() - hours(30)).is_empty());
 }
+
+#[test]
+fn a_paced_reminder_is_decided_its_fan_out_ahead_and_due_when_the_fan_out_begins() {
+    let created = start() - hours(24 * 5);
+    let w = window_created_at(created);
+    let policy = Policy::default();
+    let leads = pace::Leads {
+        customers: pace::Lead {
+            spread: hours(6),
+            quiet_hours: None,
+        },
+        billers: pace::Lead::default(),
+    };
+    let reminder = Notice::reminder(Span::hours(24));
+    let due = |now| {
+        let decided: Decided = [Notice::Announced, Notice::reminder(Span::hours(72))]
+            .into_iter()
+            .flat_map(|n| [(n, Audience::Customer), (n, Audience::Biller)])
+            .collect();
+        decide_paced(&w, &policy, &decided, now, &leads)
+            .into_iter()
+            .filter(|d| d.audience == Audience::Customer && d.notice == reminder)
+            .collect::<Vec<_>>()
+    };
+    let nominal = start() - hours(24);
+    assert!(due(nominal - hours(6) - TimeDelta::minutes(1)).is_empty());
+    let d = due(nominal - hours(6));
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].outcome, d[0].due_at, d[0].deadline),
+        (Outcome::Planned, nominal - hours(6), start())
+    );
+    // Decided late (the daemon was down), its fan-out begins at once.
+    let late = due(nominal - hours(2));
+    assert_eq!(late[0].due_at, nominal - hours(2));
+    // Unpaced, nothing changes: decided at its time.
+    assert!(
+        decide(&w, &policy, &Decided::new(), nominal - hours(1))
+            .iter()
+            .all(|d| d.notice != reminder || d.audience != Audience::Customer || d.outcome != Outcome::Planned)
+    );
+}
+
+#[test]
+fn quiet_hours_decide_a_close_reminder_ahead_by_their_length() {
+    let created = start() - hours(24 * 5);
+    let w = window_created_at(created);
+    let policy = Policy::default();
+    let night: crate::domain::QuietHours = "21:00-07:00".parse().unwrap();
+    let leads = pace::Leads {
+        customers: pace::Lead {
+            spread: TimeDelta::zero(),
+            quiet_hours: Some(night),
+        },
+        billers: pace::Lead::default(),
+    };
+    let decided: Decided = [
+        Notice::Announced,
+        Notice::reminder(Span::hours(72)),
+        Notice::reminder(Span::hours(24)),
+    ]
+    .into_iter()
+    .flat_map(|n| [(n, Audience::Customer), (n, Audience::Biller)])
+    .collect();
+    let one_hour = Notice::reminder(Span::hours(1));
+    let planned_at = |now| {
+        decide_paced(&w, &policy, &decided, now, &leads)
+            .iter()
+            .any(|d| d.audience == Audience::Customer && d.notice == one_hour && d.outcome == Outcome::Planned)
+    };
+    // An hour before the start is ten hours too close for quiet hours: decided eleven ahead.
+    assert!(!planned_at(start() - hours(11) - TimeDelta::minutes(1)));
+    assert!(planned_at(start() - hours(11)));
+}

@@ -1083,3 +1083,132 @@ fn a_cancellation_reason_is_read_in_each_language() {
     }
     assert!(emails.iter().any(|m| m["locale"] == "sw"));
 }
+
+/// The operator's view of pacing: `window show` prints the plan of every notice still owed,
+/// `window add` and `reschedule` warn on stderr when the rate cannot meet a deadline, and a
+/// broadcast's dry run compares its expected end with its deadline.
+#[test]
+fn the_plan_and_the_deadlines_the_rate_cannot_meet_are_shown_before_anything_is_sent() {
+    let cli = Cli::new();
+    // 30 customers over SMS at one message a second: 30 s a fan-out.
+    std::fs::write(
+        cli.path("tangazo.toml"),
+        "[senders.outbox]\ntype = \"file\"\ndir = \"outbox\"\nrate = 1\n\
+         [channels]\nsms = [\"outbox\"]\nemail = [\"mail\"]\nwebhook = [\"mail\"]\n\
+         [senders.mail]\ntype = \"file\"\ndir = \"outbox\"\n",
+    )
+    .unwrap();
+    let csv = recipients_csv(cli.dir.path());
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let out = cli.run(&[
+        "window",
+        "add",
+        NOW,
+        "--title",
+        "Soon",
+        "--components",
+        "send-money",
+        "--start",
+        "2015-04-10 09:00:20",
+        "--end",
+        "2015-04-10 12:00",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: the announced notice to 40 customer deliveries cannot all go out before its deadline 2015-04-10T06:00:20+00:00: at the configured rates it needs 30 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("10 s too late"), "{stderr}");
+    assert_eq!(cli.outbox_lines(), 0, "nothing sent by window add");
+
+    let id = add_window(&cli);
+    let show = cli.ok(&["window", "show", &id, NOW]);
+    assert!(
+        show.contains("plan (at the configured rates; times in Africa/Nairobi):"),
+        "{show}"
+    );
+    let reminder = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("reminder:24h   customer"))
+        .unwrap();
+    // The fan-out of the T-24 h reminder begins 30 s before its time and ends at it.
+    assert!(
+        reminder.contains("Thu 16 Apr 2015 23:59 EAT    Fri 17 Apr 2015 00:00 EAT"),
+        "{reminder}"
+    );
+    assert!(
+        show.lines()
+            .any(|l| l.contains("started") && l.contains("(from its moment)")),
+        "{show}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "window", "show", &id, NOW])).unwrap();
+    let plan = json["plan"].as_array().unwrap();
+    let reminder = plan
+        .iter()
+        .find(|p| p["notice"] == "reminder:24h" && p["audience"] == "customer")
+        .unwrap();
+    assert_eq!(reminder["start"], "2015-04-16T20:59:30Z", "{reminder}");
+    assert_eq!(reminder["end"], "2015-04-16T21:00:00Z", "{reminder}");
+    // Moved to start in ten seconds: the warning again, with the numbers.
+    let out = cli.run(&[
+        "window",
+        "reschedule",
+        &id,
+        NOW,
+        "--start",
+        "2015-04-10 09:00:10",
+        "--end",
+        "2015-04-10 12:00",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: the rescheduled notice") && stderr.contains("cannot all go out before its deadline"),
+        "{stderr}"
+    );
+
+    let dry = cli.ok(&[
+        "broadcast",
+        NOW,
+        "--message",
+        "M-PESA: back at noon.",
+        "--deadline",
+        "2015-04-10 09:00:10",
+        "--dry-run",
+    ]);
+    assert!(
+        dry.contains("WARNING: the deadline 2015-04-10T06:00:10+00:00 comes before the last message"),
+        "{dry}"
+    );
+    let roomy = cli.ok(&["broadcast", NOW, "--message", "M-PESA: back at noon.", "--dry-run"]);
+    assert!(roomy.contains("the last message is expected by"), "{roomy}");
+    assert_eq!(cli.outbox_lines(), 0, "nothing sent by any of it");
+}
+
+/// `deliveries pause` holds a window's deliveries back from run-once (and every daemon) until
+/// `resume`; `tangazo daemons` lists none when none runs.
+#[test]
+fn a_paused_window_waits_and_daemons_lists_the_live_ones() {
+    let cli = Cli::new();
+    let csv = recipients_csv(cli.dir.path());
+    cli.ok(&["recipients", "import", csv.to_str().unwrap()]);
+    let id = add_window(&cli);
+    let paused = cli.ok(&["deliveries", "pause", "--window", &id, NOW]);
+    assert!(paused.contains(&format!("window {id} paused")), "{paused}");
+    assert!(
+        cli.ok(&["deliveries", "pause", "--window", &id])
+            .contains("already paused")
+    );
+    assert!(cli.ok(&["window", "show", &id, NOW]).contains("PAUSED"));
+    cli.ok(&["run-once", NOW]);
+    assert_eq!(cli.outbox_lines(), 0, "planned, not sent");
+    let resumed = cli.ok(&["deliveries", "resume", "--window", &id]);
+    assert!(resumed.contains("resumed: its 42 pending deliveries"), "{resumed}");
+    cli.ok(&["run-once", NOW]);
+    assert_eq!(cli.outbox_lines(), 42);
+    assert!(cli.ok(&["daemons"]).contains("no daemon is alive"));
+    let json: serde_json::Value = serde_json::from_str(&cli.ok(&["--json", "daemons"])).unwrap();
+    assert_eq!(json["daemons"], serde_json::json!([]));
+    assert!(cli.bad(&["deliveries", "pause", "--window", "99"]).contains("--window"));
+}

@@ -19,6 +19,7 @@ on_both!(
     cancel_tells_only_those_told,
     an_interrupted_fan_out_resumes_after_the_last_committed_page,
     a_recipient_whose_row_cannot_be_read_is_skipped_and_named,
+    two_schedulers_starting_the_same_windows_never_fail_a_tick,
 );
 
 fn config(outbox: &Path) -> Config {
@@ -85,6 +86,37 @@ async fn seed(db: &TestDb) {
 /// 19 reachable customers (the 10 even ones have email; number 5 opted out) and one biller on
 /// email and webhook.
 const ANNOUNCEMENT_ROWS: usize = 19 + 10 + 2;
+
+/// Two schedulers that both believe they lead (a leader that stalled past its lease, and the
+/// one that replaced it) start the same ten windows at the same instant: each window starts
+/// once, and neither tick fails on the other's transition.
+async fn two_schedulers_starting_the_same_windows_never_fail_a_tick(db: &TestDb) {
+    seed(db).await;
+    let created = start() - TimeDelta::hours(100);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(db.store.create_window(new_window(6), created, "test").await.unwrap().id);
+    }
+    let (a, b) = (Rig::new(db), Rig::new(db));
+    a.tick(created).await;
+    let at = start() + TimeDelta::minutes(1);
+    let (ra, rb) = tokio::join!(a.tick(at), b.tick(at));
+    let started = ra.transitions.len() + rb.transitions.len();
+    assert_eq!(started, 10, "{:?} {:?}", ra.transitions, rb.transitions);
+    for id in ids {
+        let w = db.store.window(id).await.unwrap();
+        assert_eq!((w.status.as_str(), w.revision), ("in_progress", 2));
+        let starts = db
+            .store
+            .history(id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|h| h.action == "started")
+            .count();
+        assert_eq!(starts, 1);
+    }
+}
 
 /// One damaged row neither stops the tick nor the fan-out: everyone else is told, and the
 /// report names the row and why.
