@@ -264,7 +264,7 @@ async fn three_daemons_share_a_fan_out_at_one_rate_and_send_each_delivery_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
 async fn the_leader_killed_in_mid_planning_is_replaced_within_one_lease_and_nothing_is_planned_twice() {
-    const N: u32 = 200_000;
+    const N: u32 = 100_000;
     let db = TestDb::postgres().await;
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -336,7 +336,73 @@ async fn the_leader_killed_in_mid_planning_is_replaced_within_one_lease_and_noth
         *per_number.entry(n.as_str()).or_default() += 1;
     }
     assert_eq!(per_number.len(), N as usize, "every customer reached");
-    assert!(per_number.values().all(|&k| k == 1), "nobody reached twice");
+    // Only a claim the stalled or dead daemon held could have gone out twice, flagged so.
+    let twice = per_number.values().filter(|&&k| k > 1).count() as i64;
+    let flagged = count(&pool, "SELECT COUNT(*) FROM deliveries WHERE possibly_duplicate").await;
+    assert!(twice <= flagged, "{twice} reached twice, {flagged} flagged");
+    pool.close().await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn a_leader_stalled_past_its_lease_steps_down_before_it_writes_again() {
+    const N: u32 = 100_000;
+    let db = TestDb::postgres().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, base) = sink().await;
+    customers(&db, N).await;
+    let lease = Duration::from_secs(2);
+    let config = config(dir.path(), &base, 100_000, "2s");
+    let logs: Vec<_> = (0..2).map(|i| dir.path().join(format!("daemon{i}.log"))).collect();
+    let daemons: Vec<Daemon> = logs.iter().map(|log| Daemon::start(&config, &db, log)).collect();
+    wait_for("two daemons alive", Duration::from_secs(30), async || {
+        db.store.daemons().await.unwrap().len() == 2
+    })
+    .await;
+    db.store
+        .create_window(window_in_six_hours(), Utc::now(), "test")
+        .await
+        .unwrap();
+    wait_for("the fan-out under way", Duration::from_secs(60), async || {
+        let rows = count(&pool, "SELECT COUNT(*) FROM deliveries").await;
+        rows > 0 && rows < i64::from(N)
+    })
+    .await;
+    // The leader stalls (SIGSTOP) for three leases: the other takes over meanwhile.
+    let leader = db.store.leader().await.unwrap().expect("a leader");
+    let stalled = daemons.iter().position(|d| d.name() == leader).unwrap();
+    let pid = daemons[stalled].0.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    wait_for("a new leader", lease * 3, async || {
+        db.store.leader().await.unwrap().is_some_and(|l| l != leader)
+    })
+    .await;
+    tokio::time::sleep(lease).await;
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+
+    wait_for("every delivery sent", Duration::from_secs(120), async || {
+        count(&pool, "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'").await == i64::from(N)
+    })
+    .await;
+    for d in daemons {
+        d.stop();
+    }
+    // Woken, it found another leading and planned no further; nothing was planned twice.
+    let log = std::fs::read_to_string(&logs[stalled]).unwrap();
+    assert!(log.contains("another daemon leads now"), "{log}");
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM deliveries").await, i64::from(N));
+    let arrivals = std::mem::take(&mut *sink.arrivals.lock().unwrap());
+    let mut per_number: HashMap<&str, u32> = HashMap::new();
+    for (_, n) in &arrivals {
+        *per_number.entry(n.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_number.len(), N as usize, "every customer reached");
+    // Only a claim the stalled or dead daemon held could have gone out twice, flagged so.
+    let twice = per_number.values().filter(|&&k| k > 1).count() as i64;
+    let flagged = count(&pool, "SELECT COUNT(*) FROM deliveries WHERE possibly_duplicate").await;
+    assert!(twice <= flagged, "{twice} reached twice, {flagged} flagged");
     pool.close().await;
     db.finish().await;
 }
