@@ -1,7 +1,8 @@
 //! `/metrics` in the Prometheus text format, read from the ledger at scrape time, so every
 //! daemon sharing a database reports the same totals: deliveries by state, channel and
 //! backend; the send latency histogram (every attempt); the queue depth and the age of the
-//! oldest due delivery; webhook endpoints disabled.
+//! oldest due delivery; webhook endpoints disabled; the processes sending, which one leads, how
+//! fast each sends, and the windows paused.
 
 use std::fmt::Write as _;
 
@@ -18,7 +19,35 @@ fn label(value: &str) -> String {
 
 pub async fn metrics(State(state): State<AppState>) -> Answer<Response> {
     let m = state.store.metrics(state.clock.now()).await?;
+    let daemons = state.store.daemons().await?;
+    let paused = state.store.paused_windows().await?;
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP tangazo_daemon_sending_rate Deliveries per second each process alive recorded sent lately; leader=\"true\" plans."
+    );
+    let _ = writeln!(out, "# TYPE tangazo_daemon_sending_rate gauge");
+    for d in &daemons {
+        let _ = writeln!(
+            out,
+            "tangazo_daemon_sending_rate{{daemon=\"{}\",leader=\"{}\"}} {}",
+            label(&d.name),
+            d.leader,
+            d.rate
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tangazo_daemons Processes alive that send (each takes an even part of every backend's rate)."
+    );
+    let _ = writeln!(out, "# TYPE tangazo_daemons gauge");
+    let _ = writeln!(out, "tangazo_daemons {}", daemons.len());
+    let _ = writeln!(
+        out,
+        "# HELP tangazo_windows_paused Windows whose deliveries no daemon claims until resumed."
+    );
+    let _ = writeln!(out, "# TYPE tangazo_windows_paused gauge");
+    let _ = writeln!(out, "tangazo_windows_paused {}", paused.len());
     let _ = writeln!(
         out,
         "# HELP tangazo_deliveries Deliveries in the ledger by state, channel and backend."

@@ -394,6 +394,8 @@ async fn public_reads(db: &TestDb) {
         "tangazo_queue_oldest_due_age_seconds",
         "tangazo_webhook_endpoints_disabled 0",
         "tangazo_send_latency_seconds_bucket{le=\"+Inf\"} 0",
+        "tangazo_daemons 0",
+        "tangazo_windows_paused 0",
     ] {
         assert!(metrics.contains(name), "{name} in\n{metrics}");
     }
@@ -1670,6 +1672,12 @@ async fn the_daemon_serves_beside_the_scheduler() {
     }
     assert!(
         metrics.contains("tangazo_deliveries{state=\"sent\",channel=\"sms\",backend=\"outbox\"} 1"),
+        "{metrics}"
+    );
+    // The daemon itself: alive, and the leader.
+    assert!(metrics.contains("tangazo_daemons 1"), "{metrics}");
+    assert!(
+        metrics.contains("tangazo_daemon_sending_rate{daemon=\"daemon@") && metrics.contains("leader=\"true\"}"),
         "{metrics}"
     );
     let windows: Value = client
