@@ -14,9 +14,9 @@ use axum::extract::{Form, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{TimeDelta, Utc};
-use tangazo::domain::{Audience, Channel, Locale, NewWindow, PhoneNumber, Profile, Schedule, Zone};
+use tangazo::domain::{NewWindow, Schedule};
 
-use crate::helpers::{TestDb, new_window};
+use crate::helpers::{TestDb, new_window, sms_customer};
 
 /// Every number the sink was sent, with when its request arrived.
 #[derive(Default)]
@@ -50,24 +50,9 @@ async fn sink() -> (Arc<Sink>, String) {
     (sink, base)
 }
 
-/// `n` customers reached by SMS only.
+/// `n` customers in Nairobi reached by SMS only.
 async fn customers(db: &TestDb, n: u32) {
-    let people: Vec<Profile> = (0..n)
-        .map(|i| {
-            Profile::new(
-                Audience::Customer,
-                &format!("Customer {i}"),
-                Some(PhoneNumber::parse(&format!("07{:08}", 10_000_000 + i)).unwrap()),
-                None,
-                Locale::En,
-                Zone::NAIROBI,
-                vec![],
-                vec![Channel::Sms],
-                false,
-            )
-            .unwrap()
-        })
-        .collect();
+    let people: Vec<_> = (0..n).map(|i| sms_customer(i, "Africa/Nairobi")).collect();
     for chunk in people.chunks(20_000) {
         db.store.upsert_recipients(chunk, Utc::now()).await.unwrap();
     }
@@ -179,60 +164,153 @@ fn busiest_second(arrivals: &[(Instant, String)]) -> usize {
     most
 }
 
+/// `n` customers, the sink, and `daemons` daemons alive on a fresh PostgreSQL database, with
+/// SMS at `rate` a second in all and `lease`.
+struct Rig {
+    db: TestDb,
+    pool: sqlx::PgPool,
+    dir: tempfile::TempDir,
+    sink: Arc<Sink>,
+    daemons: Vec<Daemon>,
+    n: u32,
+}
+
+impl Rig {
+    async fn start(n: u32, daemons: usize, rate: u32, lease: &str) -> Rig {
+        let db = TestDb::postgres().await;
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, base) = sink().await;
+        customers(&db, n).await;
+        let config = config(dir.path(), &base, rate, lease);
+        let daemons: Vec<Daemon> = (0..daemons)
+            .map(|i| Daemon::start(&config, &db, &dir.path().join(format!("daemon{i}.log"))))
+            .collect();
+        let rig = Rig {
+            db,
+            pool,
+            dir,
+            sink,
+            daemons,
+            n,
+        };
+        let alive = rig.daemons.len();
+        wait_for("the daemons alive", Duration::from_secs(30), async || {
+            rig.db.store.daemons().await.unwrap().len() == alive
+        })
+        .await;
+        rig
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        count(&self.pool, sql).await
+    }
+
+    /// Waits until the leader is in mid-planning: some pages in, the fan-out still open.
+    async fn planning_under_way(&self) {
+        wait_for("the fan-out under way", Duration::from_secs(60), async || {
+            let rows = self.count("SELECT COUNT(*) FROM deliveries").await;
+            rows > 0 && rows < i64::from(self.n)
+        })
+        .await;
+    }
+
+    /// The daemon that leads now, by its place in `daemons`.
+    async fn leader(&self) -> (usize, String) {
+        let leader = self.db.store.leader().await.unwrap().expect("a leader");
+        let at = self
+            .daemons
+            .iter()
+            .position(|d| d.name() == leader)
+            .expect("the leader is one of ours");
+        (at, leader)
+    }
+
+    async fn new_leader_besides(&self, old: &str, limit: Duration) {
+        wait_for("a new leader", limit, async || {
+            self.db.store.leader().await.unwrap().is_some_and(|l| l != old)
+        })
+        .await;
+    }
+
+    /// Waits until every delivery is sent, then stops the daemons (SIGTERM).
+    async fn all_sent_then_stop(&mut self) {
+        wait_for("every delivery sent", Duration::from_secs(120), async || {
+            self.count("SELECT COUNT(*) FROM deliveries WHERE state = 'sent'").await == i64::from(self.n)
+        })
+        .await;
+        for d in self.daemons.drain(..) {
+            d.stop();
+        }
+    }
+
+    /// Every customer reached, one row each; a number reached twice only where a claim of a
+    /// stalled or dead daemon may have gone out before (flagged so). Returns the arrivals.
+    async fn reached_once(&self) -> Vec<(Instant, String)> {
+        assert_eq!(
+            self.count("SELECT COUNT(*) FROM deliveries").await,
+            i64::from(self.n),
+            "one row each"
+        );
+        let arrivals = std::mem::take(&mut *self.sink.arrivals.lock().unwrap());
+        let mut per_number: HashMap<&str, u32> = HashMap::new();
+        for (_, n) in &arrivals {
+            *per_number.entry(n.as_str()).or_default() += 1;
+        }
+        assert_eq!(per_number.len(), self.n as usize, "every customer reached");
+        let twice = per_number.values().filter(|&&k| k > 1).count() as i64;
+        let flagged = self
+            .count("SELECT COUNT(*) FROM deliveries WHERE possibly_duplicate")
+            .await;
+        assert!(twice <= flagged, "{twice} reached twice, {flagged} flagged");
+        arrivals
+    }
+
+    async fn finish(self) {
+        self.pool.close().await;
+        self.db.finish().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
 async fn three_daemons_share_a_fan_out_at_one_rate_and_send_each_delivery_once() {
     const N: u32 = 100_000;
     const RATE: u32 = 5_000;
-    let db = TestDb::postgres().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, base) = sink().await;
-    customers(&db, N).await;
-    let config = config(dir.path(), &base, RATE, "3s");
-    let daemons: Vec<Daemon> = (0..3)
-        .map(|i| Daemon::start(&config, &db, &dir.path().join(format!("daemon{i}.log"))))
-        .collect();
-    // All three alive, and each has read the count since (a beat is a third of the lease).
-    wait_for("three daemons alive", Duration::from_secs(30), async || {
-        db.store.daemons().await.unwrap().len() == 3
-    })
-    .await;
+    let mut rig = Rig::start(N, 3, RATE, "3s").await;
+    // Each has read the count since all three are alive (a beat is a third of the lease).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let leaders: Vec<_> = db
+    let leaders = rig
+        .db
         .store
         .daemons()
         .await
         .unwrap()
         .into_iter()
         .filter(|d| d.leader)
-        .collect();
-    assert!(leaders.len() <= 1, "one leader at most: {leaders:?}");
+        .count();
+    assert!(leaders <= 1, "one leader at most");
 
     let began = Instant::now();
-    db.store
+    rig.db
+        .store
         .create_window(window_in_six_hours(), Utc::now(), "test")
         .await
         .unwrap();
     wait_for("every delivery sent", Duration::from_secs(120), async || {
-        count(&pool, "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'").await == i64::from(N)
+        rig.count("SELECT COUNT(*) FROM deliveries WHERE state = 'sent'").await == i64::from(N)
     })
     .await;
     let took = began.elapsed();
-    let by_owner = sent_by_owner(&pool).await;
-    for d in daemons {
-        d.stop();
-    }
+    let by_owner = sent_by_owner(&rig.pool).await;
+    rig.all_sent_then_stop().await;
+    let arrivals = rig.reached_once().await;
+    assert_eq!(
+        rig.count("SELECT COUNT(*) FROM deliveries WHERE possibly_duplicate")
+            .await,
+        0
+    );
 
-    // Once each, and every one recorded sent.
-    let arrivals = std::mem::take(&mut *sink.arrivals.lock().unwrap());
-    let mut per_number: HashMap<&str, u32> = HashMap::new();
-    for (_, n) in &arrivals {
-        *per_number.entry(n.as_str()).or_default() += 1;
-    }
-    assert_eq!(per_number.len(), N as usize, "every customer reached");
-    assert!(per_number.values().all(|&k| k == 1), "nobody reached twice");
-    assert_eq!(count(&pool, "SELECT COUNT(*) FROM deliveries").await, i64::from(N));
     // Shared: each daemon sent a share of it.
     assert_eq!(by_owner.len(), 3, "three senders: {by_owner:?}");
     for (owner, n) in &by_owner {
@@ -251,158 +329,83 @@ async fn three_daemons_share_a_fan_out_at_one_rate_and_send_each_delivery_once()
     let floor = Duration::from_secs_f64(f64::from(N) / f64::from(RATE + RATE / 10) * 0.9);
     assert!(took >= floor, "{N} at {RATE}/s took only {took:?}");
     // Stopped gracefully: nobody alive, nobody leads, nothing left claimed.
-    assert!(db.store.daemons().await.unwrap().is_empty());
-    assert_eq!(db.store.leader().await.unwrap(), None);
+    assert!(rig.db.store.daemons().await.unwrap().is_empty());
+    assert_eq!(rig.db.store.leader().await.unwrap(), None);
     assert_eq!(
-        count(&pool, "SELECT COUNT(*) FROM deliveries WHERE state = 'claimed'").await,
+        rig.count("SELECT COUNT(*) FROM deliveries WHERE state = 'claimed'")
+            .await,
         0
     );
-    pool.close().await;
-    db.finish().await;
+    rig.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
 async fn the_leader_killed_in_mid_planning_is_replaced_within_one_lease_and_nothing_is_planned_twice() {
-    const N: u32 = 100_000;
-    let db = TestDb::postgres().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, base) = sink().await;
-    customers(&db, N).await;
     let lease = Duration::from_secs(3);
-    let config = config(dir.path(), &base, 100_000, "3s");
-    let mut daemons: Vec<Daemon> = (0..3)
-        .map(|i| Daemon::start(&config, &db, &dir.path().join(format!("daemon{i}.log"))))
-        .collect();
-    wait_for("three daemons alive", Duration::from_secs(30), async || {
-        db.store.daemons().await.unwrap().len() == 3
-    })
-    .await;
-    let w = db
+    let mut rig = Rig::start(100_000, 3, 100_000, "3s").await;
+    let w = rig
+        .db
         .store
         .create_window(window_in_six_hours(), Utc::now(), "test")
         .await
         .unwrap();
-    // The leader is in mid-planning once some pages are in and the fan-out is still open.
-    wait_for("the fan-out under way", Duration::from_secs(60), async || {
-        let rows = count(&pool, "SELECT COUNT(*) FROM deliveries").await;
-        rows > 0 && rows < i64::from(N)
-    })
-    .await;
-    let leader = db.store.leader().await.unwrap().expect("a leader");
-    let at = daemons
-        .iter()
-        .position(|d| d.name() == leader)
-        .expect("the leader is one of ours");
+    rig.planning_under_way().await;
+    let (at, leader) = rig.leader().await;
     let killed_at = Instant::now();
-    daemons.remove(at).kill9();
-    let enqueued_when_killed = count(&pool, "SELECT COUNT(*) FROM deliveries").await;
-    assert!(enqueued_when_killed < i64::from(N), "killed in mid-planning");
+    rig.daemons.remove(at).kill9();
+    let planned_when_killed = rig.count("SELECT COUNT(*) FROM deliveries").await;
+    assert!(planned_when_killed < i64::from(rig.n), "killed in mid-planning");
 
-    // Another takes over within one lease (and the tick that notices it).
-    wait_for("a new leader", lease + Duration::from_secs(3), async || {
-        db.store.leader().await.unwrap().is_some_and(|l| l != leader)
-    })
-    .await;
+    // Another takes over once the lease has run out, at its next tick.
+    rig.new_leader_besides(&leader, lease + Duration::from_secs(3)).await;
     let replaced_after = killed_at.elapsed();
-    eprintln!("leader killed with {enqueued_when_killed} of {N} rows planned; replaced after {replaced_after:?}");
-    let new_leader = db.store.leader().await.unwrap().unwrap();
-    assert!(daemons.iter().any(|d| d.name() == new_leader));
+    eprintln!("leader killed with {planned_when_killed} rows planned; replaced after {replaced_after:?}");
+    let new_leader = rig.db.store.leader().await.unwrap().unwrap();
+    assert!(rig.daemons.iter().any(|d| d.name() == new_leader));
     assert!(
         replaced_after <= lease + Duration::from_secs(2),
         "replaced after {replaced_after:?}"
     );
 
-    wait_for("every delivery sent", Duration::from_secs(120), async || {
-        count(&pool, "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'").await == i64::from(N)
-    })
-    .await;
-    for d in daemons {
-        d.stop();
-    }
+    rig.all_sent_then_stop().await;
     // Nothing planned twice: one row per customer, one decision per notice and audience, and
-    // the fan-out resumed where the dead leader's last page ended.
-    assert_eq!(count(&pool, "SELECT COUNT(*) FROM deliveries").await, i64::from(N));
-    let log = db.store.notice_log(Some(w.id)).await.unwrap();
-    let mut decisions: HashMap<(String, String), u32> = HashMap::new();
+    // the fan-out went on where the dead leader's last page ended.
+    rig.reached_once().await;
+    let log = rig.db.store.notice_log(Some(w.id)).await.unwrap();
+    let mut decisions: HashMap<(i64, String, String), u32> = HashMap::new();
     for row in &log {
-        *decisions.entry((row.notice.clone(), row.audience.clone())).or_default() += 1;
+        *decisions
+            .entry((row.revision, row.notice.clone(), row.audience.clone()))
+            .or_default() += 1;
     }
     assert!(decisions.values().all(|&k| k == 1), "{decisions:?}");
-    let arrivals = std::mem::take(&mut *sink.arrivals.lock().unwrap());
-    let mut per_number: HashMap<&str, u32> = HashMap::new();
-    for (_, n) in &arrivals {
-        *per_number.entry(n.as_str()).or_default() += 1;
-    }
-    assert_eq!(per_number.len(), N as usize, "every customer reached");
-    // Only a claim the stalled or dead daemon held could have gone out twice, flagged so.
-    let twice = per_number.values().filter(|&&k| k > 1).count() as i64;
-    let flagged = count(&pool, "SELECT COUNT(*) FROM deliveries WHERE possibly_duplicate").await;
-    assert!(twice <= flagged, "{twice} reached twice, {flagged} flagged");
-    pool.close().await;
-    db.finish().await;
+    rig.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
 async fn a_leader_stalled_past_its_lease_steps_down_before_it_writes_again() {
-    const N: u32 = 100_000;
-    let db = TestDb::postgres().await;
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sink, base) = sink().await;
-    customers(&db, N).await;
     let lease = Duration::from_secs(2);
-    let config = config(dir.path(), &base, 100_000, "2s");
-    let logs: Vec<_> = (0..2).map(|i| dir.path().join(format!("daemon{i}.log"))).collect();
-    let daemons: Vec<Daemon> = logs.iter().map(|log| Daemon::start(&config, &db, log)).collect();
-    wait_for("two daemons alive", Duration::from_secs(30), async || {
-        db.store.daemons().await.unwrap().len() == 2
-    })
-    .await;
-    db.store
+    let mut rig = Rig::start(100_000, 2, 100_000, "2s").await;
+    rig.db
+        .store
         .create_window(window_in_six_hours(), Utc::now(), "test")
         .await
         .unwrap();
-    wait_for("the fan-out under way", Duration::from_secs(60), async || {
-        let rows = count(&pool, "SELECT COUNT(*) FROM deliveries").await;
-        rows > 0 && rows < i64::from(N)
-    })
-    .await;
-    // The leader stalls (SIGSTOP) for three leases: the other takes over meanwhile.
-    let leader = db.store.leader().await.unwrap().expect("a leader");
-    let stalled = daemons.iter().position(|d| d.name() == leader).unwrap();
-    let pid = daemons[stalled].0.id().to_string();
+    rig.planning_under_way().await;
+    // The leader stalls (SIGSTOP) past its lease: the other takes over meanwhile.
+    let (stalled, leader) = rig.leader().await;
+    let pid = rig.daemons[stalled].0.id().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    wait_for("a new leader", lease * 3, async || {
-        db.store.leader().await.unwrap().is_some_and(|l| l != leader)
-    })
-    .await;
+    rig.new_leader_besides(&leader, lease * 3).await;
     tokio::time::sleep(lease).await;
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
 
-    wait_for("every delivery sent", Duration::from_secs(120), async || {
-        count(&pool, "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'").await == i64::from(N)
-    })
-    .await;
-    for d in daemons {
-        d.stop();
-    }
+    rig.all_sent_then_stop().await;
     // Woken, it found another leading and planned no further; nothing was planned twice.
-    let log = std::fs::read_to_string(&logs[stalled]).unwrap();
+    let log = std::fs::read_to_string(rig.dir.path().join(format!("daemon{stalled}.log"))).unwrap();
     assert!(log.contains("another daemon leads now"), "{log}");
-    assert_eq!(count(&pool, "SELECT COUNT(*) FROM deliveries").await, i64::from(N));
-    let arrivals = std::mem::take(&mut *sink.arrivals.lock().unwrap());
-    let mut per_number: HashMap<&str, u32> = HashMap::new();
-    for (_, n) in &arrivals {
-        *per_number.entry(n.as_str()).or_default() += 1;
-    }
-    assert_eq!(per_number.len(), N as usize, "every customer reached");
-    // Only a claim the stalled or dead daemon held could have gone out twice, flagged so.
-    let twice = per_number.values().filter(|&&k| k > 1).count() as i64;
-    let flagged = count(&pool, "SELECT COUNT(*) FROM deliveries WHERE possibly_duplicate").await;
-    assert!(twice <= flagged, "{twice} reached twice, {flagged} flagged");
-    pool.close().await;
-    db.finish().await;
+    rig.reached_once().await;
+    rig.finish().await;
 }

@@ -183,6 +183,22 @@ pub fn customer(i: u32, locale: Locale) -> Profile {
     .unwrap()
 }
 
+/// A customer reached by SMS only, in `zone`.
+pub fn sms_customer(i: u32, zone: &str) -> Profile {
+    Profile::new(
+        Audience::Customer,
+        &format!("Customer {i}"),
+        Some(PhoneNumber::parse(&format!("07{:08}", 10_000_000 + i)).unwrap()),
+        None,
+        Locale::En,
+        zone.parse::<Zone>().unwrap(),
+        vec![],
+        vec![Channel::Sms],
+        false,
+    )
+    .unwrap()
+}
+
 pub fn biller(i: u32) -> Profile {
     Profile::new(
         Audience::Biller,

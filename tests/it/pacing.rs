@@ -7,12 +7,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tangazo::channels::BuildContext;
 use tangazo::clock::Clock;
 use tangazo::config::{Config, Overrides};
-use tangazo::domain::{Audience, Channel, Locale, NewWindow, PhoneNumber, Profile, Schedule, WindowId, Zone};
+use tangazo::domain::{NewWindow, Profile, Schedule, WindowId};
 use tangazo::scheduler::{Scheduler, TickReport};
 use tangazo::shutdown::CancellationToken;
 use tangazo::storage::DeliveryRow;
 
-use crate::helpers::{TestDb, new_window, utc};
+use crate::helpers::{TestDb, new_window, sms_customer, utc};
 use crate::on_both;
 
 on_both!(
@@ -45,21 +45,6 @@ fn scheduler(db: &TestDb, config: &Config) -> Scheduler {
         &db.store,
         &BuildContext::with_console(std::io::sink()),
         "pacing",
-    )
-    .unwrap()
-}
-
-fn person(i: u32, zone: &str) -> Profile {
-    Profile::new(
-        Audience::Customer,
-        &format!("Customer {i}"),
-        Some(PhoneNumber::parse(&format!("07{:08}", 10_000_000 + i)).unwrap()),
-        None,
-        Locale::En,
-        zone.parse::<Zone>().unwrap(),
-        vec![],
-        vec![Channel::Sms],
-        false,
     )
     .unwrap()
 }
@@ -102,7 +87,7 @@ async fn a_large_audience_at_a_low_rate_starts_early_and_ends_before_its_deadlin
         "rate = 2000\nburst = 200",
         "reminders = [\"2s\"]\nquiet_hours = \"off\"",
     );
-    let people: Vec<Profile> = (0..N).map(|i| person(i, "Africa/Nairobi")).collect();
+    let people: Vec<Profile> = (0..N).map(|i| sms_customer(i, "Africa/Nairobi")).collect();
     db.store
         .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
         .await
@@ -173,7 +158,7 @@ async fn an_impossible_deadline_is_reported_before_anything_is_sent(db: &TestDb)
         "rate = 2000",
         "reminders = [\"24h\"]\nquiet_hours = \"off\"",
     );
-    let people: Vec<Profile> = (0..N).map(|i| person(i, "Africa/Nairobi")).collect();
+    let people: Vec<Profile> = (0..N).map(|i| sms_customer(i, "Africa/Nairobi")).collect();
     db.store
         .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
         .await
@@ -233,23 +218,35 @@ async fn an_impossible_deadline_is_reported_before_anything_is_sent(db: &TestDb)
     assert!(sent > 0 && sent < N as usize, "{sent} sent");
 }
 
-/// A T−24 h reminder due at 19:30 UTC: 20:30 in London (BST), 22:30 in Nairobi, inside its
-/// quiet hours. London hears it at once, Nairobi at 07:00 EAT the next morning.
-async fn quiet_hours_are_kept_in_each_recipients_zone(db: &TestDb) {
+/// A customer in London and one in Nairobi (in that order), a window starting at `start` with
+/// one `reminder` and quiet hours of 21:00-07:00, announced a week before.
+async fn london_and_nairobi(
+    db: &TestDb,
+    reminder: &str,
+    start: DateTime<Utc>,
+) -> (tempfile::TempDir, Scheduler, WindowId) {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "", "reminders = [\"24h\"]\nquiet_hours = \"21:00-07:00\"");
+    let policy = format!("reminders = [\"{reminder}\"]\nquiet_hours = \"21:00-07:00\"");
+    let config = config(dir.path(), "", &policy);
     db.store
         .upsert_recipients(
-            &[person(1, "Europe/London"), person(2, "Africa/Nairobi")],
+            &[sms_customer(1, "Europe/London"), sms_customer(2, "Africa/Nairobi")],
             utc(2015, 4, 1, 0, 0),
         )
         .await
         .unwrap();
-    let start = utc(2015, 4, 17, 19, 30);
-    let nominal = start - TimeDelta::hours(24);
     let w = window(db, start, utc(2015, 4, 10, 9, 0)).await;
     let s = scheduler(db, &config);
     tick(&s, utc(2015, 4, 10, 9, 0)).await;
+    (dir, s, w)
+}
+
+/// A T−24 h reminder due at 19:30 UTC: 20:30 in London (BST), 22:30 in Nairobi, inside its
+/// quiet hours. London hears it at once, Nairobi at 07:00 EAT the next morning.
+async fn quiet_hours_are_kept_in_each_recipients_zone(db: &TestDb) {
+    let start = utc(2015, 4, 17, 19, 30);
+    let nominal = start - TimeDelta::hours(24);
+    let (_dir, s, w) = london_and_nairobi(db, "24h", start).await;
     tick(&s, nominal).await;
     let reminded = rows(db, w, "reminder:24h").await;
     assert_eq!(reminded.len(), 2);
@@ -271,20 +268,9 @@ async fn quiet_hours_are_kept_in_each_recipients_zone(db: &TestDb) {
 /// hours would be too late, so Nairobi hears it before they begin (20:59:59 EAT). It is
 /// planned ten hours ahead, the length of quiet hours, so that there is time to.
 async fn a_deadline_inside_quiet_hours_sends_before_they_begin(db: &TestDb) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "", "reminders = [\"1h\"]\nquiet_hours = \"21:00-07:00\"");
-    db.store
-        .upsert_recipients(
-            &[person(1, "Europe/London"), person(2, "Africa/Nairobi")],
-            utc(2015, 4, 1, 0, 0),
-        )
-        .await
-        .unwrap();
     let start = utc(2015, 4, 17, 20, 30);
     let nominal = start - TimeDelta::hours(1);
-    let w = window(db, start, utc(2015, 4, 10, 9, 0)).await;
-    let s = scheduler(db, &config);
-    tick(&s, utc(2015, 4, 10, 9, 0)).await;
+    let (_dir, s, w) = london_and_nairobi(db, "1h", start).await;
     let r = tick(&s, nominal - TimeDelta::hours(10) - TimeDelta::minutes(1)).await;
     assert!(for_customers(&r).is_empty(), "{:?}", r.planned);
     let r = tick(&s, nominal - TimeDelta::hours(10)).await;
@@ -310,7 +296,7 @@ async fn a_paused_window_is_not_sent_until_resumed(db: &TestDb) {
     let config = config(dir.path(), "", "reminders = [\"24h\"]\nquiet_hours = \"off\"");
     db.store
         .upsert_recipients(
-            &[person(1, "Africa/Nairobi"), person(2, "Africa/Nairobi")],
+            &[sms_customer(1, "Africa/Nairobi"), sms_customer(2, "Africa/Nairobi")],
             utc(2015, 4, 1, 0, 0),
         )
         .await
