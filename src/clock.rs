@@ -19,6 +19,11 @@ impl Clock {
         Clock::Shifted(origin - Utc::now())
     }
 
+    /// Whether waiting lets this clock reach a later instant (every clock but a fixed one).
+    pub fn advances(&self) -> bool {
+        !matches!(self, Clock::Fixed(_))
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         match self {
             Clock::System => Utc::now(),

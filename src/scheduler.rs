@@ -186,6 +186,9 @@ pub struct TickReport {
     pub cannot_meet_deadline: Vec<FanOutPlan>,
 }
 
+/// The shortest wait between two ticks of the daemon.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
+
 /// Audience sizes are counted at most this often (a count reads every recipient).
 const SIZES_FRESH_FOR: Duration = Duration::from_secs(60);
 
@@ -228,6 +231,23 @@ impl Scheduler {
     /// Gives up the lead (at the end of a run), so another process plans at once.
     pub async fn step_down(&self) -> Result<(), StoreError> {
         self.store.step_down(self.owner()).await
+    }
+
+    /// How long the daemon waits before its next tick: `every`, or less when a delivery's slot
+    /// comes sooner, so a paced fan-out is sent as its slots fall due and not a tick late.
+    pub async fn pause_before_next_tick(&self, clock: &Clock, every: Duration) -> Duration {
+        if !clock.advances() {
+            return every;
+        }
+        let now = clock.now();
+        match self.store.next_slot(now).await {
+            Ok(Some(slot)) => (slot - now).to_std().unwrap_or_default().clamp(MIN_PAUSE, every),
+            Ok(None) => every,
+            Err(e) => {
+                tracing::warn!(error = %crate::domain::error_chain(&e), "cannot read when the next delivery falls due");
+                every
+            }
+        }
     }
 
     /// The dispatcher that sends for this scheduler.
@@ -671,21 +691,31 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
             match scheduler.tick(&clock, &shutdown).await {
                 Ok(r) => {
                     let d = &r.dispatch;
-                    if r.enqueued + r.superseded + r.expired + d.claimed + r.released.total() > 0
-                        || !r.transitions.is_empty()
-                    {
-                        tracing::info!(
-                            at = %now.to_rfc3339(), led = r.led, enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
-                            released = r.released.returned, released_expired = r.released.expired,
-                            sent = d.sent, possibly_duplicate = d.possibly_duplicate, retrying = d.retried, failed = d.failed,
-                            lost = d.lost, left_claimed = r.left_claimed, "tick"
-                        );
+                    // A paced fan-out makes many short ticks that only send (each batch is
+                    // logged already): those are debug lines.
+                    let planned =
+                        r.enqueued + r.superseded + r.expired + r.released.total() > 0 || !r.transitions.is_empty();
+                    macro_rules! tick_line {
+                        ($level:ident) => {
+                            tracing::$level!(
+                                at = %now.to_rfc3339(), led = r.led, enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
+                                released = r.released.returned, released_expired = r.released.expired,
+                                sent = d.sent, possibly_duplicate = d.possibly_duplicate, retrying = d.retried, failed = d.failed,
+                                lost = d.lost, left_claimed = r.left_claimed, "tick"
+                            )
+                        };
+                    }
+                    if planned {
+                        tick_line!(info);
+                    } else if d.claimed > 0 {
+                        tick_line!(debug);
                     }
                 }
                 Err(e) => tracing::error!(error = %crate::domain::error_chain(&e), "tick failed"),
             }
+            let pause = scheduler.pause_before_next_tick(&clock, every).await;
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => {}
             }
         }

@@ -449,6 +449,22 @@ impl Store {
             .collect()
     }
 
+    /// The earliest slot of a delivery still to be sent before its deadline (at `now` or
+    /// before it if one is waiting already), windows paused left out: when the daemon has work
+    /// again, if sooner than its next tick.
+    pub async fn next_slot(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let at: Option<i64> = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT due_at FROM deliveries WHERE state = 'pending' AND deadline > $1 \
+             AND (window_id IS NULL OR window_id NOT IN (SELECT window_id FROM paused_windows)) \
+             ORDER BY due_at LIMIT 1",
+        )
+        .bind(to_millis(now))
+        .fetch_optional(p)
+        .await?);
+        at.map(|ms| crate::domain::from_millis(ms).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
     /// Marks every unsent delivery whose deadline has passed as expired.
     pub async fn expire_due(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(on_pool!(self, p => sqlx::query(

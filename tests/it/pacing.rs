@@ -21,6 +21,7 @@ on_both!(
     quiet_hours_are_kept_in_each_recipients_zone,
     a_deadline_inside_quiet_hours_sends_before_they_begin,
     a_paused_window_is_not_sent_until_resumed,
+    a_daemon_with_a_long_tick_sends_a_paced_fan_out_as_its_slots_fall_due,
 );
 
 /// SMS through a file outbox in `dir`; `sms` is the rest of the `outbox` table (its rate),
@@ -313,4 +314,55 @@ async fn a_paused_window_is_not_sent_until_resumed(db: &TestDb) {
     assert!(!db.store.resume_window(w).await.unwrap());
     let r = tick(&s, created + TimeDelta::minutes(1)).await;
     assert_eq!(r.dispatch.sent, 2);
+}
+
+/// A daemon with a 30 s tick and SMS at 100 a second: 300 customers' announcement is paced
+/// over 3 s, and the daemon wakes for the slots rather than the tick, so nothing goes out
+/// anywhere near a tick late (real clock, the daemon as its own process).
+async fn a_daemon_with_a_long_tick_sends_a_paced_fan_out_as_its_slots_fall_due(db: &TestDb) {
+    const N: u32 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    config(dir.path(), "rate = 100", "quiet_hours = \"off\"");
+    let people: Vec<Profile> = (0..N).map(|i| sms_customer(i, "Africa/Nairobi")).collect();
+    db.store.upsert_recipients(&people, Utc::now()).await.unwrap();
+    let start = Utc::now() + TimeDelta::hours(6);
+    let w = window(db, start, Utc::now()).await;
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_tangazo"))
+        .arg("--config")
+        .arg(dir.path().join("tangazo.toml"))
+        .args(["--database", &db.url, "daemon", "--tick", "30"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    let sent = loop {
+        let rows = rows(db, w, "announced").await;
+        if rows.len() == N as usize && rows.iter().all(|r| r.sent_at.is_some()) {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "not all sent within 25 s: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status();
+    let _ = daemon.wait();
+    let first = sent.iter().map(|r| r.due_at).min().unwrap();
+    let last = sent.iter().map(|r| r.due_at).max().unwrap();
+    assert!(
+        last - first >= TimeDelta::milliseconds(2_900),
+        "paced over 3 s: {first} to {last}"
+    );
+    let latest = sent.iter().map(|r| r.sent_at.unwrap() - r.due_at).max().unwrap();
+    assert!(
+        latest < TimeDelta::seconds(5),
+        "a delivery went out {latest} after its slot"
+    );
 }
