@@ -163,7 +163,17 @@ schemas = {
     "id": {"type": "integer"}, "revision": {"type": "integer"}, "status": {"type": "string"}, "last_change": {"type": "string"}, "title": {"type": "string"}, "title_sw": {"type": ["string", "null"]},
     "description": {"type": "string"}, "description_sw": {"type": ["string", "null"]}, "components": {"type": "array", "items": {"type": "string"}},
     "starts_at": {"type": "string", "format": "date-time"}, "ends_at": {"type": "string", "format": "date-time"}, "zone": {"type": "string"}, "auto_complete": {"type": "boolean"},
-    "cancel_reason": {"type": ["string", "null"]}, "cancel_reason_sw": {"type": ["string", "null"]}, "superseded_deliveries": {"type": "integer"}}},
+    "cancel_reason": {"type": ["string", "null"]}, "cancel_reason_sw": {"type": ["string", "null"]}, "superseded_deliveries": {"type": "integer"},
+    "plan": {"type": "array", "items": ref("FanOutPlan"), "description": "GET only: every fan-out the window still owes, paced at the configured rates"},
+    "cannot_meet_deadline": {"type": "array", "items": ref("FanOutPlan"), "description": "After a create or a change: the fan-outs the configured rates cannot finish by their deadlines (what is not sent by then expires)"}}},
+ "FanOutPlan": {"type": "object", "required": ["notice", "audience", "nominal", "start", "end", "deadline", "deliveries", "early"], "properties": {
+    "notice": {"type": "string"}, "audience": {"type": "string", "enum": ["customer", "biller"]},
+    "nominal": {"type": "string", "format": "date-time", "description": "When the notice is nominally due"},
+    "start": {"type": "string", "format": "date-time", "description": "When its fan-out begins"},
+    "end": {"type": "string", "format": "date-time", "description": "When its last message is expected"},
+    "deadline": {"type": "string", "format": "date-time"},
+    "deliveries": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "Deliveries per channel"},
+    "early": {"type": "boolean", "description": "Begins before its nominal time to end by then (reminders), rather than spread from its moment"}}},
  "NewWindow": {"type": "object", "additionalProperties": False, "required": ["title", "components", "starts_at", "ends_at"], "properties": {
     "title": {"type": "string", "maxLength": 200}, "title_sw": {"type": "string"}, "description": {"type": "string", "maxLength": 2000}, "description_sw": {"type": "string"},
     "components": {"type": "array", "items": {"type": "string"}, "minItems": 1}, "starts_at": {"type": "string", "description": "RFC 3339, or YYYY-MM-DD HH:MM in zone"},

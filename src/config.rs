@@ -190,6 +190,19 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// Each channel's first backend: the channel, the backend's name and its rate (where it
+    /// has one), the inputs of the planner's capacity.
+    pub fn first_backends(&self) -> Vec<(Channel, &str, Option<f64>)> {
+        self.channels
+            .iter()
+            .filter_map(|(channel, names)| {
+                let name = names.first()?;
+                let rate = self.senders.get(name).and_then(|s| s.effective_limits().rate);
+                Some((*channel, name.as_str(), rate))
+            })
+            .collect()
+    }
+
     /// Loads `path` (a missing file is an error only when `required`), applies `TANGAZO_…`
     /// variables from `env`, then `overrides`, and validates the result.
     pub fn load(

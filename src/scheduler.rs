@@ -304,10 +304,7 @@ impl Scheduler {
         {
             return Ok(sizes.clone());
         }
-        let mut sizes = BTreeMap::new();
-        for audience in Audience::ALL {
-            sizes.insert(audience, self.store.audience_sizes(audience).await?);
-        }
+        let sizes = self.store.all_audience_sizes().await?;
         *cached = Some((std::time::Instant::now(), sizes.clone()));
         Ok(sizes)
     }

@@ -406,34 +406,12 @@ async fn change(ctx: &Ctx, store: &crate::storage::Store, before: &Window, after
     Ok(())
 }
 
-/// The channels' capacity: the rate of each channel's first backend, where it has one.
-pub(super) fn capacity(config: &crate::config::Config) -> Capacity {
-    let firsts: Vec<(crate::domain::Channel, &str, Option<f64>)> = config
-        .channels
-        .iter()
-        .filter_map(|(channel, names)| {
-            let name = names.first()?;
-            let rate = config.senders.get(name).and_then(|s| s.effective_limits().rate);
-            Some((*channel, name.as_str(), rate))
-        })
-        .collect();
-    Capacity::of_first_backends(&firsts)
-}
-
 /// Every fan-out the window still owes, paced at the configured capacity.
 async fn plan_of(ctx: &Ctx, store: &Store, w: &Window) -> CliResult<Vec<FanOutPlan>> {
-    let mut sizes = std::collections::BTreeMap::new();
-    for audience in crate::domain::Audience::ALL {
-        sizes.insert(audience, store.audience_sizes(audience).await?);
-    }
+    let sizes = store.all_audience_sizes().await?;
     let size_of = |a| sizes.get(&a).cloned().unwrap_or_else(AudienceSize::new);
-    Ok(window_plan(
-        w,
-        &ctx.config.policy,
-        &size_of,
-        &capacity(&ctx.config),
-        ctx.now(),
-    ))
+    let capacity = Capacity::of_first_backends(&ctx.config.first_backends());
+    Ok(window_plan(w, &ctx.config.policy, &size_of, &capacity, ctx.now()))
 }
 
 fn late_only(plan: &[FanOutPlan]) -> Vec<&FanOutPlan> {

@@ -21,6 +21,7 @@ use super::problem::{Answer, Problem};
 use crate::domain::{
     ComponentId, DeliveryState, Localized, NewWindow, Schedule, Window, WindowError, WindowId, Zone, parse_instant,
 };
+use crate::planner::pace::{Capacity, FanOutPlan, window_plan};
 
 /// Deliveries listed per page at most.
 const PAGE_MAX: i64 = 1000;
@@ -120,7 +121,29 @@ async fn list(State(state): State<AppState>, _: Admin) -> Answer<Response> {
 }
 
 async fn show(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Answer<Response> {
-    Ok(axum::Json(view(&window_of(&state, &id).await?)).into_response())
+    let w = window_of(&state, &id).await?;
+    let mut v = view(&w);
+    v["plan"] = json!(plan(&state, &w).await?);
+    Ok(axum::Json(v).into_response())
+}
+
+/// Every fan-out the window still owes, paced at the configured rates (as `window show`).
+async fn plan(state: &AppState, w: &Window) -> Answer<Vec<FanOutPlan>> {
+    let sizes = state.store.all_audience_sizes().await?;
+    let size_of = |a| sizes.get(&a).cloned().unwrap_or_default();
+    let capacity = Capacity::of_first_backends(&state.config.first_backends());
+    Ok(window_plan(
+        w,
+        &state.config.policy,
+        &size_of,
+        &capacity,
+        state.clock.now(),
+    ))
+}
+
+/// The fan-outs of a window just changed that the rates cannot finish by their deadlines.
+async fn cannot_meet_deadline(state: &AppState, w: &Window) -> Answer<Vec<FanOutPlan>> {
+    Ok(plan(state, w).await?.into_iter().filter(|p| !p.feasible()).collect())
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,7 +202,9 @@ async fn create(
             .validate(now)
             .map_err(window_problem)?;
             let w = state.store.create_window(new, now, "api:admin").await?;
-            Ok((StatusCode::CREATED, view(&w)))
+            let mut v = view(&w);
+            v["cannot_meet_deadline"] = json!(cannot_meet_deadline(&state, &w).await?);
+            Ok((StatusCode::CREATED, v))
         },
     )
     .await
@@ -211,6 +236,7 @@ async fn save(
             .await?;
         let mut v = view(&after);
         v["superseded_deliveries"] = json!(superseded);
+        v["cannot_meet_deadline"] = json!(cannot_meet_deadline(state, &after).await?);
         Ok((StatusCode::OK, v))
     })
     .await

@@ -269,6 +269,15 @@ impl Store {
         .collect())
     }
 
+    /// [`Store::audience_sizes`] of every audience.
+    pub async fn all_audience_sizes(&self) -> Result<BTreeMap<Audience, BTreeMap<Channel, u64>>, StoreError> {
+        let mut sizes = BTreeMap::new();
+        for audience in Audience::ALL {
+            sizes.insert(audience, self.audience_sizes(audience).await?);
+        }
+        Ok(sizes)
+    }
+
     /// Counts by kind and opt-out: `(kind, opted_out, count)`; canary seeds are not counted.
     pub async fn recipient_counts(&self) -> Result<Vec<(String, bool, i64)>, StoreError> {
         Ok(on_pool!(self, p => sqlx::query_as(

@@ -769,6 +769,35 @@ async fn operator_api_changes_windows(db: &TestDb) {
     assert_eq!(status, StatusCode::CREATED, "{w}");
     let id = w["id"].as_i64().unwrap();
     assert_eq!(w["starts_at"], "2015-04-17T21:00:00Z");
+    assert_eq!(
+        w["cannot_meet_deadline"],
+        json!([]),
+        "unpaced: every deadline can be met"
+    );
+    // Its plan: every notice still owed, with when its fan-out starts and ends.
+    let (status, shown) = server
+        .call(Method::GET, &format!("/v1/admin/windows/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let notices: Vec<&str> = shown["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["audience"] == "customer")
+        .map(|p| p["notice"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notices,
+        [
+            "announced",
+            "reminder:72h",
+            "reminder:24h",
+            "reminder:1h",
+            "started",
+            "completed"
+        ],
+        "{shown}"
+    );
     for (body, pointer) in [
         (
             json!({"title": "x", "components": ["send-money"], "starts_at": "2015-04-18 00:00", "ends_at": "2015-04-17 00:00"}),
