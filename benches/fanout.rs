@@ -6,6 +6,7 @@
 //! cargo bench --bench fanout -- --recipients 100000 --stores sqlite,postgres \
 //!     --channels file,at,twilio,smtp,webhook,broadcast --output target/bench.json
 //! cargo bench --bench fanout -- --smoke      # 500 recipients, every channel: the counts only
+//! cargo bench --bench fanout -- --recipients 1000000 --channels file --rate 30000   # paced
 //! ```
 //!
 //! Tangazo runs as a separate process (the release binary cargo builds beside this harness),
@@ -16,6 +17,8 @@
 //! `tangazo recipients import`, creates a window whose announcement is due now (and nothing
 //! else), and times `tangazo run-once`, polling `/proc/PID/status` for its peak RSS. Every
 //! delivery must be sent and must have arrived exactly once; anything else fails the run.
+//! With `--rate R` the backend is paced at R per second instead, and `tangazo daemon` runs until
+//! everything is sent: lateness is then measured against each delivery's own paced slot.
 
 // A command-line program: progress goes to stderr, the table to stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -75,6 +78,11 @@ struct Args {
     /// counts agree, claims no numbers
     #[arg(long)]
     smoke: bool,
+    /// Paces the backend at R deliveries per second (its `rate`, burst R/10) and runs
+    /// `tangazo daemon` until everything is sent, rather than one `run-once`: every delivery
+    /// gets its own slot, and lateness is measured against it. Not for `broadcast`
+    #[arg(long, value_name = "R")]
+    rate: Option<u32>,
     /// Passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -253,6 +261,8 @@ struct Bench {
     /// Generated recipient files, by who is in them.
     files: HashMap<People, PathBuf>,
     databases: usize,
+    /// The backend's rate in a paced run.
+    rate: Option<u32>,
 }
 
 async fn run(mut args: Args) -> anyhow::Result<()> {
@@ -260,9 +270,18 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.smoke {
         args.recipients = 500;
         args.webhook_billers = None;
-        args.channels = Scenario::value_variants().to_vec();
+        args.channels = Scenario::value_variants()
+            .iter()
+            .copied()
+            .filter(|s| args.rate.is_none() || *s != Scenario::Broadcast)
+            .collect();
     }
     ensure!(args.recipients > 0, "--recipients must be at least 1");
+    ensure!(args.rate != Some(0), "--rate must be at least 1");
+    ensure!(
+        args.rate.is_none() || !args.channels.contains(&Scenario::Broadcast),
+        "--rate paces a window's notice through the daemon; leave broadcast out of --channels"
+    );
     args.stores.dedup();
     args.channels.dedup();
     let billers = args.webhook_billers.unwrap_or(args.recipients.min(10_000));
@@ -311,6 +330,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         billers,
         files: HashMap::new(),
         databases: 0,
+        rate: args.rate,
     };
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
@@ -397,7 +417,7 @@ impl Bench {
     ) -> anyhow::Result<Outcome> {
         let label = format!("{}/{}", store.name(), scenario.name());
         let config = dir.join("tangazo.toml");
-        std::fs::write(&config, configuration(scenario, &self.sinks))
+        std::fs::write(&config, configuration(scenario, &self.sinks, self.rate))
             .with_context(|| format!("writing {}", config.display()))?;
         let people = scenario.people();
         let audience = if people == People::Billers {
@@ -471,6 +491,8 @@ impl Bench {
             let plan = seconds(&report, "/enqueue_seconds")?;
             let dispatch = seconds(&report, "/dispatch_seconds")?;
             (ran, enqueued, sent, plan, dispatch)
+        } else if let Some(rate) = self.rate {
+            self.paced(&label, &tangazo, scenario, audience as u64, rate).await?
         } else {
             self.tick(&label, &tangazo).await?
         };
@@ -538,11 +560,80 @@ impl Bench {
     /// Creates a window whose announcement is due now and runs one tick: the process, what it
     /// enqueued and sent, and how long planning and dispatch took by its own report.
     async fn tick(&self, label: &str, tangazo: &Tangazo<'_>) -> anyhow::Result<(Ran, u64, u64, f64, f64)> {
-        // The announcement is due at once; the reminders the policy owes before a start six
-        // hours away (72h, 24h, a week for billers) are already past and skipped, and the one
-        // an hour before is five hours off: one notice for everyone, nothing else. Its slot
-        // (`due_at`) is the window's creation, just before run-once starts, so lateness counts
-        // from there.
+        add_window(tangazo).await?;
+        note!(self.started, "{label}: run-once");
+        let tick = tangazo.run("run-once", &["run-once", "--json"]).await?;
+        let report: Value = serde_json::from_str(&tick.stdout).context("reading the run-once report")?;
+        ensure!(
+            count(&report, "/dispatch/retried")
+                + count(&report, "/dispatch/failed")
+                + count(&report, "/dispatch/expired")
+                == 0,
+            "run-once retried {}, failed {}, expired {}",
+            count(&report, "/dispatch/retried"),
+            count(&report, "/dispatch/failed"),
+            count(&report, "/dispatch/expired")
+        );
+        let (enqueued, sent) = (count(&report, "/enqueued"), count(&report, "/dispatch/sent"));
+        let plan = seconds(&report, "/plan_seconds")?;
+        let dispatch = seconds(&report, "/dispatch_seconds")?;
+        Ok((tick, enqueued, sent, plan, dispatch))
+    }
+
+    /// Creates a window whose announcement is due now, paced at `rate`, and runs `tangazo
+    /// daemon` until the ledger has `expected` deliveries sent (or nothing moved for a minute):
+    /// the process, what it enqueued and sent, its planning time by its tick's log line, and
+    /// the time from the first slot to the last delivery sent.
+    async fn paced(
+        &self,
+        label: &str,
+        tangazo: &Tangazo<'_>,
+        scenario: Scenario,
+        expected: u64,
+        rate: u32,
+    ) -> anyhow::Result<(Ran, u64, u64, f64, f64)> {
+        add_window(tangazo).await?;
+        note!(
+            self.started,
+            "{label}: daemon, {} at {rate}/s: about {:.0} s",
+            scenario.channel(),
+            expected as f64 / f64::from(rate)
+        );
+        let done = tokio_util::sync::CancellationToken::new();
+        let watching = {
+            let (database, done) = (tangazo.database.to_owned(), done.clone());
+            tokio::spawn(async move { watch_sent(&database, expected, &done).await })
+        };
+        let ran = tangazo.run_until("daemon", &["daemon"], &done).await;
+        done.cancel();
+        let sent = watching.await??;
+        let ran = ran?;
+        let plan = ran
+            .log
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line.pointer("/fields/message").and_then(Value::as_str) == Some("tick"))
+            .find(|line| count(line, "/fields/enqueued") > 0)
+            .context("the daemon logged no tick that enqueued anything")?;
+        let enqueued = count(&plan, "/fields/enqueued");
+        let plan_seconds = plan
+            .pointer("/fields/plan_seconds")
+            .and_then(Value::as_f64)
+            .context("the daemon's tick line has no plan_seconds")?;
+        let db = Db::open(tangazo.database).await?;
+        let span = db.sending_span().await;
+        db.close().await;
+        Ok((ran, enqueued, sent, plan_seconds, span?))
+    }
+}
+
+/// Adds a window starting in six hours. The announcement is due at once; the reminders the
+/// policy owes before a start six hours away (72h, 24h, a week for billers) are already past and
+/// skipped, and the one an hour before is five hours off: one notice for everyone, nothing else.
+/// Its slot (`due_at`) is the window's creation, just before run-once or the daemon starts, so
+/// lateness counts from there (in a paced run, from each delivery's own slot after it).
+async fn add_window(tangazo: &Tangazo<'_>) -> anyhow::Result<()> {
+    {
         let now = chrono::Utc::now();
         let start = (now + chrono::Duration::hours(6)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let end = (now + chrono::Duration::hours(8)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -567,25 +658,40 @@ impl Bench {
                 ],
             )
             .await?;
-        note!(self.started, "{label}: run-once");
-        let tick = tangazo.run("run-once", &["run-once", "--json"]).await?;
-        let report: Value = serde_json::from_str(&tick.stdout).context("reading the run-once report")?;
-        ensure!(
-            count(&report, "/dispatch/retried")
-                + count(&report, "/dispatch/failed")
-                + count(&report, "/dispatch/expired")
-                == 0,
-            "run-once retried {}, failed {}, expired {}",
-            count(&report, "/dispatch/retried"),
-            count(&report, "/dispatch/failed"),
-            count(&report, "/dispatch/expired")
-        );
-        let (enqueued, sent) = (count(&report, "/enqueued"), count(&report, "/dispatch/sent"));
-        let plan = seconds(&report, "/plan_seconds")?;
-        let dispatch = seconds(&report, "/dispatch_seconds")?;
-        Ok((tick, enqueued, sent, plan, dispatch))
     }
+    Ok(())
+}
 
+/// Counts the deliveries sent every half second until there are `expected` (then cancels
+/// `done`), `done` is cancelled otherwise (the daemon ended), or the count has not moved for a
+/// minute. Returns the last count.
+async fn watch_sent(database: &str, expected: u64, done: &tokio_util::sync::CancellationToken) -> anyhow::Result<u64> {
+    let db = Db::open(database).await?;
+    let mut last = (0, Instant::now());
+    let counted = loop {
+        let sent = match db.sent().await {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        if sent >= expected || done.is_cancelled() {
+            break Ok(sent);
+        }
+        if sent != last.0 {
+            last = (sent, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(60) {
+            break Ok(sent);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = done.cancelled() => {}
+        }
+    };
+    done.cancel();
+    db.close().await;
+    counted
+}
+
+impl Bench {
     /// The sink a scenario sends to (none for the file outbox).
     fn sink(&self, scenario: Scenario) -> Option<&sinks::Sink> {
         match scenario {
@@ -670,7 +776,7 @@ impl Bench {
 
 /// The configuration of one run: the scenario's backend as `bench`, its channel routed to it,
 /// every other channel to the file outbox.
-fn configuration(scenario: Scenario, sinks: &Sinks) -> String {
+fn configuration(scenario: Scenario, sinks: &Sinks, rate: Option<u32>) -> String {
     let mut toml = String::from(
         "# Written by benches/fanout.rs for one run. No quiet hours: a run measures throughput at\n\
          # whatever hour it runs, and everyone's notice is due at once.\n\
@@ -681,6 +787,9 @@ fn configuration(scenario: Scenario, sinks: &Sinks) -> String {
          dir = \"outbox\"\n\n",
     );
     let _ = writeln!(toml, "[senders.bench]\n{}", scenario.sender(sinks));
+    if let Some(rate) = rate {
+        let _ = writeln!(toml, "rate = {rate}\nburst = {}\n", (rate / 10).max(1));
+    }
     toml.push_str("[channels]\n");
     for channel in ["sms", "email", "webhook"] {
         let backend = if channel == scenario.channel() {
@@ -837,6 +946,8 @@ struct Tangazo<'a> {
 /// A finished command.
 struct Ran {
     stdout: String,
+    /// Its stderr, a line each.
+    log: Vec<String>,
     seconds: f64,
     peak_rss_kib: u64,
 }
@@ -849,12 +960,35 @@ impl Tangazo<'_> {
     /// its peak RSS every 20 ms. Its stderr goes to `{step}.log` in the folder; progress lines
     /// (`…`) are passed on. A failure is an error quoting the end of its stderr.
     async fn run(&self, step: &str, args: &[&str]) -> anyhow::Result<Ran> {
+        self.run_inner(step, args, None).await
+    }
+
+    /// `run` for a process that does not end by itself (the daemon): stopped with SIGTERM
+    /// once `done` is cancelled, and logging JSON lines.
+    async fn run_until(
+        &self,
+        step: &str,
+        args: &[&str],
+        done: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Ran> {
+        self.run_inner(step, args, Some(done)).await
+    }
+
+    async fn run_inner(
+        &self,
+        step: &str,
+        args: &[&str],
+        done: Option<&tokio_util::sync::CancellationToken>,
+    ) -> anyhow::Result<Ran> {
         let mut command = tokio::process::Command::new(self.binary);
         // The environment must not change what is measured (a TANGAZO_NOW left set, say).
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("TANGAZO_") {
                 command.env_remove(key);
             }
+        }
+        if done.is_some() {
+            command.env("TANGAZO_LOG_FORMAT", "json");
         }
         command
             .arg("--config")
@@ -890,7 +1024,18 @@ impl Tangazo<'_> {
             kept
         });
         let mut peak = 0;
+        let mut terminated = false;
         let status = loop {
+            if let (Some(done), Some(pid), false) = (done, pid, terminated)
+                && done.is_cancelled()
+            {
+                let signalled = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await?;
+                ensure!(signalled.success(), "could not signal tangazo {}", args.join(" "));
+                terminated = true;
+            }
             if let Some(kib) = pid.and_then(peak_rss_kib) {
                 peak = peak.max(kib);
             }
@@ -918,6 +1063,7 @@ impl Tangazo<'_> {
         }
         Ok(Ran {
             stdout,
+            log: stderr,
             seconds,
             peak_rss_kib: peak,
         })
@@ -1040,6 +1186,8 @@ struct Settings<'a> {
     stores: &'a [StoreKind],
     channels: &'a [Scenario],
     smoke: bool,
+    /// The backend's rate in a paced run (`--rate`): the daemon ran, not `run-once`.
+    rate: Option<u32>,
 }
 
 fn write_json(
@@ -1073,6 +1221,7 @@ fn write_json(
             stores: &args.stores,
             channels: &args.channels,
             smoke: args.smoke,
+            rate: args.rate,
         },
         results: outcomes,
         failures,

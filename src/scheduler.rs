@@ -174,7 +174,8 @@ pub struct TickReport {
     pub unreadable: BTreeMap<i64, String>,
     /// Wall-clock time spent on transitions and planning (every window's fan-outs), in seconds.
     pub plan_seconds: f64,
-    /// Wall-clock time spent dispatching, in seconds.
+    /// Wall-clock time spent dispatching, in seconds. Sending begins with planning, so the two
+    /// overlap: this runs from the start of planning to the last batch's outcome.
     pub dispatch_seconds: f64,
     /// Whether this process led (planned and moved windows on); `false`: another daemon,
     /// named in `leader`, did, and this one only dispatched.
@@ -342,35 +343,60 @@ impl Scheduler {
         } else {
             self.leads().await?
         };
+        // Transitions first, so nothing of a revision they supersede goes out this tick.
+        let mut moved = Vec::with_capacity(windows.len());
         for window in windows {
             if !self.still_leading().await? {
                 report.led = false;
                 report.leader = self.store.leader().await?;
                 break;
             }
-            let window = self.transition(window, now, &mut report).await?;
-            self.plan(&window, now, &leads, &mut report, progress).await?;
-            // Raised once for the window's state (its revision), not at every tick; `deliveries
-            // summary` shows it for as long as it holds.
-            if let Some(alarm) = Alarm::overrun(&window, now)
-                && self
-                    .store
-                    .raise_alarm_once(&window, "overrun", &alarm.message, now)
-                    .await?
-            {
-                tracing::warn!(window = window.id.0, "{}", alarm.message);
-                report.alarms.push(alarm);
-            }
+            moved.push(self.transition(window, now, &mut report).await?);
         }
-        self.store.after_bulk_load(report.enqueued).await?;
-        report.plan_seconds = planning.elapsed().as_secs_f64();
-        report.expired = self.store.expire_due(now).await?;
+        // Then planning and sending together: the first pages of a large fan-out go out (at
+        // their slots, when paced) while the rest is planned.
+        let enqueued = CancellationToken::new();
+        let plan = async {
+            // However planning ends, sending finishes what is due and stops.
+            let _enqueued = enqueued.clone().drop_guard();
+            for window in &moved {
+                if report.led && !self.still_leading().await? {
+                    report.led = false;
+                    report.leader = self.store.leader().await?;
+                }
+                if !report.led {
+                    break;
+                }
+                self.plan(window, clock, now, &leads, &mut report, progress).await?;
+                // Raised once for the window's state (its revision), not at every tick;
+                // `deliveries summary` shows it for as long as it holds.
+                if let Some(alarm) = Alarm::overrun(window, now)
+                    && self
+                        .store
+                        .raise_alarm_once(window, "overrun", &alarm.message, now)
+                        .await?
+                {
+                    tracing::warn!(window = window.id.0, "{}", alarm.message);
+                    report.alarms.push(alarm);
+                }
+            }
+            self.store.after_bulk_load(report.enqueued).await?;
+            report.plan_seconds = planning.elapsed().as_secs_f64();
+            report.expired = self.store.expire_due(now).await?;
+            Ok::<(), StoreError>(())
+        };
         let sending = std::time::Instant::now();
-        report.dispatch = self
-            .dispatcher
-            .run_scoped(clock, None, stop, &|r| progress(Progress::Sending(*r)))
-            .await?;
-        report.dispatch_seconds = sending.elapsed().as_secs_f64();
+        let send = async {
+            let sent = self
+                .dispatcher
+                .run_alongside(clock, None, &enqueued, stop, &|r| progress(Progress::Sending(*r)))
+                .await;
+            (sent, sending.elapsed().as_secs_f64())
+        };
+        let (planned, (sent, dispatch_seconds)) = tokio::join!(plan, send);
+        planned?;
+        report.dispatch = sent?;
+        report.dispatch_seconds = dispatch_seconds;
         report.left_claimed = self.dispatcher.left_claimed().await?;
         Ok(report)
     }
@@ -443,6 +469,7 @@ impl Scheduler {
     async fn plan(
         &self,
         window: &Window,
+        clock: &Clock,
         now: DateTime<Utc>,
         leads: &Leads,
         report: &mut TickReport,
@@ -452,7 +479,7 @@ impl Scheduler {
         // killed): from the first recipient it had not committed.
         for (decision, after) in self.store.open_fan_outs(window.id, window.revision).await? {
             let Some(n) = self
-                .fan_out(window, &decision, after, now, progress, &mut report.unreadable)
+                .fan_out(window, &decision, after, clock, progress, &mut report.unreadable)
                 .await?
             else {
                 return Ok(());
@@ -472,7 +499,14 @@ impl Scheduler {
             if decision.outcome == Outcome::Planned {
                 self.check_deadline(window, &decision, now, report).await?;
                 let Some(n) = self
-                    .fan_out(window, &decision, RecipientId(0), now, progress, &mut report.unreadable)
+                    .fan_out(
+                        window,
+                        &decision,
+                        RecipientId(0),
+                        clock,
+                        progress,
+                        &mut report.unreadable,
+                    )
                     .await?
                 else {
                     // The window changed meanwhile: its next revision is planned next tick.
@@ -549,8 +583,9 @@ impl Scheduler {
         window: &Window,
         decision: &Decision,
         after: RecipientId,
-        now: DateTime<Utc>,
+        clock: &Clock,
     ) -> Result<Option<Pacer>, StoreError> {
+        let now = clock.now();
         let quiet = self
             .policy
             .for_audience(decision.audience)
@@ -573,8 +608,10 @@ impl Scheduler {
         } else {
             BTreeMap::new()
         };
+        // The first slot is no earlier than this moment (the clock read again, after the counts
+        // above): a slot that passed while the fan-out was being sized would be late already.
         Ok(Some(Pacer::new(
-            decision.due_at.max(now),
+            decision.due_at.max(clock.now()),
             decision.deadline,
             now,
             rates,
@@ -592,14 +629,25 @@ impl Scheduler {
         window: &Window,
         decision: &Decision,
         mut after: RecipientId,
-        now: DateTime<Utc>,
+        clock: &Clock,
         progress: ProgressSink<'_>,
         unreadable: &mut BTreeMap<i64, String>,
     ) -> Result<Option<u64>, StoreError> {
         let mut enqueued = 0;
-        let mut pacer = self.pacer(window, decision, after, now).await?;
+        let mut pacer = self.pacer(window, decision, after, clock).await?;
+        // A fan-out paced at a rate has its first slots come due while the rest is planned, and
+        // sending takes turns with planning to write (SQLite): smaller pages keep each turn
+        // short enough for sending to keep up with the slots.
+        let page_size = if pacer.is_some() && self.capacity.is_limited() {
+            PAGE / 5
+        } else {
+            PAGE
+        };
         loop {
-            let page = self.store.recipients_page(Some(decision.audience), after, PAGE).await?;
+            let page = self
+                .store
+                .recipients_page(Some(decision.audience), after, page_size)
+                .await?;
             let Some((first, last)) = page.range() else {
                 break;
             };
@@ -698,7 +746,8 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
                                 at = %now.to_rfc3339(), led = r.led, enqueued = r.enqueued, superseded = r.superseded, expired = r.expired,
                                 released = r.released.returned, released_expired = r.released.expired,
                                 sent = d.sent, possibly_duplicate = d.possibly_duplicate, retrying = d.retried, failed = d.failed,
-                                lost = d.lost, left_claimed = r.left_claimed, "tick"
+                                lost = d.lost, left_claimed = r.left_claimed,
+                                plan_seconds = r.plan_seconds, dispatch_seconds = r.dispatch_seconds, "tick"
                             )
                         };
                     }

@@ -110,6 +110,20 @@ impl Db {
         Ok(())
     }
 
+    /// How many deliveries are sent.
+    pub async fn sent(&self) -> anyhow::Result<u64> {
+        let sql = "SELECT COUNT(*) FROM deliveries WHERE state = 'sent'";
+        let n: i64 = on_db!(self, p => sqlx::query_scalar(sql).fetch_one(p).await?);
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
+    /// Seconds from the first slot to the last delivery sent.
+    pub async fn sending_span(&self) -> anyhow::Result<f64> {
+        let sql = "SELECT COALESCE(MAX(sent_at) - MIN(due_at), 0) FROM deliveries WHERE state = 'sent'";
+        let ms: i64 = on_db!(self, p => sqlx::query_scalar(sql).fetch_one(p).await?);
+        Ok(ms as f64 / 1000.0)
+    }
+
     /// Every row of the ledger with its address: the recipient's phone or email, or for a
     /// webhook the endpoint's URL.
     pub async fn deliveries(&self) -> anyhow::Result<Vec<Delivery>> {

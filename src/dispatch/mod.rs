@@ -70,6 +70,9 @@ pub struct DispatchConfig {
     pub tick: Span,
 }
 
+/// How soon a lane looks again for due rows while a fan-out is still being enqueued.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// An endpoint failing for this long without a success is disabled.
 pub const ENDPOINT_FAILING_LIMIT: Span = Span::hours(5 * 24);
 
@@ -151,22 +154,50 @@ impl Dispatcher {
         stop: &CancellationToken,
         progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
+        self.run_lanes(clock, broadcast, None, stop, progress).await
+    }
+
+    /// `run_scoped` while rows are still being enqueued: until `enqueued` is cancelled, a lane
+    /// that finds nothing due looks again shortly (rows committed meanwhile, slots come due)
+    /// rather than stopping; after it, it stops when nothing is due, as `run_scoped` does. So
+    /// the first pages of a large fan-out go out while the rest is planned.
+    pub async fn run_alongside(
+        &self,
+        clock: &Clock,
+        broadcast: Option<i64>,
+        enqueued: &CancellationToken,
+        stop: &CancellationToken,
+        progress: ReportSink<'_>,
+    ) -> Result<DispatchReport, DispatchError> {
+        self.run_lanes(clock, broadcast, Some(enqueued), stop, progress).await
+    }
+
+    async fn run_lanes(
+        &self,
+        clock: &Clock,
+        broadcast: Option<i64>,
+        enqueued: Option<&CancellationToken>,
+        stop: &CancellationToken,
+        progress: ReportSink<'_>,
+    ) -> Result<DispatchReport, DispatchError> {
         let report = std::sync::Mutex::new(DispatchReport::default());
         // Several lanes, each claiming and sending its own batches: while one waits for a
         // backend's answer, the others go on. Each stops when nothing is due.
-        let lanes =
-            (0..self.config.batches_in_flight.max(1)).map(|_| self.lane(clock, broadcast, stop, progress, &report));
+        let lanes = (0..self.config.batches_in_flight.max(1))
+            .map(|_| self.lane(clock, broadcast, enqueued, stop, progress, &report));
         for result in futures_util::future::join_all(lanes).await {
             result?;
         }
         Ok(report.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// One lane of `run_scoped`: claims and dispatches batches until nothing is due.
+    /// One lane of `run_lanes`: claims and dispatches batches until nothing is due (and, given
+    /// `enqueued`, until that is cancelled).
     async fn lane(
         &self,
         clock: &Clock,
         broadcast: Option<i64>,
+        enqueued: Option<&CancellationToken>,
         stop: &CancellationToken,
         progress: ReportSink<'_>,
         report: &std::sync::Mutex<DispatchReport>,
@@ -175,12 +206,24 @@ impl Dispatcher {
         let lease = self.config.lease.to_std();
         let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
         while !stop.is_cancelled() {
+            // Read before the claim: once enqueueing has ended, an empty claim has seen it all.
+            let last_look = enqueued.is_none_or(CancellationToken::is_cancelled);
             let claim = self
                 .store
                 .claim_due(clock.now(), batch_size, &self.owner, lease, broadcast)
                 .await?;
             if claim.rows.is_empty() {
-                break;
+                match enqueued {
+                    Some(enqueued) if !last_look => {
+                        tokio::select! {
+                            () = enqueued.cancelled() => {}
+                            () = stop.cancelled() => {}
+                            () = tokio::time::sleep(LOOK_AGAIN) => {}
+                        }
+                        continue;
+                    }
+                    _ => break,
+                }
             }
             let r = self.dispatch_batch(claim, clock, &mut cache).await?;
             self.sent.fetch_add(r.sent, std::sync::atomic::Ordering::Relaxed);

@@ -53,6 +53,7 @@ impl Store {
              WHERE leader.owner = excluded.owner OR leader.until <= excluded.since \
              RETURNING owner"
         );
+        let _turn = self.write_turn().await;
         let owner: Option<String> = on_pool!(self, p => sqlx::query_scalar(AssertSqlSafe(sql.clone()))
             .bind(SCHEDULER)
             .bind(me)

@@ -390,6 +390,8 @@ impl Store {
     /// either commits before (and the page is refused: `None`) or waits until after (and
     /// supersedes the page's rows with the rest).
     pub async fn enqueue_page(&self, page: &FanOutPage, rows: &[PlannedDelivery]) -> Result<Option<u64>, StoreError> {
+        // Sending goes on beside planning: on SQLite the two take turns to write.
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             let current = sqlx::query("UPDATE windows SET revision = revision WHERE id = $1 AND revision = $2")

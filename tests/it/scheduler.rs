@@ -20,6 +20,7 @@ on_both!(
     an_interrupted_fan_out_resumes_after_the_last_committed_page,
     a_recipient_whose_row_cannot_be_read_is_skipped_and_named,
     two_schedulers_starting_the_same_windows_never_fail_a_tick,
+    a_large_fan_out_is_sent_while_it_is_still_being_planned,
 );
 
 fn config(outbox: &Path) -> Config {
@@ -337,6 +338,46 @@ async fn an_interrupted_fan_out_resumes_after_the_last_committed_page(db: &TestD
     // Nothing is resumed twice.
     let again = rig.tick(created).await;
     assert_eq!((again.enqueued, again.dispatch.claimed), (0, 0));
+}
+
+/// Sending does not wait for the whole fan-out: the first pages go out while later ones are
+/// still being planned, and every row goes out once by the end of the tick.
+async fn a_large_fan_out_is_sent_while_it_is_still_being_planned(db: &TestDb) {
+    let people: Vec<_> = (0..40_000).map(|i| customer(i, Locale::En)).collect();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let rig = Rig::new(db);
+    let created = start() - TimeDelta::hours(100);
+    db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let events = std::sync::Mutex::new(Vec::new());
+    let progress = |p: tangazo::scheduler::Progress| {
+        events.lock().unwrap().push(match p {
+            tangazo::scheduler::Progress::Planning { .. } => "planned a page",
+            tangazo::scheduler::Progress::Sending(_) => "sent a batch",
+        });
+    };
+    let report = rig
+        .scheduler
+        .tick_reporting(
+            &tangazo::clock::Clock::Fixed(created),
+            &CancellationToken::new(),
+            &progress,
+        )
+        .await
+        .unwrap();
+    let events = events.into_inner().unwrap();
+    let first_sent = events.iter().position(|e| *e == "sent a batch").unwrap();
+    let last_planned = events.iter().rposition(|e| *e == "planned a page").unwrap();
+    assert!(
+        first_sent < last_planned,
+        "a batch went out before the last of four pages was planned: {events:?}"
+    );
+    // An SMS each, and an email for the even ones.
+    assert_eq!(report.enqueued, 60_000);
+    assert_eq!(report.dispatch.sent, 60_000);
+    assert_eq!(rig.sent(), 60_000);
 }
 
 /// A cancellation that commits while a fan-out is between pages stops it: the pages after the
