@@ -174,8 +174,8 @@ pub struct TickReport {
     pub unreadable: BTreeMap<i64, String>,
     /// Wall-clock time spent on transitions and planning (every window's fan-outs), in seconds.
     pub plan_seconds: f64,
-    /// Wall-clock time spent dispatching, in seconds. Sending begins with planning, so the two
-    /// overlap: this runs from the start of planning to the last batch's outcome.
+    /// Wall-clock time spent dispatching, in seconds. Sending runs beside planning, so the two
+    /// overlap: this runs from the end of the transitions to the last batch's outcome.
     pub dispatch_seconds: f64,
     /// Whether this process led (planned and moved windows on); `false`: another daemon,
     /// named in `leader`, did, and this one only dispatched.

@@ -67,6 +67,16 @@ impl Rig {
             .await
             .unwrap()
     }
+    async fn tick_reporting(
+        &self,
+        now: DateTime<Utc>,
+        progress: tangazo::scheduler::ProgressSink<'_>,
+    ) -> tangazo::scheduler::TickReport {
+        self.scheduler
+            .tick_reporting(&tangazo::clock::Clock::Fixed(now), &CancellationToken::new(), progress)
+            .await
+            .unwrap()
+    }
     fn sent(&self) -> usize {
         lines(self.outbox.path())
     }
@@ -358,15 +368,7 @@ async fn a_large_fan_out_is_sent_while_it_is_still_being_planned(db: &TestDb) {
             tangazo::scheduler::Progress::Sending(_) => "sent a batch",
         });
     };
-    let report = rig
-        .scheduler
-        .tick_reporting(
-            &tangazo::clock::Clock::Fixed(created),
-            &CancellationToken::new(),
-            &progress,
-        )
-        .await
-        .unwrap();
+    let report = rig.tick_reporting(created, &progress).await;
     let events = events.into_inner().unwrap();
     let first_sent = events.iter().position(|e| *e == "sent a batch").unwrap();
     let last_planned = events.iter().rposition(|e| *e == "planned a page").unwrap();
@@ -413,15 +415,7 @@ async fn a_change_between_fan_out_pages_stops_the_old_revision(db: &TestDb) {
             tokio::task::block_in_place(|| wait.lock().unwrap().recv().unwrap());
         }
     };
-    let report = rig
-        .scheduler
-        .tick_reporting(
-            &tangazo::clock::Clock::Fixed(created),
-            &CancellationToken::new(),
-            &progress,
-        )
-        .await
-        .unwrap();
+    let report = rig.tick_reporting(created, &progress).await;
     operator.await.unwrap();
     let rows = db.store.deliveries(w.id, None, None).await.unwrap();
     // The first page: 10,000 customers, an SMS each and an email for the even ones.
