@@ -428,7 +428,7 @@ fn warn_late(plan: &[FanOutPlan]) {
 /// A fan-out that misses its deadline, with the numbers.
 pub(super) fn late_plan_line(p: &FanOutPlan) -> String {
     format!(
-        "the {} notice to {} {} cannot all go out before its deadline {}: at the configured rates it needs {} from {}, so the last would land at {}, {} too late; what is not sent by then expires (raise the backends' rate, or add one)",
+        "the {} notice to {} {} cannot all go out before its deadline {}: paced at {} of the configured rates it needs {} from {}, so the last would land at {}, {} too late; what is not sent by then expires (raise the backends' rate, or add one)",
         p.notice,
         p.total(),
         if p.audience == "customer" {
@@ -437,11 +437,17 @@ pub(super) fn late_plan_line(p: &FanOutPlan) -> String {
             "biller deliveries"
         },
         p.deadline.to_rfc3339(),
+        planned_share(),
         span_text(p.end - p.start),
         p.start.to_rfc3339(),
         p.end.to_rfc3339(),
         span_text(-p.slack()),
     )
+}
+
+/// The share of each backend's rate that slots are planned at, as a percentage.
+fn planned_share() -> String {
+    format!("{:.0} %", crate::planner::pace::PLANNED_SHARE * 100.0)
 }
 
 fn span_text(d: chrono::TimeDelta) -> String {
@@ -460,7 +466,11 @@ fn print_plan(w: &Window, plan: &[FanOutPlan]) -> CliResult {
         return Ok(());
     }
     let when = |t| format_instant(t, w.zone, Locale::En, true);
-    outln!("plan (at the configured rates; times in {}):", w.zone);
+    outln!(
+        "plan (paced at {} of the configured rates; times in {}):",
+        planned_share(),
+        w.zone
+    );
     outln!(
         "  {:<14} {:<9} {:>10}  {:<28} {:<28} {:<28} slack",
         "notice",

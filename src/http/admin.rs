@@ -127,7 +127,7 @@ async fn show(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -
     Ok(axum::Json(v).into_response())
 }
 
-/// Every fan-out the window still owes, paced at the configured rates (as `window show`).
+/// Every fan-out the window still owes, paced at 95 % of the configured rates (as `window show`).
 async fn plan(state: &AppState, w: &Window) -> Answer<Vec<FanOutPlan>> {
     let sizes = state.store.all_audience_sizes().await?;
     let size_of = |a| sizes.get(&a).cloned().unwrap_or_default();
