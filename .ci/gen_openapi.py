@@ -164,8 +164,8 @@ schemas = {
     "description": {"type": "string"}, "description_sw": {"type": ["string", "null"]}, "components": {"type": "array", "items": {"type": "string"}},
     "starts_at": {"type": "string", "format": "date-time"}, "ends_at": {"type": "string", "format": "date-time"}, "zone": {"type": "string"}, "auto_complete": {"type": "boolean"},
     "cancel_reason": {"type": ["string", "null"]}, "cancel_reason_sw": {"type": ["string", "null"]}, "superseded_deliveries": {"type": "integer"},
-    "plan": {"type": "array", "items": ref("FanOutPlan"), "description": "GET only: every fan-out the window still owes, paced at the configured rates"},
-    "cannot_meet_deadline": {"type": "array", "items": ref("FanOutPlan"), "description": "After a create or a change: the fan-outs the configured rates cannot finish by their deadlines (what is not sent by then expires)"}}},
+    "plan": {"type": "array", "items": ref("FanOutPlan"), "description": "GET only: every fan-out the window still owes, paced at 95 % of the configured rates"},
+    "cannot_meet_deadline": {"type": "array", "items": ref("FanOutPlan"), "description": "After a create or a change: the fan-outs that, paced at 95 % of the configured rates, cannot finish by their deadlines (what is not sent by then expires)"}}},
  "FanOutPlan": {"type": "object", "required": ["notice", "audience", "nominal", "start", "end", "deadline", "deliveries", "early"], "properties": {
     "notice": {"type": "string"}, "audience": {"type": "string", "enum": ["customer", "biller"]},
     "nominal": {"type": "string", "format": "date-time", "description": "When the notice is nominally due"},
