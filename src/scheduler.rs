@@ -190,6 +190,13 @@ pub struct TickReport {
 /// The shortest wait between two ticks of the daemon.
 const MIN_PAUSE: Duration = Duration::from_millis(10);
 
+/// Planning gives way to sending for at most this many times as long as it works: a tick's
+/// planning of a paced fan-out takes at most twice as long as on its own.
+const GIVE_WAY_SHARE: u32 = 1;
+
+/// How often planning that gives way to sending looks again.
+const GIVE_WAY_STEP: Duration = Duration::from_millis(10);
+
 /// Audience sizes are counted at most this often (a count reads every recipient).
 const SIZES_FRESH_FOR: Duration = Duration::from_secs(60);
 
@@ -620,6 +627,26 @@ impl Scheduler {
         )))
     }
 
+    /// Waits while planning gives way to sending (see [`planner::pace::gives_way`]): until
+    /// sending has caught up with its slots, stopped claiming, or is about to run out of rows,
+    /// or for `at_most`. Returns how long it waited.
+    async fn give_way(&self, clock: &Clock, planned_until: DateTime<Utc>, at_most: Duration) -> Duration {
+        let since = tokio::time::Instant::now();
+        let mut waited = false;
+        while since.elapsed() < at_most
+            && planner::pace::gives_way(self.dispatcher.behind(), planned_until - clock.now())
+        {
+            waited = true;
+            tokio::time::sleep(GIVE_WAY_STEP).await;
+        }
+        if !waited {
+            return Duration::ZERO;
+        }
+        let waited = since.elapsed();
+        tracing::debug!(waited_ms = waited.as_millis() as u64, "planning gave way to sending");
+        waited
+    }
+
     /// Enqueues a planned decision's deliveries for the recipients after `after`, a page at a
     /// time, each page committed with the fan-out's progress. `None`: the window changed
     /// meanwhile, or another daemon leads now, and the rest of this revision's fan-out is not
@@ -636,14 +663,26 @@ impl Scheduler {
         let mut enqueued = 0;
         let mut pacer = self.pacer(window, decision, after, clock).await?;
         // A fan-out paced at a rate has its first slots come due while the rest is planned, and
-        // sending takes turns with planning to write (SQLite): smaller pages keep each turn
-        // short enough for sending to keep up with the slots.
+        // sending takes turns with planning to write (SQLite) or shares the server with it
+        // (PostgreSQL): smaller pages keep each turn short enough for sending to keep up with
+        // the slots, and let planning give way to it often enough.
         let page_size = if pacer.is_some() && self.capacity.is_limited() {
             PAGE / 5
         } else {
             PAGE
         };
+        // The latest slot planned so far, when paced at a rate: planning gives way to sending
+        // while it is well ahead of the slots and sending is behind them, for no longer in all
+        // than `GIVE_WAY_SHARE` times what it has worked.
+        let mut planned_until: Option<DateTime<Utc>> = None;
+        let began = tokio::time::Instant::now();
+        let mut waited = Duration::ZERO;
         loop {
+            if let Some(until) = planned_until {
+                let worked = began.elapsed().saturating_sub(waited);
+                let may = (worked * GIVE_WAY_SHARE).saturating_sub(waited);
+                waited += self.give_way(clock, until, may).await;
+            }
             let page = self
                 .store
                 .recipients_page(Some(decision.audience), after, page_size)
@@ -680,6 +719,9 @@ impl Scheduler {
                 for row in &mut rows {
                     let zone = zones.get(&row.recipient).copied().unwrap_or_default();
                     row.due_at = pacer.slot(row.channel, zone);
+                }
+                if self.capacity.is_limited() {
+                    planned_until = rows.iter().map(|r| r.due_at).max().max(planned_until);
                 }
             }
             if !self.still_leading().await? {

@@ -85,6 +85,9 @@ pub struct Dispatcher {
     owner: String,
     /// Deliveries this dispatcher recorded sent since it was made.
     sent: Arc<std::sync::atomic::AtomicU64>,
+    /// When its latest claim that found rows was made (real time), and how far behind their
+    /// slots they were.
+    latest_claim: Arc<std::sync::Mutex<Option<(tokio::time::Instant, std::time::Duration)>>>,
 }
 
 /// Told the running totals after every batch; called from the dispatching task.
@@ -113,6 +116,7 @@ impl Dispatcher {
             components,
             owner,
             sent: Arc::default(),
+            latest_claim: Arc::default(),
         }
     }
 
@@ -136,6 +140,21 @@ impl Dispatcher {
     /// Deliveries this dispatcher recorded sent since it was made.
     pub fn sent_total(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How far behind its slots sending runs: from the earliest slot among the rows of the
+    /// latest claim that found any to the moment they were claimed. `None` when no claim found
+    /// rows in the last second: nothing is due, or sending is not running or waits on a
+    /// backend, and it cannot say. (A lane that finds nothing does not erase what another,
+    /// busy one found.)
+    pub fn behind(&self) -> Option<std::time::Duration> {
+        let latest = *self
+            .latest_claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        latest
+            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+            .map(|(_, behind)| behind)
     }
 
     /// Works the queue until nothing is due or `stop` is cancelled (checked between batches: a
@@ -208,10 +227,18 @@ impl Dispatcher {
         while !stop.is_cancelled() {
             // Read before the claim: once enqueueing has ended, an empty claim has seen it all.
             let last_look = enqueued.is_none_or(CancellationToken::is_cancelled);
+            let now = clock.now();
             let claim = self
                 .store
-                .claim_due(clock.now(), batch_size, &self.owner, lease, broadcast)
+                .claim_due(now, batch_size, &self.owner, lease, broadcast)
                 .await?;
+            if let Some(due) = claim.oldest_due {
+                let behind = (now - due).to_std().unwrap_or_default();
+                *self
+                    .latest_claim
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tokio::time::Instant::now(), behind));
+            }
             if claim.rows.is_empty() {
                 match enqueued {
                     Some(enqueued) if !last_look => {
@@ -260,7 +287,9 @@ impl Dispatcher {
         clock: &Clock,
         cache: &mut Cache,
     ) -> Result<DispatchReport, DispatchError> {
-        let Claim { token, rows: claimed } = claim;
+        let Claim {
+            token, rows: claimed, ..
+        } = claim;
         let now = clock.now();
         let mut report = DispatchReport {
             claimed: claimed.len() as u64,

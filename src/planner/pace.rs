@@ -204,6 +204,23 @@ impl Pacer {
     }
 }
 
+/// Sending this far behind its slots makes planning beside it give way. Behind by more than
+/// the limiter's burst (a tenth of a second of the rate), it catches up only by the 5 % the
+/// slots leave, a second in twenty.
+pub const SENDING_BEHIND: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Planning whose latest slot is this far ahead of the clock can stop for a while without
+/// sending running out of rows.
+pub const PLANNING_AHEAD: TimeDelta = TimeDelta::seconds(2);
+
+/// Whether planning a paced fan-out beside its sending waits before its next page: sending is
+/// `behind` its slots by more than [`SENDING_BEHIND`] while planning is `ahead` of them (its
+/// latest slot from now) by more than it needs. The two share the machine, the database and
+/// its log; on PostgreSQL, planning at full speed holds sending back below the rate.
+pub fn gives_way(behind: Option<std::time::Duration>, ahead: TimeDelta) -> bool {
+    behind.is_some_and(|b| b > SENDING_BEHIND) && ahead > PLANNING_AHEAD
+}
+
 /// One notice's fan-out as planned: when it begins, when its last message is expected, its
 /// deadline and the slack between them (negative: the capacity cannot meet the deadline).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -481,6 +498,23 @@ mod tests {
         assert!(!plan.feasible());
         assert_eq!(plan.slack(), TimeDelta::hours(2) - spread);
         assert_eq!(plan.total(), 21_000_000);
+    }
+
+    #[test]
+    fn planning_gives_way_only_to_sending_that_is_behind_and_only_while_it_is_well_ahead() {
+        let ms = |n| Some(std::time::Duration::from_millis(n));
+        assert!(gives_way(ms(400), TimeDelta::seconds(10)));
+        assert!(!gives_way(ms(40), TimeDelta::seconds(10)), "sending keeps up");
+        assert!(!gives_way(Some(SENDING_BEHIND), TimeDelta::seconds(10)));
+        assert!(!gives_way(None, TimeDelta::seconds(10)), "sending says nothing");
+        assert!(
+            !gives_way(ms(400), TimeDelta::seconds(1)),
+            "sending would run out of rows"
+        );
+        assert!(
+            !gives_way(ms(400), -TimeDelta::seconds(5)),
+            "planning is behind its slots"
+        );
     }
 
     #[test]

@@ -70,6 +70,8 @@ impl Finish {
 pub struct Claim {
     pub token: i64,
     pub rows: Vec<Claimed>,
+    /// The earliest slot among the claimed rows: how far behind them sending runs.
+    pub oldest_due: Option<DateTime<Utc>>,
 }
 
 /// What releasing lapsed (or dead workers') claims did.
@@ -109,7 +111,7 @@ pub(super) fn db_now_ms(dialect: Dialect) -> &'static str {
 }
 
 /// What the dispatcher needs of each row claimed under the token `$1`, in id order.
-const CLAIMED_ROWS: &str = "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.deadline, \
+const CLAIMED_ROWS: &str = "SELECT d.id, d.window_id, d.broadcast_id, d.revision, d.notice, d.channel, d.attempts, d.due_at, d.deadline, \
      d.recipient_id, d.possibly_duplicate, r.kind AS audience, r.phone, r.email, r.locale, r.zone, \
      d.endpoint_id, e.url AS endpoint_url, e.secret AS endpoint_secret, e.previous_secret AS endpoint_previous_secret, \
      e.previous_until AS endpoint_previous_until, e.disabled_reason AS endpoint_disabled \
@@ -120,7 +122,7 @@ const CLAIMED_ROWS: &str = "SELECT d.id, d.window_id, d.broadcast_id, d.revision
 /// `CLAIMED_ROWS` as one JSON array of objects (SQLite).
 const CLAIMED_JSON_SQLITE: &str = "SELECT COALESCE(json_group_array(json_object('id', d.id, 'window_id', d.window_id, \
      'broadcast_id', d.broadcast_id, 'revision', d.revision, 'notice', d.notice, 'channel', d.channel, 'attempts', d.attempts, \
-     'deadline', d.deadline, 'recipient_id', d.recipient_id, \
+     'due_at', d.due_at, 'deadline', d.deadline, 'recipient_id', d.recipient_id, \
      'possibly_duplicate', json(CASE WHEN d.possibly_duplicate THEN 'true' ELSE 'false' END), \
      'audience', r.kind, 'phone', r.phone, 'email', r.email, 'locale', r.locale, 'zone', r.zone, \
      'endpoint_id', d.endpoint_id, 'endpoint_url', e.url, 'endpoint_secret', e.secret, \
@@ -570,9 +572,15 @@ impl Store {
             tx.commit().await?;
             rows
         });
+        let oldest_due = rows
+            .iter()
+            .map(|r| r.due_at)
+            .min()
+            .and_then(|ms| crate::domain::from_millis(ms).ok());
         Ok(Claim {
             token,
             rows: rows.into_iter().map(ClaimRow::parse).collect(),
+            oldest_due,
         })
     }
 

@@ -150,6 +150,7 @@ pub(super) struct ClaimRow {
     pub notice: String,
     pub channel: String,
     pub attempts: i64,
+    pub due_at: i64,
     pub deadline: i64,
     pub recipient_id: i64,
     pub possibly_duplicate: bool,

@@ -23,6 +23,7 @@ on_both!(
     permanent_failures_are_final_and_late_retries_expire,
     a_late_reminder_says_how_long_is_left,
     a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_flagged,
+    sending_tells_how_far_behind_its_slots_it_runs,
 );
 
 /// Answers each call with the next scripted outcome (the last one repeats), for every message.
@@ -139,6 +140,27 @@ async fn state(db: &TestDb, w: WindowId) -> String {
     let rows = db.store.summary(Some(w)).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     rows[0].state.as_str().to_owned()
+}
+
+/// What planning beside sending reads to give way: how late the rows of the latest claim were
+/// when claimed, and nothing before any claim.
+async fn sending_tells_how_far_behind_its_slots_it_runs(db: &TestDb) {
+    one_sms(db, start()).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let file: Arc<dyn Sender> = Arc::new(FileSender::new("outbox", outbox.path().to_owned()));
+    let d = dispatcher(db, vec![file]);
+    assert_eq!(d.behind(), None, "no claim yet");
+    // Due at 06:00, claimed 90 s later.
+    let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0) + TimeDelta::seconds(90));
+    let seen = Mutex::new(Vec::new());
+    let r = d
+        .run_scoped(&clock, None, &CancellationToken::new(), &|_| {
+            seen.lock().unwrap().push(d.behind())
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.sent, 1);
+    assert_eq!(*seen.lock().unwrap(), [Some(Duration::from_secs(90))]);
 }
 
 async fn transient_failures_fail_over_then_retry_then_give_up(db: &TestDb) {
