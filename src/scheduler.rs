@@ -190,10 +190,6 @@ pub struct TickReport {
 /// The shortest wait between two ticks of the daemon.
 const MIN_PAUSE: Duration = Duration::from_millis(10);
 
-/// Planning gives way to sending for at most this many times as long as it works: a tick's
-/// planning of a paced fan-out takes at most twice as long as on its own.
-const GIVE_WAY_SHARE: u32 = 1;
-
 /// How often planning that gives way to sending looks again.
 const GIVE_WAY_STEP: Duration = Duration::from_millis(10);
 
@@ -673,15 +669,14 @@ impl Scheduler {
         };
         // The latest slot planned so far, when paced at a rate: planning gives way to sending
         // while it is well ahead of the slots and sending is behind them, for no longer in all
-        // than `GIVE_WAY_SHARE` times what it has worked.
+        // than it has worked (a tick's planning takes at most twice as long as on its own).
         let mut planned_until: Option<DateTime<Utc>> = None;
         let began = tokio::time::Instant::now();
         let mut waited = Duration::ZERO;
         loop {
             if let Some(until) = planned_until {
                 let worked = began.elapsed().saturating_sub(waited);
-                let may = (worked * GIVE_WAY_SHARE).saturating_sub(waited);
-                waited += self.give_way(clock, until, may).await;
+                waited += self.give_way(clock, until, worked.saturating_sub(waited)).await;
             }
             let page = self
                 .store
