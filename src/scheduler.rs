@@ -628,18 +628,15 @@ impl Scheduler {
     /// or for `at_most`. Returns how long it waited.
     async fn give_way(&self, clock: &Clock, planned_until: DateTime<Utc>, at_most: Duration) -> Duration {
         let since = tokio::time::Instant::now();
-        let mut waited = false;
         while since.elapsed() < at_most
             && planner::pace::gives_way(self.dispatcher.behind(), planned_until - clock.now())
         {
-            waited = true;
             tokio::time::sleep(GIVE_WAY_STEP).await;
         }
-        if !waited {
-            return Duration::ZERO;
-        }
         let waited = since.elapsed();
-        tracing::debug!(waited_ms = waited.as_millis() as u64, "planning gave way to sending");
+        if waited >= GIVE_WAY_STEP {
+            tracing::debug!(waited_ms = waited.as_millis() as u64, "planning gave way to sending");
+        }
         waited
     }
 
@@ -662,11 +659,8 @@ impl Scheduler {
         // sending takes turns with planning to write (SQLite) or shares the server with it
         // (PostgreSQL): smaller pages keep each turn short enough for sending to keep up with
         // the slots, and let planning give way to it often enough.
-        let page_size = if pacer.is_some() && self.capacity.is_limited() {
-            PAGE / 5
-        } else {
-            PAGE
-        };
+        let paced_at_a_rate = pacer.is_some() && self.capacity.is_limited();
+        let page_size = if paced_at_a_rate { PAGE / 5 } else { PAGE };
         // The latest slot planned so far, when paced at a rate: planning gives way to sending
         // while it is well ahead of the slots and sending is behind them, for no longer in all
         // than it has worked (a tick's planning takes at most twice as long as on its own).
@@ -715,7 +709,7 @@ impl Scheduler {
                     let zone = zones.get(&row.recipient).copied().unwrap_or_default();
                     row.due_at = pacer.slot(row.channel, zone);
                 }
-                if self.capacity.is_limited() {
+                if paced_at_a_rate {
                     planned_until = rows.iter().map(|r| r.due_at).max().max(planned_until);
                 }
             }

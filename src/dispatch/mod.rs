@@ -73,6 +73,9 @@ pub struct DispatchConfig {
 /// How soon a lane looks again for due rows while a fan-out is still being enqueued.
 const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
 
+/// How long what a claim found about lateness still says how sending runs.
+const BEHIND_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An endpoint failing for this long without a success is disabled.
 pub const ENDPOINT_FAILING_LIMIT: Span = Span::hours(5 * 24);
 
@@ -153,7 +156,7 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         latest
-            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(1))
+            .filter(|(at, _)| at.elapsed() < BEHIND_FRESH_FOR)
             .map(|(_, behind)| behind)
     }
 
