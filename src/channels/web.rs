@@ -1,11 +1,14 @@
-//! What the HTTP backends share: one client each (no redirects followed, bounded in time), a
-//! response read with a size cap, and how an HTTP status is classified.
+//! What the HTTP backends share: one client each (no redirects followed, bounded in time), at
+//! most `connections` requests in flight, a response read with a size cap, and how an HTTP
+//! status is classified.
 
+use std::future::Future;
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
+use tokio::sync::Semaphore;
 
-use super::{Limits, SendError};
+use super::{BoxFuture, Limits, Message, Receipt, SendError};
 use crate::domain::Span;
 
 /// The shortest pause after a 429, a 408 or a request that timed out: a provider that says
@@ -18,20 +21,69 @@ pub const MAX_RESPONSE: usize = 64 * 1024;
 /// How much of a response body an error message quotes.
 const QUOTE: usize = 200;
 
-/// A client that follows no redirect (a 3xx is the far end's answer, not an instruction) and
-/// gives up on a request, body included, after `timeout`.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    build(builder(timeout))
+/// Requests in flight at once from a backend that sends one message per request, unless its
+/// `connections` says otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 64;
+
+/// A client that follows no redirect (a 3xx is the far end's answer, not an instruction), gives
+/// up on a request, body included, after `timeout`, and keeps up to `connections` idle
+/// connections to each host.
+pub fn client(timeout: Duration, connections: usize) -> Result<reqwest::Client, String> {
+    build(builder(timeout, connections))
 }
 
 /// The settings every backend's client shares, to add to before [`build`].
-pub fn builder(timeout: Duration) -> reqwest::ClientBuilder {
+pub fn builder(timeout: Duration, connections: usize) -> reqwest::ClientBuilder {
     super::install_tls_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(connections)
+}
+
+/// Checks a backend's `connections`: at least one.
+pub fn connections(configured: Option<usize>) -> Result<usize, String> {
+    match configured {
+        Some(0) => Err("connections must be at least 1".into()),
+        Some(n) => Ok(n),
+        None => Ok(DEFAULT_CONNECTIONS),
+    }
+}
+
+/// The requests of a backend that sends one message per request: at most as many in flight at
+/// once, across all the batches it is sending, as its client keeps connections alive. Unbounded,
+/// a batch of 500 opened 500 connections, and all but the few the pool kept were closed after
+/// one request each; a provider also refuses a client that opens too many at once.
+#[derive(Debug)]
+pub struct Requests {
+    slots: Semaphore,
+}
+
+impl Requests {
+    pub fn new(connections: usize) -> Requests {
+        Requests {
+            slots: Semaphore::new(connections),
+        }
+    }
+
+    /// Each message of `batch` sent with `send` as soon as a connection is free; the results in
+    /// the batch's order.
+    pub fn each<'a, F, Fut>(&'a self, batch: &'a [Message], send: F) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>>
+    where
+        F: Fn(&'a Message) -> Fut + Send + Sync + 'a,
+        Fut: Future<Output = Result<Receipt, SendError>> + Send + 'a,
+    {
+        Box::pin(async move {
+            let send = &send;
+            futures_util::future::join_all(batch.iter().map(|m| async move {
+                // Never closed, so a permit always comes.
+                let _slot = self.slots.acquire().await.ok();
+                send(m).await
+            }))
+            .await
+        })
+    }
 }
 
 pub fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {

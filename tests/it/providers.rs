@@ -183,6 +183,72 @@ async fn twilio_sends_one_request_per_message_and_classifies_each_answer() {
     );
 }
 
+/// What a server saw of a client's connections: the most requests at once, and each
+/// connection's peer address.
+#[derive(Default)]
+struct Connections {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    peers: Mutex<std::collections::HashSet<std::net::SocketAddr>>,
+}
+
+#[tokio::test]
+async fn twilio_keeps_at_most_its_connections_in_flight_and_reuses_them() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let seen = Arc::new(Connections::default());
+    let app = axum::Router::new()
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            post(
+                |State(seen): State<Arc<Connections>>,
+                 axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>| async move {
+                    let now = seen.now.fetch_add(1, SeqCst) + 1;
+                    seen.most.fetch_max(now, SeqCst);
+                    seen.peers.lock().unwrap().insert(peer);
+                    // Long enough for the requests of a batch to overlap.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    seen.now.fetch_sub(1, SeqCst);
+                    (StatusCode::CREATED, r#"{"sid": "SM1"}"#)
+                },
+            ),
+        )
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let mut config = twilio_config(&base);
+    config.connections = Some(3);
+    let sender = build(&config);
+    let batch: Vec<Message> = (0..30)
+        .map(|i| sms(&format!("07120000{i:02}"), "M-PESA: Maintenance tonight."))
+        .collect();
+    // Two batches at once share the connections.
+    let (first, second) = tokio::join!(sender.send(&batch[..15]), sender.send(&batch[15..]));
+    assert!(first.iter().chain(&second).all(Result::is_ok));
+    assert_eq!(
+        seen.most.load(SeqCst),
+        3,
+        "never more than `connections` requests at once"
+    );
+    assert_eq!(
+        seen.peers.lock().unwrap().len(),
+        3,
+        "30 requests over the 3 connections, each kept alive"
+    );
+    let zero = toml::from_str::<tangazo::channels::twilio::TwilioConfig>(&format!(
+        "base_url = \"{base}\"\naccount_sid = \"AC123\"\nauth_token = \"secret\"\nfrom = \"M-PESA\"\nconnections = 0"
+    ))
+    .unwrap();
+    assert!(zero.validate().unwrap_err().contains("connections must be at least 1"));
+}
+
 #[tokio::test]
 async fn twilio_without_an_answer_in_time_may_have_sent() {
     let (_server, base) = twilio_server().await;

@@ -167,7 +167,7 @@ fn event(url: &str, secrets: Vec<Secret>, key: &str) -> Message {
 async fn signed_as_the_specification_says_and_every_misbehaving_receiver_is_handled() {
     let (state, base) = receiver();
     let secret = tangazo::channels::webhook::sign::new_secret().unwrap();
-    let sender = WebhookSender::new("hooks", loopback_guard(), Duration::from_secs(1)).unwrap();
+    let sender = WebhookSender::new("hooks", loopback_guard(), Duration::from_secs(1), 4).unwrap();
     let send = |path: &str, key: &str| {
         let m = event(&format!("{base}{path}"), vec![secret.clone()], key);
         let sender = &sender;
@@ -245,6 +245,7 @@ async fn signed_as_the_specification_says_and_every_misbehaving_receiver_is_hand
         "hooks",
         Guard::new(true, vec![], Arc::new(SystemLookup)),
         Duration::from_secs(1),
+        4,
     )
     .unwrap();
     let m = event(&format!("{base}/ok"), vec![secret.clone()], "k-strict");

@@ -74,7 +74,7 @@ impl Backend for AfricasTalkingConfig {
             batch: self.batch.unwrap_or(DEFAULT_BATCH),
             pause: self.pause.map_or(Duration::from_secs(600), Span::to_std),
             config: self.clone(),
-            client: web::client(Duration::from_secs(30))?,
+            client: web::client(Duration::from_secs(30), web::DEFAULT_CONNECTIONS)?,
             paused_until: Mutex::new(None),
         }))
     }

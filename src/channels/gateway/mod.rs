@@ -32,6 +32,9 @@ pub struct GatewayConfig {
     /// Where the message id is in a successful answer (a JSON pointer, e.g. `/id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_pointer: Option<String>,
+    /// Requests in flight at once, each over a connection kept alive [default: 64].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
 }
 
 impl GatewayConfig {
@@ -61,16 +64,19 @@ impl Backend for GatewayConfig {
         {
             return Err("id_pointer must be a JSON pointer starting with /".into());
         }
+        web::connections(self.connections)?;
         self.template().map(|_| ())
     }
 
     fn build(&self, name: &str, _: &BuildContext) -> Result<Arc<dyn Sender>, String> {
         self.validate()?;
+        let connections = web::connections(self.connections)?;
         Ok(Arc::new(GatewaySender {
             name: name.to_owned(),
             template: self.template()?,
             config: self.clone(),
-            client: web::client(Duration::from_secs(30))?,
+            client: web::client(Duration::from_secs(30), connections)?,
+            requests: web::Requests::new(connections),
         }))
     }
 }
@@ -80,6 +86,7 @@ pub struct GatewaySender {
     template: Value,
     config: GatewayConfig,
     client: reqwest::Client,
+    requests: web::Requests,
 }
 
 /// `template` with the placeholders of every string value filled in.
@@ -132,7 +139,7 @@ impl Sender for GatewaySender {
     }
 
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
-        Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
+        self.requests.each(batch, |m| self.send_one(m))
     }
 }
 
@@ -154,9 +161,15 @@ mod tests {
             headers: BTreeMap::new(),
             body: body.into(),
             id_pointer: None,
+            connections: None,
         };
         assert!(config(r#"{"to": "{to}"}"#).validate().unwrap_err().contains("{body}"));
         assert!(config("not json").validate().unwrap_err().contains("not JSON"));
         assert!(config(r#"{"to": "{to}", "text": "{body}"}"#).validate().is_ok());
+        let none = GatewayConfig {
+            connections: Some(0),
+            ..config(r#"{"to": "{to}", "text": "{body}"}"#)
+        };
+        assert!(none.validate().unwrap_err().contains("connections"));
     }
 }

@@ -31,6 +31,9 @@ pub struct TwilioConfig {
     pub from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messaging_service_sid: Option<String>,
+    /// Requests in flight at once, each over a connection kept alive [default: 64].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
 }
 
 fn default_base_url() -> String {
@@ -50,6 +53,7 @@ impl Backend for TwilioConfig {
         if self.account_sid.trim().is_empty() || self.auth_token.expose().is_empty() {
             return Err("account_sid and auth_token are required".into());
         }
+        web::connections(self.connections)?;
         match (&self.from, &self.messaging_service_sid) {
             (Some(_), None) | (None, Some(_)) => Ok(()),
             _ => Err("give exactly one of from and messaging_service_sid".into()),
@@ -58,6 +62,7 @@ impl Backend for TwilioConfig {
 
     fn build(&self, name: &str, _: &BuildContext) -> Result<Arc<dyn Sender>, String> {
         self.validate()?;
+        let connections = web::connections(self.connections)?;
         Ok(Arc::new(TwilioSender {
             name: name.to_owned(),
             url: format!(
@@ -66,7 +71,8 @@ impl Backend for TwilioConfig {
                 self.account_sid
             ),
             config: self.clone(),
-            client: web::client(Duration::from_secs(30))?,
+            client: web::client(Duration::from_secs(30), connections)?,
+            requests: web::Requests::new(connections),
         }))
     }
 }
@@ -76,6 +82,7 @@ pub struct TwilioSender {
     url: String,
     config: TwilioConfig,
     client: reqwest::Client,
+    requests: web::Requests,
 }
 
 #[derive(Deserialize)]
@@ -132,7 +139,7 @@ impl Sender for TwilioSender {
     }
 
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
-        Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
+        self.requests.each(batch, |m| self.send_one(m))
     }
 
     /// Reads the account (`GET …/Accounts/{sid}.json`): the credentials work and it is active.

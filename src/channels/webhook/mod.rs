@@ -34,6 +34,9 @@ pub struct WebhookConfig {
     /// Subnets endpoints may be in although they are not public (`10.20.0.0/16`, `127.0.0.1`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Requests in flight at once, each over a connection kept alive [default: 64].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
 }
 
 impl WebhookConfig {
@@ -72,7 +75,7 @@ pub async fn send_test(
     let payload =
         serde_json::json!({"type": "webhook.test", "data": {"endpoint_id": id, "message": "a test from Tangazo"}});
     let sender =
-        WebhookSender::new("test", guard, REQUEST_TIMEOUT).map_err(|message| SendError::Permanent { message })?;
+        WebhookSender::new("test", guard, REQUEST_TIMEOUT, 1).map_err(|message| SendError::Permanent { message })?;
     let sent = sender
         .send(&[event(
             endpoint,
@@ -94,7 +97,7 @@ pub async fn replay(
     biller: crate::domain::RecipientId,
     events: Vec<(String, String, serde_json::Value)>,
 ) -> Result<(usize, Option<SendError>), String> {
-    let sender = WebhookSender::new("replay", guard, REQUEST_TIMEOUT)?;
+    let sender = WebhookSender::new("replay", guard, REQUEST_TIMEOUT, 1)?;
     let mut sent = 0;
     for (key, kind, payload) in events {
         let id = format!("{key}.e{}", endpoint.id);
@@ -167,11 +170,18 @@ impl Backend for WebhookConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        web::connections(self.connections)?;
         self.guard().map(|_| ())
     }
 
     fn build(&self, name: &str, _: &BuildContext) -> Result<Arc<dyn Sender>, String> {
-        Ok(Arc::new(WebhookSender::new(name, self.guard()?, REQUEST_TIMEOUT)?))
+        let connections = web::connections(self.connections)?;
+        Ok(Arc::new(WebhookSender::new(
+            name,
+            self.guard()?,
+            REQUEST_TIMEOUT,
+            connections,
+        )?))
     }
 }
 
@@ -179,17 +189,20 @@ pub struct WebhookSender {
     name: String,
     guard: Guard,
     client: reqwest::Client,
+    requests: web::Requests,
 }
 
 impl WebhookSender {
-    /// A sender whose requests go only where `guard` allows, each within `timeout`.
-    pub fn new(name: &str, guard: Guard, timeout: Duration) -> Result<WebhookSender, String> {
+    /// A sender whose requests go only where `guard` allows, each within `timeout`, at most
+    /// `connections` at once.
+    pub fn new(name: &str, guard: Guard, timeout: Duration, connections: usize) -> Result<WebhookSender, String> {
         // Every connection goes through the guard: it is the client's resolver.
-        let client = web::build(web::builder(timeout).dns_resolver(Arc::new(guard.clone())))?;
+        let client = web::build(web::builder(timeout, connections).dns_resolver(Arc::new(guard.clone())))?;
         Ok(WebhookSender {
             name: name.to_owned(),
             guard,
             client,
+            requests: web::Requests::new(connections),
         })
     }
 
@@ -290,6 +303,6 @@ impl Sender for WebhookSender {
     }
 
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
-        Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
+        self.requests.each(batch, |m| self.send_one(m))
     }
 }
