@@ -389,6 +389,7 @@ impl Dispatcher {
         }
         let sends = groups.into_iter().filter(|(_, _, messages)| !messages.is_empty()).map(
             |(channel, rows, messages)| async move {
+                let messages = Arc::new(messages);
                 let results = self.send_with_failover(channel, &messages).await;
                 (channel, rows, messages, results)
             },
@@ -403,7 +404,7 @@ impl Dispatcher {
             let now = clock.now();
             // The real instant `now` was read at: messages handed over together get one time.
             let real_now = tokio::time::Instant::now();
-            for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(&messages) {
+            for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(messages.iter()) {
                 let row = &row;
                 let backend = outcome.backend;
                 for t in &outcome.tries {
@@ -615,7 +616,7 @@ impl Dispatcher {
     /// Tries the channel's senders in order: what one backend failed transiently goes to the
     /// next; a permanent failure or a success is final. Returns, per message, the backend that
     /// had the last word and its result.
-    async fn send_with_failover(&self, channel: Channel, messages: &[Message]) -> Vec<SendOutcome<'_>> {
+    async fn send_with_failover(&self, channel: Channel, messages: &Arc<Vec<Message>>) -> Vec<SendOutcome<'_>> {
         let route = self.senders.route(channel);
         let mut results: Vec<SendOutcome> = messages
             .iter()
@@ -635,15 +636,13 @@ impl Dispatcher {
             }
             let sender = &backend.sender;
             // The first backend gets the messages as they are; a later one what is left.
-            let left: Vec<Message>;
             let batch = if pending.len() == messages.len() {
-                messages
+                Arc::clone(messages)
             } else {
-                left = pending.iter().map(|&i| messages[i].clone()).collect();
-                &left
+                Arc::new(pending.iter().map(|&i| messages[i].clone()).collect())
             };
             let started = std::time::Instant::now();
-            let outcome = send_on_time(sender.as_ref(), batch).await;
+            let outcome = send_on_a_worker(sender, batch).await;
             let latency = started.elapsed();
             let mut still = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
@@ -989,4 +988,21 @@ enum Prepare {
     Store(StoreError),
     Fail(String),
     Superseded(String),
+}
+/// `send_on_time` as a task of its own, so that a backend's own work for a batch (building each
+/// message or request, its protocol) runs on another of the runtime's threads while the lanes
+/// claim, render and record. A send the runtime cancelled (it is shutting down) answers nothing,
+/// which the caller reads as a transient failure of each message.
+async fn send_on_a_worker(
+    sender: &Arc<dyn crate::channels::Sender>,
+    batch: Arc<Vec<Message>>,
+) -> Vec<Result<Receipt, SendError>> {
+    let sender = Arc::clone(sender);
+    match tokio::spawn(async move { send_on_time(sender.as_ref(), &batch).await }).await {
+        Ok(results) => results,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Vec::new(),
+        },
+    }
 }
