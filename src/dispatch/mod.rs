@@ -989,20 +989,29 @@ enum Prepare {
     Fail(String),
     Superseded(String),
 }
+
 /// `send_on_time` as a task of its own, so that a backend's own work for a batch (building each
 /// message or request, its protocol) runs on another of the runtime's threads while the lanes
-/// claim, render and record. A send the runtime cancelled (it is shutting down) answers nothing,
-/// which the caller reads as a transient failure of each message.
+/// claim, render and record. A send the runtime cancelled (it is shutting down) may have handed
+/// some messages over: each is uncertain, retried later flagged possibly duplicate, not failed
+/// over.
 async fn send_on_a_worker(
     sender: &Arc<dyn crate::channels::Sender>,
     batch: Arc<Vec<Message>>,
 ) -> Vec<Result<Receipt, SendError>> {
-    let sender = Arc::clone(sender);
-    match tokio::spawn(async move { send_on_time(sender.as_ref(), &batch).await }).await {
+    let count = batch.len();
+    let worker = Arc::clone(sender);
+    match tokio::spawn(async move { send_on_time(worker.as_ref(), &batch).await }).await {
         Ok(results) => results,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => Vec::new(),
+            Err(_) => {
+                let cancelled = SendError::Uncertain {
+                    message: format!("{}: the send was cancelled, the process is stopping", sender.name()),
+                    retry_after: None,
+                };
+                vec![Err(cancelled); count]
+            }
         },
     }
 }
