@@ -21,7 +21,7 @@ use crate::domain::{
     Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, error_chain, fingerprint, idempotency_key,
 };
 use crate::render::{NoticeFacts, RenderError, Renderer, lead_time};
-use crate::storage::{Attempt, Broadcast, Claim, ClaimedDelivery, Finish, Store, StoreError};
+use crate::storage::{Attempt, Broadcast, Claim, ClaimedDelivery, Finish, Position, Store, StoreError};
 use retry::{AfterFailure, Retry, after_failure};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,10 @@ pub struct DispatchConfig {
 /// How soon a lane looks again for due rows while a fan-out is still being enqueued.
 const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
 
+/// How often the lanes look at the whole queue rather than past their last claim (see
+/// [`Cursor`]).
+const LOOK_FROM_THE_FRONT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long what a claim found about lateness still says how sending runs.
 const BEHIND_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -91,6 +95,85 @@ pub struct Dispatcher {
     /// When its latest claim that found rows was made (real time), and how far behind their
     /// slots they were.
     latest_claim: Arc<std::sync::Mutex<Option<(tokio::time::Instant, std::time::Duration)>>>,
+    /// Where its lanes claim from next.
+    cursor: Arc<std::sync::Mutex<Cursor>>,
+}
+
+/// Where a dispatcher's lanes claim from: past the last row they claimed, so that a claim does
+/// not walk every row already sent (on PostgreSQL their index entries stay until a vacuum, and a
+/// claim from the front of a 10-million-row fan-out read tens of thousands of index pages).
+///
+/// A row can come back behind that place: a lapsed claim released, a window resumed, a row
+/// planned with an earlier slot than one already claimed (a channel not paced beside one that
+/// is), a page committed after a later one. So the lanes look from the front of the queue at
+/// least every [`LOOK_FROM_THE_FRONT_EVERY`], whenever the scope changes, and always before a
+/// run concludes that nothing is due. A look from the front moves the cursor back to where it
+/// found rows; a claim that began before it cannot move the cursor on past them.
+#[derive(Debug)]
+struct Cursor {
+    /// The broadcast the position was found in (`None`: all rows).
+    scope: Option<i64>,
+    at: Position,
+    /// Bumped by every look from the front.
+    epoch: u64,
+    /// When the last look from the front began; `None`: never, or in another scope.
+    looked_from_the_front: Option<tokio::time::Instant>,
+}
+
+impl Default for Cursor {
+    fn default() -> Cursor {
+        Cursor {
+            scope: None,
+            at: Position::FRONT,
+            epoch: 0,
+            looked_from_the_front: None,
+        }
+    }
+}
+
+/// One claim's start: where, and under which epoch of the cursor.
+#[derive(Debug, Clone, Copy)]
+struct ClaimFrom {
+    after: Position,
+    epoch: u64,
+}
+
+impl ClaimFrom {
+    fn looks_from_the_front(self) -> bool {
+        self.after == Position::FRONT
+    }
+}
+
+impl Cursor {
+    /// Where the next claim in `scope` starts: from the front when `front` asks for it, when
+    /// the scope changed, or when the last look from the front is old.
+    fn start(&mut self, scope: Option<i64>, front: bool) -> ClaimFrom {
+        let stale = self
+            .looked_from_the_front
+            .is_none_or(|at| at.elapsed() >= LOOK_FROM_THE_FRONT_EVERY);
+        if front || stale || scope != self.scope {
+            self.scope = scope;
+            self.looked_from_the_front = Some(tokio::time::Instant::now());
+            self.epoch += 1;
+            return ClaimFrom {
+                after: Position::FRONT,
+                epoch: self.epoch,
+            };
+        }
+        ClaimFrom {
+            after: self.at,
+            epoch: self.epoch,
+        }
+    }
+
+    /// What a claim that started `from` found: the position of its last row.
+    fn claimed(&mut self, from: ClaimFrom, last: Option<Position>) {
+        let Some(last) = last else { return };
+        if from.epoch != self.epoch {
+            return;
+        }
+        self.at = if from.looks_from_the_front() { last } else { self.at.max(last) };
+    }
 }
 
 /// Told the running totals after every batch; called from the dispatching task.
@@ -120,6 +203,7 @@ impl Dispatcher {
             owner,
             sent: Arc::default(),
             latest_claim: Arc::default(),
+            cursor: Arc::default(),
         }
     }
 
@@ -227,14 +311,17 @@ impl Dispatcher {
         let mut cache = Cache::default();
         let lease = self.config.lease.to_std();
         let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
+        let mut front = false;
         while !stop.is_cancelled() {
             // Read before the claim: once enqueueing has ended, an empty claim has seen it all.
             let last_look = enqueued.is_none_or(CancellationToken::is_cancelled);
             let now = clock.now();
+            let from = self.cursor().start(broadcast, std::mem::take(&mut front));
             let claim = self
                 .store
-                .claim_due(now, batch_size, &self.owner, lease, broadcast)
+                .claim_due(now, batch_size, &self.owner, lease, broadcast, from.after)
                 .await?;
+            self.cursor().claimed(from, claim.last);
             if let Some(due) = claim.oldest_due {
                 let behind = (now - due).to_std().unwrap_or_default();
                 *self
@@ -243,6 +330,11 @@ impl Dispatcher {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tokio::time::Instant::now(), behind));
             }
             if claim.rows.is_empty() {
+                // Rows may wait behind the cursor: only the whole queue says nothing is due.
+                if last_look && !from.looks_from_the_front() {
+                    front = true;
+                    continue;
+                }
                 match enqueued {
                     Some(enqueued) if !last_look => {
                         tokio::select! {
@@ -276,6 +368,10 @@ impl Dispatcher {
             progress(&total);
         }
         Ok(())
+    }
+
+    fn cursor(&self) -> std::sync::MutexGuard<'_, Cursor> {
+        self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How many rows this dispatcher holds claimed (after a run: none, unless it was stopped
@@ -1013,5 +1109,57 @@ async fn send_on_a_worker(
                 vec![Err(cancelled); count]
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClaimFrom, Cursor, LOOK_FROM_THE_FRONT_EVERY};
+    use crate::storage::Position;
+
+    fn claim(cursor: &mut Cursor, scope: Option<i64>, last: Option<Position>) -> ClaimFrom {
+        let from = cursor.start(scope, false);
+        cursor.claimed(from, last);
+        from
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claims_go_on_from_the_last_row_and_look_from_the_front_now_and_then() {
+        let mut cursor = Cursor::default();
+        // The first claim looks at the whole queue; the next ones go on past the last row.
+        assert!(claim(&mut cursor, None, Some(Position::at(10, 500))).looks_from_the_front());
+        assert_eq!(
+            claim(&mut cursor, None, Some(Position::at(10, 1000))).after,
+            Position::at(10, 500)
+        );
+        assert_eq!(cursor.start(None, false).after, Position::at(10, 1000));
+        // An empty claim leaves the cursor where it was.
+        claim(&mut cursor, None, None);
+        assert_eq!(cursor.start(None, false).after, Position::at(10, 1000));
+        // Asked for, or once the last look from the front is old, a claim looks at it all.
+        assert!(cursor.start(None, true).looks_from_the_front());
+        assert!(!cursor.start(None, false).looks_from_the_front());
+        tokio::time::advance(LOOK_FROM_THE_FRONT_EVERY).await;
+        assert!(cursor.start(None, false).looks_from_the_front());
+        // Another scope (one broadcast's rows) starts from the front too.
+        assert!(!cursor.start(None, false).looks_from_the_front());
+        assert!(cursor.start(Some(7), false).looks_from_the_front());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_found_behind_the_cursor_take_it_back_there() {
+        let mut cursor = Cursor::default();
+        claim(&mut cursor, None, Some(Position::at(10, 1000)));
+        // Two lanes: one goes on past the cursor while the other looks from the front and
+        // finds rows that came back behind it (a released claim, an earlier slot).
+        let ahead = cursor.start(None, false);
+        let front = cursor.start(None, true);
+        cursor.claimed(front, Some(Position::at(5, 40)));
+        cursor.claimed(ahead, Some(Position::at(10, 1500)));
+        // The next claims go on from behind, not past the rows the lane ahead took.
+        assert_eq!(cursor.start(None, false).after, Position::at(5, 40));
+        let next = cursor.start(None, false);
+        cursor.claimed(next, Some(Position::at(10, 1200)));
+        assert_eq!(cursor.start(None, false).after, Position::at(10, 1200));
     }
 }

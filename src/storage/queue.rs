@@ -72,6 +72,31 @@ pub struct Claim {
     pub rows: Vec<Claimed>,
     /// The earliest slot among the claimed rows: how far behind them sending runs.
     pub oldest_due: Option<DateTime<Utc>>,
+    /// The queue position of the last row claimed (in claim order): where the next claim may
+    /// start.
+    pub last: Option<Position>,
+}
+
+/// A place in the queue's claim order, `(due_at, id)`. A claim looks only past a position, so
+/// a long run does not walk, at every claim, the index entries of rows already sent (on
+/// PostgreSQL they stay in the index until a vacuum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    due_at: i64,
+    id: i64,
+}
+
+impl Position {
+    /// Before every row: a claim from here looks at the whole queue.
+    pub const FRONT: Position = Position {
+        due_at: i64::MIN,
+        id: i64::MIN,
+    };
+
+    #[cfg(test)]
+    pub(crate) fn at(due_at: i64, id: i64) -> Position {
+        Position { due_at, id }
+    }
 }
 
 /// What releasing lapsed (or dead workers') claims did.
@@ -541,7 +566,8 @@ impl Store {
     }
 
     /// Claims up to `limit` deliveries due at `now` (and before their deadline) for `owner`, for
-    /// `lease` of real time, oldest due first, under a new token.
+    /// `lease` of real time, oldest due first, under a new token. Only rows past `after` in
+    /// claim order are looked at; [`Position::FRONT`] looks at them all.
     pub async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -549,6 +575,7 @@ impl Store {
         owner: &str,
         lease: Duration,
         only_broadcast: Option<i64>,
+        after: Position,
     ) -> Result<Claim, StoreError> {
         let claim = match self.dialect() {
             Dialect::Sqlite => include_str!("sql/sqlite/claim.sql"),
@@ -565,6 +592,8 @@ impl Store {
                 .bind(limit)
                 .bind(only_broadcast)
                 .bind(token)
+                .bind(after.due_at)
+                .bind(after.id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -577,10 +606,18 @@ impl Store {
             .map(|r| r.due_at)
             .min()
             .and_then(|ms| crate::domain::from_millis(ms).ok());
+        let last = rows
+            .iter()
+            .map(|r| Position {
+                due_at: r.due_at,
+                id: r.id,
+            })
+            .max();
         Ok(Claim {
             token,
             rows: rows.into_iter().map(ClaimRow::parse).collect(),
             oldest_due,
+            last,
         })
     }
 

@@ -734,7 +734,14 @@ async fn a_daemon_killed_near_a_deadline_is_followed_by_one_that_sends_in_time_f
         store.enqueue(&rows).await.unwrap();
         // The dead daemon's claim, with five minutes of lease left: longer than the deadline.
         let claim = store
-            .claim_due(now, 10, "daemon@old-host:1", std::time::Duration::from_secs(300), None)
+            .claim_due(
+                now,
+                10,
+                "daemon@old-host:1",
+                std::time::Duration::from_secs(300),
+                None,
+                tangazo::storage::Position::FRONT,
+            )
             .await
             .unwrap();
         assert_eq!(claim.rows.len(), 5);

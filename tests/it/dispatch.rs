@@ -24,6 +24,7 @@ on_both!(
     a_late_reminder_says_how_long_is_left,
     a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_flagged,
     sending_tells_how_far_behind_its_slots_it_runs,
+    rows_queued_behind_the_last_claim_still_go_out,
 );
 
 /// Answers each call with the next scripted outcome (the last one repeats), for every message.
@@ -134,6 +135,63 @@ async fn sms_for_new_window(db: &TestDb, hours: i64, deadline: DateTime<Utc>) ->
     };
     db.store.enqueue(&[row]).await.unwrap();
     w.id
+}
+
+/// Claims go on from the last row claimed rather than from the front of the queue; rows that
+/// land behind that place (here: slots earlier than those already sent, queued after them) are
+/// still found, and a run does not end while any is due.
+async fn rows_queued_behind_the_last_claim_still_go_out(db: &TestDb) {
+    let people: Vec<_> = (0..250).map(|i| customer(i, Locale::En)).collect();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let ids: Vec<RecipientId> = db
+        .store
+        .recipients_page(None, RecipientId(0), 250)
+        .await
+        .unwrap()
+        .recipients
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let queue = |w: WindowId, due_at: DateTime<Utc>| -> Vec<PlannedDelivery> {
+        ids.iter()
+            .map(|&recipient| PlannedDelivery {
+                window: w,
+                revision: 1,
+                notice: Notice::Announced,
+                recipient,
+                channel: Channel::Sms,
+                endpoint: None,
+                due_at,
+                deadline: start(),
+            })
+            .collect()
+    };
+    let sms = Scripted::new("sms", vec![Ok(())]);
+    let d = dispatcher(db, vec![sms.clone()]);
+    let clock = Clock::Fixed(utc(2015, 4, 10, 7, 0));
+    let stop = CancellationToken::new();
+    let mut sent = 0;
+    for (n, due_at) in [utc(2015, 4, 10, 6, 30), utc(2015, 4, 10, 6, 0), utc(2015, 4, 10, 5, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        // Each window's rows are due before the last ones sent.
+        let w = db
+            .store
+            .create_window(new_window(48 + n as i64), utc(2015, 4, 10, 6, 0), "t")
+            .await
+            .unwrap();
+        db.store.enqueue(&queue(w.id, due_at)).await.unwrap();
+        let r = d.run_due(&clock, &stop).await.unwrap();
+        sent += r.sent;
+        assert_eq!(r.sent, 250, "run {n}: {r:?}");
+        assert_eq!(state(db, w.id).await, "sent");
+    }
+    assert_eq!(sent, 750);
+    assert_eq!(sms.seen.lock().unwrap().len(), 750, "each sent once");
 }
 
 async fn state(db: &TestDb, w: WindowId) -> String {

@@ -9,7 +9,7 @@ use tangazo::domain::{
     Schedule, Span, WindowId, WindowStatus,
 };
 use tangazo::domain::{Decision, Outcome, Reach};
-use tangazo::storage::{ClaimedDelivery, FanOutPage, Finish, NewBroadcast, StoreError};
+use tangazo::storage::{ClaimedDelivery, FanOutPage, Finish, NewBroadcast, Position, StoreError};
 
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
 use crate::on_both;
@@ -38,7 +38,11 @@ async fn claim(
     lease: Duration,
     broadcast: Option<i64>,
 ) -> (i64, Vec<ClaimedDelivery>) {
-    let claim = db.store.claim_due(now, limit, owner, lease, broadcast).await.unwrap();
+    let claim = db
+        .store
+        .claim_due(now, limit, owner, lease, broadcast, Position::FRONT)
+        .await
+        .unwrap();
     (claim.token, claim.rows.into_iter().map(Result::unwrap).collect())
 }
 
@@ -583,6 +587,8 @@ async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
     ))
     .unwrap();
     let sql = format!("{explain}{sql}");
+    // A claim from half way along the queue, as a long run's claims are.
+    let half_way = (tangazo::domain::to_millis(start() - TimeDelta::hours(100)), 15_000_i64);
     // The same query and binds on either pool; the plan's text is column `$col` of its rows.
     macro_rules! explain {
         ($pool:ty, $row:ty, $col:tt) => {{
@@ -594,6 +600,8 @@ async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
                 .bind(500_i64)
                 .bind(None::<i64>)
                 .bind(1_i64)
+                .bind(half_way.0)
+                .bind(half_way.1)
                 .fetch_all(&pool)
                 .await
                 .unwrap();
@@ -608,6 +616,13 @@ async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
     };
     let plan = plan.join("\n");
     assert!(plan.contains("deliveries_due"), "{plan}");
+    // The scan starts at the position, not at the front of the index.
+    let starts_there = if postgres {
+        "Index Cond: ((ROW(due_at, id) > ROW("
+    } else {
+        "USING INDEX deliveries_due (due_at>?"
+    };
+    assert!(plan.contains(starts_there), "the claim scans from the front:\n{plan}");
     assert!(
         !plan.contains("Sort") && !plan.contains("TEMP B-TREE"),
         "the claim sorts the queue:\n{plan}"
