@@ -187,6 +187,9 @@ pub struct TickReport {
     pub cannot_meet_deadline: Vec<FanOutPlan>,
 }
 
+/// Recipients per page of a fan-out paced at a rate (see `fan_out`).
+const PACED_PAGE: i64 = 2_000;
+
 /// The shortest wait between two ticks of the daemon.
 const MIN_PAUSE: Duration = Duration::from_millis(10);
 
@@ -664,7 +667,7 @@ impl Scheduler {
         // (PostgreSQL): smaller pages keep each turn short enough for sending to keep up with
         // the slots, and let planning give way to it often enough.
         let paced_at_a_rate = pacer.is_some() && self.capacity.is_limited();
-        let page_size = if paced_at_a_rate { PAGE / 5 } else { PAGE };
+        let page_size = if paced_at_a_rate { PACED_PAGE } else { PAGE };
         // The latest slot planned so far, when paced at a rate: planning gives way to sending
         // while it is well ahead of the slots and sending is behind them, for no longer in all
         // than it has worked (a tick's planning takes at most twice as long as on its own).

@@ -172,7 +172,11 @@ impl Cursor {
         if from.epoch != self.epoch {
             return;
         }
-        self.at = if from.looks_from_the_front() { last } else { self.at.max(last) };
+        self.at = if from.looks_from_the_front() {
+            last
+        } else {
+            self.at.max(last)
+        };
     }
 }
 

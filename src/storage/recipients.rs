@@ -10,8 +10,11 @@ use super::rows::{RECIPIENT_COLUMNS, RecipientRow, join_list};
 use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
 use crate::domain::{Audience, Channel, Profile, Recipient, RecipientId, WindowId, fingerprint, to_millis};
 
-/// Recipients read per page while fanning out (and rows enqueued per transaction).
-pub const PAGE: i64 = 10_000;
+/// Recipients read per page while fanning out (and rows enqueued per transaction). A page is
+/// in memory several times over while it is planned (read, parsed, planned, bound), beside the
+/// batches being sent: pages of 10,000 took peak RSS from about 47 to 65 MiB for no speed that
+/// could be told from the machine's noise (BENCHMARKS.md).
+pub const PAGE: i64 = 5_000;
 
 /// An import's upsert: an opt-out is never cleared, a seed becomes an ordinary recipient.
 const UPSERT: &str = " ON CONFLICT (natural_key) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
