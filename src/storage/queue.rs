@@ -529,22 +529,33 @@ impl Store {
         // a bound parameter the text never names is an error.
         let stale =
             "window_id IS NOT NULL AND revision < (SELECT w.revision FROM windows w WHERE w.id = deliveries.window_id)";
-        let statements = [
-            format!(
-                "UPDATE deliveries SET state = 'superseded', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
-                 lease_token = NULL, last_error = 'the window moved on; the claim lapsed, so it may have been sent before the crash' \
-                 WHERE state = 'claimed' AND {which} AND {stale} AND $1 = $1"
+        let settle = [
+            (
+                "state = 'superseded', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
+                 lease_token = NULL, last_error = 'the window moved on; the claim lapsed, so it may have been sent before the crash'",
+                format!("{stale} AND $1 = $1"),
             ),
-            format!(
-                "UPDATE deliveries SET state = 'expired', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
-                 lease_token = NULL, last_error = 'the claim lapsed after the deadline: may have been sent before the crash' \
-                 WHERE state = 'claimed' AND {which} AND deadline <= $1"
+            (
+                "state = 'expired', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
+                 lease_token = NULL, last_error = 'the claim lapsed after the deadline: may have been sent before the crash'",
+                "deadline <= $1".to_owned(),
             ),
-            format!(
-                "UPDATE deliveries SET state = 'pending', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, \
-                 lease_token = NULL WHERE state = 'claimed' AND {which} AND $1 = $1"
+            (
+                "state = 'pending', possibly_duplicate = TRUE, lease_owner = NULL, lease_until = NULL, lease_token = NULL",
+                "$1 = $1".to_owned(),
             ),
         ];
+        // On PostgreSQL, rows another transaction holds are passed over, not waited for: a
+        // daemon stalled in the middle of writing its claimed rows (paused, swapped out) would
+        // otherwise hold up every other daemon's tick until it woke. They are settled at a
+        // later tick, once it lets go (or its connection is gone).
+        let statements = settle.map(|(set, cond)| match self.dialect() {
+            Dialect::Sqlite => format!("UPDATE deliveries SET {set} WHERE state = 'claimed' AND {which} AND {cond}"),
+            Dialect::Postgres => format!(
+                "UPDATE deliveries SET {set} WHERE id IN (SELECT id FROM deliveries \
+                 WHERE state = 'claimed' AND {which} AND {cond} FOR UPDATE SKIP LOCKED)"
+            ),
+        });
         let mut counts = [0u64; 3];
         on_pool!(self, p => {
             let mut tx = p.begin().await?;

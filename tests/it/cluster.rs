@@ -409,3 +409,58 @@ async fn a_leader_stalled_past_its_lease_steps_down_before_it_writes_again() {
     rig.reached_once().await;
     rig.finish().await;
 }
+
+/// A daemon stalled in the middle of writing its claimed rows (SIGSTOP, a long pause) holds
+/// their locks. The others' ticks pass over those rows rather than wait for it, and settle
+/// them once it lets go.
+#[tokio::test]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn lapsed_claims_a_stalled_transaction_holds_are_passed_over_not_waited_for() {
+    let db = TestDb::postgres().await;
+    let now = Utc::now();
+    let people: Vec<_> = (0..10)
+        .map(|i| crate::helpers::customer(i, tangazo::domain::Locale::En))
+        .collect();
+    db.store.upsert_recipients(&people, now).await.unwrap();
+    let people = db
+        .store
+        .recipients_page(None, tangazo::domain::RecipientId(0), 10)
+        .await
+        .unwrap()
+        .recipients;
+    let w = db.store.create_window(new_window(48), now, "ops").await.unwrap();
+    let rows = crate::helpers::announced_sms(w.id, &people, now, now + TimeDelta::hours(1));
+    db.store.enqueue(&rows).await.unwrap();
+    // Claimed with a lease that is over at once: the worker is taken for dead.
+    let claim = db
+        .store
+        .claim_due(
+            now,
+            10,
+            "daemon@stalled:1",
+            Duration::ZERO,
+            None,
+            tangazo::storage::Position::FRONT,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = claim.rows.iter().map(|r| r.as_ref().unwrap().id).collect();
+    assert_eq!(ids.len(), 10);
+    // It stalled inside a transaction that holds three of its rows.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut stalled = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM deliveries WHERE id = ANY($1) FOR UPDATE")
+        .bind(&ids[..3])
+        .fetch_all(&mut *stalled)
+        .await
+        .unwrap();
+    let released = tokio::time::timeout(Duration::from_secs(10), db.store.release_lapsed_claims(now))
+        .await
+        .expect("the release waited for the stalled transaction")
+        .unwrap();
+    assert_eq!(released.returned, 7);
+    stalled.rollback().await.unwrap();
+    assert_eq!(db.store.release_lapsed_claims(now).await.unwrap().returned, 3);
+    pool.close().await;
+    db.finish().await;
+}
