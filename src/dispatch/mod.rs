@@ -116,7 +116,7 @@ struct Cursor {
     at: Position,
     /// Bumped by every look from the front.
     epoch: u64,
-    /// When the last look from the front began; `None`: never, or in another scope.
+    /// When the last look from the front began; `None`: never.
     looked_from_the_front: Option<tokio::time::Instant>,
 }
 
