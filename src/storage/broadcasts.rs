@@ -90,6 +90,14 @@ impl Store {
         let notice = b.notice.map(|n| n.to_string()).unwrap_or_else(|| "message".to_owned());
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
+            // The window's lock, as a page of its fan-out takes it: the two enqueue one after
+            // the other, each seeing the other's rows (see `Store::enqueue_page`).
+            if let Some(window) = b.window {
+                sqlx::query("UPDATE windows SET revision = revision WHERE id = $1")
+                    .bind(window.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let mut inserted = 0;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut qb = QueryBuilder::new(
@@ -106,17 +114,25 @@ impl Store {
                         .push_bind(to_millis(due_at))
                         .push_bind(to_millis(b.deadline));
                 });
-                // A window notice is not sent again to whom the window's own rows already
-                // carry it (a free message has no window: nothing matches).
                 qb.push(
                     ") INSERT INTO deliveries (window_id, broadcast_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
-                     SELECT v.window_id, v.broadcast_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v \
-                     WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
-                     AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
-                     AND w.recipient_id = v.recipient_id AND w.channel = v.channel \
-                     AND COALESCE(w.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) AND w.state IN ('pending', 'claimed', 'sent')) \
-                     ON CONFLICT DO NOTHING",
+                     SELECT v.window_id, v.broadcast_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v",
                 );
+                // A window notice is not sent again to whom the window's own rows already
+                // carry it. A free message has no window, so nothing could match: the check is
+                // left out rather than planned against the whole ledger.
+                if b.window.is_some() {
+                    qb.push(
+                        " WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
+                         AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
+                         AND w.recipient_id = v.recipient_id AND w.channel = v.channel \
+                         AND COALESCE(w.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) AND w.state IN ('pending', 'claimed', 'sent'))",
+                    );
+                } else {
+                    // SQLite reads an upsert's ON CONFLICT after a bare SELECT as a join's ON.
+                    qb.push(" WHERE true");
+                }
+                qb.push(" ON CONFLICT DO NOTHING");
                 inserted += qb.build().execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;

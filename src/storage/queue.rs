@@ -204,15 +204,36 @@ const NOT_TOLD_BY_BROADCAST: &str = "NOT EXISTS (SELECT 1 FROM deliveries b WHER
      AND b.notice = v.notice AND b.channel = v.channel AND COALESCE(b.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) \
      AND b.state IN ('pending', 'claimed', 'sent'))";
 
+/// Whether a broadcast may already reach some of the rows being enqueued, so each row must be
+/// checked against the broadcasts' rows (`NOT_TOLD_BY_BROADCAST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broadcasts {
+    /// A broadcast of the same notice may exist: check every row.
+    MayReach,
+    /// None exists: the check is left out. It is a lookup per row, and with stale statistics
+    /// PostgreSQL chose to run it as a scan of the whole ledger for every page.
+    NoneReach,
+}
+
 /// Inserting planned rows inside a transaction, `ON CONFLICT DO NOTHING`, except for a
 /// recipient a broadcast of the same notice already reaches on that channel; the count of new
 /// rows. Each dialect passes a whole page in as few statements as it can.
 trait InsertPlanned {
-    async fn insert_planned(&mut self, rows: &[PlannedDelivery]) -> Result<u64, sqlx::Error>;
+    async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error>;
+}
+
+/// The end of the insert: the told-once check where it is needed, and the idempotency key.
+fn insert_tail(broadcasts: Broadcasts) -> String {
+    match broadcasts {
+        Broadcasts::MayReach => format!(" WHERE {NOT_TOLD_BY_BROADCAST} ON CONFLICT DO NOTHING"),
+        // SQLite needs a WHERE before an upsert's ON CONFLICT after a SELECT, or it reads
+        // the ON as a join's.
+        Broadcasts::NoneReach => " WHERE true ON CONFLICT DO NOTHING".to_owned(),
+    }
 }
 
 impl InsertPlanned for sqlx::SqliteConnection {
-    async fn insert_planned(&mut self, rows: &[PlannedDelivery]) -> Result<u64, sqlx::Error> {
+    async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error> {
         let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::new(
@@ -230,9 +251,9 @@ impl InsertPlanned for sqlx::SqliteConnection {
             });
             qb.push(
                 ") INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
-                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v WHERE ",
+                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v",
             );
-            qb.push(NOT_TOLD_BY_BROADCAST).push(" ON CONFLICT DO NOTHING");
+            qb.push(insert_tail(broadcasts));
             inserted += qb.build().execute(&mut *self).await?.rows_affected();
         }
         Ok(inserted)
@@ -242,7 +263,7 @@ impl InsertPlanned for sqlx::SqliteConnection {
 impl InsertPlanned for sqlx::PgConnection {
     /// One statement for the whole page: its columns bound as arrays and `unnest`ed inside
     /// the database, rather than thousands of bound values in a statement text.
-    async fn insert_planned(&mut self, rows: &[PlannedDelivery]) -> Result<u64, sqlx::Error> {
+    async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -251,8 +272,8 @@ impl InsertPlanned for sqlx::PgConnection {
             "INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
              SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline \
              FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]) \
-             AS v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
-             WHERE {NOT_TOLD_BY_BROADCAST} ON CONFLICT DO NOTHING"
+             AS v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline){}",
+            insert_tail(broadcasts)
         );
         Ok(sqlx::query(AssertSqlSafe(sql))
             .bind(column(|d| d.window.0))
@@ -406,7 +427,7 @@ impl Store {
         }
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let inserted = tx.insert_planned(rows).await?;
+            let inserted = tx.insert_planned(rows, Broadcasts::MayReach).await?;
             tx.commit().await?;
             Ok(inserted)
         })
@@ -431,7 +452,15 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
-            let inserted = tx.insert_planned(rows).await?;
+            // Under the window's lock, which a broadcast of the window takes too before it
+            // enqueues: one with no rows by now adds none before this page commits, and it
+            // then sees this page's rows.
+            let broadcast: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM broadcasts WHERE window_id = $1)")
+                .bind(page.window.0)
+                .fetch_one(&mut *tx)
+                .await?;
+            let broadcasts = if broadcast { Broadcasts::MayReach } else { Broadcasts::NoneReach };
+            let inserted = tx.insert_planned(rows, broadcasts).await?;
             sqlx::query(
                 "UPDATE window_notices SET fanned_out_to = $5 \
                  WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4",

@@ -23,6 +23,7 @@ on_both!(
     upsert_updates_by_natural_key_and_keeps_opt_outs,
     told_and_decisions,
     broadcasts_are_named_keyed_and_scoped,
+    a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches,
     the_claim_uses_the_due_index_on_a_large_queue,
     webhook_endpoints_are_kept_rotated_disabled_and_removed,
 );
@@ -557,6 +558,65 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
 
 /// The claim is served by the due-order index once the queue is large, so its cost does not
 /// grow with the queue: the plan is read with EXPLAIN after a bulk load.
+/// A page of a window's fan-out leaves out the recipients a broadcast of the same notice already
+/// reaches, and checks nobody when no broadcast of the window exists; a broadcast of the window
+/// leaves out whom the pages reached.
+async fn a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches(db: &TestDb) {
+    let ids = seed(db, 6).await;
+    let created = utc(2015, 4, 10, 6, 0);
+    let now = utc(2015, 4, 10, 7, 0);
+    let notice = Notice::Announced;
+    let page = |w: WindowId, read_up_to: i64| FanOutPage {
+        window: w,
+        revision: 1,
+        notice,
+        audience: Audience::Customer,
+        read_up_to: RecipientId(read_up_to),
+    };
+    // No broadcast: every row of the page goes in.
+    let quiet = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    let rows = planned(quiet.id, 1, notice, &ids[..3], 100);
+    assert_eq!(
+        db.store.enqueue_page(&page(quiet.id, ids[2]), &rows).await.unwrap(),
+        Some(3)
+    );
+
+    // A broadcast of the window's announcement reached the first two.
+    let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    let b = db
+        .store
+        .create_broadcast(
+            &NewBroadcast {
+                name: "announce-again".into(),
+                window: Some(w.id),
+                revision: Some(1),
+                notice: Some(notice),
+                message: None,
+                filter: AudienceFilter {
+                    channels: vec![Channel::Sms],
+                    ..AudienceFilter::default()
+                },
+                deadline: start(),
+            },
+            now,
+            "ops",
+        )
+        .await
+        .unwrap();
+    let reached: Vec<_> = ids[..2].iter().map(|&i| (RecipientId(i), Channel::Sms, None)).collect();
+    assert_eq!(db.store.enqueue_broadcast(&b, &reached, now).await.unwrap(), 2);
+    let rows = planned(w.id, 1, notice, &ids[..4], 100);
+    assert_eq!(
+        db.store.enqueue_page(&page(w.id, ids[3]), &rows).await.unwrap(),
+        Some(2),
+        "the two the broadcast reaches are left out"
+    );
+    // And the other way round: the broadcast, run again wider, leaves out whom the page reached.
+    let everyone: Vec<_> = ids.iter().map(|&i| (RecipientId(i), Channel::Sms, None)).collect();
+    assert_eq!(db.store.enqueue_broadcast(&b, &everyone, now).await.unwrap(), 2);
+    assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 6)]));
+}
+
 async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
     let people: Vec<_> = (0..30_000).map(|i| customer(i, Locale::En)).collect();
     db.store
