@@ -199,10 +199,6 @@ const GIVE_WAY_STEP: Duration = Duration::from_millis(10);
 /// Audience sizes are counted at most this often (a count reads every recipient).
 const SIZES_FRESH_FOR: Duration = Duration::from_secs(60);
 
-/// A fan-out refreshes the store's statistics of the queue once it has recorded this many
-/// deliveries, then each time it has doubled them (see `Store::analyze_growing_queue`).
-const FIRST_ANALYZE: u64 = 50_000;
-
 pub struct Scheduler {
     store: Store,
     policy: Policy,
@@ -674,7 +670,7 @@ impl Scheduler {
         let mut planned_until: Option<DateTime<Utc>> = None;
         let began = tokio::time::Instant::now();
         let mut waited = Duration::ZERO;
-        let mut analyze_at = FIRST_ANALYZE;
+        let mut analyze_at = crate::storage::FIRST_ANALYZE;
         loop {
             if let Some(until) = planned_until {
                 let worked = began.elapsed().saturating_sub(waited);

@@ -194,6 +194,9 @@ pub async fn enqueue_audience(
     let matcher = broadcast.filter.matcher();
     let mut pager = Pager::new(&broadcast.filter);
     let mut enqueued = 0;
+    // Sending may run beside the recording (the CLI's broadcast does): its claims need
+    // statistics of the queue as it grows.
+    let mut analyze_at = crate::storage::FIRST_ANALYZE;
     while let Some(page) = pager.next(store).await? {
         let rows: Vec<(RecipientId, Channel)> = page
             .iter()
@@ -206,6 +209,10 @@ pub async fn enqueue_audience(
             .collect();
         let rows = per_endpoint(store, Some(content), rows).await?;
         enqueued += store.enqueue_broadcast(broadcast, &rows, now).await?;
+        if enqueued >= analyze_at {
+            store.analyze_growing_queue().await?;
+            analyze_at = enqueued.saturating_mul(2);
+        }
     }
     store.after_bulk_load(enqueued).await?;
     Ok(enqueued)

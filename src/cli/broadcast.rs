@@ -154,33 +154,53 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
         }
     }
 
-    // Record every row, then send.
-    let recording = Instant::now();
-    let enqueued = broadcast::enqueue_audience(&store, &content, &broadcast, now).await?;
-    let timing = Timing {
-        enqueued,
-        enqueue_seconds: recording.elapsed().as_secs_f64(),
-        dispatch_seconds: 0.0,
-    };
-    let states = broadcast::states(&store, broadcast.id).await?;
-    let (total, already) = (states.total().max(0) as u64, states.settled().max(0) as u64);
+    // The rows are recorded a page at a time and sent beside the recording, as a tick sends
+    // beside its planning: the first pages go out while the rest are recorded.
+    let before = broadcast::states(&store, broadcast.id).await?;
+    let already = before.settled().max(0) as u64;
     if !ctx.cli_json {
         outln!(
-            "broadcast '{}' (id {}): {} recipients, {} messages ({} newly recorded, {} already done)",
+            "broadcast '{}' (id {}): {} recipients, {} messages{}",
             broadcast.name,
             broadcast.id,
             scan.recipients,
-            total,
-            enqueued,
-            already
+            scan.total_messages(),
+            if already > 0 {
+                format!(" ({already} already done)")
+            } else {
+                String::new()
+            }
         );
     }
-    let sending = Instant::now();
-    let report = send(ctx, &dispatcher, broadcast.id, total, already, &stop).await?;
-    let timing = Timing {
-        dispatch_seconds: sending.elapsed().as_secs_f64(),
-        ..timing
+    let started = Instant::now();
+    let recorded = CancellationToken::new();
+    let record = async {
+        // However recording ends, sending finishes what was recorded and stops.
+        let _recorded = recorded.clone().drop_guard();
+        let enqueued = tokio::select! {
+            enqueued = broadcast::enqueue_audience(&store, &content, &broadcast, now) => enqueued.map(Some),
+            // Stopped: the page being recorded rolls back; the same command again records
+            // the rest.
+            () = stop.cancelled() => Ok(None),
+        };
+        (enqueued, started.elapsed().as_secs_f64())
     };
+    let sending = send(
+        ctx,
+        &dispatcher,
+        broadcast.id,
+        scan.total_messages(),
+        already,
+        &recorded,
+        &stop,
+    );
+    let ((enqueued, enqueue_seconds), report) = tokio::join!(record, sending);
+    let timing = Timing {
+        enqueued: enqueued?.unwrap_or_default(),
+        enqueue_seconds,
+        dispatch_seconds: started.elapsed().as_secs_f64(),
+    };
+    let report = report?;
     finish(ctx, &store, &broadcast, &report, timing, &stop).await
 }
 
@@ -635,12 +655,16 @@ async fn canary(
     Ok(release)
 }
 
+/// Sends the broadcast's rows as they are recorded, until `recorded` is cancelled and nothing
+/// recorded is left to send. `total` is the scan's count of messages (a biller with several
+/// endpoints has a row for each, so the bar grows to fit).
 async fn send(
     ctx: &Ctx,
     dispatcher: &Dispatcher,
     broadcast: i64,
     total: u64,
     already: u64,
+    recorded: &CancellationToken,
     stop: &CancellationToken,
 ) -> CliResult<DispatchReport> {
     let bar = (std::io::stdout().is_terminal() && !ctx.cli_json).then(|| {
@@ -659,7 +683,12 @@ async fn send(
         let done = already + r.sent + r.failed + r.expired;
         let Ok(mut last_line) = last_line.lock() else { return };
         match &bar {
-            Some(bar) => bar.set_position(done),
+            Some(bar) => {
+                if done > bar.length().unwrap_or(total) {
+                    bar.set_length(done);
+                }
+                bar.set_position(done);
+            }
             None if !quiet && last_line.elapsed() >= Duration::from_secs(2) => {
                 *last_line = Instant::now();
                 let rate = (r.sent + r.failed + r.expired) as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -669,7 +698,7 @@ async fn send(
             None => {}
         }
     };
-    let sending = dispatcher.run_scoped(&ctx.clock, Some(broadcast), stop, &progress);
+    let sending = dispatcher.run_alongside(&ctx.clock, Some(broadcast), recorded, stop, &progress);
     let report = crate::scheduler::taking_part(dispatcher, sending)
         .await
         .context("sending")?;
@@ -684,7 +713,9 @@ async fn send(
 struct Timing {
     /// Rows newly recorded.
     enqueued: u64,
+    /// From the start of recording to its end.
     enqueue_seconds: f64,
+    /// From the start of recording (sending starts with it) to the end of sending.
     dispatch_seconds: f64,
 }
 

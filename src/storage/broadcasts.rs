@@ -88,6 +88,8 @@ impl Store {
             return Ok(0);
         }
         let notice = b.notice.map(|n| n.to_string()).unwrap_or_else(|| "message".to_owned());
+        // Sending goes on beside recording: on SQLite the two take turns to write.
+        let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
             // The window's lock, as a page of its fan-out takes it: the two enqueue one after

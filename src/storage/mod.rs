@@ -133,6 +133,11 @@ pub use windows::HistoryEntry;
 /// Rows per multi-row INSERT statement: well under SQLite's and PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 1000;
 
+/// A fan-out or a broadcast refreshes the store's statistics of the queue once it has recorded
+/// this many deliveries, then each time it has doubled them (see
+/// `Store::analyze_growing_queue`).
+pub const FIRST_ANALYZE: u64 = 50_000;
+
 impl Store {
     /// Opens (creating a SQLite file if needed) and migrates the database at `url`.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
@@ -226,7 +231,8 @@ impl Store {
         Ok(())
     }
 
-    /// While the queue grows in bulk (a long fan-out, with sending beside it): on PostgreSQL,
+    /// While the queue grows in bulk (a long fan-out or broadcast, with sending beside it; from
+    /// `FIRST_ANALYZE` rows on, then each time they have doubled): on PostgreSQL,
     /// refreshes the planner's statistics of the deliveries, so that the claims running
     /// meanwhile are planned for the queue as it is. Planned for the empty queue the fan-out
     /// began with, each claim sorted every pending row: at 1,000,000 sending fell from 10,000/s
