@@ -123,18 +123,15 @@ impl Store {
                 // A window notice is not sent again to whom the window's own rows already
                 // carry it. A free message has no window, so nothing could match: the check is
                 // left out rather than planned against the whole ledger.
-                if b.window.is_some() {
-                    qb.push(
-                        " WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
-                         AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
-                         AND w.recipient_id = v.recipient_id AND w.channel = v.channel \
-                         AND COALESCE(w.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) AND w.state IN ('pending', 'claimed', 'sent'))",
-                    );
+                qb.push(if b.window.is_some() {
+                    " WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
+                     AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
+                     AND w.recipient_id = v.recipient_id AND w.channel = v.channel \
+                     AND COALESCE(w.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) AND w.state IN ('pending', 'claimed', 'sent')) \
+                     ON CONFLICT DO NOTHING"
                 } else {
-                    // SQLite reads an upsert's ON CONFLICT after a bare SELECT as a join's ON.
-                    qb.push(" WHERE true");
-                }
-                qb.push(" ON CONFLICT DO NOTHING");
+                    super::UNCONDITIONAL_UPSERT
+                });
                 inserted += qb.build().execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;

@@ -133,6 +133,11 @@ pub use windows::HistoryEntry;
 /// Rows per multi-row INSERT statement: well under SQLite's and PostgreSQL's parameter limits.
 const ROWS_PER_STATEMENT: usize = 1000;
 
+/// The end of an `INSERT … SELECT` with no condition of its own, keyed: SQLite reads an
+/// upsert's `ON CONFLICT` right after a `SELECT … FROM` as a join's `ON`, so a `WHERE` comes
+/// first.
+const UNCONDITIONAL_UPSERT: &str = " WHERE true ON CONFLICT DO NOTHING";
+
 /// A fan-out or a broadcast refreshes the store's statistics of the queue once it has recorded
 /// this many deliveries, then each time it has doubled them (see
 /// `Store::analyze_growing_queue`).

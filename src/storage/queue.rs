@@ -226,9 +226,7 @@ trait InsertPlanned {
 fn insert_tail(broadcasts: Broadcasts) -> String {
     match broadcasts {
         Broadcasts::MayReach => format!(" WHERE {NOT_TOLD_BY_BROADCAST} ON CONFLICT DO NOTHING"),
-        // SQLite needs a WHERE before an upsert's ON CONFLICT after a SELECT, or it reads
-        // the ON as a join's.
-        Broadcasts::NoneReach => " WHERE true ON CONFLICT DO NOTHING".to_owned(),
+        Broadcasts::NoneReach => super::UNCONDITIONAL_UPSERT.to_owned(),
     }
 }
 
