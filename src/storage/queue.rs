@@ -620,10 +620,9 @@ impl Store {
             Dialect::Postgres => include_str!("sql/postgres/claim.sql"),
         };
         let token = new_token();
-        let _turn = self.write_turn().await;
-        let rows: Vec<ClaimRow> = on_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let claimed = sqlx::query(claim)
+        let claimed = {
+            let _turn = self.write_turn().await;
+            on_pool!(self, p => sqlx::query(claim)
                 .bind(owner)
                 .bind(millis(lease))
                 .bind(to_millis(now))
@@ -632,13 +631,29 @@ impl Store {
                 .bind(token)
                 .bind(after.due_at)
                 .bind(after.id)
-                .execute(&mut *tx)
+                .execute(p)
                 .await?
-                .rows_affected();
-            let rows = if claimed == 0 { Vec::new() } else { tx.read_claimed(token).await? };
-            tx.commit().await?;
-            rows
-        });
+                .rows_affected())
+        };
+        // The rows are read back once the claim has committed, outside this process's turn to
+        // write: on SQLite another connection reads them while the writer goes on with the next
+        // statement. Nothing but this token's holder settles a claimed row until its lease
+        // lapses, so they are all still there.
+        let rows = if claimed == 0 {
+            Vec::new()
+        } else {
+            match self.read_claimed(token).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // Unread, they were never handed to a sender: back to the queue as they were,
+                    // rather than left to lapse and come back flagged as possibly sent.
+                    if let Err(again) = self.give_back(token).await {
+                        tracing::warn!(token, error = %again, "claimed rows could not be given back; they return when their lease lapses");
+                    }
+                    return Err(e);
+                }
+            }
+        };
         let oldest_due = rows
             .iter()
             .map(|r| r.due_at)
@@ -657,6 +672,23 @@ impl Store {
             oldest_due,
             last,
         })
+    }
+
+    async fn read_claimed(&self, token: i64) -> Result<Vec<ClaimRow>, StoreError> {
+        on_pool!(self, p => p.acquire().await?.read_claimed(token).await)
+    }
+
+    /// Returns every row still claimed under `token` to the queue, as if the claim had not been.
+    async fn give_back(&self, token: i64) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
+        Ok(on_pool!(self, p => sqlx::query(
+            "UPDATE deliveries SET state = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, \
+             lease_token = NULL WHERE lease_token = $1 AND state = 'claimed'",
+        )
+        .bind(token)
+        .execute(p)
+        .await?
+        .rows_affected()))
     }
 
     /// Extends the lease of every row still claimed under `token` by `lease` from now (the

@@ -2,7 +2,7 @@
 -- oldest due first, for owner $1 under token $6, leased for $2 ms of real time on the database's
 -- clock (so daemons with skewed clocks agree); $5 is an optional broadcast. Several workers share
 -- the table: rows another worker is claiming are skipped, never waited for. The claimed rows are
--- read back by their token in the same transaction. Rows of a paused window are left where they are.
+-- read back by their token once this has committed. Rows of a paused window are left where they are.
 -- Only rows past the position ($7, $8) in claim order are looked at, so the scan of the due index
 -- starts there rather than at its front.
 UPDATE deliveries

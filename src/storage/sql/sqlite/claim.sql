@@ -2,7 +2,7 @@
 -- oldest due first, for owner $1 under token $6, leased for $2 ms of real time on the database's
 -- clock; $5 is an optional broadcast. SQLite: the daemon is the only claimer of its file but for
 -- the `broadcast` command beside it, and SQLite runs one writer at a time. The claimed rows are read
--- back by their token in the same transaction. Rows of a paused window are left where they are.
+-- back by their token once this has committed. Rows of a paused window are left where they are.
 -- Only rows past the position ($7, $8) in claim order are looked at, as on PostgreSQL.
 UPDATE deliveries
 SET state = 'claimed', lease_owner = $1, lease_token = $6,
