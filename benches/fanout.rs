@@ -83,6 +83,13 @@ struct Args {
     /// gets its own slot, and lateness is measured against it. Not for `broadcast`
     #[arg(long, value_name = "R")]
     rate: Option<u32>,
+    /// The dispatcher's `batch_size` [default: Tangazo's own]
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// The dispatcher's `batches_in_flight`, the lanes claiming and sending at once [default:
+    /// Tangazo's own]
+    #[arg(long, value_name = "N")]
+    lanes: Option<usize>,
     /// Passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -263,6 +270,15 @@ struct Bench {
     databases: usize,
     /// The backend's rate in a paced run.
     rate: Option<u32>,
+    /// The `[dispatch]` settings given on the command line.
+    dispatch: Dispatch,
+}
+
+/// `[dispatch]` settings of every run; `None` leaves Tangazo's default.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Dispatch {
+    batch_size: Option<usize>,
+    lanes: Option<usize>,
 }
 
 async fn run(mut args: Args) -> anyhow::Result<()> {
@@ -278,6 +294,11 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     }
     ensure!(args.recipients > 0, "--recipients must be at least 1");
     ensure!(args.rate != Some(0), "--rate must be at least 1");
+    ensure!(args.batch_size != Some(0), "--batch-size must be at least 1");
+    ensure!(
+        args.lanes.is_none_or(|n| (1..=64).contains(&n)),
+        "--lanes must be between 1 and 64"
+    );
     ensure!(
         args.rate.is_none() || !args.channels.contains(&Scenario::Broadcast),
         "--rate paces a window's notice through the daemon; leave broadcast out of --channels"
@@ -331,6 +352,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         files: HashMap::new(),
         databases: 0,
         rate: args.rate,
+        dispatch: Dispatch {
+            batch_size: args.batch_size,
+            lanes: args.lanes,
+        },
     };
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
@@ -417,7 +442,7 @@ impl Bench {
     ) -> anyhow::Result<Outcome> {
         let label = format!("{}/{}", store.name(), scenario.name());
         let config = dir.join("tangazo.toml");
-        std::fs::write(&config, configuration(scenario, &self.sinks, self.rate))
+        std::fs::write(&config, configuration(scenario, &self.sinks, self.rate, self.dispatch))
             .with_context(|| format!("writing {}", config.display()))?;
         let people = scenario.people();
         let audience = if people == People::Billers {
@@ -776,7 +801,7 @@ impl Bench {
 
 /// The configuration of one run: the scenario's backend as `bench`, its channel routed to it,
 /// every other channel to the file outbox.
-fn configuration(scenario: Scenario, sinks: &Sinks, rate: Option<u32>) -> String {
+fn configuration(scenario: Scenario, sinks: &Sinks, rate: Option<u32>, dispatch: Dispatch) -> String {
     let mut toml = String::from(
         "# Written by benches/fanout.rs for one run. No quiet hours: a run measures throughput at\n\
          # whatever hour it runs, and everyone's notice is due at once.\n\
@@ -789,6 +814,16 @@ fn configuration(scenario: Scenario, sinks: &Sinks, rate: Option<u32>) -> String
     let _ = writeln!(toml, "[senders.bench]\n{}", scenario.sender(sinks));
     if let Some(rate) = rate {
         let _ = writeln!(toml, "rate = {rate}\nburst = {}\n", (rate / 10).max(1));
+    }
+    if dispatch.batch_size.is_some() || dispatch.lanes.is_some() {
+        toml.push_str("[dispatch]\n");
+        if let Some(n) = dispatch.batch_size {
+            let _ = writeln!(toml, "batch_size = {n}");
+        }
+        if let Some(n) = dispatch.lanes {
+            let _ = writeln!(toml, "batches_in_flight = {n}");
+        }
+        toml.push('\n');
     }
     toml.push_str("[channels]\n");
     for channel in ["sms", "email", "webhook"] {
@@ -1188,6 +1223,8 @@ struct Settings<'a> {
     smoke: bool,
     /// The backend's rate in a paced run (`--rate`): the daemon ran, not `run-once`.
     rate: Option<u32>,
+    /// `--batch-size` and `--lanes`, where given.
+    dispatch: Dispatch,
 }
 
 fn write_json(
@@ -1222,6 +1259,10 @@ fn write_json(
             channels: &args.channels,
             smoke: args.smoke,
             rate: args.rate,
+            dispatch: Dispatch {
+                batch_size: args.batch_size,
+                lanes: args.lanes,
+            },
         },
         results: outcomes,
         failures,
