@@ -281,6 +281,15 @@ struct Dispatch {
     lanes: Option<usize>,
 }
 
+impl Args {
+    fn dispatch(&self) -> Dispatch {
+        Dispatch {
+            batch_size: self.batch_size,
+            lanes: self.lanes,
+        }
+    }
+}
+
 async fn run(mut args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     if args.smoke {
@@ -352,10 +361,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         files: HashMap::new(),
         databases: 0,
         rate: args.rate,
-        dispatch: Dispatch {
-            batch_size: args.batch_size,
-            lanes: args.lanes,
-        },
+        dispatch: args.dispatch(),
     };
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
@@ -1259,10 +1265,7 @@ fn write_json(
             channels: &args.channels,
             smoke: args.smoke,
             rate: args.rate,
-            dispatch: Dispatch {
-                batch_size: args.batch_size,
-                lanes: args.lanes,
-            },
+            dispatch: args.dispatch(),
         },
         results: outcomes,
         failures,
