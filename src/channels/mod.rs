@@ -11,7 +11,6 @@ pub mod africastalking;
 pub mod console;
 pub mod file;
 pub mod gateway;
-mod in_flight;
 pub mod limits;
 pub mod registry;
 pub mod smtp;
@@ -30,7 +29,6 @@ use serde::Serialize;
 use crate::domain::{Channel, EmailAddress, Locale, PhoneNumber, RecipientId, Rendered};
 pub use console::ConsoleSender;
 pub use file::FileSender;
-pub use in_flight::InFlight;
 pub use limits::{Limits, RetryPolicy};
 pub use registry::{BuildContext, BuildError, SenderConfig, Senders};
 

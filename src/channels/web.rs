@@ -2,11 +2,13 @@
 //! most `connections` requests in flight, a response read with a size cap, and how an HTTP
 //! status is classified.
 
+use std::future::Future;
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
+use tokio::sync::Semaphore;
 
-use super::{Limits, SendError};
+use super::{BoxFuture, Limits, Message, Receipt, SendError};
 use crate::domain::Span;
 
 /// The shortest pause after a 429, a 408 or a request that timed out: a provider that says
@@ -46,6 +48,41 @@ pub fn connections(configured: Option<usize>) -> Result<usize, String> {
         Some(0) => Err("connections must be at least 1".into()),
         Some(n) => Ok(n),
         None => Ok(DEFAULT_CONNECTIONS),
+    }
+}
+
+/// The requests of a backend that sends one message per request: at most as many in flight at
+/// once, across all the batches it is sending, as its client keeps connections alive. Unbounded,
+/// a batch of 500 opened 500 connections, and all but the few the pool kept were closed after
+/// one request each; a provider also refuses a client that opens too many at once.
+#[derive(Debug)]
+pub struct Requests {
+    slots: Semaphore,
+}
+
+impl Requests {
+    pub fn new(connections: usize) -> Requests {
+        Requests {
+            slots: Semaphore::new(connections),
+        }
+    }
+
+    /// Each message of `batch` sent with `send` as soon as a connection is free; the results in
+    /// the batch's order.
+    pub fn each<'a, F, Fut>(&'a self, batch: &'a [Message], send: F) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>>
+    where
+        F: Fn(&'a Message) -> Fut + Send + Sync + 'a,
+        Fut: Future<Output = Result<Receipt, SendError>> + Send + 'a,
+    {
+        Box::pin(async move {
+            let send = &send;
+            futures_util::future::join_all(batch.iter().map(|m| async move {
+                // Never closed, so a permit always comes.
+                let _slot = self.slots.acquire().await.ok();
+                send(m).await
+            }))
+            .await
+        })
     }
 }
 

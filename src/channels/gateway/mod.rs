@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::registry::{Backend, BuildContext};
 use super::web;
-use super::{Address, BoxFuture, InFlight, Limits, Message, Receipt, SendError, Sender};
+use super::{Address, BoxFuture, Limits, Message, Receipt, SendError, Sender};
 use crate::domain::{Rendered, Secret};
 
 /// `type = "http"`.
@@ -76,7 +76,7 @@ impl Backend for GatewayConfig {
             template: self.template()?,
             config: self.clone(),
             client: web::client(Duration::from_secs(30), connections)?,
-            requests: InFlight::new(connections),
+            requests: web::Requests::new(connections),
         }))
     }
 }
@@ -86,7 +86,7 @@ pub struct GatewaySender {
     template: Value,
     config: GatewayConfig,
     client: reqwest::Client,
-    requests: InFlight,
+    requests: web::Requests,
 }
 
 /// `template` with the placeholders of every string value filled in.

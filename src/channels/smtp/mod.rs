@@ -18,9 +18,10 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, CertificateStore, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use super::registry::{Backend, BuildContext};
-use super::{Address, BoxFuture, InFlight, Limits, Message, Receipt, SendError, Sender};
+use super::{Address, BoxFuture, Limits, Message, Receipt, SendError, Sender};
 use crate::domain::{Rendered, Secret, Span};
 
 /// How the connection to the relay is secured.
@@ -161,8 +162,7 @@ pub struct SmtpSender {
     unsubscribe_url: Option<String>,
     hello: ClientId,
     idle: Mutex<Vec<AsyncSmtpConnection>>,
-    /// At most `connections` messages at once, each composed only once it has its place.
-    slots: InFlight,
+    slots: Semaphore,
 }
 
 impl SmtpSender {
@@ -188,7 +188,7 @@ impl SmtpSender {
                 .clone()
                 .map_or_else(ClientId::default, ClientId::Domain),
             idle: Mutex::new(Vec::new()),
-            slots: InFlight::new(config.connections.unwrap_or(DEFAULT_CONNECTIONS)),
+            slots: Semaphore::new(config.connections.unwrap_or(DEFAULT_CONNECTIONS)),
         })
     }
 
@@ -283,6 +283,10 @@ impl SmtpSender {
 
     async fn send_one(&self, m: &Message) -> Result<Receipt, SendError> {
         let (envelope, bytes) = self.compose(m)?;
+        let _slot = self.slots.acquire().await.map_err(|_| SendError::Transient {
+            message: format!("{} is shutting down", self.name),
+            retry_after: None,
+        })?;
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut connection = match idle {
             Some(c) => c,
@@ -352,7 +356,7 @@ impl Sender for SmtpSender {
     }
 
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
-        self.slots.each(batch, |m| self.send_one(m))
+        Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, String>> {

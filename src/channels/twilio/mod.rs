@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::registry::{Backend, BuildContext};
 use super::web::{self, quote};
-use super::{Address, BoxFuture, InFlight, Limits, Message, Receipt, SendError, Sender};
+use super::{Address, BoxFuture, Limits, Message, Receipt, SendError, Sender};
 use crate::domain::{Rendered, Secret};
 
 /// `type = "twilio"`.
@@ -72,7 +72,7 @@ impl Backend for TwilioConfig {
             ),
             config: self.clone(),
             client: web::client(Duration::from_secs(30), connections)?,
-            requests: InFlight::new(connections),
+            requests: web::Requests::new(connections),
         }))
     }
 }
@@ -82,7 +82,7 @@ pub struct TwilioSender {
     url: String,
     config: TwilioConfig,
     client: reqwest::Client,
-    requests: InFlight,
+    requests: web::Requests,
 }
 
 #[derive(Deserialize)]

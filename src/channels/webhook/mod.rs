@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::registry::{Backend, BuildContext};
 use super::web;
-use super::{Address, BoxFuture, InFlight, Limits, Message, Receipt, SendError, Sender};
+use super::{Address, BoxFuture, Limits, Message, Receipt, SendError, Sender};
 use crate::domain::{Rendered, Span};
 use guard::{Guard, Subnet, SystemLookup};
 
@@ -189,7 +189,7 @@ pub struct WebhookSender {
     name: String,
     guard: Guard,
     client: reqwest::Client,
-    requests: InFlight,
+    requests: web::Requests,
 }
 
 impl WebhookSender {
@@ -202,7 +202,7 @@ impl WebhookSender {
             name: name.to_owned(),
             guard,
             client,
-            requests: InFlight::new(connections),
+            requests: web::Requests::new(connections),
         })
     }
 
