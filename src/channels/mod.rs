@@ -114,7 +114,8 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsubscribe: Option<String>,
     #[serde(flatten)]
-    pub content: Rendered,
+    /// Shared by every message of the same body, not copied into each.
+    pub content: Arc<Rendered>,
 }
 
 /// What a provider said when it accepted a message.
@@ -284,11 +285,11 @@ pub(crate) fn sample_sms(n: usize) -> Vec<Message> {
             possibly_duplicate: false,
             not_after: None,
             unsubscribe: None,
-            content: Rendered::Sms {
+            content: Arc::new(Rendered::Sms {
                 body: format!("Message {i}"),
                 encoding: Encoding::Gsm7,
                 segments: 1,
-            },
+            }),
         })
         .collect()
 }

@@ -186,7 +186,7 @@ pub type ReportSink<'a> = &'a (dyn Fn(&DispatchReport) + Send + Sync);
 /// A rendered body and its row in `bodies`.
 struct Body {
     id: i64,
-    content: Rendered,
+    content: Arc<Rendered>,
 }
 
 impl Dispatcher {
@@ -854,7 +854,7 @@ impl Dispatcher {
                 possibly_duplicate: row.possibly_duplicate,
                 not_after: None,
                 unsubscribe,
-                content: body.content.clone(),
+                content: Arc::clone(&body.content),
             };
             let body_id = body.id;
             Self::record_event(
@@ -927,7 +927,7 @@ impl Dispatcher {
             possibly_duplicate: row.possibly_duplicate,
             not_after: None,
             unsubscribe,
-            content: body.content.clone(),
+            content: Arc::clone(&body.content),
         };
         let body_id = body.id;
         Self::record_event(cache, &message, recipient, event_key);
@@ -937,7 +937,7 @@ impl Dispatcher {
     /// Notes a webhook event for the biller's sequence (`GET /v1/events`, replays); the batch's
     /// events are kept together, once each, before anything is sent.
     fn record_event(cache: &mut Cache, message: &Message, recipient: crate::domain::RecipientId, key: String) {
-        if let Rendered::Webhook { payload } = &message.content {
+        if let Rendered::Webhook { payload } = &*message.content {
             cache.events.push(crate::storage::NewBillerEvent {
                 recipient,
                 key,
@@ -962,7 +962,10 @@ impl Dispatcher {
                 // The fingerprint keeps a corrected wording (same revision) from reusing a stale row.
                 let stored_key = format!("{}#{:016x}", e.key(), fingerprint(json.as_bytes()));
                 let id = self.store.body_id(&stored_key, &json).await.map_err(Prepare::Store)?;
-                e.insert(Body { id, content })
+                e.insert(Body {
+                    id,
+                    content: Arc::new(content),
+                })
             }
         })
     }

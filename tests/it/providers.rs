@@ -36,11 +36,11 @@ fn sms(number: &str, body: &str) -> Message {
         possibly_duplicate: false,
         not_after: Some(tokio::time::Instant::now() + Duration::from_secs(3600)),
         unsubscribe: None,
-        content: Rendered::Sms {
+        content: Arc::new(Rendered::Sms {
             body: body.into(),
             encoding: Encoding::Gsm7,
             segments: 1,
-        },
+        }),
     }
 }
 

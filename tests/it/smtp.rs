@@ -189,11 +189,11 @@ fn email(i: usize, to: &str) -> Message {
         possibly_duplicate: false,
         not_after: None,
         unsubscribe: Some(format!("{i}.signature")),
-        content: Rendered::Email {
+        content: Arc::new(Rendered::Email {
             subject: format!("M-PESA: Matengenezo {i}"),
             text: "Habari,\nmatengenezo yataanza baada ya saa 24.\n".into(),
             html: "<p>Habari, matengenezo yataanza baada ya saa 24.</p>".into(),
-        },
+        }),
     }
 }
 

@@ -157,9 +157,9 @@ fn event(url: &str, secrets: Vec<Secret>, key: &str) -> Message {
         possibly_duplicate: false,
         not_after: None,
         unsubscribe: None,
-        content: Rendered::Webhook {
+        content: Arc::new(Rendered::Webhook {
             payload: serde_json::json!({"type": "window.announced", "data": {"window_id": 1}}),
-        },
+        }),
     }
 }
 

@@ -273,7 +273,7 @@ impl Sender for AfricasTalkingSender {
             // Identical texts travel together.
             let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
             for (i, m) in batch.iter().enumerate() {
-                match (&m.to, &m.content) {
+                match (&m.to, &*m.content) {
                     (Address::Phone(_), Rendered::Sms { body, .. }) => groups.entry(body.as_str()).or_default().push(i),
                     _ => {
                         results[i] = Some(Err(SendError::Permanent {

@@ -50,7 +50,7 @@ pub fn format(m: &Message) -> String {
         (None, None) => String::new(),
     };
     let mut out = format!("── {} → {} · {} · {about} · {}\n", m.channel, m.to, m.notice, m.locale);
-    match &m.content {
+    match &*m.content {
         Rendered::Sms {
             body,
             encoding,

@@ -101,7 +101,7 @@ fn fill(template: &Value, to: &str, body: &str, key: &str) -> Value {
 
 impl GatewaySender {
     async fn send_one(&self, m: &Message) -> Result<Receipt, SendError> {
-        let (Address::Phone(to), Rendered::Sms { body, .. }) = (&m.to, &m.content) else {
+        let (Address::Phone(to), Rendered::Sms { body, .. }) = (&m.to, &*m.content) else {
             return Err(SendError::Permanent {
                 message: format!("{} sends SMS to phone numbers only", self.name),
             });

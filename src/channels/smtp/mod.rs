@@ -242,7 +242,7 @@ impl SmtpSender {
     /// The message as it goes on the wire, and its envelope.
     fn compose(&self, m: &Message) -> Result<(lettre::address::Envelope, Vec<u8>), SendError> {
         let permanent = |message: String| SendError::Permanent { message };
-        let Rendered::Email { subject, text, html } = &m.content else {
+        let Rendered::Email { subject, text, html } = &*m.content else {
             return Err(permanent(format!("{} sends email, not {}", self.name, m.channel)));
         };
         let Address::Email(to) = &m.to else {

@@ -93,7 +93,7 @@ struct Created {
 impl TwilioSender {
     async fn send_one(&self, m: &Message) -> Result<Receipt, SendError> {
         let permanent = |message: String| SendError::Permanent { message };
-        let (Address::Phone(to), Rendered::Sms { body, .. }) = (&m.to, &m.content) else {
+        let (Address::Phone(to), Rendered::Sms { body, .. }) = (&m.to, &*m.content) else {
             return Err(permanent(format!("{} sends SMS to phone numbers only", self.name)));
         };
         let mut form = vec![("To", to.as_str().to_owned()), ("Body", body.clone())];

@@ -137,7 +137,7 @@ fn event(
         possibly_duplicate: false,
         not_after: None,
         unsubscribe: None,
-        content: Rendered::Webhook { payload },
+        content: Arc::new(Rendered::Webhook { payload }),
     }
 }
 
@@ -208,7 +208,7 @@ impl WebhookSender {
 
     async fn send_one(&self, m: &Message) -> Result<Receipt, SendError> {
         let permanent = |message: String| SendError::Permanent { message };
-        let Rendered::Webhook { payload } = &m.content else {
+        let Rendered::Webhook { payload } = &*m.content else {
             return Err(permanent(format!("{} sends webhooks only", self.name)));
         };
         let endpoint = match &m.to {
