@@ -281,18 +281,28 @@ impl SmtpSender {
         Ok((email.envelope().clone(), email.formatted()))
     }
 
+    /// Composes the email at once, then waits for a connection. A batch's messages wait
+    /// together, so what waits is kept small: the talk over a connection (a connection held
+    /// inline, and the connect with its TLS handshake) lives in a box of its own, made only for
+    /// the messages being sent (2.5 KB and 6.3 KB a message when it was inline).
     async fn send_one(&self, m: &Message) -> Result<Receipt, SendError> {
         let (envelope, bytes) = self.compose(m)?;
         let _slot = self.slots.acquire().await.map_err(|_| SendError::Transient {
             message: format!("{} is shutting down", self.name),
             retry_after: None,
         })?;
+        Box::pin(self.transmit(&envelope, &bytes)).await
+    }
+
+    /// Sends one composed email over an idle connection, or a new one, and gives the
+    /// connection back if it is still good.
+    async fn transmit(&self, envelope: &lettre::address::Envelope, bytes: &[u8]) -> Result<Receipt, SendError> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut connection = match idle {
             Some(c) => c,
             None => self.connect().await?,
         };
-        match connection.send(&envelope, &bytes).await {
+        match connection.send(envelope, bytes).await {
             Ok(response) => {
                 if let Ok(mut idle) = self.idle.lock() {
                     idle.push(connection);
