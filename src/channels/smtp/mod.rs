@@ -278,7 +278,10 @@ impl SmtpSender {
                 "List-Unsubscribe=One-Click".to_owned(),
             ));
         }
-        Ok((email.envelope().clone(), email.formatted()))
+        // It waits with the rest of its batch: without the room it grew into (up to half again).
+        let mut bytes = email.formatted();
+        bytes.shrink_to_fit();
+        Ok((email.envelope().clone(), bytes))
     }
 
     /// Composes the email at once, then waits for a connection. A batch's messages wait
