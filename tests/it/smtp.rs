@@ -241,6 +241,42 @@ async fn a_thousand_notices_arrive_once_each_multipart_with_their_message_id() {
 
 #[tokio::test]
 #[ignore = "needs aiosmtpd: pip install -r tests/peers/requirements.txt; run with -- --include-ignored"]
+async fn a_batch_larger_than_what_is_composed_at_once_keeps_its_order() {
+    let (peer, _) = Peer::start(false);
+    let mail = sender(peer.port, "");
+    // The backend composes at most 500 at once: the outcomes of the later parts must still
+    // land at their own messages.
+    let to = |i: usize| match i {
+        3 => "tempfail@example.co.ke".to_owned(),
+        1_050 => "reject@example.co.ke".to_owned(),
+        _ => format!("c{i}@example.co.ke"),
+    };
+    let batch: Vec<Message> = (0..1_100).map(|i| email(i, &to(i))).collect();
+    let results = mail.send(&batch).await;
+    assert_eq!(results.len(), 1_100);
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            3 => assert!(
+                matches!(r, Err(SendError::Transient { message, .. }) if message.contains("451")),
+                "{r:?}"
+            ),
+            1_050 => assert!(
+                matches!(r, Err(SendError::Permanent { message }) if message.contains("550")),
+                "{r:?}"
+            ),
+            _ => assert!(r.is_ok(), "message {i}: {r:?}"),
+        }
+    }
+    let received = peer.received();
+    assert_eq!(received.len(), 1_098);
+    let mut ids = HashSet::new();
+    for r in &received {
+        assert!(ids.insert(r["to"][0].as_str().unwrap().to_owned()), "{r} arrived twice");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs aiosmtpd: pip install -r tests/peers/requirements.txt; run with -- --include-ignored"]
 async fn a_4xx_is_retried_and_delivered_and_a_5xx_is_final() {
     let (peer, _) = Peer::start(false);
     let mail = sender(peer.port, "");

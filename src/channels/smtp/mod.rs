@@ -74,6 +74,10 @@ pub struct SmtpConfig {
 }
 
 const DEFAULT_CONNECTIONS: usize = 4;
+
+/// The emails of a batch composed and waiting for a connection at once, 3 to 4 KB each. Far
+/// more than any pool of connections; a batch larger than this is sent in parts.
+const COMPOSED_AT_ONCE: usize = 500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SmtpConfig {
@@ -368,8 +372,16 @@ impl Sender for SmtpSender {
         &self.name
     }
 
+    /// In parts of at most [`COMPOSED_AT_ONCE`], one after another: each part's emails are all
+    /// composed at once, then wait for the connections.
     fn send<'a>(&'a self, batch: &'a [Message]) -> BoxFuture<'a, Vec<Result<Receipt, SendError>>> {
-        Box::pin(futures_util::future::join_all(batch.iter().map(|m| self.send_one(m))))
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(batch.len());
+            for part in batch.chunks(COMPOSED_AT_ONCE) {
+                results.extend(futures_util::future::join_all(part.iter().map(|m| self.send_one(m))).await);
+            }
+            results
+        })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, String>> {
