@@ -118,6 +118,13 @@ pub struct Message {
     pub content: Arc<Rendered>,
 }
 
+impl Message {
+    /// Past its deadline at `now`: it must not be handed to a provider any more.
+    pub fn is_late(&self, now: tokio::time::Instant) -> bool {
+        self.not_after.is_some_and(|t| t <= now)
+    }
+}
+
 /// What a provider said when it accepted a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Receipt {
@@ -192,10 +199,11 @@ impl SendError {
 }
 
 /// Sends through `sender` what is still on time and answers [`SendError::TooLate`] for the
-/// rest, one result per message, in order.
+/// rest, one result per message, in order. Backends that send a message at a time look again
+/// once each has its connection, since a large batch may wait for them past a deadline.
 pub async fn send_on_time(sender: &dyn Sender, batch: &[Message]) -> Vec<Result<Receipt, SendError>> {
     let now = tokio::time::Instant::now();
-    let late: Vec<bool> = batch.iter().map(|m| m.not_after.is_some_and(|t| t <= now)).collect();
+    let late: Vec<bool> = batch.iter().map(|m| m.is_late(now)).collect();
     let stamp = |results: Vec<Result<Receipt, SendError>>| -> Vec<Result<Receipt, SendError>> {
         results
             .into_iter()

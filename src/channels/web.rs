@@ -79,6 +79,10 @@ impl Requests {
             futures_util::future::join_all(batch.iter().map(|m| async move {
                 // Never closed, so a permit always comes.
                 let _slot = self.slots.acquire().await.ok();
+                // Its deadline may have passed while it waited for a connection.
+                if m.is_late(tokio::time::Instant::now()) {
+                    return Err(SendError::TooLate);
+                }
                 send(m).await
             }))
             .await

@@ -183,6 +183,23 @@ async fn twilio_sends_one_request_per_message_and_classifies_each_answer() {
     );
 }
 
+#[tokio::test]
+async fn twilio_does_not_send_a_message_whose_deadline_passed_while_it_waited() {
+    let (server, base) = twilio_server().await;
+    let sender = build(&twilio_config(&base));
+    // Handed over on time (the dispatcher checked), its deadline is past by the time a
+    // connection is free: here, at once.
+    let mut late = sms("0712000001", "M-PESA: Maintenance tonight.");
+    late.not_after = Some(tokio::time::Instant::now());
+    let on_time = sms("0712000011", "M-PESA: Maintenance tonight.");
+    let results = sender.send(&[late, on_time]).await;
+    assert!(matches!(results[0], Err(SendError::TooLate)), "{results:?}");
+    assert!(results[1].is_ok(), "{results:?}");
+    let requests = server.requests.lock().unwrap();
+    let to: Vec<&str> = requests.iter().map(|r| r["To"].as_str()).collect();
+    assert_eq!(to, ["+254712000011"]);
+}
+
 /// What a server saw of a client's connections: the most requests at once, and each
 /// connection's peer address.
 #[derive(Default)]

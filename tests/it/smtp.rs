@@ -277,6 +277,28 @@ async fn a_batch_larger_than_what_is_composed_at_once_keeps_its_order() {
 
 #[tokio::test]
 #[ignore = "needs aiosmtpd: pip install -r tests/peers/requirements.txt; run with -- --include-ignored"]
+async fn an_email_whose_deadline_passes_before_it_has_a_connection_is_not_sent() {
+    let (peer, _) = Peer::start(false);
+    let mail = sender(peer.port, "");
+    // Handed over on time (the dispatcher checked), its deadline is past by the time a
+    // connection is free: here, at once.
+    let mut late = email(1, "late@example.co.ke");
+    late.not_after = Some(tokio::time::Instant::now());
+    let mut on_time = email(2, "ok@example.co.ke");
+    on_time.not_after = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(3600));
+    let results = mail.send(&[late, on_time]).await;
+    assert!(matches!(results[0], Err(SendError::TooLate)), "{results:?}");
+    assert!(results[1].is_ok(), "{results:?}");
+    let to: Vec<String> = peer
+        .received()
+        .iter()
+        .map(|r| r["to"][0].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(to, ["ok@example.co.ke"]);
+}
+
+#[tokio::test]
+#[ignore = "needs aiosmtpd: pip install -r tests/peers/requirements.txt; run with -- --include-ignored"]
 async fn a_4xx_is_retried_and_delivered_and_a_5xx_is_final() {
     let (peer, _) = Peer::start(false);
     let mail = sender(peer.port, "");

@@ -298,6 +298,10 @@ impl SmtpSender {
             message: format!("{} is shutting down", self.name),
             retry_after: None,
         })?;
+        // Its deadline may have passed while it waited for a connection.
+        if m.is_late(tokio::time::Instant::now()) {
+            return Err(SendError::TooLate);
+        }
         Box::pin(self.transmit(&envelope, &bytes)).await
     }
 
