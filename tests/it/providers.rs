@@ -185,19 +185,37 @@ async fn twilio_sends_one_request_per_message_and_classifies_each_answer() {
 
 #[tokio::test]
 async fn twilio_does_not_send_a_message_whose_deadline_passed_while_it_waited() {
-    let (server, base) = twilio_server().await;
-    let sender = build(&twilio_config(&base));
-    // Handed over on time (the dispatcher checked), its deadline is past by the time a
-    // connection is free: here, at once.
-    let mut late = sms("0712000001", "M-PESA: Maintenance tonight.");
-    late.not_after = Some(tokio::time::Instant::now());
-    let on_time = sms("0712000011", "M-PESA: Maintenance tonight.");
-    let results = sender.send(&[late, on_time]).await;
-    assert!(matches!(results[0], Err(SendError::TooLate)), "{results:?}");
-    assert!(results[1].is_ok(), "{results:?}");
-    let requests = server.requests.lock().unwrap();
-    let to: Vec<&str> = requests.iter().map(|r| r["To"].as_str()).collect();
-    assert_eq!(to, ["+254712000011"]);
+    // One connection and a provider that takes a second per request: the third message of the
+    // batch gets its connection two seconds after the batch was handed over, on time.
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let app = axum::Router::new()
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            post(
+                |State(sent): State<Arc<Mutex<Vec<String>>>>, Form(form): Form<HashMap<String, String>>| async move {
+                    sent.lock().unwrap().push(form["To"].clone());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    (StatusCode::CREATED, r#"{"sid": "SM1"}"#)
+                },
+            ),
+        )
+        .with_state(Arc::clone(&sent));
+    let base = serve(app).await;
+    let mut config = twilio_config(&base);
+    config.connections = Some(1);
+    let sender = build(&config);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
+    let batch: Vec<Message> = ["0712000001", "0712000002", "0712000003"]
+        .iter()
+        .map(|n| Message {
+            not_after: Some(deadline),
+            ..sms(n, "M-PESA: Maintenance tonight.")
+        })
+        .collect();
+    let results = sender.send(&batch).await;
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert!(matches!(results[2], Err(SendError::TooLate)), "{results:?}");
+    assert_eq!(*sent.lock().unwrap(), ["+254712000001", "+254712000002"]);
 }
 
 /// What a server saw of a client's connections: the most requests at once, and each
