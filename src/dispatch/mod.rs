@@ -59,7 +59,7 @@ impl DispatchReport {
 }
 
 /// How the dispatcher works the queue: batch size, the retry schedule, the claim lease (real
-/// time, renewed while a batch is in flight), and the daemon's tick.
+/// time, renewed until a batch's outcomes are recorded), and the daemon's tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchConfig {
     pub batch_size: usize,
@@ -384,7 +384,42 @@ impl Dispatcher {
         Ok(self.store.claimed_by(&self.owner).await?)
     }
 
+    /// Prepares, sends and records one claimed batch, renewing its lease every third of it
+    /// from the claim until its outcomes are recorded: rendering a large batch, waiting for the
+    /// rate and waiting for the turn to write may each take a while.
     async fn dispatch_batch(
+        &self,
+        claim: Claim,
+        clock: &Clock,
+        cache: &mut Cache,
+    ) -> Result<DispatchReport, DispatchError> {
+        let token = claim.token;
+        let lease = self.config.lease.to_std();
+        let done = CancellationToken::new();
+        let work = async {
+            let report = self.work_batch(claim, clock, cache).await;
+            done.cancel();
+            report
+        };
+        // Each renewal runs to its end, beside the work rather than in its way: the work may
+        // hold the database's write lock meanwhile.
+        let renewing = async {
+            let every = (lease / 3).max(std::time::Duration::from_millis(50));
+            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    () = done.cancelled() => break,
+                    _ = renew.tick() => {}
+                }
+                if let Err(e) = self.store.renew(token, lease).await {
+                    tracing::warn!(error = %error_chain(&e), token, "cannot renew the lease of a batch in flight");
+                }
+            }
+        };
+        tokio::join!(work, renewing).0
+    }
+
+    async fn work_batch(
         &self,
         claim: Claim,
         clock: &Clock,
@@ -439,25 +474,8 @@ impl Dispatcher {
             .record_biller_events(&std::mem::take(&mut cache.events), now)
             .await?;
         let mut attempts = Vec::new();
-        let lease = self.config.lease.to_std();
-        {
-            let sending = self.send_ready(ready, clock, &mut report, &mut finishes, &mut attempts);
-            tokio::pin!(sending);
-            // Renew the lease while the batch is in flight, so a slow send is not taken for a
-            // dead worker's.
-            let every = (lease / 3).max(std::time::Duration::from_millis(50));
-            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tokio::select! {
-                    () = &mut sending => break,
-                    _ = renew.tick() => {
-                        if let Err(e) = self.store.renew(token, lease).await {
-                            tracing::warn!(error = %error_chain(&e), token, "cannot renew the lease of a batch in flight");
-                        }
-                    }
-                }
-            }
-        }
+        self.send_ready(ready, clock, &mut report, &mut finishes, &mut attempts)
+            .await;
         let lost = self.store.finish_with_attempts(token, &finishes, &attempts).await?;
         if !lost.is_empty() {
             tracing::warn!(

@@ -692,12 +692,20 @@ impl Store {
     }
 
     /// Extends the lease of every row still claimed under `token` by `lease` from now (the
-    /// database's clock). Returns how many rows it still holds.
+    /// database's clock). Returns how many rows it renewed.
+    ///
+    /// It may run while the token's holder records their outcomes. On PostgreSQL the rows that
+    /// transaction has locked are passed over rather than waited for: the two would lock the
+    /// same rows in different orders, and one of them would be aborted as a deadlock.
     pub async fn renew(&self, token: i64, lease: Duration) -> Result<u64, StoreError> {
-        let sql = format!(
-            "UPDATE deliveries SET lease_until = {} + $2 WHERE lease_token = $1 AND state = 'claimed'",
-            db_now_ms(self.dialect())
-        );
+        let until = format!("lease_until = {} + $2", db_now_ms(self.dialect()));
+        let sql = match self.dialect() {
+            Dialect::Sqlite => format!("UPDATE deliveries SET {until} WHERE lease_token = $1 AND state = 'claimed'"),
+            Dialect::Postgres => format!(
+                "UPDATE deliveries SET {until} WHERE id IN (SELECT id FROM deliveries \
+                 WHERE lease_token = $1 AND state = 'claimed' FOR UPDATE SKIP LOCKED)"
+            ),
+        };
         Ok(on_pool!(self, p => sqlx::query(AssertSqlSafe(sql))
             .bind(token)
             .bind(millis(lease))

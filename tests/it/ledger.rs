@@ -1,5 +1,6 @@
 //! The ledger under real time, on both stores: two workers with a lease much shorter than the
-//! run, a run that starts just before a deadline, and a change committed in mid-dispatch. These
+//! run (their batches at the default size outlive it) while lapsed claims are settled beside
+//! them, a run that starts just before a deadline, and a change committed in mid-dispatch. These
 //! cases run on the real clock on purpose — leases are real elapsed time — and take seconds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,6 +20,7 @@ use crate::on_both;
 
 on_both!(
     two_workers_with_short_leases_send_nothing_twice,
+    two_workers_at_the_default_batch_size_hold_batches_longer_than_a_lease,
     a_run_that_starts_just_before_a_deadline_sends_nothing_after_it,
     a_cancel_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
     a_reschedule_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
@@ -96,18 +98,56 @@ async fn states(db: &TestDb, w: WindowId) -> BTreeMap<String, i64> {
     out
 }
 
+/// Runs both workers to the end while doing what other daemons' ticks do meanwhile: settle
+/// every claim whose lease has lapsed, five times a second. Their reports, and how many claims
+/// were settled. Once one is, the workers are stopped: a batch that always outlives its lease
+/// would otherwise be settled and claimed again for ever.
+async fn run_both_settling_lapsed(
+    db: &TestDb,
+    (a, b): (&Dispatcher, &Dispatcher),
+    clock: &Clock,
+) -> (
+    tangazo::dispatch::DispatchReport,
+    tangazo::dispatch::DispatchReport,
+    u64,
+) {
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let workers = async {
+        let reports = tokio::join!(a.run_due(clock, &stop), b.run_due(clock, &stop));
+        done.cancel();
+        reports
+    };
+    let settler = async {
+        let mut settled = 0;
+        loop {
+            tokio::select! {
+                () = done.cancelled() => return settled,
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    settled += db.store.release_lapsed_claims(clock.now()).await.unwrap().total();
+                    if settled > 0 {
+                        stop.cancel();
+                    }
+                }
+            }
+        }
+    };
+    let ((ra, rb), settled) = tokio::join!(workers, settler);
+    (ra.unwrap(), rb.unwrap(), settled)
+}
+
 /// Two workers, a 2-second lease, a run of about 20 seconds: leases are renewed while batches
-/// are in flight, so neither takes the other's rows, and nothing goes out twice.
+/// are in flight, so no claim lapses, neither takes the other's rows, and nothing goes out
+/// twice.
 async fn two_workers_with_short_leases_send_nothing_twice(db: &TestDb) {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Ten a second each, ten a claim: 400 rows take two workers about 20 s.
     let (ca, cb) = (config(a.path(), 10.0, 10, "2s"), config(b.path(), 10.0, 10, "2s"));
     let w = queue(db, 400, start()).await;
     let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
-    let stop = CancellationToken::new();
     let (da, db_) = (dispatcher(db, &ca, "worker-a"), dispatcher(db, &cb, "worker-b"));
-    let (ra, rb) = tokio::join!(da.run_due(&clock, &stop), db_.run_due(&clock, &stop));
-    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let (ra, rb, settled) = run_both_settling_lapsed(db, (&da, &db_), &clock).await;
+    assert_eq!(settled, 0, "a claim in flight lapsed");
     assert_eq!(ra.sent + rb.sent, 400);
     assert!(ra.sent > 100 && rb.sent > 100, "both worked: {ra:?} {rb:?}");
     assert_eq!(ra.lost + rb.lost + ra.possibly_duplicate + rb.possibly_duplicate, 0);
@@ -121,6 +161,39 @@ async fn two_workers_with_short_leases_send_nothing_twice(db: &TestDb) {
     assert_eq!(per_key.len(), 400);
     assert!(per_key.values().all(|n| *n == 1), "a message went out twice");
     assert_eq!(states(db, w).await, BTreeMap::from([("sent".into(), 400)]));
+}
+
+/// The default batch size, 2,000, with a 1-second lease and a sender that takes about two
+/// seconds for a batch: each batch outlives its lease twice over and is renewed meanwhile, so
+/// no claim lapses, neither worker takes the other's rows, and nothing goes out twice.
+async fn two_workers_at_the_default_batch_size_hold_batches_longer_than_a_lease(db: &TestDb) {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let more = "rate = 2000\n[dispatch]\nlease = \"1s\"\n";
+    let (ca, cb) = (write_config(a.path(), more), write_config(b.path(), more));
+    assert_eq!(ca.dispatch.batch_size, 2000, "the test is of the default batch size");
+    // Each worker sends 2,000 a second; its two lanes share that, so a batch of 2,000 is held
+    // about two seconds, and 12,000 take the two workers about three.
+    let n = 12_000;
+    let w = queue(db, n, start()).await;
+    let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
+    let (da, db_) = (dispatcher(db, &ca, "worker-a"), dispatcher(db, &cb, "worker-b"));
+    let began = std::time::Instant::now();
+    let (ra, rb, settled) = run_both_settling_lapsed(db, (&da, &db_), &clock).await;
+    assert_eq!(settled, 0, "a claim in flight lapsed");
+    // Not a measure of speed: the rate limit makes the run at least this long, which is what
+    // the test is about.
+    assert!(
+        began.elapsed() >= std::time::Duration::from_secs(2),
+        "the run is longer than two leases"
+    );
+    assert_eq!(ra.sent + rb.sent, u64::from(n));
+    assert!(ra.sent >= 2000 && rb.sent >= 2000, "both worked: {ra:?} {rb:?}");
+    assert_eq!(ra.lost + rb.lost + ra.possibly_duplicate + rb.possibly_duplicate, 0);
+    let lines = outbox(&[a.path(), b.path()]);
+    assert_eq!(lines.len(), n as usize, "one line per delivery");
+    let keys: HashSet<&str> = lines.iter().map(|l| l["idempotency_key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), n as usize, "a message went out twice");
+    assert_eq!(states(db, w).await, BTreeMap::from([("sent".into(), i64::from(n))]));
 }
 
 /// The clock reads three seconds before the deadline and runs; the backend takes ten a second,
