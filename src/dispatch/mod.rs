@@ -103,7 +103,8 @@ pub struct Dispatcher {
 /// not walk every row already sent (on PostgreSQL their index entries stay until a vacuum, and a
 /// claim from the front of a 10-million-row fan-out read tens of thousands of index pages).
 ///
-/// A row can come back behind that place: a lapsed claim released, a window resumed, a row
+/// A row can come back behind that place: a lapsed claim released (the lanes settle lapsed
+/// claims before each look from the front), a window resumed, a row
 /// planned with an earlier slot than one already claimed (a channel not paced beside one that
 /// is), a page committed after a later one. So the lanes look from the front of the queue at
 /// least every [`LOOK_FROM_THE_FRONT_EVERY`], whenever the scope changes, and always before a
@@ -321,6 +322,12 @@ impl Dispatcher {
             let last_look = enqueued.is_none_or(CancellationToken::is_cancelled);
             let now = clock.now();
             let from = self.cursor().start(broadcast, std::mem::take(&mut front));
+            if from.looks_from_the_front() {
+                // Before each look from the front (about once a second), the claims of a worker
+                // that died or stalled go back to the queue, behind the cursor: a long run would
+                // otherwise leave them claimed until it ends and the next tick settles them.
+                self.settle_lapsed(now).await?;
+            }
             let claim = self
                 .store
                 .claim_due(now, batch_size, &self.owner, lease, broadcast, from.after)
@@ -370,6 +377,20 @@ impl Dispatcher {
                 *total
             };
             progress(&total);
+        }
+        Ok(())
+    }
+
+    /// Settles the claims whose lease has lapsed (see `Store::release_lapsed_claims`).
+    async fn settle_lapsed(&self, now: DateTime<Utc>) -> Result<(), DispatchError> {
+        let released = self.store.release_lapsed_claims(now).await?;
+        if released.total() > 0 {
+            tracing::warn!(
+                returned = released.returned,
+                expired = released.expired,
+                superseded = released.superseded,
+                "claims whose lease lapsed were settled: their worker died or stalled"
+            );
         }
         Ok(())
     }

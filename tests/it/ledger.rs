@@ -21,6 +21,7 @@ use crate::on_both;
 on_both!(
     two_workers_with_short_leases_send_nothing_twice,
     two_workers_at_the_default_batch_size_hold_batches_longer_than_a_lease,
+    a_dead_workers_claim_is_sent_by_a_live_worker_within_its_run,
     a_run_that_starts_just_before_a_deadline_sends_nothing_after_it,
     a_cancel_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
     a_reschedule_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
@@ -163,17 +164,17 @@ async fn two_workers_with_short_leases_send_nothing_twice(db: &TestDb) {
     assert_eq!(states(db, w).await, BTreeMap::from([("sent".into(), 400)]));
 }
 
-/// The default batch size, 2,000, with a 1-second lease and a sender that takes about two
+/// The default batch size, 2,000, with a 3-second lease and a sender that takes about eight
 /// seconds for a batch: each batch outlives its lease twice over and is renewed meanwhile, so
 /// no claim lapses, neither worker takes the other's rows, and nothing goes out twice.
 async fn two_workers_at_the_default_batch_size_hold_batches_longer_than_a_lease(db: &TestDb) {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let more = "rate = 2000\n[dispatch]\nlease = \"1s\"\n";
+    let more = "rate = 500\n[dispatch]\nlease = \"3s\"\n";
     let (ca, cb) = (write_config(a.path(), more), write_config(b.path(), more));
     assert_eq!(ca.dispatch.batch_size, 2000, "the test is of the default batch size");
-    // Each worker sends 2,000 a second; its two lanes share that, so a batch of 2,000 is held
-    // about two seconds, and 12,000 take the two workers about three.
-    let n = 12_000;
+    // Each worker sends 500 a second, and its two lanes each claim a batch of 2,000 at once:
+    // the two share that rate, so each batch is held about eight seconds.
+    let n = 8_000;
     let w = queue(db, n, start()).await;
     let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
     let (da, db_) = (dispatcher(db, &ca, "worker-a"), dispatcher(db, &cb, "worker-b"));
@@ -183,7 +184,7 @@ async fn two_workers_at_the_default_batch_size_hold_batches_longer_than_a_lease(
     // Not a measure of speed: the rate limit makes the run at least this long, which is what
     // the test is about.
     assert!(
-        began.elapsed() >= std::time::Duration::from_secs(2),
+        began.elapsed() >= std::time::Duration::from_secs(6),
         "the run is longer than two leases"
     );
     assert_eq!(ra.sent + rb.sent, u64::from(n));
@@ -193,6 +194,36 @@ async fn two_workers_at_the_default_batch_size_hold_batches_longer_than_a_lease(
     assert_eq!(lines.len(), n as usize, "one line per delivery");
     let keys: HashSet<&str> = lines.iter().map(|l| l["idempotency_key"].as_str().unwrap()).collect();
     assert_eq!(keys.len(), n as usize, "a message went out twice");
+    assert_eq!(states(db, w).await, BTreeMap::from([("sent".into(), i64::from(n))]));
+}
+
+/// A worker claims 500 rows and dies; another is in the middle of a run of about three seconds
+/// when that claim's one-second lease lapses. It settles the claim and sends those rows within
+/// its run, flagged possibly duplicate, rather than leaving them claimed until the run ends.
+async fn a_dead_workers_claim_is_sent_by_a_live_worker_within_its_run(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 1000.0, 100, "30s");
+    let n = 3000;
+    let w = queue(db, n, start()).await;
+    let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
+    let dead = db
+        .store
+        .claim_due(
+            clock.now(),
+            500,
+            "dead-worker",
+            std::time::Duration::from_secs(1),
+            None,
+            tangazo::storage::Position::FRONT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.rows.len(), 500);
+    let live = dispatcher(db, &config, "live-worker");
+    let report = live.run_due(&clock, &CancellationToken::new()).await.unwrap();
+    assert_eq!(report.sent, u64::from(n), "{report:?}");
+    assert_eq!(report.possibly_duplicate, 500, "{report:?}");
+    assert_eq!(outbox(&[dir.path()]).len(), n as usize);
     assert_eq!(states(db, w).await, BTreeMap::from([("sent".into(), i64::from(n))]));
 }
 
