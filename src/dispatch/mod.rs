@@ -97,6 +97,8 @@ pub struct Dispatcher {
     latest_claim: Arc<std::sync::Mutex<Option<(tokio::time::Instant, std::time::Duration)>>>,
     /// Where its lanes claim from next.
     cursor: Arc<std::sync::Mutex<Cursor>>,
+    /// When its lanes last settled lapsed claims (real time).
+    settled_at: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// Where a dispatcher's lanes claim from: past the last row they claimed, so that a claim does
@@ -104,9 +106,9 @@ pub struct Dispatcher {
 /// claim from the front of a 10-million-row fan-out read tens of thousands of index pages).
 ///
 /// A row can come back behind that place: a lapsed claim released (the lanes settle lapsed
-/// claims before each look from the front), a window resumed, a row
-/// planned with an earlier slot than one already claimed (a channel not paced beside one that
-/// is), a page committed after a later one. So the lanes look from the front of the queue at
+/// claims before a look from the front, every half lease), a window resumed, a row planned with
+/// an earlier slot than one already claimed (a channel not paced beside one that is), a page
+/// committed after a later one. So the lanes look from the front of the queue at
 /// least every [`LOOK_FROM_THE_FRONT_EVERY`], whenever the scope changes, and always before a
 /// run concludes that nothing is due. A look from the front moves the cursor back to where it
 /// found rows; a claim that began before it cannot move the cursor on past them.
@@ -208,6 +210,7 @@ impl Dispatcher {
             owner,
             sent: Arc::default(),
             latest_claim: Arc::default(),
+            settled_at: Arc::default(),
             cursor: Arc::default(),
         }
     }
@@ -322,10 +325,10 @@ impl Dispatcher {
             let last_look = enqueued.is_none_or(CancellationToken::is_cancelled);
             let now = clock.now();
             let from = self.cursor().start(broadcast, std::mem::take(&mut front));
-            if from.looks_from_the_front() {
-                // Before each look from the front (about once a second), the claims of a worker
-                // that died or stalled go back to the queue, behind the cursor: a long run would
-                // otherwise leave them claimed until it ends and the next tick settles them.
+            if from.looks_from_the_front() && self.time_to_settle() {
+                // The claims of a worker that died or stalled go back to the queue, behind the
+                // cursor: a long run would otherwise leave them claimed until it ends and the
+                // next tick settles them.
                 self.settle_lapsed(now).await?;
             }
             let claim = self
@@ -379,6 +382,24 @@ impl Dispatcher {
             progress(&total);
         }
         Ok(())
+    }
+
+    /// Whether half a lease (at least a second) has passed since the lanes last settled lapsed
+    /// claims; if so, the clock starts again. Another worker's claim lapses a lease after its
+    /// last renewal, so it is settled within a lease and a half. Not at every look from the
+    /// front: on PostgreSQL the settling reads the claimed rows' index, which keeps an entry
+    /// for every row claimed since the last vacuum.
+    fn time_to_settle(&self) -> bool {
+        let every = (self.config.lease.to_std() / 2).max(std::time::Duration::from_secs(1));
+        let mut at = self
+            .settled_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if at.is_some_and(|at| at.elapsed() < every) {
+            return false;
+        }
+        *at = Some(tokio::time::Instant::now());
+        true
     }
 
     /// Settles the claims whose lease has lapsed (see `Store::release_lapsed_claims`).

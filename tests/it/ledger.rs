@@ -202,7 +202,8 @@ async fn two_workers_at_the_default_batch_size_hold_batches_longer_than_a_lease(
 /// its run, flagged possibly duplicate, rather than leaving them claimed until the run ends.
 async fn a_dead_workers_claim_is_sent_by_a_live_worker_within_its_run(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), 1000.0, 100, "30s");
+    // A 2-second lease: the live worker settles lapsed claims every second.
+    let config = config(dir.path(), 1000.0, 100, "2s");
     let n = 3000;
     let w = queue(db, n, start()).await;
     let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
