@@ -185,8 +185,9 @@ async fn twilio_sends_one_request_per_message_and_classifies_each_answer() {
 
 #[tokio::test]
 async fn twilio_does_not_send_a_message_whose_deadline_passed_while_it_waited() {
-    // One connection and a provider that takes a second per request: the third message of the
-    // batch gets its connection two seconds after the batch was handed over, on time.
+    // One connection and a provider that takes a second per request: the batch is handed over
+    // on time, but its third message gets the connection two seconds later, past its deadline
+    // of a second and a half.
     let sent = Arc::new(Mutex::new(Vec::<String>::new()));
     let app = axum::Router::new()
         .route(
