@@ -796,3 +796,18 @@ async fn webhook_endpoints_are_kept_rotated_disabled_and_removed(db: &TestDb) {
     assert_eq!((left[0].id, left[0].disabled.as_deref()), (first, Some("removed")));
     assert!(!db.store.remove_endpoint(999).await.unwrap());
 }
+
+/// The SQLite built into the binary is compiled as `.cargo/config.toml` says: without memory
+/// statistics or memory management, each of which puts one mutex shared by every connection
+/// on SQLite's allocations or page fetches.
+#[tokio::test]
+async fn the_built_in_sqlite_shares_no_mutex_between_connections() {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+    let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+    assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+}
