@@ -567,8 +567,13 @@ impl Dispatcher {
             for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(messages.iter()) {
                 let row = &row;
                 let backend = outcome.backend;
+                // Every try goes to the attempts log but a success, which the row keeps.
+                let mut latency = std::time::Duration::ZERO;
                 for t in &outcome.tries {
-                    attempts.push(attempt(row.id, &message.to, t, now));
+                    match &t.result {
+                        Ok(_) => latency = t.latency,
+                        Err(err) => attempts.push(attempt(row.id, &message.to, t, err, now)),
+                    }
                     if let (Err(SendError::Paused { message: why, .. }), Some(window)) = (&t.result, row.window) {
                         paused.insert((window, format!("sender {} is paused: {why}", t.backend)));
                     }
@@ -600,6 +605,7 @@ impl Dispatcher {
                             backend: backend.to_owned(),
                             provider_id: receipt.provider_id,
                             body_id: Some(body_id),
+                            latency,
                         });
                     }
                     Err(err) => {
@@ -1034,40 +1040,32 @@ impl Dispatcher {
 /// How long an error text in the attempts log may be.
 const ERROR_TEXT: usize = 300;
 
-/// One try as the attempts log keeps it: the outcome's class, the provider's status if its
-/// message names one, and the error with the recipient's address masked, cut short.
-fn attempt(delivery: i64, to: &Address, t: &Try<'_>, now: DateTime<Utc>) -> Attempt {
-    let (outcome, error, provider_id) = match &t.result {
-        Ok(receipt) => ("sent", None, receipt.provider_id.clone()),
-        Err(e) => {
-            let class = match e {
-                SendError::Transient { .. } => "transient",
-                SendError::Paused { .. } => "paused",
-                SendError::Uncertain { .. } => "uncertain",
-                SendError::Permanent { .. } => "permanent",
-                SendError::Gone { .. } => "gone",
-                SendError::TooLate => "too_late",
-            };
-            (class, Some(e.to_string()), None)
-        }
+/// A failed try as the attempts log keeps it: the outcome's class, the provider's status if
+/// its message names one, and the error with the recipient's address masked, cut short. (A
+/// successful try is kept on the delivery's row: `Finish::Sent`.)
+fn attempt(delivery: i64, to: &Address, t: &Try<'_>, err: &SendError, now: DateTime<Utc>) -> Attempt {
+    let outcome = match err {
+        SendError::Transient { .. } => "transient",
+        SendError::Paused { .. } => "paused",
+        SendError::Uncertain { .. } => "uncertain",
+        SendError::Permanent { .. } => "permanent",
+        SendError::Gone { .. } => "gone",
+        SendError::TooLate => "too_late",
     };
-    let error = error.map(|text| {
-        let text = masked(to, text);
-        match text.char_indices().nth(ERROR_TEXT) {
-            Some((i, _)) => format!("{}…", &text[..i]),
-            None => text,
-        }
-    });
-    let status = error.as_deref().and_then(provider_status);
+    let text = masked(to, err.to_string());
+    let error = match text.char_indices().nth(ERROR_TEXT) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
+    };
     Attempt {
         delivery,
         at: now,
         backend: t.backend.to_owned(),
         outcome,
-        status,
+        status: provider_status(&error),
         latency_ms: u64::try_from(t.latency.as_millis()).unwrap_or(u64::MAX),
-        provider_id,
-        error,
+        provider_id: None,
+        error: Some(error),
     }
 }
 

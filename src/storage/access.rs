@@ -391,7 +391,8 @@ impl Store {
 
     /// Records what the provider said became of the message it gave `provider_id` (sent by
     /// `backend`): `delivered` or `undelivered`, beside the delivery's own state. A later
-    /// report replaces an earlier one. `None` if no attempt carries that id.
+    /// report replaces an earlier one. `None` if no attempt carries that id: neither a
+    /// delivery recorded sent with it nor a try in the attempts log.
     pub async fn record_handset(
         &self,
         backend: &str,
@@ -400,13 +401,22 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Option<HandsetReceipt>, StoreError> {
         on_pool!(self, p => {
-            let delivery: Option<i64> = sqlx::query_scalar(
-                "SELECT delivery_id FROM attempts WHERE provider_id = $1 AND backend = $2 ORDER BY id DESC LIMIT 1",
+            let mut delivery: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM deliveries WHERE provider_id = $1 AND backend = $2 ORDER BY id DESC LIMIT 1",
             )
             .bind(provider_id)
             .bind(backend)
             .fetch_optional(p)
             .await?;
+            if delivery.is_none() {
+                delivery = sqlx::query_scalar(
+                    "SELECT delivery_id FROM attempts WHERE provider_id = $1 AND backend = $2 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(provider_id)
+                .bind(backend)
+                .fetch_optional(p)
+                .await?;
+            }
             let Some(delivery) = delivery else {
                 return Ok(None);
             };
@@ -472,8 +482,12 @@ impl Store {
             .iter()
             .map(|b| format!(", CAST(COALESCE(SUM(CASE WHEN latency_ms <= {b} THEN 1 ELSE 0 END), 0) AS BIGINT)"))
             .collect();
-        let latency_sql =
-            format!("SELECT COUNT(*), CAST(COALESCE(SUM(latency_ms), 0) AS BIGINT){buckets} FROM attempts");
+        // Every try: the log's, and the successes kept on the deliveries' rows.
+        let latency_sql = format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(latency_ms), 0) AS BIGINT){buckets} FROM ( \
+             SELECT latency_ms FROM attempts \
+             UNION ALL SELECT sent_latency_ms AS latency_ms FROM deliveries WHERE sent_latency_ms IS NOT NULL) AS tries"
+        );
         on_pool!(self, p => {
             let deliveries: Vec<(String, String, String, i64)> = sqlx::query_as(
                 "SELECT state, channel, COALESCE(backend, ''), COUNT(*) FROM deliveries GROUP BY state, channel, COALESCE(backend, '') \

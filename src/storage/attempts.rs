@@ -1,7 +1,7 @@
 //! The attempts log: every hand-over of a delivery to a backend, and how it went.
 
 use chrono::{DateTime, Utc};
-use sqlx::QueryBuilder;
+use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
 use crate::domain::to_millis;
@@ -85,12 +85,15 @@ impl Store {
         Ok(())
     }
 
-    /// A delivery's attempts, oldest first.
+    /// A delivery's attempts, oldest first: the log's rows for it, then the success its row
+    /// keeps.
     pub async fn attempts(&self, delivery: i64) -> Result<Vec<AttemptInfo>, StoreError> {
-        let rows: Vec<AttemptRow> = on_pool!(self, p => sqlx::query_as(
-            "SELECT delivery_id, at, backend, outcome, status, latency_ms, provider_id, error \
-             FROM attempts WHERE delivery_id = $1 ORDER BY id",
-        )
+        let rows: Vec<AttemptRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM ( \
+             SELECT {COLUMNS}, 0 AS part, id AS seq FROM attempts WHERE delivery_id = $1 \
+             UNION ALL SELECT {KEPT}, 1 AS part, 0 AS seq FROM deliveries WHERE id = $1 AND sent_latency_ms IS NOT NULL \
+             ) AS a ORDER BY part, seq"
+        )))
         .bind(delivery)
         .fetch_all(p)
         .await?);
@@ -99,10 +102,15 @@ impl Store {
 
     /// The latest attempts to deliver to a webhook endpoint, newest first.
     pub async fn endpoint_attempts(&self, endpoint: i64, limit: i64) -> Result<Vec<AttemptInfo>, StoreError> {
-        let rows: Vec<AttemptRow> = on_pool!(self, p => sqlx::query_as(
-            "SELECT a.delivery_id, a.at, a.backend, a.outcome, a.status, a.latency_ms, a.provider_id, a.error \
-             FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1 ORDER BY a.id DESC LIMIT $2",
-        )
+        // A row's success came after every try the log holds for it.
+        let rows: Vec<AttemptRow> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM ( \
+             SELECT {COLUMNS}, 0 AS part, id AS seq FROM attempts \
+             WHERE delivery_id IN (SELECT id FROM deliveries WHERE endpoint_id = $1) \
+             UNION ALL SELECT {KEPT}, 1 AS part, 0 AS seq FROM deliveries \
+             WHERE endpoint_id = $1 AND sent_latency_ms IS NOT NULL \
+             ) AS a ORDER BY at DESC, part DESC, seq DESC LIMIT $2"
+        )))
         .bind(endpoint)
         .bind(limit)
         .fetch_all(p)
@@ -110,6 +118,12 @@ impl Store {
         infos(rows)
     }
 }
+
+/// The columns of an attempt, as the log has them and as read back.
+const COLUMNS: &str = "delivery_id, at, backend, outcome, status, latency_ms, provider_id, error";
+/// Those columns from a delivery's row, for the success it keeps (`sent_latency_ms` set).
+const KEPT: &str = "id AS delivery_id, sent_at AS at, backend, 'sent' AS outcome, CAST(NULL AS TEXT) AS status, \
+     sent_latency_ms AS latency_ms, provider_id, CAST(NULL AS TEXT) AS error";
 
 fn infos(rows: Vec<AttemptRow>) -> Result<Vec<AttemptInfo>, StoreError> {
     rows.into_iter()

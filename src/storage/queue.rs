@@ -30,6 +30,8 @@ pub enum Finish {
         backend: String,
         provider_id: Option<String>,
         body_id: Option<i64>,
+        /// How long the backend's call took: the successful attempt is kept on the row.
+        latency: Duration,
     },
     Retry {
         id: i64,
@@ -288,12 +290,30 @@ impl InsertPlanned for sqlx::PgConnection {
     }
 }
 
-/// A row recorded sent: when it was handed over, and the provider's id for it if any.
+/// A row recorded sent: when it was handed over, how long the backend's call took, and the
+/// provider's id for it if any.
 #[derive(Debug, Clone, Copy)]
 struct SentRow<'a> {
     id: i64,
-    at: i64,
+    at: DateTime<Utc>,
+    latency_ms: i64,
     provider_id: Option<&'a str>,
+}
+
+impl SentRow<'_> {
+    /// The successful try behind this row, as the attempts log keeps it.
+    fn unrecorded_attempt(&self, backend: &str) -> Attempt {
+        Attempt {
+            delivery: self.id,
+            at: self.at,
+            backend: backend.to_owned(),
+            outcome: "sent",
+            status: None,
+            latency_ms: u64::try_from(self.latency_ms).unwrap_or_default(),
+            provider_id: self.provider_id.map(str::to_owned),
+            error: None,
+        }
+    }
 }
 
 /// Recording rows sent through one backend with one body: one statement whose rows are bound
@@ -314,8 +334,8 @@ trait MarkSent {
 
 /// The sent row's lease is cleared and its token kept (see `finish`); a provider id from an
 /// earlier attempt stays unless this one has its own.
-const MARK_SENT: &str = "SET state = 'sent', sent_at = v.at, provider_id = COALESCE(v.pid, deliveries.provider_id), \
-     backend = $1, body_id = $2, last_error = NULL, lease_until = NULL";
+const MARK_SENT: &str = "SET state = 'sent', sent_at = v.at, sent_latency_ms = v.latency, \
+     provider_id = COALESCE(v.pid, deliveries.provider_id), backend = $1, body_id = $2, last_error = NULL, lease_until = NULL";
 
 impl MarkSent for sqlx::SqliteConnection {
     async fn mark_sent(
@@ -326,28 +346,32 @@ impl MarkSent for sqlx::SqliteConnection {
         body: Option<i64>,
     ) -> Result<u64, sqlx::Error> {
         // Rows handed over together with no provider ids (a file, a bulk request) share one
-        // time: their ids are all the statement needs, which SQLite reads far faster.
+        // time and one call: their ids are all the statement needs, which SQLite reads far
+        // faster.
         if let Some(first) = rows.first()
-            && rows.iter().all(|r| r.at == first.at && r.provider_id.is_none())
+            && rows
+                .iter()
+                .all(|r| r.at == first.at && r.latency_ms == first.latency_ms && r.provider_id.is_none())
         {
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             return Ok(sqlx::query(
-                "UPDATE deliveries SET state = 'sent', sent_at = $5, backend = $1, body_id = $2, last_error = NULL, \
-                 lease_until = NULL \
+                "UPDATE deliveries SET state = 'sent', sent_at = $5, sent_latency_ms = $6, backend = $1, body_id = $2, \
+                 last_error = NULL, lease_until = NULL \
                  WHERE state = 'claimed' AND lease_token = $3 AND id IN (SELECT value FROM json_each($4))",
             )
             .bind(backend)
             .bind(body)
             .bind(token)
             .bind(json_ids(&ids))
-            .bind(first.at)
+            .bind(to_millis(first.at))
+            .bind(first.latency_ms)
             .execute(&mut *self)
             .await?
             .rows_affected());
         }
         let json = serde_json::Value::from(
             rows.iter()
-                .map(|r| serde_json::json!([r.id, r.at, r.provider_id]))
+                .map(|r| serde_json::json!([r.id, to_millis(r.at), r.provider_id, r.latency_ms]))
                 .collect::<Vec<_>>(),
         )
         .to_string();
@@ -355,7 +379,7 @@ impl MarkSent for sqlx::SqliteConnection {
         // scanning the JSON for each: it walks the JSON and looks each row up by its id.
         let sql = format!(
             "UPDATE deliveries {MARK_SENT} FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS at, \
-             json_extract(value, '$[2]') AS pid FROM json_each($4)) AS v \
+             json_extract(value, '$[2]') AS pid, json_extract(value, '$[3]') AS latency FROM json_each($4)) AS v \
              WHERE deliveries.id = v.id AND +deliveries.state = 'claimed' AND +deliveries.lease_token = $3"
         );
         Ok(sqlx::query(AssertSqlSafe(sql))
@@ -389,7 +413,7 @@ impl MarkSent for sqlx::PgConnection {
         body: Option<i64>,
     ) -> Result<u64, sqlx::Error> {
         let sql = format!(
-            "UPDATE deliveries {MARK_SENT} FROM unnest($4::bigint[], $5::bigint[], $6::text[]) AS v (id, at, pid) \
+            "UPDATE deliveries {MARK_SENT} FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::bigint[]) AS v (id, at, pid, latency) \
              WHERE deliveries.id = v.id AND deliveries.state = 'claimed' AND deliveries.lease_token = $3"
         );
         Ok(sqlx::query(AssertSqlSafe(sql))
@@ -397,8 +421,9 @@ impl MarkSent for sqlx::PgConnection {
             .bind(body)
             .bind(token)
             .bind(rows.iter().map(|r| r.id).collect::<Vec<i64>>())
-            .bind(rows.iter().map(|r| r.at).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|r| to_millis(r.at)).collect::<Vec<i64>>())
             .bind(rows.iter().map(|r| r.provider_id).collect::<Vec<Option<&str>>>())
+            .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<i64>>())
             .execute(&mut *self)
             .await?
             .rows_affected())
@@ -747,6 +772,10 @@ impl Store {
     }
 
     /// `finish`, appending the batch's attempts to the log in the same transaction.
+    ///
+    /// `attempts` are the tries that did not end a row sent: a row's successful try is kept
+    /// on the row itself (`Finish::Sent` carries what the log would). Where a sent row is not
+    /// recorded (its claim lapsed), its success goes to the log instead, so no try is lost.
     pub async fn finish_with_attempts(
         &self,
         token: i64,
@@ -765,15 +794,19 @@ impl Store {
                     backend,
                     provider_id,
                     body_id,
+                    latency,
                 } => sent.entry((backend.as_str(), *body_id)).or_default().push(SentRow {
                     id: *id,
-                    at: to_millis(*at),
+                    at: *at,
+                    latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
                     provider_id: provider_id.as_deref(),
                 }),
                 other => others.push(other),
             }
         }
         let mut lost = Vec::new();
+        // The successes of rows that were not recorded sent, for the log.
+        let mut unrecorded: Vec<Attempt> = Vec::new();
         let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -784,7 +817,14 @@ impl Store {
                     let done = tx.mark_sent(token, chunk, backend, *body_id).await?;
                     if done != chunk.len() as u64 {
                         let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
-                        lost.extend(tx.not_sent_under(token, &ids).await?);
+                        let missed = tx.not_sent_under(token, &ids).await?;
+                        unrecorded.extend(
+                            chunk
+                                .iter()
+                                .filter(|r| missed.contains(&r.id))
+                                .map(|r| r.unrecorded_attempt(backend)),
+                        );
+                        lost.extend(missed);
                     }
                 }
             }
@@ -823,6 +863,7 @@ impl Store {
                 }
             }
             insert_attempts!(tx, attempts);
+            insert_attempts!(tx, unrecorded);
             tx.commit().await?;
         });
         Ok(lost)

@@ -26,6 +26,7 @@ on_both!(
     a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches,
     the_claim_uses_the_due_index_on_a_large_queue,
     webhook_endpoints_are_kept_rotated_disabled_and_removed,
+    a_success_is_kept_on_its_row_and_every_try_is_read_back,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -174,6 +175,7 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
             backend: "file".into(),
             provider_id: None,
             body_id: None,
+            latency: Duration::from_millis(7),
         },
         Finish::Failed {
             id: first[1].id,
@@ -191,6 +193,7 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
             backend: "file".into(),
             provider_id: Some("p-1".into()),
             body_id: None,
+            latency: Duration::from_millis(7),
         },
     ];
     // Fenced: the outcomes need the claim's own token.
@@ -223,6 +226,7 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
         backend: "file".into(),
         provider_id: None,
         body_id: None,
+        latency: Duration::from_millis(7),
     }];
     assert_eq!(db.store.finish(t2, &late).await.unwrap(), vec![second[0].id]);
     assert_eq!(db.store.claimed_by("w4").await.unwrap(), 6);
@@ -300,6 +304,7 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
         backend: "file".into(),
         provider_id: None,
         body_id: None,
+        latency: Duration::from_millis(7),
     };
     db.store.finish(token, &[sent(claimed[0].id)]).await.unwrap();
     // One sent, one in flight, four queued: the cancellation supersedes the four queued and
@@ -407,6 +412,7 @@ async fn told_and_decisions(db: &TestDb) {
             backend: "file".into(),
             provider_id: None,
             body_id: None,
+            latency: Duration::from_millis(7),
         })
         .collect();
     db.store.finish(token, &sent).await.unwrap();
@@ -810,4 +816,177 @@ async fn the_built_in_sqlite_shares_no_mutex_between_connections() {
         .unwrap();
     assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
     assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+}
+
+/// Rows in the attempts log itself, read with a connection of the store's own dialect.
+async fn logged_attempts(db: &TestDb) -> i64 {
+    const SQL: &str = "SELECT COUNT(*) FROM attempts";
+    if db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(SQL).fetch_one(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(SQL).fetch_one(&pool).await.unwrap()
+    }
+}
+
+async fn a_success_is_kept_on_its_row_and_every_try_is_read_back(db: &TestDb) {
+    use tangazo::domain::Secret;
+    use tangazo::storage::{Attempt, NewEndpoint};
+    let now = start() - TimeDelta::hours(50);
+    db.store.upsert_recipients(&[biller(1)], now).await.unwrap();
+    // The biller first, then two customers.
+    let ids = seed(db, 2).await;
+    let who = RecipientId(ids[0]);
+    let endpoint = db
+        .store
+        .add_endpoint(
+            &NewEndpoint {
+                recipient: who,
+                url: "https://a.example/hook".into(),
+                secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                events: vec![],
+                components: vec![],
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let w = db.store.create_window(new_window(48), now, "t").await.unwrap();
+    let mut rows = planned(w.id, 1, Notice::Announced, &ids, 100);
+    rows[0].channel = Channel::Webhook;
+    rows[0].endpoint = Some(endpoint);
+    db.store.enqueue(&rows).await.unwrap();
+    let failed_try = |id: i64, at| Attempt {
+        delivery: id,
+        at,
+        backend: "primary".into(),
+        outcome: "transient",
+        status: Some("HTTP 503".into()),
+        latency_ms: 40,
+        provider_id: None,
+        error: Some("HTTP 503 Service Unavailable".into()),
+    };
+    let sent = |id: i64, at, backend: &str, provider_id: Option<&str>, ms| Finish::Sent {
+        id,
+        at,
+        backend: backend.into(),
+        provider_id: provider_id.map(str::to_owned),
+        body_id: None,
+        latency: Duration::from_millis(ms),
+    };
+
+    // The webhook fails over to a second backend; an SMS goes out through the file outbox.
+    let (t1, claimed) = claim(db, now, 10, "w1", LEASE, None).await;
+    let by_channel = |c: Channel| claimed.iter().find(|r| r.channel == c).unwrap().id;
+    let (hook, sms) = (by_channel(Channel::Webhook), by_channel(Channel::Sms));
+    let third = claimed
+        .iter()
+        .map(|r| r.id)
+        .find(|&id| id != hook && id != sms)
+        .unwrap();
+    let at = now + TimeDelta::seconds(1);
+    let lost = db
+        .store
+        .finish_with_attempts(
+            t1,
+            &[
+                sent(hook, at, "backup", Some("msg-1"), 12),
+                sent(sms, at, "file", None, 3),
+                Finish::Retry {
+                    id: third,
+                    at: now + TimeDelta::minutes(1),
+                    error: "primary: HTTP 503".into(),
+                    maybe_sent: false,
+                },
+            ],
+            &[failed_try(hook, at), failed_try(third, at)],
+        )
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    assert_eq!(logged_attempts(db).await, 2, "the log holds the failures alone");
+    let outcomes = |tries: &[tangazo::storage::AttemptInfo]| {
+        tries
+            .iter()
+            .map(|a| {
+                (
+                    a.outcome.clone(),
+                    a.backend.clone(),
+                    a.latency_ms,
+                    a.provider_id.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let hook_tries = db.store.attempts(hook).await.unwrap();
+    assert_eq!(
+        outcomes(&hook_tries),
+        [
+            ("transient".into(), "primary".into(), 40, None),
+            ("sent".into(), "backup".into(), 12, Some("msg-1".into())),
+        ]
+    );
+    assert_eq!(hook_tries[1].at, at);
+    assert_eq!(hook_tries[0].status.as_deref(), Some("HTTP 503"));
+    assert_eq!(hook_tries[1].error, None);
+    assert_eq!(
+        outcomes(&db.store.attempts(sms).await.unwrap()),
+        [("sent".into(), "file".into(), 3, None)]
+    );
+    // The endpoint's recent attempts, newest first, and no other recipient's.
+    assert_eq!(
+        outcomes(&db.store.endpoint_attempts(endpoint, 10).await.unwrap()),
+        [
+            ("sent".into(), "backup".into(), 12, Some("msg-1".into())),
+            ("transient".into(), "primary".into(), 40, None),
+        ]
+    );
+    assert_eq!(db.store.endpoint_attempts(endpoint, 1).await.unwrap().len(), 1);
+
+    // A claim that lapsed records nothing on the row, but its success is still in the log.
+    let (t2, retried) = claim(db, now + TimeDelta::minutes(2), 10, "w2", Duration::ZERO, None).await;
+    assert_eq!(retried.iter().map(|r| r.id).collect::<Vec<_>>(), [third]);
+    assert_eq!(db.store.release_lapsed_claims(now).await.unwrap().returned, 1);
+    let (t3, again) = claim(db, now + TimeDelta::minutes(2), 10, "w3", LEASE, None).await;
+    assert_eq!(again.len(), 1);
+    let late = [sent(third, at, "twilio", Some("SM-old"), 30)];
+    assert_eq!(db.store.finish_with_attempts(t2, &late, &[]).await.unwrap(), [third]);
+    let fresh = [sent(third, at + TimeDelta::minutes(3), "twilio", Some("SM-new"), 20)];
+    assert!(db.store.finish_with_attempts(t3, &fresh, &[]).await.unwrap().is_empty());
+    assert_eq!(
+        outcomes(&db.store.attempts(third).await.unwrap()),
+        [
+            ("transient".into(), "primary".into(), 40, None),
+            ("sent".into(), "twilio".into(), 30, Some("SM-old".into())),
+            ("sent".into(), "twilio".into(), 20, Some("SM-new".into())),
+        ]
+    );
+    assert_eq!(logged_attempts(db).await, 3);
+
+    // A provider's report finds its delivery by either id: on the row or in the log.
+    for id in ["SM-new", "SM-old"] {
+        let found = db.store.record_handset("twilio", id, "delivered", at).await.unwrap();
+        assert_eq!(found.map(|r| r.delivery), Some(third), "{id}");
+    }
+    assert!(
+        db.store
+            .record_handset("twilio", "msg-1", "delivered", at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        db.store
+            .record_handset("twilio", "SM-none", "delivered", at)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The latency histogram counts every try, from both places.
+    let m = db.store.metrics(now).await.unwrap();
+    assert_eq!((m.latency_count, m.latency_sum_ms), (6, 40 + 12 + 3 + 40 + 30 + 20));
+    let within = |bound: u64| m.latency_buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+    assert_eq!((within(5), within(25), within(50)), (1, 3, 6));
 }
