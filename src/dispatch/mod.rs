@@ -564,6 +564,10 @@ impl Dispatcher {
             let now = clock.now();
             // The real instant `now` was read at: messages handed over together get one time.
             let real_now = tokio::time::Instant::now();
+            // The clock's time at an earlier real instant.
+            let at = |instant: tokio::time::Instant| {
+                TimeDelta::from_std(real_now.saturating_duration_since(instant)).map_or(now, |ago| now - ago)
+            };
             for (((row, body_id), outcome), message) in rows.into_iter().zip(results).zip(messages.iter()) {
                 let row = &row;
                 let backend = outcome.backend;
@@ -572,7 +576,8 @@ impl Dispatcher {
                 for t in &outcome.tries {
                     match &t.result {
                         Ok(_) => latency = t.latency,
-                        Err(err) => attempts.push(attempt(row.id, &message.to, t, err, now)),
+                        // When its backend answered: before a later backend's success.
+                        Err(err) => attempts.push(attempt(row.id, &message.to, t, err, at(t.answered))),
                     }
                     if let (Err(SendError::Paused { message: why, .. }), Some(window)) = (&t.result, row.window) {
                         paused.insert((window, format!("sender {} is paused: {why}", t.backend)));
@@ -594,14 +599,10 @@ impl Dispatcher {
                         if row.possibly_duplicate {
                             report.possibly_duplicate += 1;
                         }
-                        // When it was handed over, not when the batch's last one was.
-                        let at = receipt
-                            .handed_at
-                            .and_then(|h| TimeDelta::from_std(real_now.saturating_duration_since(h)).ok())
-                            .map_or(now, |ago| now - ago);
                         finishes.push(Finish::Sent {
                             id: row.id,
-                            at,
+                            // When it was handed over, not when the batch's last one was.
+                            at: receipt.handed_at.map_or(now, at),
                             backend: backend.to_owned(),
                             provider_id: receipt.provider_id,
                             body_id: Some(body_id),
@@ -807,9 +808,10 @@ impl Dispatcher {
             } else {
                 Arc::new(pending.iter().map(|&i| messages[i].clone()).collect())
             };
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let outcome = send_on_a_worker(sender, batch).await;
-            let latency = started.elapsed();
+            let answered = tokio::time::Instant::now();
+            let latency = answered.saturating_duration_since(started);
             let mut still = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
                 let r = outcome.get(k).cloned().unwrap_or_else(|| {
@@ -826,6 +828,7 @@ impl Dispatcher {
                     backend: sender.name(),
                     result: r.clone(),
                     latency,
+                    answered,
                 });
                 results[i] = SendOutcome {
                     backend: sender.name(),
@@ -1043,7 +1046,7 @@ const ERROR_TEXT: usize = 300;
 /// A failed try as the attempts log keeps it: the outcome's class, the provider's status if
 /// its message names one, and the error with the recipient's address masked, cut short. (A
 /// successful try is kept on the delivery's row: `Finish::Sent`.)
-fn attempt(delivery: i64, to: &Address, t: &Try<'_>, err: &SendError, now: DateTime<Utc>) -> Attempt {
+fn attempt(delivery: i64, to: &Address, t: &Try<'_>, err: &SendError, at: DateTime<Utc>) -> Attempt {
     let outcome = match err {
         SendError::Transient { .. } => "transient",
         SendError::Paused { .. } => "paused",
@@ -1059,7 +1062,7 @@ fn attempt(delivery: i64, to: &Address, t: &Try<'_>, err: &SendError, now: DateT
     };
     Attempt {
         delivery,
-        at: now,
+        at,
         backend: t.backend.to_owned(),
         outcome,
         status: provider_status(&error),
@@ -1127,6 +1130,8 @@ struct Try<'a> {
     backend: &'a str,
     result: Result<Receipt, SendError>,
     latency: std::time::Duration,
+    /// When the backend's call returned.
+    answered: tokio::time::Instant,
 }
 
 /// A batch's messages on one channel, with their rows and body ids.

@@ -332,6 +332,8 @@ async fn a_gateway_out_of_balance_fails_over_and_an_uncertain_send_is_retried_fl
         "{alarms:?}"
     );
     assert!(tries[1].error.is_none() && tries[1].latency_ms < 10_000, "{tries:?}");
+    // Each try is timed when its backend answered: the failure before the success that followed.
+    assert!(tries[0].at <= tries[1].at && tries[1].at <= now, "{tries:?}");
 
     let (_, twilio_base) = twilio_server().await;
     db.store
