@@ -207,6 +207,8 @@ pub struct Scheduler {
     capacity: Capacity,
     /// Audience sizes per channel, with when they were counted.
     sizes: tokio::sync::Mutex<Option<(std::time::Instant, BTreeMap<Audience, AudienceSize>)>>,
+    /// When the term this tick leads in began (see `Store::lead`); `None` when not leading.
+    term: std::sync::Mutex<Option<i64>>,
 }
 
 impl Scheduler {
@@ -223,6 +225,7 @@ impl Scheduler {
             dispatcher,
             capacity,
             sizes: tokio::sync::Mutex::new(None),
+            term: std::sync::Mutex::new(None),
         }
     }
 
@@ -262,17 +265,43 @@ impl Scheduler {
         &self.dispatcher
     }
 
-    /// Whether this scheduler (still) leads; renews the lease. A leader that was paused past
-    /// its lease and replaced finds out here, before it writes.
+    fn term(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+        self.term.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes or renews the lead at the start of a tick: whether this scheduler leads.
+    async fn lead(&self) -> Result<bool, StoreError> {
+        let term = self.store.lead(self.owner(), self.lease()).await?;
+        *self.term() = term;
+        Ok(term.is_some())
+    }
+
+    /// Whether this scheduler still leads in the term its tick began with; renews the lease.
+    /// A leader that was paused past its lease and replaced finds out here, before it writes:
+    /// another daemon leads now, or led meanwhile and let its own lease lapse (waiting, say,
+    /// on a lock the paused leader held). In the second case the lease is given up again:
+    /// the daemon whose tick comes next leads, in a term of its own, from what is committed.
     async fn still_leading(&self) -> Result<bool, StoreError> {
-        let leading = self.store.lead(self.owner(), self.lease()).await?;
-        if !leading {
-            tracing::warn!(
-                owner = self.owner(),
-                "another daemon leads now: this one stops planning"
-            );
+        let term = self.store.lead(self.owner(), self.lease()).await?;
+        let began = *self.term();
+        match term {
+            None => {
+                tracing::warn!(
+                    owner = self.owner(),
+                    "another daemon leads now: this one stops planning"
+                );
+            }
+            Some(since) if Some(since) != began => {
+                tracing::warn!(
+                    owner = self.owner(),
+                    "another daemon led meanwhile: this one stops planning and gives up the lead"
+                );
+                self.store.step_down(self.owner()).await?;
+            }
+            Some(_) => return Ok(true),
         }
-        Ok(leading)
+        *self.term() = None;
+        Ok(false)
     }
 
     /// Each audience's fan-out length at the capacity, and its quiet hours.
@@ -337,7 +366,7 @@ impl Scheduler {
             ..TickReport::default()
         };
         let planning = std::time::Instant::now();
-        report.led = self.store.lead(self.owner(), self.lease()).await?;
+        report.led = self.lead().await?;
         let windows = if report.led {
             self.store.open_windows().await?
         } else {

@@ -43,24 +43,27 @@ type DaemonRow = (String, i64, i64, i64, f64, bool);
 
 impl Store {
     /// Takes or renews the scheduler's lease for `me` for `lease` of the database's time.
-    /// False: another daemon holds it, and `me` must not plan or move windows on.
-    pub async fn lead(&self, me: &str, lease: Duration) -> Result<bool, StoreError> {
+    /// Returns when `me`'s unbroken term began (Unix ms, the database's clock): it stays the
+    /// same while `me` renews, even past a lapse no other daemon took, and is new once another
+    /// daemon has led between. `None`: another daemon holds it, and `me` must not plan or
+    /// move windows on.
+    pub async fn lead(&self, me: &str, lease: Duration) -> Result<Option<i64>, StoreError> {
         let now = db_now_ms(self.dialect());
         let sql = format!(
             "INSERT INTO leader (role, owner, since, until) VALUES ($1, $2, {now}, {now} + $3) \
              ON CONFLICT (role) DO UPDATE SET owner = excluded.owner, until = excluded.until, \
              since = CASE WHEN leader.owner = excluded.owner THEN leader.since ELSE excluded.since END \
              WHERE leader.owner = excluded.owner OR leader.until <= excluded.since \
-             RETURNING owner"
+             RETURNING owner, since"
         );
         let _turn = self.write_turn().await;
-        let owner: Option<String> = on_pool!(self, p => sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+        let held: Option<(String, i64)> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql.clone()))
             .bind(SCHEDULER)
             .bind(me)
             .bind(millis(lease))
             .fetch_optional(p)
             .await?);
-        Ok(owner.as_deref() == Some(me))
+        Ok(held.and_then(|(owner, since)| (owner == me).then_some(since)))
     }
 
     /// Gives up the scheduler's lease if `me` holds it.

@@ -403,9 +403,14 @@ async fn a_leader_stalled_past_its_lease_steps_down_before_it_writes_again() {
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
 
     rig.all_sent_then_stop().await;
-    // Woken, it found another leading and planned no further; nothing was planned twice.
+    // Woken, it found another leading, or that another had led meanwhile (the other's lease
+    // may lapse while it waits on a lock the stalled one held), and planned no further in
+    // that tick; nothing was planned twice.
     let log = std::fs::read_to_string(rig.dir.path().join(format!("daemon{stalled}.log"))).unwrap();
-    assert!(log.contains("another daemon leads now"), "{log}");
+    assert!(
+        log.contains("another daemon leads now") || log.contains("another daemon led meanwhile"),
+        "{log}"
+    );
     rig.reached_once().await;
     rig.finish().await;
 }

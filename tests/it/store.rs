@@ -27,6 +27,7 @@ on_both!(
     the_claim_uses_the_due_index_on_a_large_queue,
     webhook_endpoints_are_kept_rotated_disabled_and_removed,
     a_success_is_kept_on_its_row_and_every_try_is_read_back,
+    a_lead_keeps_its_term_until_another_daemon_leads_between,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -989,4 +990,23 @@ async fn a_success_is_kept_on_its_row_and_every_try_is_read_back(db: &TestDb) {
     assert_eq!((m.latency_count, m.latency_sum_ms), (6, 40 + 12 + 3 + 40 + 30 + 20));
     let within = |bound: u64| m.latency_buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
     assert_eq!((within(5), within(25), within(50)), (1, 3, 6));
+}
+
+async fn a_lead_keeps_its_term_until_another_daemon_leads_between(db: &TestDb) {
+    // Instants are whole milliseconds: a pause between terms keeps their starts apart.
+    let apart = || tokio::time::sleep(Duration::from_millis(5));
+    let term = db.store.lead("a", Duration::ZERO).await.unwrap().expect("a leads");
+    apart().await;
+    // Renewed past its lapse with nobody else leading: the same term.
+    assert_eq!(db.store.lead("a", Duration::ZERO).await.unwrap(), Some(term));
+    apart().await;
+    // Another takes the lapsed lease, in a term of its own.
+    let other = db.store.lead("b", Duration::ZERO).await.unwrap().expect("b leads");
+    assert_ne!(other, term);
+    apart().await;
+    // Once the other's lease lapses too, the first leads again, in a new term.
+    let again = db.store.lead("a", LEASE).await.unwrap().expect("a leads again");
+    assert!(again > term, "{again} after {term}");
+    assert_eq!(db.store.lead("b", LEASE).await.unwrap(), None);
+    assert_eq!(db.store.lead("a", LEASE).await.unwrap(), Some(again));
 }
