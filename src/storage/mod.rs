@@ -138,6 +138,14 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// first.
 const UNCONDITIONAL_UPSERT: &str = " WHERE true ON CONFLICT DO NOTHING";
 
+/// The page size of a SQLite file this store creates, four times SQLite's default. Each
+/// delivery's row is written three times (planned, claimed, sent), each time in a transaction
+/// of its own that writes every page it changed to the write-ahead log: in larger pages a
+/// batch's rows and index entries share fewer pages, and fewer page writes and system calls
+/// carry them. The page cache stays at SQLite's default in bytes, so memory does not grow.
+/// SQLite fixes the size when a file is made: a file made before keeps its own.
+const SQLITE_PAGE_SIZE: u32 = 16_384;
+
 /// A fan-out or a broadcast refreshes the store's statistics of the queue once it has recorded
 /// this many deliveries, then each time it has doubled them (see
 /// `Store::analyze_growing_queue`).
@@ -159,6 +167,8 @@ impl Store {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(create)
+                // For a new file only (an existing one keeps its size): see `SQLITE_PAGE_SIZE`.
+                .page_size(SQLITE_PAGE_SIZE)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))

@@ -819,6 +819,120 @@ async fn the_built_in_sqlite_shares_no_mutex_between_connections() {
     assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
 }
 
+/// A SQLite file the store creates has pages of 16 KiB; one made before keeps its own size.
+#[tokio::test]
+async fn a_new_sqlite_file_has_16_kib_pages_and_an_older_one_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let page_size = |url: String| async move {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        size
+    };
+    let new = format!("sqlite://{}", dir.path().join("new.db").display());
+    tangazo::storage::Store::connect(&new).await.unwrap().close().await;
+    assert_eq!(page_size(new).await, 16_384);
+
+    let old = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    sqlx::raw_sql("CREATE TABLE before_tangazo (x INTEGER)")
+        .execute(&sqlx::SqlitePool::connect(&old).await.unwrap())
+        .await
+        .unwrap();
+    tangazo::storage::Store::connect(&old).await.unwrap().close().await;
+    assert_eq!(page_size(old).await, 4_096);
+}
+
+/// Migration 0013 builds SQLite's ledger again without its references to windows, recipients,
+/// broadcasts and bodies (as PostgreSQL's 0011 dropped them): every row and every index come
+/// through, and the attempts log still may name only deliveries that exist.
+#[tokio::test]
+async fn the_sqlite_ledger_rebuilt_without_parent_checks_keeps_every_row() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use std::str::FromStr as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let connect = || async {
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .foreign_keys(true);
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap()
+    };
+    let pool = connect().await;
+    sqlx::migrate!("migrations/sqlite").run_to(12, &pool).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO windows (id, title_en, components, starts_at, ends_at, prev_starts_at, prev_ends_at, zone, status, \
+             revision, last_change, auto_complete, created_at, revised_at) \
+         VALUES (1, 'Migration', 'send-money', 2000, 3000, 2000, 3000, 'Africa/Nairobi', 'scheduled', 1, 'created', TRUE, 1, 1);
+         INSERT INTO recipients (id, natural_key, kind, name, phone, locale, zone, updated_at) \
+         VALUES (1, '+254700000001', 'customer', 'Wanjiku', '+254700000001', 'sw', 'Africa/Nairobi', 1),
+                (2, 'kplc@example.com', 'biller', 'KPLC', NULL, 'en', 'Africa/Nairobi', 1);
+         INSERT INTO bodies (id, cache_key, content) VALUES (1, 'k', 'Huduma itasimama');
+         INSERT INTO webhook_endpoints (id, recipient_id, url, secret, created_at) VALUES (1, 2, 'https://kplc.example/hook', 'whsec_x', 1);
+         INSERT INTO deliveries (id, window_id, revision, notice, recipient_id, channel, state, attempts, due_at, deadline, \
+             sent_at, backend, provider_id, body_id, lease_owner, lease_token, sent_latency_ms) \
+         VALUES (1, 1, 1, 'announced', 1, 'sms', 'sent', 2, 100, 2000, 150, 'at', 'ATXid_1', 1, 'd@h:1', 7, 12);
+         INSERT INTO deliveries (id, window_id, revision, notice, recipient_id, channel, due_at, deadline) \
+         VALUES (2, 1, 1, 'reminder_1h', 1, 'sms', 1900, 2000);
+         INSERT INTO deliveries (id, window_id, revision, notice, recipient_id, channel, state, attempts, due_at, deadline, \
+             last_error, endpoint_id, possibly_duplicate) \
+         VALUES (3, 1, 1, 'announced', 2, 'webhook', 'failed', 5, 100, 2000, 'the receiver answered 500', 1, TRUE);
+         INSERT INTO attempts (delivery_id, at, backend, outcome, latency_ms, error) \
+         VALUES (1, 120, 'twilio', 'failed', 30, 'timed out'), (3, 130, 'webhook', 'failed', 40, 'HTTP 500');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    const ROWS: &str = "SELECT json_group_array(json_array(id, window_id, broadcast_id, revision, notice, recipient_id, \
+         channel, state, attempts, due_at, deadline, last_error, sent_at, backend, provider_id, body_id, lease_owner, \
+         lease_until, lease_token, possibly_duplicate, endpoint_id, handset, handset_at, sent_latency_ms)) \
+         FROM (SELECT * FROM deliveries ORDER BY id)";
+    const INDEXES: &str = "SELECT group_concat(sql, char(10)) FROM \
+         (SELECT sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'deliveries' AND sql IS NOT NULL ORDER BY name)";
+    let read = |pool: sqlx::SqlitePool| async move {
+        let rows: String = sqlx::query_scalar(ROWS).fetch_one(&pool).await.unwrap();
+        let indexes: String = sqlx::query_scalar(INDEXES).fetch_one(&pool).await.unwrap();
+        (rows, indexes)
+    };
+    let before = read(pool.clone()).await;
+    pool.close().await;
+
+    let store = tangazo::storage::Store::connect(&url).await.unwrap();
+    assert!(store.migrations_current().await.unwrap());
+    store.close().await;
+    let pool = connect().await;
+    let after = read(pool.clone()).await;
+    assert_eq!(after.0, before.0, "every row, every column");
+    assert_eq!(after.1, before.1, "the same indexes");
+    let references: Vec<String> = sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(references, ["webhook_endpoints"]);
+    let broken: Vec<String> = sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    // The log's reference now names the new table.
+    let orphan = sqlx::query(
+        "INSERT INTO attempts (delivery_id, at, backend, outcome, latency_ms) VALUES (99, 1, 'x', 'failed', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    assert!(orphan.to_string().contains("FOREIGN KEY"), "{orphan}");
+    // What the ledger no longer checks: a body id no table holds.
+    sqlx::query("UPDATE deliveries SET body_id = 42 WHERE id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
 /// Rows in the attempts log itself, read with a connection of the store's own dialect.
 async fn logged_attempts(db: &TestDb) -> i64 {
     const SQL: &str = "SELECT COUNT(*) FROM attempts";
