@@ -676,76 +676,44 @@ impl Scheduler {
     /// time, each page committed with the fan-out's progress. `None`: the window changed
     /// meanwhile, or another daemon leads now, and the rest of this revision's fan-out is not
     /// enqueued here.
+    ///
+    /// On PostgreSQL the next page is read and planned while the one before is written on the
+    /// server. On SQLite it is read once the one before has committed: reading ahead there
+    /// took the one writer's turns back to back, and sending waited for the end of planning
+    /// for no shorter run (BENCHMARKS.md, *2 December, night*). Either way a page is written
+    /// only after the one before it has committed, so the fan-out's progress moves a page at a
+    /// time.
     async fn fan_out(
         &self,
         window: &Window,
         decision: &Decision,
-        mut after: RecipientId,
+        after: RecipientId,
         clock: &Clock,
         progress: ProgressSink<'_>,
         unreadable: &mut BTreeMap<i64, String>,
     ) -> Result<Option<u64>, StoreError> {
         let mut enqueued = 0;
-        let mut pacer = self.pacer(window, decision, after, clock).await?;
+        let pacer = self.pacer(window, decision, after, clock).await?;
         // A fan-out paced at a rate has its first slots come due while the rest is planned, and
         // sending takes turns with planning to write (SQLite) or shares the server with it
         // (PostgreSQL): smaller pages keep each turn short enough for sending to keep up with
         // the slots, and let planning give way to it often enough.
         let paced_at_a_rate = pacer.is_some() && self.capacity.is_limited();
-        let page_size = if paced_at_a_rate { PACED_PAGE } else { PAGE };
-        // The latest slot planned so far, when paced at a rate: planning gives way to sending
-        // while it is well ahead of the slots and sending is behind them, for no longer in all
-        // than it has worked (a tick's planning takes at most twice as long as on its own).
-        let mut planned_until: Option<DateTime<Utc>> = None;
-        let began = tokio::time::Instant::now();
-        let mut waited = Duration::ZERO;
+        let mut pages = Pages {
+            window,
+            decision,
+            after,
+            size: if paced_at_a_rate { PACED_PAGE } else { PAGE },
+            pacer,
+            paced_at_a_rate,
+            planned_until: None,
+            began: tokio::time::Instant::now(),
+            waited: Duration::ZERO,
+            unreadable,
+        };
         let mut analyze_at = crate::storage::FIRST_ANALYZE;
-        loop {
-            if let Some(until) = planned_until {
-                let worked = began.elapsed().saturating_sub(waited);
-                waited += self.give_way(clock, until, worked.saturating_sub(waited)).await;
-            }
-            let page = self
-                .store
-                .recipients_page(Some(decision.audience), after, page_size)
-                .await?;
-            let Some((first, last)) = page.range() else {
-                break;
-            };
-            for (id, why) in &page.unreadable {
-                tracing::warn!(window = window.id.0, recipient = id.0, notice = %decision.notice, "recipient skipped: {why}");
-                unreadable.insert(id.0, why.clone());
-            }
-            let told: HashSet<RecipientId> = match decision.reach {
-                Reach::Eligible => HashSet::new(),
-                Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first, last).await?,
-            };
-            after = last;
-            let rows: Vec<PlannedDelivery> =
-                planner::fan_out(decision, window, &page.recipients, |id| told.contains(&id)).collect();
-            // A biller's webhook notice goes to each of its endpoints that wants it.
-            let billers: Vec<RecipientId> = rows
-                .iter()
-                .filter(|r| r.channel == crate::domain::Channel::Webhook)
-                .map(|r| r.recipient)
-                .collect();
-            let mut rows = if billers.is_empty() {
-                rows
-            } else {
-                let endpoints = self.store.endpoint_routes(&billers).await?;
-                crate::domain::per_endpoint(rows, &endpoints, &window.components)
-            };
-            if let Some(pacer) = pacer.as_mut() {
-                let zones: HashMap<RecipientId, Zone> =
-                    page.recipients.iter().map(|r| (r.id, r.profile.zone)).collect();
-                for row in &mut rows {
-                    let zone = zones.get(&row.recipient).copied().unwrap_or_default();
-                    row.due_at = pacer.slot(row.channel, zone);
-                }
-                if paced_at_a_rate {
-                    planned_until = rows.iter().map(|r| r.due_at).max().max(planned_until);
-                }
-            }
+        let mut next = self.plan_page(&mut pages, clock).await?;
+        while let Some(page) = next {
             if !self.still_leading().await? {
                 return Ok(None);
             }
@@ -754,9 +722,18 @@ impl Scheduler {
                 revision: decision.revision,
                 notice: decision.notice,
                 audience: decision.audience,
-                read_up_to: after,
+                read_up_to: page.read_up_to,
             };
-            match self.store.enqueue_page(&mark, &rows).await? {
+            let (written, ahead) = if self.store.writes_take_turns() {
+                (self.store.enqueue_page(&mark, &page.rows).await, None)
+            } else {
+                let (written, ahead) = tokio::join!(
+                    self.store.enqueue_page(&mark, &page.rows),
+                    self.plan_page(&mut pages, clock)
+                );
+                (written, Some(ahead))
+            };
+            match written? {
                 Some(n) => enqueued += n,
                 None => {
                     tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, "fan-out stopped: the window changed");
@@ -771,12 +748,95 @@ impl Scheduler {
                 window: window.id.0,
                 notice: decision.notice,
                 enqueued,
-                read_up_to: after.0,
+                read_up_to: page.read_up_to.0,
             });
+            next = match ahead {
+                Some(ahead) => ahead?,
+                None => self.plan_page(&mut pages, clock).await?,
+            };
         }
         self.store.close_fan_out(window.id, decision).await?;
         Ok(Some(enqueued))
     }
+
+    /// Reads the fan-out's next page of recipients and plans its deliveries, giving way to
+    /// sending first when paced (see `give_way`); `None` once every recipient has been read.
+    async fn plan_page(&self, pages: &mut Pages<'_>, clock: &Clock) -> Result<Option<PlannedPage>, StoreError> {
+        let (window, decision) = (pages.window, pages.decision);
+        if let Some(until) = pages.planned_until {
+            // The latest slot planned so far, when paced at a rate: planning gives way to
+            // sending while it is well ahead of the slots and sending is behind them, for no
+            // longer in all than it has worked (a tick's planning takes at most twice as long
+            // as on its own).
+            let worked = pages.began.elapsed().saturating_sub(pages.waited);
+            pages.waited += self.give_way(clock, until, worked.saturating_sub(pages.waited)).await;
+        }
+        let page = self
+            .store
+            .recipients_page(Some(decision.audience), pages.after, pages.size)
+            .await?;
+        let Some((first, last)) = page.range() else {
+            return Ok(None);
+        };
+        for (id, why) in &page.unreadable {
+            tracing::warn!(window = window.id.0, recipient = id.0, notice = %decision.notice, "recipient skipped: {why}");
+            pages.unreadable.insert(id.0, why.clone());
+        }
+        let told: HashSet<RecipientId> = match decision.reach {
+            Reach::Eligible => HashSet::new(),
+            Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first, last).await?,
+        };
+        pages.after = last;
+        let rows: Vec<PlannedDelivery> =
+            planner::fan_out(decision, window, &page.recipients, |id| told.contains(&id)).collect();
+        // A biller's webhook notice goes to each of its endpoints that wants it.
+        let billers: Vec<RecipientId> = rows
+            .iter()
+            .filter(|r| r.channel == crate::domain::Channel::Webhook)
+            .map(|r| r.recipient)
+            .collect();
+        let mut rows = if billers.is_empty() {
+            rows
+        } else {
+            let endpoints = self.store.endpoint_routes(&billers).await?;
+            crate::domain::per_endpoint(rows, &endpoints, &window.components)
+        };
+        if let Some(pacer) = pages.pacer.as_mut() {
+            let zones: HashMap<RecipientId, Zone> = page.recipients.iter().map(|r| (r.id, r.profile.zone)).collect();
+            for row in &mut rows {
+                let zone = zones.get(&row.recipient).copied().unwrap_or_default();
+                row.due_at = pacer.slot(row.channel, zone);
+            }
+            if pages.paced_at_a_rate {
+                pages.planned_until = rows.iter().map(|r| r.due_at).max().max(pages.planned_until);
+            }
+        }
+        Ok(Some(PlannedPage { rows, read_up_to: last }))
+    }
+}
+
+/// Where a fan-out's reading and planning stand, from one page to the next.
+struct Pages<'a> {
+    window: &'a Window,
+    decision: &'a Decision,
+    /// The last recipient read.
+    after: RecipientId,
+    size: i64,
+    pacer: Option<Pacer>,
+    paced_at_a_rate: bool,
+    /// The latest slot planned so far, when paced at a rate.
+    planned_until: Option<DateTime<Utc>>,
+    began: tokio::time::Instant,
+    /// How long planning has given way to sending so far.
+    waited: Duration,
+    unreadable: &'a mut BTreeMap<i64, String>,
+}
+
+/// A page of a fan-out, planned and not yet written.
+struct PlannedPage {
+    rows: Vec<PlannedDelivery>,
+    /// The last recipient of the page: the fan-out's progress once it is written.
+    read_up_to: RecipientId,
 }
 
 /// The last notice a finished window owes; once decided for every audience the window closes.

@@ -215,6 +215,12 @@ impl Store {
         }
     }
 
+    /// Whether this process's writes take turns (SQLite's one writer, see `write_turn`) rather
+    /// than run side by side (PostgreSQL).
+    pub fn writes_take_turns(&self) -> bool {
+        matches!(self.pool, Pool::Sqlite(_))
+    }
+
     /// On SQLite, this process's turn to write (held until the transaction ends); on
     /// PostgreSQL, which takes concurrent writers, nothing to wait for.
     async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
