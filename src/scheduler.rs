@@ -13,14 +13,18 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::dispatch::handoff::{self, Hand, Handed};
 use crate::dispatch::{DispatchError, DispatchReport, Dispatcher};
 use crate::domain::{
-    Audience, Channel, Decision, Notice, Outcome, PlannedDelivery, Policy, Reach, RecipientId, Window, WindowStatus,
-    Zone,
+    Audience, Channel, Decision, Notice, Outcome, PlannedDelivery, Policy, Reach, Recipient, RecipientId, Window,
+    WindowStatus, Zone,
 };
 use crate::planner;
 use crate::planner::pace::{AudienceSize, Capacity, FanOutPlan, Lead, Leads, Pacer};
-use crate::storage::{FanOutPage, PAGE, Released, Store, StoreError};
+use crate::storage::{
+    Claim, Claimed, ClaimedBatch, ClaimedDelivery, CorruptClaim, FanOutPage, HandOver, PAGE, Released, Store,
+    StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
@@ -391,7 +395,17 @@ impl Scheduler {
         // Then planning and sending together: the first pages of a large fan-out go out (at
         // their slots, when paced) while the rest is planned.
         let enqueued = CancellationToken::new();
+        // On SQLite, with one process writing, the rows of a fan-out that can go out at once
+        // are written claimed and handed to this process's lanes (see `dispatch::handoff`).
+        let (hand, handed) = if self.store.writes_take_turns() {
+            let (hand, handed) = handoff::channel(self.dispatcher.config().batches_in_flight);
+            (Some(hand), Some(handed))
+        } else {
+            (None, None)
+        };
         let plan = async {
+            // Dropped when planning ends, so a lane waiting for a batch stops waiting.
+            let hand = hand;
             // However planning ends, sending finishes what is due and stops.
             let _enqueued = enqueued.clone().drop_guard();
             for window in &moved {
@@ -402,7 +416,8 @@ impl Scheduler {
                 if !report.led {
                     break;
                 }
-                self.plan(window, clock, now, &leads, &mut report, progress).await?;
+                self.plan(window, clock, now, &leads, hand.as_ref(), &mut report, progress)
+                    .await?;
                 // Raised once for the window's state (its revision), not at every tick;
                 // `deliveries summary` shows it for as long as it holds.
                 if let Some(alarm) = Alarm::overrun(window, now)
@@ -422,10 +437,19 @@ impl Scheduler {
         };
         let sending = std::time::Instant::now();
         let send = async {
-            let sent = self
-                .dispatcher
-                .run_alongside(clock, None, &enqueued, stop, &|r| progress(Progress::Sending(*r)))
-                .await;
+            let report_sending = |r: &DispatchReport| progress(Progress::Sending(*r));
+            let sent = match &handed {
+                Some(handed) => {
+                    self.dispatcher
+                        .run_handed(clock, handed, &enqueued, stop, &report_sending)
+                        .await
+                }
+                None => {
+                    self.dispatcher
+                        .run_alongside(clock, None, &enqueued, stop, &report_sending)
+                        .await
+                }
+            };
             (sent, sending.elapsed().as_secs_f64())
         };
         let (planned, (sent, dispatch_seconds)) = tokio::join!(plan, send);
@@ -501,12 +525,14 @@ impl Scheduler {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn plan(
         &self,
         window: &Window,
         clock: &Clock,
         now: DateTime<Utc>,
         leads: &Leads,
+        hand: Option<&Hand>,
         report: &mut TickReport,
         progress: ProgressSink<'_>,
     ) -> Result<(), StoreError> {
@@ -514,7 +540,7 @@ impl Scheduler {
         // killed): from the first recipient it had not committed.
         for (decision, after) in self.store.open_fan_outs(window.id, window.revision).await? {
             let Some(n) = self
-                .fan_out(window, &decision, after, clock, progress, &mut report.unreadable)
+                .fan_out(window, &decision, after, clock, hand, progress, &mut report.unreadable)
                 .await?
             else {
                 return Ok(());
@@ -539,6 +565,7 @@ impl Scheduler {
                         &decision,
                         RecipientId(0),
                         clock,
+                        hand,
                         progress,
                         &mut report.unreadable,
                     )
@@ -683,12 +710,14 @@ impl Scheduler {
     /// for no shorter run (BENCHMARKS.md, *2 December, night*). Either way a page is written
     /// only after the one before it has committed, so the fan-out's progress moves a page at a
     /// time.
+    #[allow(clippy::too_many_arguments)]
     async fn fan_out(
         &self,
         window: &Window,
         decision: &Decision,
         after: RecipientId,
         clock: &Clock,
+        mut hand: Option<&Hand>,
         progress: ProgressSink<'_>,
         unreadable: &mut BTreeMap<i64, String>,
     ) -> Result<Option<u64>, StoreError> {
@@ -724,22 +753,36 @@ impl Scheduler {
                 audience: decision.audience,
                 read_up_to: page.read_up_to,
             };
+            let config = self.dispatcher.config();
+            let over = HandOver {
+                owner: self.dispatcher.owner(),
+                lease: config.lease.to_std(),
+                batch: config.batch_size,
+                now: clock.now(),
+            };
+            let over = hand.map(|_| over);
             let (written, ahead) = if self.store.writes_take_turns() {
-                (self.store.enqueue_page(&mark, &page.rows).await, None)
+                (
+                    self.store.enqueue_page_handing(&mark, &page.rows, over.as_ref()).await,
+                    None,
+                )
             } else {
                 let (written, ahead) = tokio::join!(
-                    self.store.enqueue_page(&mark, &page.rows),
+                    self.store.enqueue_page_handing(&mark, &page.rows, over.as_ref()),
                     self.plan_page(&mut pages, clock)
                 );
                 (written, Some(ahead))
             };
-            match written? {
-                Some(n) => enqueued += n,
+            let claimed = match written? {
+                Some(written) => {
+                    enqueued += written.inserted;
+                    written.claimed
+                }
                 None => {
                     tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, "fan-out stopped: the window changed");
                     return Ok(None);
                 }
-            }
+            };
             if enqueued >= analyze_at {
                 self.store.analyze_growing_queue().await?;
                 analyze_at = enqueued.saturating_mul(2);
@@ -750,6 +793,17 @@ impl Scheduler {
                 enqueued,
                 read_up_to: page.read_up_to.0,
             });
+            // Once the page is told planned: its batches written claimed go to the lanes, or,
+            // if they have stopped, back to the queue.
+            for batch in claimed {
+                match hand {
+                    Some(h) if h.hand(&self.store, Handed::new(page.claim(&batch))).await => {}
+                    Some(_) => hand = None,
+                    None => {
+                        self.store.give_back_claim(batch.token).await?;
+                    }
+                }
+            }
             next = match ahead {
                 Some(ahead) => ahead?,
                 None => self.plan_page(&mut pages, clock).await?,
@@ -811,7 +865,11 @@ impl Scheduler {
                 pages.planned_until = rows.iter().map(|r| r.due_at).max().max(pages.planned_until);
             }
         }
-        Ok(Some(PlannedPage { rows, read_up_to: last }))
+        Ok(Some(PlannedPage {
+            rows,
+            recipients: page.recipients,
+            read_up_to: last,
+        }))
     }
 }
 
@@ -835,8 +893,57 @@ struct Pages<'a> {
 /// A page of a fan-out, planned and not yet written.
 struct PlannedPage {
     rows: Vec<PlannedDelivery>,
+    /// The recipients read, in id order: what a batch written claimed is addressed with.
+    recipients: Vec<Recipient>,
     /// The last recipient of the page: the fan-out's progress once it is written.
     read_up_to: RecipientId,
+}
+
+impl PlannedPage {
+    /// A batch of this page written claimed, as a lane sends it: each row as planned, addressed
+    /// as its recipient was read.
+    fn claim(&self, batch: &ClaimedBatch) -> Claim {
+        let rows: Vec<Claimed> = batch
+            .rows
+            .iter()
+            .map(|&(id, at)| {
+                let d = &self.rows[at];
+                let recipient = self
+                    .recipients
+                    .binary_search_by_key(&d.recipient, |r| r.id)
+                    .map(|i| &self.recipients[i].profile)
+                    .map_err(|_| CorruptClaim {
+                        id,
+                        reason: format!("recipient {} is not on the page it was planned from", d.recipient.0),
+                    })?;
+                Ok(ClaimedDelivery {
+                    id,
+                    window: Some(d.window),
+                    broadcast: None,
+                    revision: d.revision,
+                    notice: Some(d.notice),
+                    channel: d.channel,
+                    attempts: 1,
+                    deadline: d.deadline,
+                    recipient: d.recipient,
+                    possibly_duplicate: false,
+                    audience: recipient.kind,
+                    phone: recipient.phone.clone(),
+                    email: recipient.email.clone(),
+                    locale: recipient.locale,
+                    zone: recipient.zone,
+                    endpoint: None,
+                })
+            })
+            .collect();
+        let oldest_due = batch.rows.iter().map(|&(_, at)| self.rows[at].due_at).min();
+        Claim {
+            token: batch.token,
+            rows,
+            oldest_due,
+            last: None,
+        }
+    }
 }
 
 /// The last notice a finished window owes; once decided for every audience the window closes.

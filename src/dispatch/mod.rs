@@ -6,6 +6,7 @@
 //! classified by the backend; this module only asks the classification and applies the retry
 //! schedule. Depends on `storage`, `render`, `channels` and `domain`.
 
+pub mod handoff;
 pub mod retry;
 
 use std::collections::hash_map::Entry;
@@ -72,6 +73,10 @@ pub struct DispatchConfig {
 
 /// How soon a lane looks again for due rows while a fan-out is still being enqueued.
 const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// While the planner hands a lane batches written claimed, how often it claims from the queue
+/// all the same: rows of other notices, and retries, are not held up by a long fan-out.
+const CLAIM_BESIDE_HANDED_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How often the lanes look at the whole queue rather than past their last claim (see
 /// [`Cursor`]).
@@ -268,7 +273,7 @@ impl Dispatcher {
         stop: &CancellationToken,
         progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
-        self.run_lanes(clock, broadcast, None, stop, progress).await
+        self.run_lanes(clock, broadcast, None, None, stop, progress).await
     }
 
     /// `run_scoped` while rows are still being enqueued: until `enqueued` is cancelled, a lane
@@ -283,7 +288,28 @@ impl Dispatcher {
         stop: &CancellationToken,
         progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
-        self.run_lanes(clock, broadcast, Some(enqueued), stop, progress).await
+        self.run_lanes(clock, broadcast, Some(enqueued), None, stop, progress)
+            .await
+    }
+
+    /// `run_alongside`, the lanes also taking the batches the planner writes claimed for them
+    /// (see [`handoff`]): first, but claiming from the queue at least every
+    /// [`CLAIM_BESIDE_HANDED_EVERY`] all the same. The planner hands its last batch before it
+    /// cancels `enqueued`.
+    pub async fn run_handed(
+        &self,
+        clock: &Clock,
+        handed: &handoff::Handoff,
+        enqueued: &CancellationToken,
+        stop: &CancellationToken,
+        progress: ReportSink<'_>,
+    ) -> Result<DispatchReport, DispatchError> {
+        let report = self
+            .run_lanes(clock, None, Some(enqueued), Some(handed), stop, progress)
+            .await;
+        // Stopped, or failed: what no lane took goes back to the queue.
+        handed.close(&self.store).await;
+        report
     }
 
     async fn run_lanes(
@@ -291,6 +317,7 @@ impl Dispatcher {
         clock: &Clock,
         broadcast: Option<i64>,
         enqueued: Option<&CancellationToken>,
+        handed: Option<&handoff::Handoff>,
         stop: &CancellationToken,
         progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
@@ -298,7 +325,7 @@ impl Dispatcher {
         // Several lanes, each claiming and sending its own batches: while one waits for a
         // backend's answer, the others go on. Each stops when nothing is due.
         let lanes = (0..self.config.batches_in_flight.max(1))
-            .map(|_| self.lane(clock, broadcast, enqueued, stop, progress, &report));
+            .map(|_| self.lane(clock, broadcast, enqueued, handed, stop, progress, &report));
         for result in futures_util::future::join_all(lanes).await {
             result?;
         }
@@ -306,12 +333,14 @@ impl Dispatcher {
     }
 
     /// One lane of `run_lanes`: claims and dispatches batches until nothing is due (and, given
-    /// `enqueued`, until that is cancelled).
+    /// `enqueued`, until that is cancelled), taking `handed` batches first when given.
+    #[allow(clippy::too_many_arguments)]
     async fn lane(
         &self,
         clock: &Clock,
         broadcast: Option<i64>,
         enqueued: Option<&CancellationToken>,
+        handed: Option<&handoff::Handoff>,
         stop: &CancellationToken,
         progress: ReportSink<'_>,
         report: &std::sync::Mutex<DispatchReport>,
@@ -320,46 +349,81 @@ impl Dispatcher {
         let lease = self.config.lease.to_std();
         let batch_size = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
         let mut front = false;
+        // When this lane last claimed from the queue (real time).
+        let mut claimed_at: Option<tokio::time::Instant> = None;
+        // A handed batch that arrived while the lane waited.
+        let mut arrived: Option<handoff::Handed> = None;
         while !stop.is_cancelled() {
-            // Read before the claim: once enqueueing has ended, an empty claim has seen it all.
+            // Read before the claim: once enqueueing has ended, an empty claim has seen it all
+            // (the planner hands its last batch before enqueueing ends).
             let last_look = enqueued.is_none_or(CancellationToken::is_cancelled);
             let now = clock.now();
-            let from = self.cursor().start(broadcast, std::mem::take(&mut front));
-            if from.looks_from_the_front() && self.time_to_settle() {
-                // The claims of a worker that died or stalled go back to the queue, behind the
-                // cursor: a long run would otherwise leave them claimed until it ends and the
-                // next tick settles them.
-                self.settle_lapsed(now).await?;
-            }
-            let claim = self
-                .store
-                .claim_due(now, batch_size, &self.owner, lease, broadcast, from.after)
-                .await?;
-            self.cursor().claimed(from, claim.last);
+            let queue_turn = claimed_at.is_none_or(|at| at.elapsed() >= CLAIM_BESIDE_HANDED_EVERY);
+            let waiting = match (arrived.take(), handed) {
+                (Some(batch), _) => Some(batch),
+                (None, Some(handed)) if !queue_turn => handed.take().await,
+                _ => None,
+            };
+            let claim = match waiting {
+                Some(batch) => match handoff::ready(&self.store, batch, lease).await {
+                    Some(claim) => claim,
+                    None => continue,
+                },
+                None => {
+                    claimed_at = Some(tokio::time::Instant::now());
+                    let from = self.cursor().start(broadcast, std::mem::take(&mut front));
+                    if from.looks_from_the_front() && self.time_to_settle() {
+                        // The claims of a worker that died or stalled go back to the queue,
+                        // behind the cursor: a long run would otherwise leave them claimed
+                        // until it ends and the next tick settles them.
+                        self.settle_lapsed(now).await?;
+                    }
+                    let claim = self
+                        .store
+                        .claim_due(now, batch_size, &self.owner, lease, broadcast, from.after)
+                        .await?;
+                    self.cursor().claimed(from, claim.last);
+                    if claim.rows.is_empty() {
+                        if let Some(handed) = handed
+                            && let Some(batch) = handed.take().await
+                        {
+                            arrived = Some(batch);
+                            continue;
+                        }
+                        // Rows may wait behind the cursor: only the whole queue says nothing is
+                        // due.
+                        if last_look && !from.looks_from_the_front() {
+                            front = true;
+                            continue;
+                        }
+                        match enqueued {
+                            Some(enqueued) if !last_look => {
+                                let next_handed = async {
+                                    match handed {
+                                        Some(handed) => handed.next().await,
+                                        None => std::future::pending().await,
+                                    }
+                                };
+                                tokio::select! {
+                                    () = enqueued.cancelled() => {}
+                                    () = stop.cancelled() => {}
+                                    () = tokio::time::sleep(LOOK_AGAIN) => {}
+                                    batch = next_handed => arrived = Some(batch),
+                                }
+                                continue;
+                            }
+                            _ => break,
+                        }
+                    }
+                    claim
+                }
+            };
             if let Some(due) = claim.oldest_due {
                 let behind = (now - due).to_std().unwrap_or_default();
                 *self
                     .latest_claim
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tokio::time::Instant::now(), behind));
-            }
-            if claim.rows.is_empty() {
-                // Rows may wait behind the cursor: only the whole queue says nothing is due.
-                if last_look && !from.looks_from_the_front() {
-                    front = true;
-                    continue;
-                }
-                match enqueued {
-                    Some(enqueued) if !last_look => {
-                        tokio::select! {
-                            () = enqueued.cancelled() => {}
-                            () = stop.cancelled() => {}
-                            () = tokio::time::sleep(LOOK_AGAIN) => {}
-                        }
-                        continue;
-                    }
-                    _ => break,
-                }
             }
             let r = self.dispatch_batch(claim, clock, &mut cache).await?;
             self.sent.fetch_add(r.sent, std::sync::atomic::Ordering::Relaxed);
@@ -380,6 +444,11 @@ impl Dispatcher {
                 *total
             };
             progress(&total);
+        }
+        // A batch that arrived as the lane stopped goes back to the queue with the rest (see
+        // `run_handed`).
+        if let Some(batch) = arrived {
+            handoff::give_back(&self.store, batch).await;
         }
         Ok(())
     }

@@ -124,7 +124,7 @@ pub use attempts::{Attempt, AttemptInfo};
 pub use cluster::{DaemonInfo, PausedWindow};
 pub use endpoints::{EndpointInfo, NewEndpoint};
 pub use notices::NoticeLogRow;
-pub use queue::{Claim, FanOutPage, Finish, Position, Released};
+pub use queue::{Claim, ClaimedBatch, FanOutPage, Finish, HandOver, Position, Released, WrittenPage};
 pub use recipients::{ImportBatch, PAGE, RecipientPage};
 pub use reports::{DeliveryRow, Requeued, SummaryRow};
 pub use rows::{Broadcast, Claimed, ClaimedDelivery, CorruptClaim, Endpoint, NewBroadcast};

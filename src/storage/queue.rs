@@ -129,6 +129,94 @@ pub struct FanOutPage {
     pub read_up_to: RecipientId,
 }
 
+/// Whose claims the rows of a page that can be sent at once are written under (see
+/// [`Store::enqueue_page_handing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HandOver<'a> {
+    pub owner: &'a str,
+    pub lease: Duration,
+    /// Rows per token: a lane's batch.
+    pub batch: usize,
+    /// What is due, and what is past its deadline, is judged at this instant.
+    pub now: DateTime<Utc>,
+}
+
+impl HandOver<'_> {
+    /// A token for each row written claimed, a new one every `batch` rows; `None` for a row
+    /// written pending.
+    fn tokens(&self, rows: &[PlannedDelivery]) -> Vec<Option<i64>> {
+        let mut token = new_token();
+        let mut in_batch = 0;
+        rows.iter()
+            .map(|r| {
+                if r.due_at > self.now || r.deadline <= self.now || r.endpoint.is_some() {
+                    return None;
+                }
+                if in_batch == self.batch.max(1) {
+                    token = new_token();
+                    in_batch = 0;
+                }
+                in_batch += 1;
+                Some(token)
+            })
+            .collect()
+    }
+}
+
+/// A fan-out's page once written.
+#[derive(Debug, Default)]
+pub struct WrittenPage {
+    /// Rows that were new.
+    pub inserted: u64,
+    /// The batches written claimed, in token order.
+    pub claimed: Vec<ClaimedBatch>,
+}
+
+/// Rows of a page written claimed under one token: each row's id and its index in the page's
+/// planned rows, in id order.
+#[derive(Debug)]
+pub struct ClaimedBatch {
+    pub token: i64,
+    pub rows: Vec<(i64, usize)>,
+}
+
+/// Matches the rows read back by token to the planned rows they were written from, by
+/// recipient and channel (one row each in a page of one notice, webhook rows aside, which are
+/// never written claimed).
+fn claimed_batches(
+    rows: &[PlannedDelivery],
+    tokens: &[i64],
+    written: Vec<(i64, i64, i64, String)>,
+) -> Result<Vec<ClaimedBatch>, StoreError> {
+    let index: std::collections::HashMap<(i64, &str), usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.recipient.0, r.channel.as_str()), i))
+        .collect();
+    let mut batches: Vec<ClaimedBatch> = tokens
+        .iter()
+        .map(|&token| ClaimedBatch {
+            token,
+            rows: Vec::new(),
+        })
+        .collect();
+    for (token, id, recipient, channel) in written {
+        let at = index
+            .get(&(recipient, channel.as_str()))
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} written claimed matches no planned row")))?;
+        let batch = batches
+            .iter_mut()
+            .find(|b| b.token == token)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery {id} is claimed under an unknown token")))?;
+        batch.rows.push((id, *at));
+    }
+    batches.retain(|b| !b.rows.is_empty());
+    for b in &mut batches {
+        b.rows.sort_unstable();
+    }
+    Ok(batches)
+}
+
 /// The database's clock in Unix milliseconds, as a SQL expression of each dialect.
 pub(super) fn db_now_ms(dialect: Dialect) -> &'static str {
     match dialect {
@@ -221,7 +309,48 @@ enum Broadcasts {
 /// recipient a broadcast of the same notice already reaches on that channel; the count of new
 /// rows. Each dialect passes a whole page in as few statements as it can.
 trait InsertPlanned {
-    async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error>;
+    async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error> {
+        self.insert_planned_claiming(rows, broadcasts, None).await
+    }
+    /// `insert_planned`, the rows given a token in `claiming` written claimed under it for its
+    /// owner (see [`Store::enqueue_page_handing`]).
+    async fn insert_planned_claiming(
+        &mut self,
+        rows: &[PlannedDelivery],
+        broadcasts: Broadcasts,
+        claiming: Option<&Claiming<'_>>,
+    ) -> Result<u64, sqlx::Error>;
+    /// What the rows written claimed under `tokens` are: (token, id, recipient, channel).
+    async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError>;
+}
+
+/// Rows written claimed as they are enqueued: a token per row (`None`: pending, as usual),
+/// the owner and the lease.
+struct Claiming<'a> {
+    tokens: &'a [Option<i64>],
+    owner: &'a str,
+    lease_ms: i64,
+}
+
+/// The columns an insert of planned rows sets from `v`, and, when `claiming`, the claim's:
+/// a row with a token is claimed, one without pending. `$owner` and `$lease` are the claim's
+/// owner and lease as the dialect binds them.
+fn planned_columns(claiming: bool, dialect: Dialect, owner: &str, lease: &str) -> (String, String) {
+    let planned = "window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline";
+    let from_v = "v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline";
+    if !claiming {
+        return (planned.to_owned(), from_v.to_owned());
+    }
+    let now = db_now_ms(dialect);
+    (
+        format!("{planned}, state, lease_owner, lease_token, lease_until, attempts"),
+        format!(
+            "{from_v}, CASE WHEN v.lease_token IS NULL THEN 'pending' ELSE 'claimed' END, \
+             CASE WHEN v.lease_token IS NULL THEN NULL ELSE {owner} END, v.lease_token, \
+             CASE WHEN v.lease_token IS NULL THEN NULL ELSE {now} + {lease} END, \
+             CASE WHEN v.lease_token IS NULL THEN 0 ELSE 1 END"
+        ),
+    )
 }
 
 /// The end of the insert: the told-once check where it is needed, and the idempotency key.
@@ -233,13 +362,27 @@ fn insert_tail(broadcasts: Broadcasts) -> String {
 }
 
 impl InsertPlanned for sqlx::SqliteConnection {
-    async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error> {
+    async fn insert_planned_claiming(
+        &mut self,
+        rows: &[PlannedDelivery],
+        broadcasts: Broadcasts,
+        claiming: Option<&Claiming<'_>>,
+    ) -> Result<u64, sqlx::Error> {
+        let (columns, values) = planned_columns(claiming.is_some(), Dialect::Sqlite, "c.owner", "c.lease");
         let mut inserted = 0;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::new(
-                "WITH v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (",
-            );
-            qb.push_values(chunk, |mut b, d: &PlannedDelivery| {
+        for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
+            let first = n * ROWS_PER_STATEMENT;
+            let mut qb = QueryBuilder::new("WITH ");
+            if let Some(c) = claiming {
+                qb.push("c (owner, lease) AS (SELECT ")
+                    .push_bind(c.owner)
+                    .push(", ")
+                    .push_bind(c.lease_ms)
+                    .push("), v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline, lease_token) AS (");
+            } else {
+                qb.push("v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (");
+            }
+            qb.push_values(chunk.iter().enumerate(), |mut b, (i, d): (usize, &PlannedDelivery)| {
                 b.push_bind(d.window.0)
                     .push_bind(i64::from(d.revision))
                     .push_bind(d.notice.to_string())
@@ -248,34 +391,59 @@ impl InsertPlanned for sqlx::SqliteConnection {
                     .push_bind(d.endpoint)
                     .push_bind(to_millis(d.due_at))
                     .push_bind(to_millis(d.deadline));
+                if let Some(c) = claiming {
+                    b.push_bind(c.tokens.get(first + i).copied().flatten());
+                }
             });
-            qb.push(
-                ") INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
-                 SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v",
-            );
+            qb.push(format!(
+                ") INSERT INTO deliveries ({columns}) SELECT {values} FROM v{}",
+                if claiming.is_some() { ", c" } else { "" }
+            ));
             qb.push(insert_tail(broadcasts));
             inserted += qb.build().execute(&mut *self).await?.rows_affected();
         }
         Ok(inserted)
+    }
+
+    async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError> {
+        // One row of JSON, as for a claim's read-back.
+        let json: String = sqlx::query_scalar(
+            "SELECT COALESCE(json_group_array(json_array(lease_token, id, recipient_id, channel)), '[]') FROM deliveries \
+             WHERE lease_token IN (SELECT value FROM json_each($1)) AND state = 'claimed'",
+        )
+        .bind(json_ids(tokens))
+        .fetch_one(&mut *self)
+        .await?;
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("rows written claimed: {e}")))
     }
 }
 
 impl InsertPlanned for sqlx::PgConnection {
     /// One statement for the whole page: its columns bound as arrays and `unnest`ed inside
     /// the database, rather than thousands of bound values in a statement text.
-    async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error> {
+    async fn insert_planned_claiming(
+        &mut self,
+        rows: &[PlannedDelivery],
+        broadcasts: Broadcasts,
+        claiming: Option<&Claiming<'_>>,
+    ) -> Result<u64, sqlx::Error> {
         if rows.is_empty() {
             return Ok(0);
         }
+        let (columns, values) = planned_columns(claiming.is_some(), Dialect::Postgres, "$10", "$11");
+        let (token_array, token_column) = if claiming.is_some() {
+            (", $9::bigint[]", ", lease_token")
+        } else {
+            ("", "")
+        };
         let column = |f: fn(&PlannedDelivery) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
         let sql = format!(
-            "INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
-             SELECT v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]) \
-             AS v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline){}",
+            "INSERT INTO deliveries ({columns}) SELECT {values} \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]{token_array}) \
+             AS v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline{token_column}){}",
             insert_tail(broadcasts)
         );
-        Ok(sqlx::query(AssertSqlSafe(sql))
+        let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(column(|d| d.window.0))
             .bind(column(|d| i64::from(d.revision)))
             .bind(rows.iter().map(|d| d.notice.to_string()).collect::<Vec<String>>())
@@ -283,10 +451,21 @@ impl InsertPlanned for sqlx::PgConnection {
             .bind(rows.iter().map(|d| d.channel.as_str()).collect::<Vec<&str>>())
             .bind(rows.iter().map(|d| d.endpoint).collect::<Vec<Option<i64>>>())
             .bind(column(|d| to_millis(d.due_at)))
-            .bind(column(|d| to_millis(d.deadline)))
-            .execute(&mut *self)
-            .await?
-            .rows_affected())
+            .bind(column(|d| to_millis(d.deadline)));
+        if let Some(c) = claiming {
+            let tokens: Vec<Option<i64>> = (0..rows.len()).map(|i| c.tokens.get(i).copied().flatten()).collect();
+            q = q.bind(tokens).bind(c.owner.to_owned()).bind(c.lease_ms);
+        }
+        Ok(q.execute(&mut *self).await?.rows_affected())
+    }
+
+    async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT lease_token, id, recipient_id, channel FROM deliveries WHERE lease_token = ANY($1) AND state = 'claimed'",
+        )
+        .bind(tokens)
+        .fetch_all(&mut *self)
+        .await?)
     }
 }
 
@@ -461,6 +640,19 @@ impl Store {
     /// either commits before (and the page is refused: `None`) or waits until after (and
     /// supersedes the page's rows with the rest).
     pub async fn enqueue_page(&self, page: &FanOutPage, rows: &[PlannedDelivery]) -> Result<Option<u64>, StoreError> {
+        Ok(self.enqueue_page_handing(page, rows, None).await?.map(|w| w.inserted))
+    }
+
+    /// `enqueue_page`, writing the rows `hand` can take claimed already, in batches under new
+    /// tokens, for the caller to hand to its own lanes: those due at `hand.now` and before
+    /// their deadline, not to a webhook endpoint, of a window not paused. Each such row is
+    /// written once instead of twice (pending, then claimed) and need not be read back.
+    pub async fn enqueue_page_handing(
+        &self,
+        page: &FanOutPage,
+        rows: &[PlannedDelivery],
+        hand: Option<&HandOver<'_>>,
+    ) -> Result<Option<WrittenPage>, StoreError> {
         // Sending goes on beside planning: on SQLite the two take turns to write.
         let _turn = self.write_turn().await;
         on_pool!(self, p => {
@@ -478,12 +670,36 @@ impl Store {
             // Under the window's lock, which a broadcast of the window takes too before it
             // enqueues: one with no rows by now adds none before this page commits, and it
             // then sees this page's rows.
-            let broadcast: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM broadcasts WHERE window_id = $1)")
-                .bind(page.window.0)
-                .fetch_one(&mut *tx)
-                .await?;
+            let (broadcast, paused): (bool, bool) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM broadcasts WHERE window_id = $1), \
+                 EXISTS (SELECT 1 FROM paused_windows WHERE window_id = $1)",
+            )
+            .bind(page.window.0)
+            .fetch_one(&mut *tx)
+            .await?;
             let broadcasts = if broadcast { Broadcasts::MayReach } else { Broadcasts::NoneReach };
-            let inserted = tx.insert_planned(rows, broadcasts).await?;
+            let tokens = match hand {
+                Some(hand) if !paused => hand.tokens(rows),
+                _ => Vec::new(),
+            };
+            let inserted = match hand {
+                Some(hand) if tokens.iter().any(Option::is_some) => {
+                    let claiming = Claiming {
+                        tokens: &tokens,
+                        owner: hand.owner,
+                        lease_ms: millis(hand.lease),
+                    };
+                    tx.insert_planned_claiming(rows, broadcasts, Some(&claiming)).await?
+                }
+                _ => tx.insert_planned(rows, broadcasts).await?,
+            };
+            let claimed = if tokens.iter().any(Option::is_some) {
+                let mut distinct: Vec<i64> = tokens.iter().flatten().copied().collect();
+                distinct.dedup();
+                claimed_batches(rows, &distinct, tx.written_claimed(&distinct).await?)?
+            } else {
+                Vec::new()
+            };
             sqlx::query(
                 "UPDATE window_notices SET fanned_out_to = $5 \
                  WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4",
@@ -496,8 +712,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Some(inserted))
+            Ok(Some(WrittenPage { inserted, claimed }))
         })
+    }
+
+    /// Returns every row still claimed under `token` to the queue, as if the claim had not
+    /// been: a batch written claimed that no lane took.
+    pub async fn give_back_claim(&self, token: i64) -> Result<u64, StoreError> {
+        self.give_back(token).await
     }
 
     /// The rows a window's notice has in the queue already, per channel (its own rows, not a

@@ -21,6 +21,7 @@ on_both!(
     a_recipient_whose_row_cannot_be_read_is_skipped_and_named,
     two_schedulers_starting_the_same_windows_never_fail_a_tick,
     a_large_fan_out_is_sent_while_it_is_still_being_planned,
+    a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed,
 );
 
 fn config(outbox: &Path) -> Config {
@@ -380,6 +381,50 @@ async fn a_large_fan_out_is_sent_while_it_is_still_being_planned(db: &TestDb) {
     assert_eq!(report.enqueued, 60_000);
     assert_eq!(report.dispatch.sent, 60_000);
     assert_eq!(rig.sent(), 60_000);
+}
+
+/// Sending stopped after its first batch while the fan-out is still being planned (on SQLite
+/// the planner writes the rows that can go out at once claimed, for its own lanes): nothing is
+/// left claimed, nothing is flagged as possibly sent, and the next tick sends the rest, each
+/// row once.
+async fn a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed(db: &TestDb) {
+    let people: Vec<_> = (0..40_000).map(|i| customer(i, Locale::En)).collect();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let rig = Rig::new(db);
+    let created = start() - TimeDelta::hours(100);
+    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let stop = CancellationToken::new();
+    let progress = |p: tangazo::scheduler::Progress| {
+        if matches!(p, tangazo::scheduler::Progress::Sending(_)) {
+            stop.cancel();
+        }
+    };
+    let clock = tangazo::clock::Clock::Fixed(created);
+    // A planner left waiting for lanes that stopped would never end.
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        rig.scheduler.tick_reporting(&clock, &stop, &progress),
+    )
+    .await
+    .expect("the tick ends once sending stopped")
+    .unwrap();
+    assert_eq!(first.enqueued, 60_000, "planning goes on to the end");
+    assert!(
+        first.dispatch.sent > 0 && first.dispatch.sent < 60_000,
+        "{:?}",
+        first.dispatch
+    );
+    assert_eq!(first.left_claimed, 0);
+    let rows = db.store.deliveries(w.id, None, None).await.unwrap();
+    assert!(rows.iter().all(|r| !r.possibly_duplicate));
+    assert!(rows.iter().all(|r| r.state != tangazo::domain::DeliveryState::Claimed));
+
+    let second = rig.tick(created).await;
+    assert_eq!(first.dispatch.sent + second.dispatch.sent, 60_000);
+    assert_eq!(rig.sent(), 60_000, "each row once");
 }
 
 /// A cancellation that commits while a fan-out is between pages stops it: the pages after the

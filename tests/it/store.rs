@@ -9,7 +9,9 @@ use tangazo::domain::{
     Schedule, Span, WindowId, WindowStatus,
 };
 use tangazo::domain::{Decision, Outcome, Reach};
-use tangazo::storage::{ClaimedDelivery, FanOutPage, Finish, NewBroadcast, Position, StoreError};
+use tangazo::storage::{
+    Claim, ClaimedDelivery, CorruptClaim, FanOutPage, Finish, HandOver, NewBroadcast, Position, StoreError,
+};
 
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
 use crate::on_both;
@@ -28,6 +30,8 @@ on_both!(
     webhook_endpoints_are_kept_rotated_disabled_and_removed,
     a_success_is_kept_on_its_row_and_every_try_is_read_back,
     a_lead_keeps_its_term_until_another_daemon_leads_between,
+    a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
+    a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -1114,4 +1118,163 @@ async fn a_lead_keeps_its_term_until_another_daemon_leads_between(db: &TestDb) {
     assert!(again > term, "{again} after {term}");
     assert_eq!(db.store.lead("b", LEASE).await.unwrap(), None);
     assert_eq!(db.store.lead("a", LEASE).await.unwrap(), Some(again));
+}
+
+/// A fan-out's page can be written with the rows that can go out at once already claimed, in
+/// batches under their own tokens: due, before their deadline, of a window not paused. The
+/// rest is written pending, as usual. A batch no lane takes goes back to the queue as if never
+/// claimed.
+async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db: &TestDb) {
+    let ids = seed(db, 8).await;
+    let created = utc(2015, 4, 10, 6, 0);
+    let now = start() - TimeDelta::hours(50);
+    let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    let page = |read_up_to: i64| FanOutPage {
+        window: w.id,
+        revision: 1,
+        notice: Notice::Announced,
+        audience: Audience::Customer,
+        read_up_to: RecipientId(read_up_to),
+    };
+    let hand = HandOver {
+        owner: "daemon@a",
+        lease: LEASE,
+        batch: 2,
+        now,
+    };
+    // Due 100 hours before the start, so due at `now`: but one is due later, and one's deadline
+    // has passed.
+    let mut rows = planned(w.id, 1, Notice::Announced, &ids[..5], 100);
+    rows[3].due_at = now + TimeDelta::hours(1);
+    rows[4].deadline = now;
+    let written = db
+        .store
+        .enqueue_page_handing(&page(ids[4]), &rows, Some(&hand))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(written.inserted, 5);
+    let batches: Vec<Vec<usize>> = written
+        .claimed
+        .iter()
+        .map(|b| b.rows.iter().map(|&(_, at)| at).collect())
+        .collect();
+    assert_eq!(batches, vec![vec![0, 1], vec![2]], "two to a batch, the due ones only");
+    assert_ne!(written.claimed[0].token, written.claimed[1].token);
+    assert_eq!(
+        states(db, w.id).await,
+        BTreeMap::from([("claimed".into(), 3), ("pending".into(), 2)])
+    );
+    assert_eq!(db.store.claimed_by("daemon@a").await.unwrap(), 3);
+    // The claimed rows are not claimed again; the pending ones are not yet due or past their
+    // deadline.
+    assert!(claim(db, now, 10, "b", LEASE, None).await.1.is_empty());
+
+    // The first batch is recorded under its token, as a claim's would be.
+    let first = &written.claimed[0];
+    let sent: Vec<Finish> = first
+        .rows
+        .iter()
+        .map(|&(id, _)| Finish::Sent {
+            id,
+            at: now,
+            backend: "file".into(),
+            provider_id: None,
+            body_id: None,
+            latency: Duration::from_millis(1),
+        })
+        .collect();
+    assert!(db.store.finish(first.token, &sent).await.unwrap().is_empty());
+    // The second is given back: pending, its attempt not counted, not flagged.
+    assert_eq!(db.store.give_back_claim(written.claimed[1].token).await.unwrap(), 1);
+    let (_, again) = claim(db, now, 10, "b", LEASE, None).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, written.claimed[1].rows[0].0);
+    assert_eq!((again[0].attempts, again[0].possibly_duplicate), (1, false));
+
+    // Rows already in the queue are not written again, claimed or not.
+    let twice = db
+        .store
+        .enqueue_page_handing(&page(ids[4]), &rows, Some(&hand))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((twice.inserted, twice.claimed.len()), (0, 0));
+
+    // A paused window's rows are written pending: claims leave them be until it resumes.
+    assert!(db.store.pause_window(w.id, "ops", now).await.unwrap());
+    let later = planned(w.id, 1, Notice::Announced, &ids[5..], 100);
+    let paused = db
+        .store
+        .enqueue_page_handing(&page(ids[7]), &later, Some(&hand))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((paused.inserted, paused.claimed.len()), (3, 0));
+    assert_eq!(
+        states(db, w.id).await,
+        BTreeMap::from([("claimed".into(), 1), ("pending".into(), 5), ("sent".into(), 2)])
+    );
+}
+
+/// A batch written claimed that a lane takes late has its lease renewed first; if its lease
+/// lapsed and its rows were settled meanwhile, the lane does not send it, and its rows are
+/// back in the queue.
+async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db: &TestDb) {
+    use tangazo::dispatch::handoff::{Handed, ready};
+    let ids = seed(db, 4).await;
+    let now = start() - TimeDelta::hours(50);
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    let page = FanOutPage {
+        window: w.id,
+        revision: 1,
+        notice: Notice::Announced,
+        audience: Audience::Customer,
+        read_up_to: RecipientId(ids[3]),
+    };
+    // Written with a lease that lapses at once.
+    let hand = HandOver {
+        owner: "daemon@a",
+        lease: Duration::ZERO,
+        batch: 2,
+        now,
+    };
+    let rows = planned(w.id, 1, Notice::Announced, &ids, 100);
+    let written = db
+        .store
+        .enqueue_page_handing(&page, &rows, Some(&hand))
+        .await
+        .unwrap()
+        .unwrap();
+    let as_claim = |i: usize| {
+        let batch = &written.claimed[i];
+        Handed::new(Claim {
+            token: batch.token,
+            rows: batch
+                .rows
+                .iter()
+                .map(|&(id, _)| {
+                    Err(CorruptClaim {
+                        id,
+                        reason: "only the count matters here".into(),
+                    })
+                })
+                .collect(),
+            oldest_due: None,
+            last: None,
+        })
+    };
+    // Taken "late" (any wait is a third of a zero lease): still claimed, so renewed and sent.
+    let taken = ready(&db.store, as_claim(0), Duration::ZERO).await;
+    assert_eq!(taken.map(|c| c.token), Some(written.claimed[0].token));
+    // The other batch's lease lapses and a lapsed-claims pass settles it before a lane takes it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let released = db.store.release_lapsed_claims(now).await.unwrap();
+    assert_eq!(released.total(), 4, "both batches lapsed");
+    assert!(ready(&db.store, as_claim(1), Duration::ZERO).await.is_none());
+    assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 4)]));
 }
