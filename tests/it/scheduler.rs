@@ -351,14 +351,19 @@ async fn an_interrupted_fan_out_resumes_after_the_last_committed_page(db: &TestD
     assert_eq!((again.enqueued, again.dispatch.claimed), (0, 0));
 }
 
-/// Sending does not wait for the whole fan-out: the first pages go out while later ones are
-/// still being planned, and every row goes out once by the end of the tick.
-async fn a_large_fan_out_is_sent_while_it_is_still_being_planned(db: &TestDb) {
-    let people: Vec<_> = (0..40_000).map(|i| customer(i, Locale::En)).collect();
+/// `n` customers who read English, each with a phone and the even ones an email.
+async fn english_customers(db: &TestDb, n: u32) {
+    let people: Vec<_> = (0..n).map(|i| customer(i, Locale::En)).collect();
     db.store
         .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
         .await
         .unwrap();
+}
+
+/// Sending does not wait for the whole fan-out: the first pages go out while later ones are
+/// still being planned, and every row goes out once by the end of the tick.
+async fn a_large_fan_out_is_sent_while_it_is_still_being_planned(db: &TestDb) {
+    english_customers(db, 40_000).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
     db.store.create_window(new_window(48), created, "ops").await.unwrap();
@@ -388,11 +393,7 @@ async fn a_large_fan_out_is_sent_while_it_is_still_being_planned(db: &TestDb) {
 /// left claimed, nothing is flagged as possibly sent, and the next tick sends the rest, each
 /// row once.
 async fn a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed(db: &TestDb) {
-    let people: Vec<_> = (0..40_000).map(|i| customer(i, Locale::En)).collect();
-    db.store
-        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
-        .await
-        .unwrap();
+    english_customers(db, 40_000).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
     let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
@@ -430,11 +431,7 @@ async fn a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed(db: &Tes
 /// A cancellation that commits while a fan-out is between pages stops it: the pages after the
 /// change are never enqueued, and what was enqueued before is superseded, never failed.
 async fn a_change_between_fan_out_pages_stops_the_old_revision(db: &TestDb) {
-    let people: Vec<_> = (0..25_000).map(|i| customer(i, Locale::En)).collect();
-    db.store
-        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
-        .await
-        .unwrap();
+    english_customers(db, 25_000).await;
     let rig = Rig::new(db);
     let created = start() - TimeDelta::hours(100);
     let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
