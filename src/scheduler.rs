@@ -800,7 +800,7 @@ impl Scheduler {
                     Some(h) if h.hand(&self.store, Handed::new(page.claim(&batch))).await => {}
                     Some(_) => hand = None,
                     None => {
-                        self.store.give_back_claim(batch.token).await?;
+                        self.store.give_back(batch.token).await?;
                     }
                 }
             }

@@ -62,7 +62,9 @@ impl Hand {
 }
 
 impl Handoff {
-    /// A batch waiting, if any.
+    /// A batch waiting, if any. It waits for the receiving end while another lane holds it
+    /// waiting for a batch (a moment): a lane that found none must be able to trust that none
+    /// was there.
     pub(super) async fn take(&self) -> Option<Handed> {
         self.rx.lock().await.try_recv().ok()
     }
@@ -112,7 +114,7 @@ pub async fn ready(store: &Store, batch: Handed, lease: Duration) -> Option<Clai
 }
 
 pub(super) async fn give_back(store: &Store, batch: Handed) {
-    if let Err(e) = store.give_back_claim(batch.claim.token).await {
+    if let Err(e) = store.give_back(batch.claim.token).await {
         tracing::warn!(token = batch.claim.token, error = %crate::domain::error_chain(&e), "rows written claimed could not be given back; they return when their lease lapses");
     }
 }

@@ -682,18 +682,13 @@ impl Store {
                 Some(hand) if !paused => hand.tokens(rows),
                 _ => Vec::new(),
             };
-            let inserted = match hand {
-                Some(hand) if tokens.iter().any(Option::is_some) => {
-                    let claiming = Claiming {
-                        tokens: &tokens,
-                        owner: hand.owner,
-                        lease_ms: millis(hand.lease),
-                    };
-                    tx.insert_planned_claiming(rows, broadcasts, Some(&claiming)).await?
-                }
-                _ => tx.insert_planned(rows, broadcasts).await?,
-            };
-            let claimed = if tokens.iter().any(Option::is_some) {
+            let claiming = hand.filter(|_| tokens.iter().any(Option::is_some)).map(|hand| Claiming {
+                tokens: &tokens,
+                owner: hand.owner,
+                lease_ms: millis(hand.lease),
+            });
+            let inserted = tx.insert_planned_claiming(rows, broadcasts, claiming.as_ref()).await?;
+            let claimed = if claiming.is_some() {
                 let mut distinct: Vec<i64> = tokens.iter().flatten().copied().collect();
                 distinct.dedup();
                 claimed_batches(rows, &distinct, tx.written_claimed(&distinct).await?)?
@@ -714,12 +709,6 @@ impl Store {
             tx.commit().await?;
             Ok(Some(WrittenPage { inserted, claimed }))
         })
-    }
-
-    /// Returns every row still claimed under `token` to the queue, as if the claim had not
-    /// been: a batch written claimed that no lane took.
-    pub async fn give_back_claim(&self, token: i64) -> Result<u64, StoreError> {
-        self.give_back(token).await
     }
 
     /// The rows a window's notice has in the queue already, per channel (its own rows, not a
@@ -925,8 +914,9 @@ impl Store {
         on_pool!(self, p => p.acquire().await?.read_claimed(token).await)
     }
 
-    /// Returns every row still claimed under `token` to the queue, as if the claim had not been.
-    async fn give_back(&self, token: i64) -> Result<u64, StoreError> {
+    /// Returns every row still claimed under `token` to the queue, as if the claim had not been
+    /// (a claim that could not be read back, a batch written claimed that no lane took).
+    pub async fn give_back(&self, token: i64) -> Result<u64, StoreError> {
         let _turn = self.write_turn().await;
         Ok(on_pool!(self, p => sqlx::query(
             "UPDATE deliveries SET state = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, \

@@ -1186,7 +1186,7 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
         .collect();
     assert!(db.store.finish(first.token, &sent).await.unwrap().is_empty());
     // The second is given back: pending, its attempt not counted, not flagged.
-    assert_eq!(db.store.give_back_claim(written.claimed[1].token).await.unwrap(), 1);
+    assert_eq!(db.store.give_back(written.claimed[1].token).await.unwrap(), 1);
     let (_, again) = claim(db, now, 10, "b", LEASE, None).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, written.claimed[1].rows[0].0);
