@@ -761,6 +761,8 @@ impl Scheduler {
                 now: clock.now(),
             };
             let over = hand.map(|_| over);
+            // Before the page is written: no batch's lease began earlier.
+            let written_at = tokio::time::Instant::now();
             let (written, ahead) = if self.store.writes_take_turns() {
                 (
                     self.store.enqueue_page_handing(&mark, &page.rows, over.as_ref()).await,
@@ -797,7 +799,7 @@ impl Scheduler {
             // if they have stopped, back to the queue.
             for batch in claimed {
                 match hand {
-                    Some(h) if h.hand(&self.store, Handed::new(page.claim(&batch))).await => {}
+                    Some(h) if h.hand(&self.store, Handed::new(page.claim(&batch), written_at)).await => {}
                     Some(_) => hand = None,
                     None => {
                         self.store.give_back(batch.token).await?;

@@ -21,16 +21,15 @@ pub struct Handed {
 }
 
 impl Handed {
-    pub fn new(claim: Claim) -> Handed {
-        Handed {
-            claim,
-            at: tokio::time::Instant::now(),
-        }
+    /// `claim`, written at `at` or later: its lease runs from then, however long the planner
+    /// waited to hand it over.
+    pub fn new(claim: Claim, at: tokio::time::Instant) -> Handed {
+        Handed { claim, at }
     }
 }
 
 /// The planner's end: see [`channel`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Hand {
     tx: mpsc::Sender<Handed>,
 }

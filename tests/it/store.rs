@@ -1252,7 +1252,7 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
         .unwrap();
     let as_claim = |i: usize| {
         let batch = &written.claimed[i];
-        Handed::new(Claim {
+        let claim = Claim {
             token: batch.token,
             rows: batch
                 .rows
@@ -1266,7 +1266,8 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
                 .collect(),
             oldest_due: None,
             last: None,
-        })
+        };
+        Handed::new(claim, tokio::time::Instant::now())
     };
     // Taken "late" (any wait is a third of a zero lease): still claimed, so renewed and sent.
     let taken = ready(&db.store, as_claim(0), Duration::ZERO).await;
