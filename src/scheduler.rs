@@ -308,6 +308,15 @@ impl Scheduler {
         Ok(false)
     }
 
+    /// Whether a fan-out's rows that can go out at once are written claimed for this process's
+    /// own lanes (see `dispatch::handoff`), sparing each a claim's write and its read-back. On
+    /// SQLite always: its writes take turns, one process at a time. On PostgreSQL while no other
+    /// process sends from the database: rows written claimed for the leader are rows the other
+    /// daemons cannot claim, and their share of a fan-out is its pending rows.
+    pub async fn hands_over(&self) -> Result<bool, StoreError> {
+        Ok(self.store.writes_take_turns() || self.store.others_alive(self.owner()).await? == 0)
+    }
+
     /// Each audience's fan-out length at the capacity, and its quiet hours.
     async fn leads(&self) -> Result<Leads, StoreError> {
         let mut leads = Leads {
@@ -395,9 +404,9 @@ impl Scheduler {
         // Then planning and sending together: the first pages of a large fan-out go out (at
         // their slots, when paced) while the rest is planned.
         let enqueued = CancellationToken::new();
-        // On SQLite, with one process writing, the rows of a fan-out that can go out at once
-        // are written claimed and handed to this process's lanes (see `dispatch::handoff`).
-        let (hand, handed) = if self.store.writes_take_turns() {
+        // The rows of a fan-out that can go out at once are written claimed and handed to this
+        // process's lanes where no other process would claim them (see `hands_over`).
+        let (hand, handed) = if self.hands_over().await? {
             let (hand, handed) = handoff::channel(self.dispatcher.config().batches_in_flight);
             (Some(hand), Some(handed))
         } else {
@@ -760,7 +769,12 @@ impl Scheduler {
                 batch: config.batch_size,
                 now: clock.now(),
             };
-            let over = hand.map(|_| over);
+            // Asked at every page: a process that started sending meanwhile finds the rest of
+            // the fan-out pending, its share to claim.
+            let over = match hand {
+                Some(_) if self.hands_over().await? => Some(over),
+                _ => None,
+            };
             // Before the page is written: no batch's lease began earlier.
             let written_at = tokio::time::Instant::now();
             let (written, ahead) = if self.store.writes_take_turns() {

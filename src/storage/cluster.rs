@@ -118,6 +118,15 @@ impl Store {
         Ok(u64::try_from(live).unwrap_or(1).max(1))
     }
 
+    /// How many processes other than `me` are alive and sending from this database (their
+    /// beats not yet lapsed).
+    pub async fn others_alive(&self, me: &str) -> Result<u64, StoreError> {
+        let now = db_now_ms(self.dialect());
+        let sql = format!("SELECT COUNT(*) FROM daemons WHERE alive_until > {now} AND name <> $1");
+        let others: i64 = on_pool!(self, p => sqlx::query_scalar(AssertSqlSafe(sql)).bind(me).fetch_one(p).await?);
+        Ok(u64::try_from(others).unwrap_or(0))
+    }
+
     /// `me` stops: its row goes, and its lease if it leads.
     pub async fn leave(&self, me: &str) -> Result<(), StoreError> {
         on_pool!(self, p => sqlx::query("DELETE FROM daemons WHERE name = $1").bind(me).execute(p).await.map(|_| ())?);

@@ -22,6 +22,7 @@ on_both!(
     two_schedulers_starting_the_same_windows_never_fail_a_tick,
     a_large_fan_out_is_sent_while_it_is_still_being_planned,
     a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed,
+    a_fan_out_is_written_claimed_for_its_own_lanes_only_while_no_other_process_sends,
 );
 
 fn config(outbox: &Path) -> Config {
@@ -388,8 +389,8 @@ async fn a_large_fan_out_is_sent_while_it_is_still_being_planned(db: &TestDb) {
     assert_eq!(rig.sent(), 60_000);
 }
 
-/// Sending stopped after its first batch while the fan-out is still being planned (on SQLite
-/// the planner writes the rows that can go out at once claimed, for its own lanes): nothing is
+/// Sending stopped after its first batch while the fan-out is still being planned (the planner
+/// writes the rows that can go out at once claimed, for its own lanes): nothing is
 /// left claimed, nothing is flagged as possibly sent, and the next tick sends the rest, each
 /// row once.
 async fn a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed(db: &TestDb) {
@@ -486,4 +487,39 @@ mod interleaved {
         super::a_change_between_fan_out_pages_stops_the_old_revision(&db).await;
         db.finish().await;
     }
+}
+
+/// Rows written claimed for this process's lanes are rows no other process can claim. On
+/// PostgreSQL, where several daemons share the queue, the scheduler writes a fan-out so only
+/// while no other process is alive, and asks again at every page; on SQLite always.
+async fn a_fan_out_is_written_claimed_for_its_own_lanes_only_while_no_other_process_sends(db: &TestDb) {
+    let rig = Rig::new(db);
+    assert!(rig.scheduler.hands_over().await.unwrap(), "alone");
+    let lease = std::time::Duration::from_secs(3600);
+    assert_eq!(db.store.beat("other", lease, 0, 0.0).await.unwrap(), 1);
+    assert_eq!(db.store.others_alive("other").await.unwrap(), 0);
+    assert_eq!(db.store.others_alive(rig.scheduler.owner()).await.unwrap(), 1);
+    let sqlite = db.store.writes_take_turns();
+    assert_eq!(
+        rig.scheduler.hands_over().await.unwrap(),
+        sqlite,
+        "another process alive"
+    );
+    // Gone, or its beat lapsed: alone again.
+    db.store.leave("other").await.unwrap();
+    assert!(rig.scheduler.hands_over().await.unwrap(), "the other left");
+    db.store.beat("other", std::time::Duration::ZERO, 0, 0.0).await.unwrap();
+    assert!(rig.scheduler.hands_over().await.unwrap(), "the other's beat lapsed");
+
+    // A fan-out planned while the other is alive is the same fan-out: every row once.
+    english_customers(db, 12_000).await;
+    db.store.beat("other", lease, 0, 0.0).await.unwrap();
+    let created = start() - TimeDelta::hours(100);
+    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let report = rig.tick(created).await;
+    assert_eq!(report.enqueued, 18_000);
+    assert_eq!(report.dispatch.sent, 18_000);
+    assert_eq!(report.left_claimed, 0);
+    let rows = db.store.deliveries(w.id, None, None).await.unwrap();
+    assert!(rows.iter().all(|r| r.state == tangazo::domain::DeliveryState::Sent));
 }
