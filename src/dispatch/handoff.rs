@@ -1,5 +1,6 @@
-//! Batches the planner writes claimed for this process's own lanes (SQLite, one process): a
-//! fan-out's rows that can go out at once skip the claim's write and its read-back.
+//! Batches the planner writes claimed for this process's own lanes (on SQLite, and on
+//! PostgreSQL while no other process sends: see `Scheduler::hands_over`): a fan-out's rows that
+//! can go out at once skip the claim's write and its read-back.
 //!
 //! The channel holds at most one batch per lane, so the planner writes a page claimed only
 //! when the lanes are about to want it, and a batch waits for a lane a batch's length or so.
