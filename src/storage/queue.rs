@@ -512,7 +512,8 @@ trait MarkSent {
 }
 
 /// The sent row's lease is cleared and its token kept (see `finish`); a provider id from an
-/// earlier attempt stays unless this one has its own.
+/// earlier attempt stays unless this one has its own. (SQLite; PostgreSQL's statement is
+/// `sql/postgres/mark_sent.sql`.)
 const MARK_SENT: &str = "SET state = 'sent', sent_at = v.at, sent_latency_ms = v.latency, \
      provider_id = COALESCE(v.pid, deliveries.provider_id), backend = $1, body_id = $2, last_error = NULL, lease_until = NULL";
 
@@ -591,11 +592,7 @@ impl MarkSent for sqlx::PgConnection {
         backend: &str,
         body: Option<i64>,
     ) -> Result<u64, sqlx::Error> {
-        let sql = format!(
-            "UPDATE deliveries {MARK_SENT} FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::bigint[]) AS v (id, at, pid, latency) \
-             WHERE deliveries.id = v.id AND deliveries.state = 'claimed' AND deliveries.lease_token = $3"
-        );
-        Ok(sqlx::query(AssertSqlSafe(sql))
+        Ok(sqlx::query(include_str!("sql/postgres/mark_sent.sql"))
             .bind(backend)
             .bind(body)
             .bind(token)

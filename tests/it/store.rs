@@ -1279,3 +1279,61 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
     assert!(ready(&db.store, as_claim(1), Duration::ZERO).await.is_none());
     assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 4)]));
 }
+
+/// On PostgreSQL, marking a batch sent looks each of its rows up by id, whatever plan the
+/// prepared statement settles on. In the generic plan PostgreSQL keeps after a few runs, the
+/// token's claimed rows were estimated at one, and reaching them through the claimed rows'
+/// index made a loop over every id of the batch for each of its rows (BENCHMARKS.md,
+/// *PostgreSQL fan-outs written claimed*).
+#[tokio::test]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic_plan() {
+    use sqlx::Connection as _;
+    let db = TestDb::postgres().await;
+    let people: Vec<_> = (0..30_000).map(|i| customer(i, Locale::En)).collect();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = (1..=30_000).collect();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    db.store
+        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    // A long run's queue: most rows sent, each batch's token kept on its rows, one batch of
+    // 2,000 claimed, and statistics that say so.
+    for sql in [
+        "UPDATE deliveries SET state = 'sent', lease_token = id / 2000 WHERE id <= 28000",
+        "UPDATE deliveries SET state = 'claimed', lease_token = 99, lease_owner = 'w', lease_until = 0 WHERE id > 28000",
+        "ANALYZE deliveries",
+        "SET plan_cache_mode = force_generic_plan",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    let statement = std::fs::read_to_string(format!(
+        "{}/src/storage/sql/postgres/mark_sent.sql",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE mark_sent AS {statement}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN EXECUTE mark_sent('file', NULL, 99, '{28001,28002}', '{0,0}', '{NULL,NULL}', '{1,1}')",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Index Cond: (id = v.id)"), "{plan}");
+    assert!(!plan.contains("deliveries_lease_token"), "{plan}");
+    conn.close().await.unwrap();
+    db.finish().await;
+}

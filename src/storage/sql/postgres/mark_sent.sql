@@ -1,0 +1,14 @@
+-- Marks sent the rows of one batch still claimed under its token $3, sent through backend $1
+-- with body $2; $4 to $7 are the rows' ids, when each was handed over (Unix ms), provider ids
+-- and latencies. The sent row's lease is cleared and its token kept; a provider id from an
+-- earlier attempt stays unless this one has its own.
+-- `+ 0` keeps PostgreSQL from reaching the rows through the claimed rows' index: in the
+-- generic plan of the prepared statement, the token's one estimated row drove a loop over
+-- every id for each row of the batch (290 ms for 1,000 rows of a batch of 2,000 once a
+-- 10-million-row queue had been analysed, against 13 ms). Each row is looked up by its id.
+UPDATE deliveries
+SET state = 'sent', sent_at = v.at, sent_latency_ms = v.latency,
+    provider_id = COALESCE(v.pid, deliveries.provider_id), backend = $1, body_id = $2,
+    last_error = NULL, lease_until = NULL
+FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::bigint[]) AS v (id, at, pid, latency)
+WHERE deliveries.id = v.id AND deliveries.state = 'claimed' AND deliveries.lease_token + 0 = $3
