@@ -310,9 +310,10 @@ impl Scheduler {
 
     /// Whether a fan-out's rows that can go out at once are written claimed for this process's
     /// own lanes (see `dispatch::handoff`), sparing each a claim's write and its read-back. On
-    /// SQLite always: its writes take turns, one process at a time. On PostgreSQL while no other
-    /// process sends from the database: rows written claimed for the leader are rows the other
-    /// daemons cannot claim, and their share of a fan-out is its pending rows.
+    /// SQLite always: a daemon holds the file alone, and the write spared is a turn of its one
+    /// writer. On PostgreSQL while no other process sends from the database: rows written
+    /// claimed for the leader are rows the other daemons cannot claim, and their share of a
+    /// fan-out is its pending rows.
     pub async fn hands_over(&self) -> Result<bool, StoreError> {
         Ok(self.store.writes_take_turns() || self.store.others_alive(self.owner()).await? == 0)
     }
