@@ -628,7 +628,8 @@ async fn a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches(db: &TestDb
     assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 6)]));
 }
 
-async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
+/// 30,000 customers with a window's announcement pending for each.
+async fn a_large_queue(db: &TestDb) {
     let people: Vec<_> = (0..30_000).map(|i| customer(i, Locale::En)).collect();
     db.store
         .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
@@ -644,6 +645,10 @@ async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
         .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
         .await
         .unwrap();
+}
+
+async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
+    a_large_queue(db).await;
     db.store.after_bulk_load(30_000).await.unwrap();
     let now = tangazo::domain::to_millis(start() - TimeDelta::hours(50));
     let postgres = db.url.starts_with("postgres");
@@ -1290,21 +1295,7 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
 async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic_plan() {
     use sqlx::Connection as _;
     let db = TestDb::postgres().await;
-    let people: Vec<_> = (0..30_000).map(|i| customer(i, Locale::En)).collect();
-    db.store
-        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
-        .await
-        .unwrap();
-    let ids: Vec<i64> = (1..=30_000).collect();
-    let w = db
-        .store
-        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
-        .await
-        .unwrap();
-    db.store
-        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
-        .await
-        .unwrap();
+    a_large_queue(&db).await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     // A long run's queue: most rows sent, each batch's token kept on its rows, one batch of
     // 2,000 claimed, and statistics that say so.
