@@ -23,15 +23,21 @@ on_both!(
     a_large_fan_out_is_sent_while_it_is_still_being_planned,
     a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed,
     a_fan_out_is_written_claimed_for_its_own_lanes_only_while_no_other_process_sends,
+    a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out_once,
 );
 
 fn config(outbox: &Path) -> Config {
+    config_with(outbox, "")
+}
+
+/// The file outbox in `outbox`, and `more` of the file's text after it.
+fn config_with(outbox: &Path, more: &str) -> Config {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tangazo.toml");
     std::fs::write(
         &path,
         format!(
-            "[senders.outbox]\ntype = \"file\"\ndir = {:?}\n",
+            "[senders.outbox]\ntype = \"file\"\ndir = {:?}\n{more}",
             outbox.display().to_string()
         ),
     )
@@ -57,10 +63,14 @@ struct Rig {
 
 impl Rig {
     fn new(db: &TestDb) -> Rig {
+        Rig::named(db, "test", "")
+    }
+    /// A scheduler owned by `owner`, with `more` of its configuration file.
+    fn named(db: &TestDb, owner: &str, more: &str) -> Rig {
         let outbox = tempfile::tempdir().unwrap();
-        let config = config(outbox.path());
+        let config = config_with(outbox.path(), more);
         let scheduler =
-            tangazo::app::scheduler(&config, &db.store, &BuildContext::with_console(std::io::sink()), "test").unwrap();
+            tangazo::app::scheduler(&config, &db.store, &BuildContext::with_console(std::io::sink()), owner).unwrap();
         Rig { scheduler, outbox }
     }
     async fn tick(&self, now: DateTime<Utc>) -> tangazo::scheduler::TickReport {
@@ -522,4 +532,47 @@ async fn a_fan_out_is_written_claimed_for_its_own_lanes_only_while_no_other_proc
     assert_eq!(report.left_claimed, 0);
     let rows = db.store.deliveries(w.id, None, None).await.unwrap();
     assert!(rows.iter().all(|r| r.state == tangazo::domain::DeliveryState::Sent));
+}
+
+/// A fan-out written claimed and handed to the tick's own lanes while another worker claims
+/// from the same queue and settles lapsed claims, on the real clock, with a one-second lease
+/// that the run outlasts: no handed row is taken for lapsed, every row goes out once, none
+/// flagged as possibly sent twice, nothing left claimed. (A batch that waits past its lease is
+/// `store::a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent`.)
+async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out_once(db: &TestDb) {
+    english_customers(db, 40_000).await;
+    let short_lease = "[dispatch]\nlease = \"1s\"\nbatch_size = 500\n";
+    let (rig, other) = (
+        Rig::named(db, "test", short_lease),
+        Rig::named(db, "other", short_lease),
+    );
+    assert!(rig.scheduler.hands_over().await.unwrap());
+    let created = start() - TimeDelta::hours(100);
+    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    // Real time, from the window's creation on.
+    let clock = tangazo::clock::Clock::starting_at(created);
+    let (stop, ticked) = (CancellationToken::new(), CancellationToken::new());
+    let began = std::time::Instant::now();
+    let tick = async {
+        let report = rig.scheduler.tick(&clock, &stop).await.unwrap();
+        ticked.cancel();
+        report
+    };
+    let beside = other
+        .scheduler
+        .dispatcher()
+        .run_alongside(&clock, None, &ticked, &stop, &|_| {});
+    let (report, beside) = tokio::join!(tick, beside);
+    let beside = beside.unwrap();
+    assert!(
+        began.elapsed() > std::time::Duration::from_secs(1),
+        "the run outlasts a lease"
+    );
+    assert_eq!(report.enqueued, 60_000);
+    assert_eq!(report.dispatch.sent + beside.sent, 60_000);
+    assert_eq!(rig.sent() + other.sent(), 60_000);
+    let rows = db.store.deliveries(w.id, None, None).await.unwrap();
+    assert_eq!(rows.len(), 60_000);
+    assert!(rows.iter().all(|r| r.state == tangazo::domain::DeliveryState::Sent));
+    assert!(rows.iter().all(|r| !r.possibly_duplicate));
 }
