@@ -309,13 +309,9 @@ impl Scheduler {
     }
 
     /// Whether a fan-out's rows that can go out at once are written claimed for this process's
-    /// own lanes (see `dispatch::handoff`), sparing each a claim's write and its read-back. On
-    /// SQLite always: a daemon holds the file alone, and the write spared is a turn of its one
-    /// writer. On PostgreSQL while no other process sends from the database: rows written
-    /// claimed for the leader are rows the other daemons cannot claim, and their share of a
-    /// fan-out is its pending rows.
+    /// own lanes (see `Store::hands_over`).
     pub async fn hands_over(&self) -> Result<bool, StoreError> {
-        Ok(self.store.writes_take_turns() || self.store.others_alive(self.owner()).await? == 0)
+        self.store.hands_over(self.owner()).await
     }
 
     /// Each audience's fan-out length at the capacity, and its quiet hours.
@@ -451,7 +447,7 @@ impl Scheduler {
             let sent = match &handed {
                 Some(handed) => {
                     self.dispatcher
-                        .run_handed(clock, handed, &enqueued, stop, &report_sending)
+                        .run_handed(clock, None, handed, &enqueued, stop, &report_sending)
                         .await
                 }
                 None => {
@@ -777,7 +773,7 @@ impl Scheduler {
                 _ => None,
             };
             // Before the page is written: no batch's lease began earlier.
-            let written_at = tokio::time::Instant::now();
+            let written_at = Handed::stamp();
             let (written, ahead) = if self.store.writes_take_turns() {
                 (
                     self.store.enqueue_page_handing(&mark, &page.rows, over.as_ref()).await,

@@ -3,8 +3,9 @@
 //! take, and whether a canary run allows the release. The rows go into the same `deliveries`
 //! table and leave through the same dispatcher as the daemon's, so a rerun sends nothing twice.
 //!
-//! The command line (and later the HTTP API) calls these functions and does its own asking and
-//! printing. Depends on `storage`, `render` and `domain`.
+//! The command line and the HTTP API call these functions and do their own asking and
+//! printing. Depends on `storage`, `render`, `domain` and `dispatch::handoff` (the batches
+//! recording hands to this process's lanes).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -15,8 +16,15 @@ use crate::domain::{
     Audience, AudienceFilter, Channel, ComponentId, ComponentNames, DeliveryState, Encoding, Locale, Message, Notice,
     Recipient, RecipientId, Rendered, Window, Zone, fingerprint,
 };
+use crate::shutdown::CancellationToken;
+
+use crate::clock::Clock;
+use crate::dispatch::handoff::{Hand, Handed};
 use crate::render::{NoticeFacts, RenderError, Renderer};
-use crate::storage::{Broadcast, NewBroadcast, PAGE, Store, StoreError};
+use crate::storage::{
+    Broadcast, Claim, Claimed, ClaimedBatch, ClaimedDelivery, CorruptClaim, HandOver, NewBroadcast, PAGE, Store,
+    StoreError,
+};
 
 /// Prices for estimates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,39 +191,146 @@ pub async fn scan(store: &Store, content: &Content, filter: &AudienceFilter) -> 
     Ok(s)
 }
 
-/// Records the broadcast's rows for the whole audience, a page at a time. Returns how many
-/// were new.
+/// Where recording hands the rows this process can send at once: to its own lanes (see
+/// `dispatch::handoff`), for as long as `Store::hands_over` allows it. Dropped when recording
+/// ends, so a lane waiting for a batch stops waiting.
+pub struct Handing<'a> {
+    pub hand: Hand,
+    /// The process whose lanes send them.
+    pub owner: &'a str,
+    pub lease: std::time::Duration,
+    /// Rows per batch.
+    pub batch: usize,
+    /// What is due, and what is past its deadline, is judged on it at every page.
+    pub clock: &'a Clock,
+}
+
+/// Records the broadcast's rows for the whole audience, a page at a time, due at `now`.
+/// Returns how many were new, or `None` if `stop` was cancelled first: the page being
+/// recorded then rolls back, and the same broadcast again records the rest. With `handing`,
+/// each page's rows that can go out at once are written claimed and handed over.
 pub async fn enqueue_audience(
     store: &Store,
     content: &Content,
     broadcast: &Broadcast,
     now: DateTime<Utc>,
-) -> Result<u64, StoreError> {
+    mut handing: Option<Handing<'_>>,
+    stop: &CancellationToken,
+) -> Result<Option<u64>, StoreError> {
     let matcher = broadcast.filter.matcher();
     let mut pager = Pager::new(&broadcast.filter);
     let mut enqueued = 0;
     // Sending may run beside the recording (the CLI's broadcast does): its claims need
     // statistics of the queue as it grows.
     let mut analyze_at = crate::storage::FIRST_ANALYZE;
-    while let Some(page) = pager.next(store).await? {
-        let rows: Vec<(RecipientId, Channel)> = page
-            .iter()
-            .flat_map(|r| {
-                matcher
-                    .channels(r, content.window_components())
-                    .into_iter()
-                    .map(|c| (r.id, c))
-            })
-            .collect();
-        let rows = per_endpoint(store, Some(content), rows).await?;
-        enqueued += store.enqueue_broadcast(broadcast, &rows, now).await?;
+    loop {
+        let record = async {
+            let Some(page) = pager.next(store).await? else {
+                return Ok(None);
+            };
+            let rows: Vec<(RecipientId, Channel)> = page
+                .iter()
+                .flat_map(|r| {
+                    matcher
+                        .channels(r, content.window_components())
+                        .into_iter()
+                        .map(|c| (r.id, c))
+                })
+                .collect();
+            let rows = per_endpoint(store, Some(content), rows).await?;
+            // Asked at every page: a process that started sending meanwhile finds the rest
+            // pending, its share to claim.
+            let over = match &handing {
+                Some(h) if store.hands_over(h.owner).await? => Some(HandOver {
+                    owner: h.owner,
+                    lease: h.lease,
+                    batch: h.batch,
+                    now: h.clock.now(),
+                }),
+                _ => None,
+            };
+            // Before the page is written: no batch's lease began earlier.
+            let written_at = Handed::stamp();
+            let written = store
+                .enqueue_broadcast_handing(broadcast, &rows, now, over.as_ref())
+                .await?;
+            Ok::<_, StoreError>(Some((page, rows, written, written_at)))
+        };
+        let Some(recorded) = stop.run_until_cancelled(record).await else {
+            return Ok(None);
+        };
+        let Some((page, rows, written, written_at)) = recorded? else {
+            break;
+        };
+        enqueued += written.inserted;
         if enqueued >= analyze_at {
             store.analyze_growing_queue().await?;
             analyze_at = enqueued.saturating_mul(2);
         }
+        // Once committed: each batch written claimed goes to the lanes, or, if they have
+        // stopped, back to the queue.
+        for batch in written.claimed {
+            let claim = claim(broadcast, &page, &rows, &batch, now);
+            match &handing {
+                Some(h) if h.hand.hand(store, Handed::new(claim, written_at)).await => {}
+                Some(_) => handing = None,
+                None => {
+                    store.give_back(batch.token).await?;
+                }
+            }
+        }
     }
     store.after_bulk_load(enqueued).await?;
-    Ok(enqueued)
+    Ok(Some(enqueued))
+}
+
+/// A batch of a broadcast's rows written claimed, as a lane sends it: addressed as each
+/// recipient was read (`page`, in id order; `rows` are what was written from it).
+fn claim(
+    broadcast: &Broadcast,
+    page: &[Recipient],
+    rows: &[(RecipientId, Channel, Option<i64>)],
+    batch: &ClaimedBatch,
+    due_at: DateTime<Utc>,
+) -> Claim {
+    let rows: Vec<Claimed> = batch
+        .rows
+        .iter()
+        .map(|&(id, at)| {
+            let (recipient, channel, _) = rows[at];
+            let profile = page
+                .binary_search_by_key(&recipient, |r| r.id)
+                .map(|i| &page[i].profile)
+                .map_err(|_| CorruptClaim {
+                    id,
+                    reason: format!("recipient {} is not on the page it was recorded from", recipient.0),
+                })?;
+            Ok(ClaimedDelivery {
+                id,
+                window: broadcast.window,
+                broadcast: Some(broadcast.id),
+                revision: broadcast.revision.unwrap_or(0),
+                notice: broadcast.notice,
+                channel,
+                attempts: 1,
+                deadline: broadcast.deadline,
+                recipient,
+                possibly_duplicate: false,
+                audience: profile.kind,
+                phone: profile.phone.clone(),
+                email: profile.email.clone(),
+                locale: profile.locale,
+                zone: profile.zone,
+                endpoint: None,
+            })
+        })
+        .collect();
+    Claim {
+        token: batch.token,
+        rows,
+        oldest_due: Some(due_at),
+        last: None,
+    }
 }
 
 /// Records the canary seeds' rows (seed recipients on the broadcast's channels).

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::{CliResult, Ctx, Failure, bad_field, bad_input};
 use crate::app;
 use crate::broadcast::{self, Canary, Content, Estimate, EstimateInputs, Scan};
+use crate::dispatch::handoff::{self, Handoff};
 use crate::dispatch::{DispatchReport, Dispatcher};
 use crate::domain::{
     Audience, AudienceFilter, Channel, ComponentId, EmailAddress, Locale, Message, MessageText, Notice, PhoneNumber,
@@ -174,24 +175,41 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     }
     let started = Instant::now();
     let recorded = CancellationToken::new();
+    // The rows that can go out at once are written claimed and handed to this process's lanes
+    // where no other process would claim them, as a tick's fan-out is (see
+    // `Store::hands_over`).
+    let (handing, handed) = if store.hands_over(dispatcher.owner()).await? {
+        let config = dispatcher.config();
+        let (hand, handed) = handoff::channel(config.batches_in_flight);
+        let handing = broadcast::Handing {
+            hand,
+            owner: dispatcher.owner(),
+            lease: config.lease.to_std(),
+            batch: config.batch_size,
+            clock: &ctx.clock,
+        };
+        (Some(handing), Some(handed))
+    } else {
+        (None, None)
+    };
     let record = async {
         // However recording ends, sending finishes what was recorded and stops.
         let _recorded = recorded.clone().drop_guard();
-        let enqueued = tokio::select! {
-            enqueued = broadcast::enqueue_audience(&store, &content, &broadcast, now) => enqueued.map(Some),
-            // Stopped: the page being recorded rolls back; the same command again records
-            // the rest.
-            () = stop.cancelled() => Ok(None),
-        };
+        // Stopped: the page being recorded rolls back; the same command again records the
+        // rest.
+        let enqueued = broadcast::enqueue_audience(&store, &content, &broadcast, now, handing, &stop).await;
         (enqueued, started.elapsed().as_secs_f64())
     };
     let sending = send(
         ctx,
         &dispatcher,
-        broadcast.id,
+        Scope {
+            broadcast: broadcast.id,
+            handed: handed.as_ref(),
+            recorded: &recorded,
+        },
         scan.total_messages(),
         already,
-        &recorded,
         &stop,
     );
     let ((enqueued, enqueue_seconds), report) = tokio::join!(record, sending);
@@ -655,16 +673,22 @@ async fn canary(
     Ok(release)
 }
 
-/// Sends the broadcast's rows as they are recorded, until `recorded` is cancelled and nothing
-/// recorded is left to send. `total` is the scan's count of messages (a biller with several
-/// endpoints has a row for each, so the bar grows to fit).
+/// What `send` sends: one broadcast's rows, taking first the batches recording hands over if
+/// it does, until `recorded` is cancelled and nothing recorded is left.
+struct Scope<'a> {
+    broadcast: i64,
+    handed: Option<&'a Handoff>,
+    recorded: &'a CancellationToken,
+}
+
+/// Sends the broadcast's rows as they are recorded (see `Scope`). `total` is the scan's count
+/// of messages (a biller with several endpoints has a row for each, so the bar grows to fit).
 async fn send(
     ctx: &Ctx,
     dispatcher: &Dispatcher,
-    broadcast: i64,
+    scope: Scope<'_>,
     total: u64,
     already: u64,
-    recorded: &CancellationToken,
     stop: &CancellationToken,
 ) -> CliResult<DispatchReport> {
     let bar = (std::io::stdout().is_terminal() && !ctx.cli_json).then(|| {
@@ -698,7 +722,21 @@ async fn send(
             None => {}
         }
     };
-    let sending = dispatcher.run_alongside(&ctx.clock, Some(broadcast), recorded, stop, &progress);
+    let broadcast = Some(scope.broadcast);
+    let sending = async {
+        match scope.handed {
+            Some(handed) => {
+                dispatcher
+                    .run_handed(&ctx.clock, broadcast, handed, scope.recorded, stop, &progress)
+                    .await
+            }
+            None => {
+                dispatcher
+                    .run_alongside(&ctx.clock, broadcast, scope.recorded, stop, &progress)
+                    .await
+            }
+        }
+    };
     let report = crate::scheduler::taking_part(dispatcher, sending)
         .await
         .context("sending")?;

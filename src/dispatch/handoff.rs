@@ -1,6 +1,7 @@
-//! Batches the planner writes claimed for this process's own lanes (on SQLite, and on
-//! PostgreSQL while no other process sends: see `Scheduler::hands_over`): a fan-out's rows that
-//! can go out at once skip the claim's write and its read-back.
+//! Batches the planner, or `tangazo broadcast` recording its audience, writes claimed for this
+//! process's own lanes (on SQLite, and on PostgreSQL while no other process sends: see
+//! `Store::hands_over`): the rows that can go out at once skip the claim's write and its
+//! read-back.
 //!
 //! The channel holds at most one batch per lane, so the planner writes a page claimed only
 //! when the lanes are about to want it, and a batch waits for a lane a batch's length or so.
@@ -26,6 +27,11 @@ impl Handed {
     /// waited to hand it over.
     pub fn new(claim: Claim, at: tokio::time::Instant) -> Handed {
         Handed { claim, at }
+    }
+
+    /// Now, as `new` takes it: read before a batch is written.
+    pub fn stamp() -> tokio::time::Instant {
+        tokio::time::Instant::now()
     }
 }
 

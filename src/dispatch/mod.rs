@@ -299,13 +299,14 @@ impl Dispatcher {
     pub async fn run_handed(
         &self,
         clock: &Clock,
+        broadcast: Option<i64>,
         handed: &handoff::Handoff,
         enqueued: &CancellationToken,
         stop: &CancellationToken,
         progress: ReportSink<'_>,
     ) -> Result<DispatchReport, DispatchError> {
         let report = self
-            .run_lanes(clock, None, Some(enqueued), Some(handed), stop, progress)
+            .run_lanes(clock, broadcast, Some(enqueued), Some(handed), stop, progress)
             .await;
         // Stopped, or failed: what no lane took goes back to the queue.
         handed.close(&self.store).await;

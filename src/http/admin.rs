@@ -22,6 +22,7 @@ use crate::domain::{
     ComponentId, DeliveryState, Localized, NewWindow, Schedule, Window, WindowError, WindowId, Zone, parse_instant,
 };
 use crate::planner::pace::{Capacity, FanOutPlan, window_plan};
+use crate::shutdown::CancellationToken;
 
 /// Deliveries listed per page at most.
 const PAGE_MAX: i64 = 1000;
@@ -717,7 +718,11 @@ async fn broadcast(State(state): State<AppState>, _: Admin, body: Json<Broadcast
             e @ crate::storage::StoreError::BroadcastNameTaken(_) => Problem::conflict(e.to_string()),
             e => e.into(),
         })?;
-    let enqueued = crate::broadcast::enqueue_audience(&state.store, &content, &recorded, now).await?;
+    // The daemon sends the rows; nothing here stops the recording once begun.
+    let enqueued =
+        crate::broadcast::enqueue_audience(&state.store, &content, &recorded, now, None, &CancellationToken::new())
+            .await?
+            .unwrap_or_default();
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({

@@ -1,10 +1,11 @@
 //! Broadcasts: recorded once under their name, with their rows in the same queue.
 
 use chrono::{DateTime, Utc};
-use sqlx::QueryBuilder;
+use sqlx::{AssertSqlSafe, QueryBuilder};
 
+use super::queue::{Claiming, WrittenClaimed, claimed_batches, inserted_columns};
 use super::rows::{Broadcast, BroadcastRow, NewBroadcast};
-use super::{Pool, ROWS_PER_STATEMENT, Store, StoreError};
+use super::{Dialect, HandOver, Pool, ROWS_PER_STATEMENT, Store, StoreError, WrittenPage};
 use crate::domain::{Channel, RecipientId, to_millis};
 
 impl Store {
@@ -84,14 +85,28 @@ impl Store {
         rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        Ok(self.enqueue_broadcast_handing(b, rows, due_at, None).await?.inserted)
+    }
+
+    /// `enqueue_broadcast`, writing the rows `hand` can take claimed already, as
+    /// [`Store::enqueue_page_handing`] does a fan-out's: those due at `hand.now` and before the
+    /// deadline, not to a webhook endpoint, of no paused window. The batches are matched to
+    /// `rows` by index.
+    pub async fn enqueue_broadcast_handing(
+        &self,
+        b: &Broadcast,
+        rows: &[(RecipientId, Channel, Option<i64>)],
+        due_at: DateTime<Utc>,
+        hand: Option<&HandOver<'_>>,
+    ) -> Result<WrittenPage, StoreError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(WrittenPage::default());
         }
-        let notice = b.notice.map(|n| n.to_string()).unwrap_or_else(|| "message".to_owned());
         // Sending goes on beside recording: on SQLite the two take turns to write.
         let _turn = self.write_turn().await;
         on_pool!(self, p => {
             let mut tx = p.begin().await?;
+            let mut paused = false;
             // The window's lock, as a page of its fan-out takes it: the two enqueue one after
             // the other, each seeing the other's rows (see `Store::enqueue_page`).
             if let Some(window) = b.window {
@@ -99,43 +114,175 @@ impl Store {
                     .bind(window.0)
                     .execute(&mut *tx)
                     .await?;
+                if hand.is_some() {
+                    paused = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM paused_windows WHERE window_id = $1)")
+                        .bind(window.0)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                }
             }
-            let mut inserted = 0;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new(
-                    "WITH v (window_id, broadcast_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (",
-                );
-                qb.push_values(chunk, |mut q, (recipient, channel, endpoint)| {
-                    q.push_bind(b.window.map(|w| w.0))
-                        .push_bind(b.id)
-                        .push_bind(i64::from(b.revision.unwrap_or(0)))
-                        .push_bind(notice.clone())
-                        .push_bind(recipient.0)
-                        .push_bind(channel.as_str())
-                        .push_bind(*endpoint)
-                        .push_bind(to_millis(due_at))
-                        .push_bind(to_millis(b.deadline));
-                });
-                qb.push(
-                    ") INSERT INTO deliveries (window_id, broadcast_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) \
-                     SELECT v.window_id, v.broadcast_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline FROM v",
-                );
-                // A window notice is not sent again to whom the window's own rows already
-                // carry it. A free message has no window, so nothing could match: the check is
-                // left out rather than planned against the whole ledger.
-                qb.push(if b.window.is_some() {
-                    " WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
-                     AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
-                     AND w.recipient_id = v.recipient_id AND w.channel = v.channel \
-                     AND COALESCE(w.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) AND w.state IN ('pending', 'claimed', 'sent')) \
-                     ON CONFLICT DO NOTHING"
-                } else {
-                    super::UNCONDITIONAL_UPSERT
-                });
-                inserted += qb.build().execute(&mut *tx).await?.rows_affected();
-            }
+            let tokens = match hand {
+                Some(hand) if !paused => hand.tokens(rows.iter().map(|r| (due_at, b.deadline, r.2.is_some()))),
+                _ => Vec::new(),
+            };
+            let claiming = Claiming::of(hand, &tokens);
+            let inserted = tx.insert_broadcast(b, rows, to_millis(due_at), claiming.as_ref()).await?;
+            let claimed = match &claiming {
+                Some(claiming) => {
+                    let distinct = claiming.distinct();
+                    let written = tx.written_claimed(&distinct).await?;
+                    claimed_batches(rows.iter().map(|r| (r.0, r.1)), &distinct, written)?
+                }
+                None => Vec::new(),
+            };
             tx.commit().await?;
-            Ok(inserted)
+            Ok(WrittenPage { inserted, claimed })
         })
+    }
+}
+
+/// The columns a broadcast's row sets.
+const BROADCAST_COLUMNS: &str =
+    "window_id, broadcast_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline";
+
+/// What a broadcast's rows share, as the columns of a one-row `c` (`$1` to `$6` in
+/// PostgreSQL; each a bound value of SQLite's builder).
+const SHARED: &str = "c (window_id, broadcast_id, revision, notice, due_at, deadline";
+
+/// The end of a broadcast's insert. A window notice is not sent again to whom the window's
+/// own rows already carry it. A free message has no window, so nothing could match: the check
+/// is left out rather than planned against the whole ledger.
+fn broadcast_tail(b: &Broadcast) -> &'static str {
+    if b.window.is_some() {
+        " WHERE NOT EXISTS (SELECT 1 FROM deliveries w WHERE w.broadcast_id IS NULL \
+         AND w.window_id = v.window_id AND w.revision = v.revision AND w.notice = v.notice \
+         AND w.recipient_id = v.recipient_id AND w.channel = v.channel \
+         AND COALESCE(w.endpoint_id, 0) = COALESCE(v.endpoint_id, 0) AND w.state IN ('pending', 'claimed', 'sent')) \
+         ON CONFLICT DO NOTHING"
+    } else {
+        super::UNCONDITIONAL_UPSERT
+    }
+}
+
+/// The notice column of a broadcast's rows.
+fn notice(b: &Broadcast) -> String {
+    b.notice.map(|n| n.to_string()).unwrap_or_else(|| "message".to_owned())
+}
+
+/// Inserting a broadcast's rows inside a transaction, those given a token in `claiming`
+/// claimed under it; the count of new rows. The values every row shares are bound once.
+trait InsertBroadcast {
+    async fn insert_broadcast(
+        &mut self,
+        b: &Broadcast,
+        rows: &[(RecipientId, Channel, Option<i64>)],
+        due_at: i64,
+        claiming: Option<&Claiming<'_>>,
+    ) -> Result<u64, sqlx::Error>;
+}
+
+impl InsertBroadcast for sqlx::SqliteConnection {
+    async fn insert_broadcast(
+        &mut self,
+        b: &Broadcast,
+        rows: &[(RecipientId, Channel, Option<i64>)],
+        due_at: i64,
+        claiming: Option<&Claiming<'_>>,
+    ) -> Result<u64, sqlx::Error> {
+        let (columns, values) = inserted_columns(
+            BROADCAST_COLUMNS,
+            claiming.is_some(),
+            Dialect::Sqlite,
+            "c.owner",
+            "c.lease",
+        );
+        let notice = notice(b);
+        let mut inserted = 0;
+        for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
+            let first = n * ROWS_PER_STATEMENT;
+            let mut qb = QueryBuilder::new(format!(
+                "WITH {SHARED}{}) AS (SELECT ",
+                if claiming.is_some() { ", owner, lease" } else { "" }
+            ));
+            let mut shared = qb.separated(", ");
+            shared
+                .push_bind(b.window.map(|w| w.0))
+                .push_bind(b.id)
+                .push_bind(i64::from(b.revision.unwrap_or(0)))
+                .push_bind(&notice)
+                .push_bind(due_at)
+                .push_bind(to_millis(b.deadline));
+            if let Some(c) = claiming {
+                shared.push_bind(c.owner).push_bind(c.lease_ms);
+            }
+            qb.push(format!(
+                "), u (recipient_id, channel, endpoint_id{}) AS (",
+                if claiming.is_some() { ", lease_token" } else { "" }
+            ));
+            qb.push_values(
+                chunk.iter().enumerate(),
+                |mut q, (i, (recipient, channel, endpoint))| {
+                    q.push_bind(recipient.0)
+                        .push_bind(channel.as_str())
+                        .push_bind(*endpoint);
+                    if let Some(c) = claiming {
+                        q.push_bind(c.tokens.get(first + i).copied().flatten());
+                    }
+                },
+            );
+            qb.push(format!(
+                "), v AS (SELECT c.window_id, c.broadcast_id, c.revision, c.notice, u.recipient_id, u.channel, \
+                 u.endpoint_id, c.due_at, c.deadline{} FROM u, c) \
+                 INSERT INTO deliveries ({columns}) SELECT {values} FROM v{}{}",
+                if claiming.is_some() { ", u.lease_token" } else { "" },
+                if claiming.is_some() { ", c" } else { "" },
+                broadcast_tail(b)
+            ));
+            inserted += qb.build().execute(&mut *self).await?.rows_affected();
+        }
+        Ok(inserted)
+    }
+}
+
+impl InsertBroadcast for sqlx::PgConnection {
+    /// One statement for the whole page, the rows' own columns bound as arrays and
+    /// `unnest`ed inside the database.
+    async fn insert_broadcast(
+        &mut self,
+        b: &Broadcast,
+        rows: &[(RecipientId, Channel, Option<i64>)],
+        due_at: i64,
+        claiming: Option<&Claiming<'_>>,
+    ) -> Result<u64, sqlx::Error> {
+        let (columns, values) =
+            inserted_columns(BROADCAST_COLUMNS, claiming.is_some(), Dialect::Postgres, "$11", "$12");
+        let (token_array, token_column) = if claiming.is_some() {
+            (", $10::bigint[]", ", lease_token")
+        } else {
+            ("", "")
+        };
+        let sql = format!(
+            "WITH {SHARED}) AS (SELECT $1::bigint, $2::bigint, $3::bigint, $4::text, $5::bigint, $6::bigint), \
+             v AS (SELECT c.window_id, c.broadcast_id, c.revision, c.notice, u.recipient_id, u.channel, u.endpoint_id, \
+             c.due_at, c.deadline{token_column} FROM c, \
+             unnest($7::bigint[], $8::text[], $9::bigint[]{token_array}) AS u (recipient_id, channel, endpoint_id{token_column})) \
+             INSERT INTO deliveries ({columns}) SELECT {values} FROM v{}",
+            broadcast_tail(b)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(b.window.map(|w| w.0))
+            .bind(b.id)
+            .bind(i64::from(b.revision.unwrap_or(0)))
+            .bind(notice(b))
+            .bind(due_at)
+            .bind(to_millis(b.deadline))
+            .bind(rows.iter().map(|r| r.0.0).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<&str>>())
+            .bind(rows.iter().map(|r| r.2).collect::<Vec<Option<i64>>>());
+        if let Some(c) = claiming {
+            let tokens: Vec<Option<i64>> = (0..rows.len()).map(|i| c.tokens.get(i).copied().flatten()).collect();
+            q = q.bind(tokens).bind(c.owner.to_owned()).bind(c.lease_ms);
+        }
+        Ok(q.execute(&mut *self).await?.rows_affected())
     }
 }

@@ -127,6 +127,16 @@ impl Store {
         Ok(u64::try_from(others).unwrap_or(0))
     }
 
+    /// Whether `me` writes the rows it can send at once claimed for its own lanes (see
+    /// `dispatch::handoff`), sparing each a claim's write and its read-back. On SQLite always: a
+    /// daemon holds the file alone, and the write spared is a turn of its one writer. On
+    /// PostgreSQL while no other process sends from the database: rows written claimed for one
+    /// process are rows the others cannot claim, and their share of a fan-out is its pending
+    /// rows.
+    pub async fn hands_over(&self, me: &str) -> Result<bool, StoreError> {
+        Ok(self.writes_take_turns() || self.others_alive(me).await? == 0)
+    }
+
     /// `me` stops: its row goes, and its lease if it leads.
     pub async fn leave(&self, me: &str) -> Result<(), StoreError> {
         on_pool!(self, p => sqlx::query("DELETE FROM daemons WHERE name = $1").bind(me).execute(p).await.map(|_| ())?);

@@ -18,7 +18,7 @@ use super::Attempt;
 use super::attempts::insert_attempts;
 use super::rows::{ClaimRow, Claimed};
 use super::{Dialect, Pool, ROWS_PER_STATEMENT, Store, StoreError, json_ids};
-use crate::domain::{Audience, Notice, PlannedDelivery, RecipientId, WindowId, fingerprint, to_millis};
+use crate::domain::{Audience, Channel, Notice, PlannedDelivery, RecipientId, WindowId, fingerprint, to_millis};
 
 /// How a claimed delivery ended this attempt.
 #[derive(Debug, Clone)]
@@ -143,13 +143,17 @@ pub struct HandOver<'a> {
 
 impl HandOver<'_> {
     /// A token for each row written claimed, a new one every `batch` rows; `None` for a row
-    /// written pending.
-    fn tokens(&self, rows: &[PlannedDelivery]) -> Vec<Option<i64>> {
+    /// written pending. Each row is given as its due time, its deadline and whether it goes to
+    /// a webhook endpoint.
+    pub(super) fn tokens(
+        &self,
+        rows: impl IntoIterator<Item = (DateTime<Utc>, DateTime<Utc>, bool)>,
+    ) -> Vec<Option<i64>> {
         let mut token = new_token();
         let mut in_batch = 0;
-        rows.iter()
-            .map(|r| {
-                if r.due_at > self.now || r.deadline <= self.now || r.endpoint.is_some() {
+        rows.into_iter()
+            .map(|(due_at, deadline, to_endpoint)| {
+                if due_at > self.now || deadline <= self.now || to_endpoint {
                     return None;
                 }
                 if in_batch == self.batch.max(1) {
@@ -180,18 +184,18 @@ pub struct ClaimedBatch {
     pub rows: Vec<(i64, usize)>,
 }
 
-/// Matches the rows read back by token to the planned rows they were written from, by
-/// recipient and channel (one row each in a page of one notice, webhook rows aside, which are
-/// never written claimed).
-fn claimed_batches(
-    rows: &[PlannedDelivery],
+/// Matches the rows read back by token to the rows they were written from, given as each
+/// one's recipient and channel: one row each in a page of one notice or broadcast, webhook
+/// rows aside, which are never written claimed.
+pub(super) fn claimed_batches(
+    rows: impl IntoIterator<Item = (RecipientId, Channel)>,
     tokens: &[i64],
     written: Vec<(i64, i64, i64, String)>,
 ) -> Result<Vec<ClaimedBatch>, StoreError> {
     let index: std::collections::HashMap<(i64, &str), usize> = rows
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, r)| ((r.recipient.0, r.channel.as_str()), i))
+        .map(|(i, (recipient, channel))| ((recipient.0, channel.as_str()), i))
         .collect();
     let mut batches: Vec<ClaimedBatch> = tokens
         .iter()
@@ -320,30 +324,63 @@ trait InsertPlanned {
         broadcasts: Broadcasts,
         claiming: Option<&Claiming<'_>>,
     ) -> Result<u64, sqlx::Error>;
+}
+
+/// Reading back the rows just written claimed.
+pub(super) trait WrittenClaimed {
     /// What the rows written claimed under `tokens` are: (token, id, recipient, channel).
     async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError>;
 }
 
 /// Rows written claimed as they are enqueued: a token per row (`None`: pending, as usual),
 /// the owner and the lease.
-struct Claiming<'a> {
-    tokens: &'a [Option<i64>],
-    owner: &'a str,
-    lease_ms: i64,
+pub(super) struct Claiming<'a> {
+    pub(super) tokens: &'a [Option<i64>],
+    pub(super) owner: &'a str,
+    pub(super) lease_ms: i64,
 }
 
-/// The columns an insert of planned rows sets from `v`, and, when `claiming`, the claim's:
-/// a row with a token is claimed, one without pending. `$owner` and `$lease` are the claim's
-/// owner and lease as the dialect binds them.
-fn planned_columns(claiming: bool, dialect: Dialect, owner: &str, lease: &str) -> (String, String) {
-    let planned = "window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline";
-    let from_v = "v.window_id, v.revision, v.notice, v.recipient_id, v.channel, v.endpoint_id, v.due_at, v.deadline";
+impl<'a> Claiming<'a> {
+    /// What `hand` claims of rows given `tokens` (see `HandOver::tokens`); `None` if no row
+    /// has one.
+    pub(super) fn of(hand: Option<&HandOver<'a>>, tokens: &'a [Option<i64>]) -> Option<Claiming<'a>> {
+        hand.filter(|_| tokens.iter().any(Option::is_some))
+            .map(|hand| Claiming {
+                tokens,
+                owner: hand.owner,
+                lease_ms: millis(hand.lease),
+            })
+    }
+
+    /// The distinct tokens, in order.
+    pub(super) fn distinct(&self) -> Vec<i64> {
+        let mut distinct: Vec<i64> = self.tokens.iter().flatten().copied().collect();
+        distinct.dedup();
+        distinct
+    }
+}
+
+/// An insert's columns set from `v` (`columns`, each as `v.column`), and, when `claiming`,
+/// the claim's: a row with a token is claimed, one without pending. `$owner` and `$lease` are
+/// the claim's owner and lease as the dialect binds them.
+pub(super) fn inserted_columns(
+    columns: &str,
+    claiming: bool,
+    dialect: Dialect,
+    owner: &str,
+    lease: &str,
+) -> (String, String) {
+    let from_v = columns
+        .split(", ")
+        .map(|c| format!("v.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if !claiming {
-        return (planned.to_owned(), from_v.to_owned());
+        return (columns.to_owned(), from_v);
     }
     let now = db_now_ms(dialect);
     (
-        format!("{planned}, state, lease_owner, lease_token, lease_until, attempts"),
+        format!("{columns}, state, lease_owner, lease_token, lease_until, attempts"),
         format!(
             "{from_v}, CASE WHEN v.lease_token IS NULL THEN 'pending' ELSE 'claimed' END, \
              CASE WHEN v.lease_token IS NULL THEN NULL ELSE {owner} END, v.lease_token, \
@@ -352,6 +389,9 @@ fn planned_columns(claiming: bool, dialect: Dialect, owner: &str, lease: &str) -
         ),
     )
 }
+
+/// The columns a planned row sets.
+const PLANNED_COLUMNS: &str = "window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline";
 
 /// The end of the insert: the told-once check where it is needed, and the idempotency key.
 fn insert_tail(broadcasts: Broadcasts) -> String {
@@ -368,7 +408,13 @@ impl InsertPlanned for sqlx::SqliteConnection {
         broadcasts: Broadcasts,
         claiming: Option<&Claiming<'_>>,
     ) -> Result<u64, sqlx::Error> {
-        let (columns, values) = planned_columns(claiming.is_some(), Dialect::Sqlite, "c.owner", "c.lease");
+        let (columns, values) = inserted_columns(
+            PLANNED_COLUMNS,
+            claiming.is_some(),
+            Dialect::Sqlite,
+            "c.owner",
+            "c.lease",
+        );
         let mut inserted = 0;
         for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
             let first = n * ROWS_PER_STATEMENT;
@@ -404,7 +450,9 @@ impl InsertPlanned for sqlx::SqliteConnection {
         }
         Ok(inserted)
     }
+}
 
+impl WrittenClaimed for sqlx::SqliteConnection {
     async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError> {
         // One row of JSON, as for a claim's read-back.
         let json: String = sqlx::query_scalar(
@@ -430,7 +478,7 @@ impl InsertPlanned for sqlx::PgConnection {
         if rows.is_empty() {
             return Ok(0);
         }
-        let (columns, values) = planned_columns(claiming.is_some(), Dialect::Postgres, "$10", "$11");
+        let (columns, values) = inserted_columns(PLANNED_COLUMNS, claiming.is_some(), Dialect::Postgres, "$10", "$11");
         let (token_array, token_column) = if claiming.is_some() {
             (", $9::bigint[]", ", lease_token")
         } else {
@@ -458,7 +506,9 @@ impl InsertPlanned for sqlx::PgConnection {
         }
         Ok(q.execute(&mut *self).await?.rows_affected())
     }
+}
 
+impl WrittenClaimed for sqlx::PgConnection {
     async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT lease_token, id, recipient_id, channel FROM deliveries WHERE lease_token = ANY($1) AND state = 'claimed'",
@@ -676,19 +726,14 @@ impl Store {
             .await?;
             let broadcasts = if broadcast { Broadcasts::MayReach } else { Broadcasts::NoneReach };
             let tokens = match hand {
-                Some(hand) if !paused => hand.tokens(rows),
+                Some(hand) if !paused => hand.tokens(rows.iter().map(|r| (r.due_at, r.deadline, r.endpoint.is_some()))),
                 _ => Vec::new(),
             };
-            let claiming = hand.filter(|_| tokens.iter().any(Option::is_some)).map(|hand| Claiming {
-                tokens: &tokens,
-                owner: hand.owner,
-                lease_ms: millis(hand.lease),
-            });
+            let claiming = Claiming::of(hand, &tokens);
             let inserted = tx.insert_planned_claiming(rows, broadcasts, claiming.as_ref()).await?;
-            let claimed = if claiming.is_some() {
-                let mut distinct: Vec<i64> = tokens.iter().flatten().copied().collect();
-                distinct.dedup();
-                claimed_batches(rows, &distinct, tx.written_claimed(&distinct).await?)?
+            let claimed = if let Some(claiming) = &claiming {
+                let distinct = claiming.distinct();
+                claimed_batches(rows.iter().map(|r| (r.recipient, r.channel)), &distinct, tx.written_claimed(&distinct).await?)?
             } else {
                 Vec::new()
             };

@@ -32,6 +32,7 @@ on_both!(
     a_lead_keeps_its_term_until_another_daemon_leads_between,
     a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
     a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent,
+    a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -1219,6 +1220,128 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
     assert_eq!(
         states(db, w.id).await,
         BTreeMap::from([("claimed".into(), 1), ("pending".into(), 5), ("sent".into(), 2)])
+    );
+}
+
+/// A broadcast's rows can be written as a fan-out's page can: those that can go out at once
+/// claimed, in batches under their own tokens, matched to the rows given by index; the rest
+/// pending. Whom the window's own rows reach is left out either way.
+async fn a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db: &TestDb) {
+    let ids = seed(db, 6).await;
+    let now = start() - TimeDelta::hours(50);
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    // The window's own announcement reached the first.
+    assert_eq!(
+        db.store
+            .enqueue(&planned(w.id, 1, Notice::Announced, &ids[..1], 100))
+            .await
+            .unwrap(),
+        1
+    );
+    let new = |name: &str, deadline| NewBroadcast {
+        name: name.into(),
+        window: Some(w.id),
+        revision: Some(1),
+        notice: Some(Notice::Announced),
+        message: None,
+        filter: AudienceFilter {
+            channels: vec![Channel::Sms],
+            ..AudienceFilter::default()
+        },
+        deadline,
+    };
+    let b = db
+        .store
+        .create_broadcast(&new("again", start()), now, "ops")
+        .await
+        .unwrap();
+    let hand = HandOver {
+        owner: "broadcast:1",
+        lease: LEASE,
+        batch: 2,
+        now,
+    };
+    let rows: Vec<(RecipientId, Channel, Option<i64>)> =
+        ids[..5].iter().map(|&i| (RecipientId(i), Channel::Sms, None)).collect();
+    let written = db
+        .store
+        .enqueue_broadcast_handing(&b, &rows, now, Some(&hand))
+        .await
+        .unwrap();
+    assert_eq!(written.inserted, 4, "the one the window's rows reach is left out");
+    let batches: Vec<Vec<usize>> = written
+        .claimed
+        .iter()
+        .map(|batch| batch.rows.iter().map(|&(_, at)| at).collect())
+        .collect();
+    // Tokens go two to a batch over the rows given: the row left out leaves its batch one short.
+    assert_eq!(batches, vec![vec![1], vec![2, 3], vec![4]], "by index into the rows");
+    assert_eq!(db.store.claimed_by("broadcast:1").await.unwrap(), 4);
+    assert!(claim(db, now, 10, "b", LEASE, Some(b.id)).await.1.is_empty());
+    // Each id read back is the row written for that recipient.
+    let (token, rows_of) = (written.claimed[1].token, &written.claimed[1].rows);
+    let sent: Vec<Finish> = rows_of
+        .iter()
+        .map(|&(id, _)| Finish::Sent {
+            id,
+            at: now,
+            backend: "file".into(),
+            provider_id: None,
+            body_id: None,
+            latency: Duration::from_millis(1),
+        })
+        .collect();
+    assert!(db.store.finish(token, &sent).await.unwrap().is_empty());
+    let told = db
+        .store
+        .told_among(w.id, RecipientId(ids[0]), RecipientId(ids[5]))
+        .await
+        .unwrap();
+    assert_eq!(
+        told,
+        [RecipientId(ids[2]), RecipientId(ids[3])].into(),
+        "the rows sent under the second batch's token are the third and fourth recipients'"
+    );
+
+    // Written again: nothing new, nothing claimed.
+    let twice = db
+        .store
+        .enqueue_broadcast_handing(&b, &rows, now, Some(&hand))
+        .await
+        .unwrap();
+    assert_eq!((twice.inserted, twice.claimed.len()), (0, 0));
+
+    // Past its deadline at `now`: written pending, for expiry to settle.
+    let late = db.store.create_broadcast(&new("late", now), now, "ops").await.unwrap();
+    let one = [(RecipientId(ids[5]), Channel::Sms, None)];
+    let written = db
+        .store
+        .enqueue_broadcast_handing(&late, &one, now, Some(&hand))
+        .await
+        .unwrap();
+    assert_eq!((written.inserted, written.claimed.len()), (1, 0));
+
+    // A paused window's broadcast is written pending: claims leave it be until it resumes.
+    assert!(db.store.pause_window(w.id, "ops", now).await.unwrap());
+    let paused = db
+        .store
+        .create_broadcast(&new("paused", start()), now, "ops")
+        .await
+        .unwrap();
+    let written = db
+        .store
+        .enqueue_broadcast_handing(&paused, &one, now, Some(&hand))
+        .await
+        .unwrap();
+    assert_eq!((written.inserted, written.claimed.len()), (1, 0));
+    assert_eq!(
+        db.store.claimed_by("broadcast:1").await.unwrap(),
+        2,
+        "the first and last batches"
     );
 }
 

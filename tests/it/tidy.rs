@@ -16,7 +16,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("storage", &["domain"]),
     ("import", &["domain", "storage"]),
     ("dispatch", &["domain", "storage", "render", "channels", "clock"]),
-    ("broadcast", &["domain", "storage", "render"]),
+    (
+        "broadcast",
+        &["domain", "storage", "render", "dispatch", "clock", "shutdown"],
+    ),
     ("scheduler", &["domain", "storage", "planner", "dispatch", "clock"]),
     ("config", &["domain", "channels", "dispatch", "broadcast"]),
     (
