@@ -44,6 +44,9 @@ pub struct DispatchReport {
     pub possibly_duplicate: u64,
     /// Outcomes not recorded because the lease was lost (another worker took the rows over).
     pub lost: u64,
+    /// Of the rows claimed, those written claimed for these lanes by the planner or a
+    /// broadcast's recording and handed over (`handoff`), rather than claimed from the queue.
+    pub handed: u64,
 }
 
 impl DispatchReport {
@@ -56,6 +59,7 @@ impl DispatchReport {
         self.superseded += other.superseded;
         self.possibly_duplicate += other.possibly_duplicate;
         self.lost += other.lost;
+        self.handed += other.handed;
     }
 }
 
@@ -365,6 +369,7 @@ impl Dispatcher {
                 (None, Some(handed)) if !queue_turn => handed.take().await,
                 _ => None,
             };
+            let handed_over = waiting.is_some();
             let claim = match waiting {
                 Some(batch) => match handoff::ready(&self.store, batch, lease).await {
                     Some(claim) => claim,
@@ -426,7 +431,10 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tokio::time::Instant::now(), behind));
             }
-            let r = self.dispatch_batch(claim, clock, &mut cache).await?;
+            let mut r = self.dispatch_batch(claim, clock, &mut cache).await?;
+            if handed_over {
+                r.handed = r.claimed;
+            }
             self.sent.fetch_add(r.sent, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
                 claimed = r.claimed,
@@ -437,6 +445,7 @@ impl Dispatcher {
                 superseded = r.superseded,
                 possibly_duplicate = r.possibly_duplicate,
                 lost = r.lost,
+                handed = handed_over,
                 "batch dispatched"
             );
             let total = {

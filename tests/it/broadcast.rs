@@ -169,6 +169,7 @@ async fn a_free_message_goes_once_per_recipient_and_channel_on_postgres_alone_or
     .await
     .unwrap();
     assert_eq!(beside["this_run"]["sent"], 20);
+    assert_eq!(beside["this_run"]["handed"], 0, "claimed from the queue");
     assert_eq!(beside["states"], serde_json::json!({"sent": 20}));
     assert_eq!(cli.outbox_lines(), 60);
     db.finish().await;
@@ -180,6 +181,10 @@ fn a_free_message_goes_once_per_recipient_and_channel(cli: &Cli) {
     let first = json(&cli.ok(&args));
     // Swahili readers, not opted out (0 is English anyway), sms only: the 20 odd ones.
     assert_eq!(first["states"]["sent"], 20);
+    assert_eq!(
+        first["this_run"]["handed"], 20,
+        "alone, it hands its rows to its own lanes"
+    );
     let sms = std::fs::read_to_string(cli.path("outbox/sms.jsonl")).unwrap();
     let bodies: Vec<serde_json::Value> = sms.lines().map(json).collect();
     assert_eq!(bodies.len(), 20);

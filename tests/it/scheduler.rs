@@ -577,3 +577,66 @@ async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out
     // can stall past a one-second lease, and the other worker then settles its claim: the rows
     // are flagged, as a lapsed claim's rows always are, and still go out once (above).
 }
+
+/// On PostgreSQL a process alone writes its fan-out's due rows claimed for its own lanes. A
+/// daemon that starts in the middle of the fan-out finds every page written after its first
+/// beat pending and takes its share of them; every row goes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn a_daemon_that_joins_a_handed_fan_out_on_postgres_gets_the_pages_written_after_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tangazo::scheduler::Progress;
+    let db = TestDb::postgres().await;
+    english_customers(&db, 40_000).await;
+    let (rig, other) = (Rig::new(&db), Rig::named(&db, "other", ""));
+    assert!(rig.scheduler.hands_over().await.unwrap(), "alone at the start");
+    let created = start() - TimeDelta::hours(100);
+    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let clock = tangazo::clock::Clock::Fixed(created);
+    let (stop, ticked) = (CancellationToken::new(), CancellationToken::new());
+    // Rows enqueued by the first page, once it is written; the other daemon beats then, before
+    // the second page is written.
+    let first_page = AtomicU64::new(0);
+    let progress = |p: Progress| {
+        if let Progress::Planning { enqueued, .. } = p
+            && first_page.load(Ordering::SeqCst) == 0
+        {
+            first_page.store(enqueued, Ordering::SeqCst);
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(db.store.beat(
+                    "other",
+                    std::time::Duration::from_secs(3600),
+                    0,
+                    0.0,
+                ))
+            })
+            .unwrap();
+        }
+    };
+    let tick = async {
+        let report = rig.scheduler.tick_reporting(&clock, &stop, &progress).await.unwrap();
+        ticked.cancel();
+        report
+    };
+    let beside = other
+        .scheduler
+        .dispatcher()
+        .run_alongside(&clock, None, &ticked, &stop, &|_| {});
+    let (report, beside) = tokio::join!(tick, beside);
+    let beside = beside.unwrap();
+    let first = first_page.load(Ordering::SeqCst);
+    assert_eq!(report.enqueued, 60_000);
+    assert!(first > 0 && first < 60_000, "{first} rows in the first page");
+    assert_eq!(
+        report.dispatch.handed, first,
+        "the rows of the first page only were written claimed and handed over"
+    );
+    assert!(beside.sent > 0, "the newcomer took a share of the later pages");
+    assert_eq!(report.dispatch.sent + beside.sent, 60_000);
+    assert_eq!(rig.sent() + other.sent(), 60_000);
+    let rows = db.store.deliveries(w.id, None, None).await.unwrap();
+    assert_eq!(rows.len(), 60_000);
+    assert!(rows.iter().all(|r| r.state == tangazo::domain::DeliveryState::Sent));
+    drop((rig, other));
+    db.finish().await;
+}
