@@ -206,9 +206,9 @@ pub struct Handing<'a> {
 }
 
 /// Records the broadcast's rows for the whole audience, a page at a time, due at `now`.
-/// Returns how many were new, or `None` if `stop` was cancelled first: the page being
-/// recorded then rolls back, and the same broadcast again records the rest. With `handing`,
-/// each page's rows that can go out at once are written claimed and handed over.
+/// Returns how many were new, or `None` if `stop` was cancelled first: recording then ends
+/// between pages, and the same broadcast again records the rest. With `handing`, each page's
+/// rows that can go out at once are written claimed and handed over.
 pub async fn enqueue_audience(
     store: &Store,
     content: &Content,
@@ -224,7 +224,7 @@ pub async fn enqueue_audience(
     // statistics of the queue as it grows.
     let mut analyze_at = crate::storage::FIRST_ANALYZE;
     loop {
-        let record = async {
+        let read = async {
             let Some(page) = pager.next(store).await? else {
                 return Ok(None);
             };
@@ -238,30 +238,36 @@ pub async fn enqueue_audience(
                 })
                 .collect();
             let rows = per_endpoint(store, Some(content), rows).await?;
-            // Asked at every page: a process that started sending meanwhile finds the rest
-            // pending, its share to claim.
-            let over = match &handing {
-                Some(h) if store.hands_over(h.owner).await? => Some(HandOver {
-                    owner: h.owner,
-                    lease: h.lease,
-                    batch: h.batch,
-                    now: h.clock.now(),
-                }),
-                _ => None,
-            };
-            // Before the page is written: no batch's lease began earlier.
-            let written_at = Handed::stamp();
-            let written = store
-                .enqueue_broadcast_handing(broadcast, &rows, now, over.as_ref())
-                .await?;
-            Ok::<_, StoreError>(Some((page, rows, written, written_at)))
+            Ok::<_, StoreError>(Some((page, rows)))
         };
-        let Some(recorded) = stop.run_until_cancelled(record).await else {
+        // Stopped while a page is read: nothing of it is written. A page being written is
+        // not given up halfway: its commit could land unseen, leaving rows claimed that no
+        // lane would ever be handed.
+        let Some(read) = stop.run_until_cancelled(read).await else {
             return Ok(None);
         };
-        let Some((page, rows, written, written_at)) = recorded? else {
+        let Some((page, rows)) = read? else {
             break;
         };
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        // Asked at every page: a process that started sending meanwhile finds the rest
+        // pending, its share to claim.
+        let over = match &handing {
+            Some(h) if store.hands_over(h.owner).await? => Some(HandOver {
+                owner: h.owner,
+                lease: h.lease,
+                batch: h.batch,
+                now: h.clock.now(),
+            }),
+            _ => None,
+        };
+        // Before the page is written: no batch's lease began earlier.
+        let written_at = Handed::stamp();
+        let written = store
+            .enqueue_broadcast_handing(broadcast, &rows, now, over.as_ref())
+            .await?;
         enqueued += written.inserted;
         if enqueued >= analyze_at {
             store.analyze_growing_queue().await?;

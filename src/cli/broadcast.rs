@@ -195,8 +195,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let record = async {
         // However recording ends, sending finishes what was recorded and stops.
         let _recorded = recorded.clone().drop_guard();
-        // Stopped: the page being recorded rolls back; the same command again records the
-        // rest.
+        // Stopped: recording ends between pages; the same command again records the rest.
         let enqueued = broadcast::enqueue_audience(&store, &content, &broadcast, now, handing, &stop).await;
         (enqueued, started.elapsed().as_secs_f64())
     };
