@@ -534,6 +534,28 @@ async fn a_fan_out_is_written_claimed_for_its_own_lanes_only_while_no_other_proc
     assert!(rows.iter().all(|r| r.state == tangazo::domain::DeliveryState::Sent));
 }
 
+/// A tick of `rig`'s, telling `progress`, while `other`'s dispatcher claims from the same queue
+/// until the tick ends: the tick's report and the other's.
+async fn tick_beside(
+    rig: &Rig,
+    other: &Rig,
+    clock: &tangazo::clock::Clock,
+    progress: tangazo::scheduler::ProgressSink<'_>,
+) -> (tangazo::scheduler::TickReport, tangazo::dispatch::DispatchReport) {
+    let (stop, ticked) = (CancellationToken::new(), CancellationToken::new());
+    let tick = async {
+        let report = rig.scheduler.tick_reporting(clock, &stop, progress).await.unwrap();
+        ticked.cancel();
+        report
+    };
+    let beside = other
+        .scheduler
+        .dispatcher()
+        .run_alongside(clock, None, &ticked, &stop, &|_| {});
+    let (report, beside) = tokio::join!(tick, beside);
+    (report, beside.unwrap())
+}
+
 /// A fan-out written claimed and handed to the tick's own lanes while another worker claims
 /// from the same queue and settles lapsed claims, on the real clock, with a one-second lease
 /// that the run outlasts: every row goes out once and nothing is left claimed. (A batch that
@@ -550,19 +572,8 @@ async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out
     let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
     // Real time, from the window's creation on.
     let clock = tangazo::clock::Clock::starting_at(created);
-    let (stop, ticked) = (CancellationToken::new(), CancellationToken::new());
     let began = std::time::Instant::now();
-    let tick = async {
-        let report = rig.scheduler.tick(&clock, &stop).await.unwrap();
-        ticked.cancel();
-        report
-    };
-    let beside = other
-        .scheduler
-        .dispatcher()
-        .run_alongside(&clock, None, &ticked, &stop, &|_| {});
-    let (report, beside) = tokio::join!(tick, beside);
-    let beside = beside.unwrap();
+    let (report, beside) = tick_beside(&rig, &other, &clock, &|_| {}).await;
     assert!(
         began.elapsed() > std::time::Duration::from_secs(1),
         "the run outlasts a lease"
@@ -593,7 +604,6 @@ async fn a_daemon_that_joins_a_handed_fan_out_on_postgres_gets_the_pages_written
     let created = start() - TimeDelta::hours(100);
     let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
     let clock = tangazo::clock::Clock::Fixed(created);
-    let (stop, ticked) = (CancellationToken::new(), CancellationToken::new());
     // Rows enqueued by the first page, once it is written; the other daemon beats then, before
     // the second page is written.
     let first_page = AtomicU64::new(0);
@@ -613,17 +623,7 @@ async fn a_daemon_that_joins_a_handed_fan_out_on_postgres_gets_the_pages_written
             .unwrap();
         }
     };
-    let tick = async {
-        let report = rig.scheduler.tick_reporting(&clock, &stop, &progress).await.unwrap();
-        ticked.cancel();
-        report
-    };
-    let beside = other
-        .scheduler
-        .dispatcher()
-        .run_alongside(&clock, None, &ticked, &stop, &|_| {});
-    let (report, beside) = tokio::join!(tick, beside);
-    let beside = beside.unwrap();
+    let (report, beside) = tick_beside(&rig, &other, &clock, &progress).await;
     let first = first_page.load(Ordering::SeqCst);
     assert_eq!(report.enqueued, 60_000);
     assert!(first > 0 && first < 60_000, "{first} rows in the first page");

@@ -1126,6 +1126,23 @@ async fn a_lead_keeps_its_term_until_another_daemon_leads_between(db: &TestDb) {
     assert_eq!(db.store.lead("a", LEASE).await.unwrap(), Some(again));
 }
 
+/// Records every row of a batch written claimed sent through the file outbox, under its token.
+async fn record_sent(db: &TestDb, batch: &tangazo::storage::ClaimedBatch, now: chrono::DateTime<chrono::Utc>) {
+    let sent: Vec<Finish> = batch
+        .rows
+        .iter()
+        .map(|&(id, _)| Finish::Sent {
+            id,
+            at: now,
+            backend: "file".into(),
+            provider_id: None,
+            body_id: None,
+            latency: Duration::from_millis(1),
+        })
+        .collect();
+    assert!(db.store.finish(batch.token, &sent).await.unwrap().is_empty());
+}
+
 /// A fan-out's page can be written with the rows that can go out at once already claimed, in
 /// batches under their own tokens: due, before their deadline, of a window not paused. The
 /// rest is written pending, as usual. A batch no lane takes goes back to the queue as if never
@@ -1177,20 +1194,7 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
     assert!(claim(db, now, 10, "b", LEASE, None).await.1.is_empty());
 
     // The first batch is recorded under its token, as a claim's would be.
-    let first = &written.claimed[0];
-    let sent: Vec<Finish> = first
-        .rows
-        .iter()
-        .map(|&(id, _)| Finish::Sent {
-            id,
-            at: now,
-            backend: "file".into(),
-            provider_id: None,
-            body_id: None,
-            latency: Duration::from_millis(1),
-        })
-        .collect();
-    assert!(db.store.finish(first.token, &sent).await.unwrap().is_empty());
+    record_sent(db, &written.claimed[0], now).await;
     // The second is given back: pending, its attempt not counted, not flagged.
     assert_eq!(db.store.give_back(written.claimed[1].token).await.unwrap(), 1);
     let (_, again) = claim(db, now, 10, "b", LEASE, None).await;
@@ -1283,19 +1287,7 @@ async fn a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batch
     assert_eq!(db.store.claimed_by("broadcast:1").await.unwrap(), 4);
     assert!(claim(db, now, 10, "b", LEASE, Some(b.id)).await.1.is_empty());
     // Each id read back is the row written for that recipient.
-    let (token, rows_of) = (written.claimed[1].token, &written.claimed[1].rows);
-    let sent: Vec<Finish> = rows_of
-        .iter()
-        .map(|&(id, _)| Finish::Sent {
-            id,
-            at: now,
-            backend: "file".into(),
-            provider_id: None,
-            body_id: None,
-            latency: Duration::from_millis(1),
-        })
-        .collect();
-    assert!(db.store.finish(token, &sent).await.unwrap().is_empty());
+    record_sent(db, &written.claimed[1], now).await;
     let told = db
         .store
         .told_among(w.id, RecipientId(ids[0]), RecipientId(ids[5]))
