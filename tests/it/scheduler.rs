@@ -24,6 +24,7 @@ on_both!(
     a_tick_stopped_while_it_sends_a_fan_out_leaves_nothing_claimed,
     a_fan_out_is_written_claimed_for_its_own_lanes_only_while_no_other_process_sends,
     a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out_once,
+    a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_out_once,
 );
 
 fn config(outbox: &Path) -> Config {
@@ -587,6 +588,80 @@ async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out
     // Not asserted: that no row is flagged as possibly sent twice. On a loaded machine a lane
     // can stall past a one-second lease, and the other worker then settles its claim: the rows
     // are flagged, as a lapsed claim's rows always are, and still go out once (above).
+}
+
+/// A broadcast recorded with its rows handed to its own lanes (as `tangazo broadcast` does)
+/// while another worker claims from the same queue and settles lapsed claims, on the real
+/// clock, with a one-second lease that the run outlasts: every row goes out once.
+async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_out_once(db: &TestDb) {
+    use tangazo::broadcast::{Content, Handing, enqueue_audience};
+    use tangazo::domain::{AudienceFilter, Channel, Message, MessageText};
+    english_customers(db, 30_000).await;
+    let short_lease = "[dispatch]\nlease = \"1s\"\nbatch_size = 500\n";
+    let (rig, other) = (
+        Rig::named(db, "broadcast:1", short_lease),
+        Rig::named(db, "other", short_lease),
+    );
+    let created = start() - TimeDelta::hours(100);
+    let clock = tangazo::clock::Clock::starting_at(created);
+    let message = Message::new(
+        MessageText {
+            text: "Pay bill is back".into(),
+            subject: None,
+        },
+        None,
+    )
+    .unwrap();
+    let content = Content::Message(message);
+    let filter = AudienceFilter {
+        channels: vec![Channel::Sms],
+        ..AudienceFilter::default()
+    };
+    let b = db
+        .store
+        .create_broadcast(
+            &content.to_new("pay-bill-back".into(), filter, created + TimeDelta::hours(24)),
+            created,
+            "ops",
+        )
+        .await
+        .unwrap();
+    let dispatcher = rig.scheduler.dispatcher();
+    assert!(db.store.hands_over(dispatcher.owner()).await.unwrap());
+    let config = dispatcher.config();
+    let (hand, handed) = tangazo::dispatch::handoff::channel(config.batches_in_flight);
+    let handing = Handing {
+        hand,
+        owner: dispatcher.owner(),
+        lease: config.lease.to_std(),
+        batch: config.batch_size,
+        clock: &clock,
+    };
+    let (stop, recorded) = (CancellationToken::new(), CancellationToken::new());
+    let began = std::time::Instant::now();
+    let record = async {
+        let n = enqueue_audience(&db.store, &content, &b, created, Some(handing), &stop).await;
+        recorded.cancel();
+        n
+    };
+    let send = dispatcher.run_handed(&clock, Some(b.id), &handed, &recorded, &stop, &|_| {});
+    let beside = other
+        .scheduler
+        .dispatcher()
+        .run_alongside(&clock, None, &recorded, &stop, &|_| {});
+    let (enqueued, sent, beside) = tokio::join!(record, send, beside);
+    let (sent, beside) = (sent.unwrap(), beside.unwrap());
+    assert!(
+        began.elapsed() > std::time::Duration::from_secs(1),
+        "the run outlasts a lease"
+    );
+    assert_eq!(enqueued.unwrap(), Some(30_000));
+    assert!(sent.handed > 0, "rows were handed over");
+    assert_eq!(sent.sent + beside.sent, 30_000);
+    assert_eq!(rig.sent() + other.sent(), 30_000);
+    let states = tangazo::broadcast::states(&db.store, b.id).await.unwrap();
+    assert_eq!(states.get(tangazo::domain::DeliveryState::Sent), 30_000);
+    assert_eq!(states.open(), 0, "nothing left claimed");
 }
 
 /// On PostgreSQL a process alone writes its fan-out's due rows claimed for its own lanes. A
