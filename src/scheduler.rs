@@ -211,9 +211,22 @@ pub struct Scheduler {
     capacity: Capacity,
     /// Audience sizes per channel, with when they were counted.
     sizes: tokio::sync::Mutex<Option<(std::time::Instant, BTreeMap<Audience, AudienceSize>)>>,
-    /// When the term this tick leads in began (see `Store::lead`); `None` when not leading.
-    term: std::sync::Mutex<Option<i64>>,
+    /// The term this tick leads in; `None` when not leading.
+    term: std::sync::Mutex<Option<Term>>,
 }
+
+/// A term of the scheduler's lead: when it began (see `Store::lead`), and when its lease was
+/// last taken or renewed (real time, read before the database was asked).
+#[derive(Debug, Clone, Copy)]
+struct Term {
+    since: i64,
+    renewed: std::time::Instant,
+}
+
+/// The part of its lease after which a leader renews it before it plans on. Until then no
+/// other daemon can have taken the lead: `Store::lead` lets another in only once the lease
+/// has lapsed.
+const RENEW_AFTER_PART: u32 = 4;
 
 impl Scheduler {
     pub fn new(store: Store, policy: Policy, dispatcher: Dispatcher) -> Scheduler {
@@ -269,14 +282,15 @@ impl Scheduler {
         &self.dispatcher
     }
 
-    fn term(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+    fn term(&self) -> std::sync::MutexGuard<'_, Option<Term>> {
         self.term.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes or renews the lead at the start of a tick: whether this scheduler leads.
     async fn lead(&self) -> Result<bool, StoreError> {
+        let renewed = std::time::Instant::now();
         let term = self.store.lead(self.owner(), self.lease()).await?;
-        *self.term() = term;
+        *self.term() = term.map(|since| Term { since, renewed });
         Ok(term.is_some())
     }
 
@@ -285,9 +299,18 @@ impl Scheduler {
     /// another daemon leads now, or led meanwhile and let its own lease lapse (waiting, say,
     /// on a lock the paused leader held). In the second case the lease is given up again:
     /// the daemon whose tick comes next leads, in a term of its own, from what is committed.
+    ///
+    /// A lease taken or renewed less than a quarter of it ago still holds, and is not renewed
+    /// yet: a large fan-out asks at every page, and on SQLite each renewal would take a turn
+    /// of the one writer from planning and sending.
     async fn still_leading(&self) -> Result<bool, StoreError> {
-        let term = self.store.lead(self.owner(), self.lease()).await?;
+        let lease = self.lease();
         let began = *self.term();
+        if began.is_some_and(|t| t.renewed.elapsed() < lease / RENEW_AFTER_PART) {
+            return Ok(true);
+        }
+        let renewed = std::time::Instant::now();
+        let term = self.store.lead(self.owner(), lease).await?;
         match term {
             None => {
                 tracing::warn!(
@@ -295,14 +318,17 @@ impl Scheduler {
                     "another daemon leads now: this one stops planning"
                 );
             }
-            Some(since) if Some(since) != began => {
+            Some(since) if Some(since) != began.map(|t| t.since) => {
                 tracing::warn!(
                     owner = self.owner(),
                     "another daemon led meanwhile: this one stops planning and gives up the lead"
                 );
                 self.store.step_down(self.owner()).await?;
             }
-            Some(_) => return Ok(true),
+            Some(since) => {
+                *self.term() = Some(Term { since, renewed });
+                return Ok(true);
+            }
         }
         *self.term() = None;
         Ok(false)

@@ -25,6 +25,7 @@ on_both!(
     a_fan_out_is_written_claimed_for_its_own_lanes_only_while_no_other_process_sends,
     a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out_once,
     a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_out_once,
+    a_fan_out_renews_the_lead_once_a_quarter_of_the_lease_not_at_every_page,
 );
 
 fn config(outbox: &Path) -> Config {
@@ -714,4 +715,45 @@ async fn a_daemon_that_joins_a_handed_fan_out_on_postgres_gets_the_pages_written
     assert!(rows.iter().all(|r| r.state == tangazo::domain::DeliveryState::Sent));
     drop((rig, other));
     db.finish().await;
+}
+
+/// When the scheduler's lease was last taken or renewed (Unix ms, the database's clock).
+async fn lead_renewed_at(db: &TestDb, lease: std::time::Duration) -> i64 {
+    const UNTIL: &str = "SELECT until FROM leader WHERE role = 'scheduler'";
+    let until: i64 = if db.store.writes_take_turns() {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(UNTIL).fetch_one(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(UNTIL).fetch_one(&pool).await.unwrap()
+    };
+    until - i64::try_from(lease.as_millis()).unwrap()
+}
+
+/// A leader checks it still leads before every page it writes, but the lease it took or
+/// renewed less than a quarter of it ago still holds: a fan-out of several pages writes the
+/// lead once, at the start of its tick, not a turn of SQLite's one writer per page.
+async fn a_fan_out_renews_the_lead_once_a_quarter_of_the_lease_not_at_every_page(db: &TestDb) {
+    let lease = std::time::Duration::from_secs(600);
+    let rig = Rig::named(db, "test", "[dispatch]\nlease = \"600s\"\n");
+    english_customers(db, 16_000).await;
+    let created = start() - TimeDelta::hours(100);
+    db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    let pages = std::sync::Mutex::new(Vec::new());
+    let progress = |p: tangazo::scheduler::Progress| {
+        if matches!(p, tangazo::scheduler::Progress::Planning { .. }) {
+            pages.lock().unwrap().push(Utc::now().timestamp_millis());
+        }
+    };
+    let report = rig.tick_reporting(created, &progress).await;
+    assert_eq!(report.enqueued, 24_000);
+    let pages = pages.into_inner().unwrap();
+    assert!(pages.len() >= 4, "pages: {pages:?}");
+    // Renewed at every page, the last renewal would come after the page before the last.
+    let renewed = lead_renewed_at(db, lease).await;
+    assert!(
+        renewed < pages[0],
+        "the lead was renewed at {renewed}, after the first page was written at {}",
+        pages[0]
+    );
 }
