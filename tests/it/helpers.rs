@@ -167,6 +167,18 @@ pub fn announced_sms(
         .collect()
 }
 
+/// A free-text message in English alone, as a broadcast carries it.
+pub fn free_message(text: &str) -> tangazo::domain::Message {
+    tangazo::domain::Message::new(
+        tangazo::domain::MessageText {
+            text: text.into(),
+            subject: None,
+        },
+        None,
+    )
+    .unwrap()
+}
+
 pub fn customer(i: u32, locale: Locale) -> Profile {
     Profile::new(
         Audience::Customer,

@@ -596,7 +596,7 @@ async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out
 /// clock, with a one-second lease that the run outlasts: every row goes out once.
 async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_out_once(db: &TestDb) {
     use tangazo::broadcast::{Content, Handing, enqueue_audience};
-    use tangazo::domain::{AudienceFilter, Channel, Message, MessageText};
+    use tangazo::domain::{AudienceFilter, Channel};
     english_customers(db, 30_000).await;
     let short_lease = "[dispatch]\nlease = \"1s\"\nbatch_size = 500\n";
     let (rig, other) = (
@@ -605,15 +605,7 @@ async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_o
     );
     let created = start() - TimeDelta::hours(100);
     let clock = tangazo::clock::Clock::starting_at(created);
-    let message = Message::new(
-        MessageText {
-            text: "Pay bill is back".into(),
-            subject: None,
-        },
-        None,
-    )
-    .unwrap();
-    let content = Content::Message(message);
+    let content = Content::Message(crate::helpers::free_message("Pay bill is back"));
     let filter = AudienceFilter {
         channels: vec![Channel::Sms],
         ..AudienceFilter::default()

@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use tangazo::domain::{
-    Audience, AudienceFilter, Channel, Locale, Localized, Message, MessageText, Notice, PlannedDelivery, RecipientId,
-    Schedule, Span, WindowId, WindowStatus,
+    Audience, AudienceFilter, Channel, Locale, Localized, Notice, PlannedDelivery, RecipientId, Schedule, Span,
+    WindowId, WindowStatus,
 };
 use tangazo::domain::{Decision, Outcome, Reach};
 use tangazo::storage::{
     Claim, ClaimedDelivery, CorruptClaim, FanOutPage, Finish, HandOver, NewBroadcast, Position, StoreError,
 };
 
-use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
+use crate::helpers::{TestDb, biller, customer, free_message, new_window, start, utc};
 use crate::on_both;
 
 on_both!(
@@ -451,14 +451,7 @@ async fn told_and_decisions(db: &TestDb) {
 async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
     let ids = seed(db, 4).await;
     let now = utc(2015, 4, 20, 7, 0);
-    let message = Message::new(
-        MessageText {
-            text: "Pay bill is back".into(),
-            subject: None,
-        },
-        None,
-    )
-    .unwrap();
+    let message = free_message("Pay bill is back");
     let new = NewBroadcast {
         name: "pay-bill-back".into(),
         window: None,
@@ -478,16 +471,7 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
         "a rerun finds the same broadcast"
     );
     let other = NewBroadcast {
-        message: Some(
-            Message::new(
-                MessageText {
-                    text: "Other".into(),
-                    subject: None,
-                },
-                None,
-            )
-            .unwrap(),
-        ),
+        message: Some(free_message("Other")),
         ..new.clone()
     };
     assert!(matches!(
