@@ -103,8 +103,7 @@ impl Store {
             return Ok(WrittenPage::default());
         }
         // Sending goes on beside recording: on SQLite the two take turns to write.
-        let _turn = self.write_turn().await;
-        on_pool!(self, p => {
+        on_writer!(self, p => {
             let mut tx = p.begin().await?;
             let mut paused = false;
             // The window's lock, as a page of its fan-out takes it: the two enqueue one after

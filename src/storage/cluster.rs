@@ -56,8 +56,7 @@ impl Store {
              WHERE leader.owner = excluded.owner OR leader.until <= excluded.since \
              RETURNING owner, since"
         );
-        let _turn = self.write_turn().await;
-        let held: Option<(String, i64)> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql.clone()))
+        let held: Option<(String, i64)> = on_writer!(self, p => sqlx::query_as(AssertSqlSafe(sql.clone()))
             .bind(SCHEDULER)
             .bind(me)
             .bind(millis(lease))

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::domain::WindowId;
 
@@ -42,6 +44,8 @@ pub enum StoreError {
     Conflict { id: WindowId, expected: u32 },
     #[error("a different broadcast is already recorded under the name '{0}'; choose another --name")]
     BroadcastNameTaken(String),
+    #[error("the database was closed")]
+    Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("cannot encode {what} for storage")]
@@ -68,10 +72,16 @@ enum Pool {
 pub struct Store {
     pool: Pool,
     sqlite_file: Option<PathBuf>,
-    /// SQLite takes one writer at a time, and a connection that finds the file locked sleeps
-    /// and tries again (1 ms, 2 ms, 5 ms…): this process's dispatch lanes queue here instead,
-    /// each woken the moment the one before commits.
-    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
+    /// On SQLite, the one connection this process's hot writes go through (see
+    /// [`Store::writer`]); `None` once the store is closed.
+    sqlite_writer: Option<Arc<tokio::sync::Mutex<Option<SqliteConnection>>>>,
+}
+
+/// What a write goes through (see [`Store::writer`]).
+enum Writer<'a> {
+    /// This process's turn on its one SQLite writing connection, held until dropped.
+    Sqlite(tokio::sync::MappedMutexGuard<'a, SqliteConnection>),
+    Postgres(&'a PgPool),
 }
 
 /// Ids as one JSON array, the one value SQLite's `json_each` reads a list of ids from.
@@ -85,6 +95,22 @@ macro_rules! on_pool {
         match &$store.pool {
             Pool::Sqlite($p) => $body,
             Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$p` what this process writes through (`Store::writer`): on SQLite its
+/// one writing connection, whose turn is held until the body ends; on PostgreSQL the pool.
+macro_rules! on_writer {
+    ($store:expr, $p:ident => $body:expr) => {
+        match $store.writer().await? {
+            $crate::storage::Writer::Sqlite(mut turn) => {
+                #[allow(unused_imports, reason = "for the bodies that begin a transaction")]
+                use sqlx::Connection as _;
+                let $p = &mut *turn;
+                $body
+            }
+            $crate::storage::Writer::Postgres($p) => $body,
         }
     };
 }
@@ -181,13 +207,14 @@ impl Store {
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            let writer = SqliteConnection::connect_with(&options).await?;
             Ok(Store {
                 pool: Pool::Sqlite(pool),
                 sqlite_file,
-                sqlite_writer: Arc::default(),
+                sqlite_writer: Some(Arc::new(tokio::sync::Mutex::new(Some(writer)))),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
@@ -208,25 +235,35 @@ impl Store {
             Ok(Store {
                 pool: Pool::Postgres(pool),
                 sqlite_file: None,
-                sqlite_writer: Arc::default(),
+                sqlite_writer: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
     }
 
-    /// Whether this process's writes take turns (SQLite's one writer, see `write_turn`) rather
+    /// Whether this process's writes take turns (SQLite's one writer, see `writer`) rather
     /// than run side by side (PostgreSQL).
     pub fn writes_take_turns(&self) -> bool {
         matches!(self.pool, Pool::Sqlite(_))
     }
 
-    /// On SQLite, this process's turn to write (held until the transaction ends); on
-    /// PostgreSQL, which takes concurrent writers, nothing to wait for.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.pool {
-            Pool::Sqlite(_) => Some(self.sqlite_writer.lock().await),
-            Pool::Postgres(_) => None,
+    /// What this process's claims, outcomes, fan-out pages and the lead are written through.
+    ///
+    /// SQLite takes one writer at a time, and a connection that finds the file locked sleeps
+    /// and tries again (1 ms, 2 ms, 5 ms…): this process's writers queue for their turn on one
+    /// connection instead, each woken the moment the one before commits. One connection rather
+    /// than whichever of the pool's was idle: a SQLite connection drops its whole page cache
+    /// when another connection has written since its last transaction, so writes that went
+    /// round the pool read the ledger's pages afresh every time. PostgreSQL takes concurrent
+    /// writers: the pool.
+    async fn writer(&self) -> Result<Writer<'_>, StoreError> {
+        match (&self.pool, &self.sqlite_writer) {
+            (Pool::Postgres(p), _) => Ok(Writer::Postgres(p)),
+            (Pool::Sqlite(_), Some(writer)) => tokio::sync::MutexGuard::try_map(writer.lock().await, Option::as_mut)
+                .map(Writer::Sqlite)
+                .map_err(|_| StoreError::Closed),
+            (Pool::Sqlite(_), None) => Err(StoreError::Closed),
         }
     }
 
@@ -302,6 +339,12 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(writer) = &self.sqlite_writer
+            && let Some(conn) = writer.lock().await.take()
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "closing the SQLite writer");
+        }
         on_pool!(self, p => p.close().await)
     }
 }

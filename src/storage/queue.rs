@@ -701,8 +701,7 @@ impl Store {
         hand: Option<&HandOver<'_>>,
     ) -> Result<Option<WrittenPage>, StoreError> {
         // Sending goes on beside planning: on SQLite the two take turns to write.
-        let _turn = self.write_turn().await;
-        on_pool!(self, p => {
+        on_writer!(self, p => {
             let mut tx = p.begin().await?;
             let current = sqlx::query("UPDATE windows SET revision = revision WHERE id = $1 AND revision = $2")
                 .bind(page.window.0)
@@ -898,9 +897,7 @@ impl Store {
             Dialect::Postgres => include_str!("sql/postgres/claim.sql"),
         };
         let token = new_token();
-        let claimed = {
-            let _turn = self.write_turn().await;
-            on_pool!(self, p => sqlx::query(claim)
+        let claimed = on_writer!(self, p => sqlx::query(claim)
                 .bind(owner)
                 .bind(millis(lease))
                 .bind(to_millis(now))
@@ -911,8 +908,7 @@ impl Store {
                 .bind(after.id)
                 .execute(p)
                 .await?
-                .rows_affected())
-        };
+                .rows_affected());
         // The rows are read back once the claim has committed, outside this process's turn to
         // write: on SQLite another connection reads them while the writer goes on with the next
         // statement. Nothing but this token's holder settles a claimed row until its lease
@@ -959,8 +955,7 @@ impl Store {
     /// Returns every row still claimed under `token` to the queue, as if the claim had not been
     /// (a claim that could not be read back, a batch written claimed that no lane took).
     pub async fn give_back(&self, token: i64) -> Result<u64, StoreError> {
-        let _turn = self.write_turn().await;
-        Ok(on_pool!(self, p => sqlx::query(
+        Ok(on_writer!(self, p => sqlx::query(
             "UPDATE deliveries SET state = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, \
              lease_token = NULL WHERE lease_token = $1 AND state = 'claimed'",
         )
@@ -1061,8 +1056,7 @@ impl Store {
         let mut lost = Vec::new();
         // The successes of rows that were not recorded sent, for the log.
         let mut unrecorded: Vec<Attempt> = Vec::new();
-        let _turn = self.write_turn().await;
-        on_pool!(self, p => {
+        on_writer!(self, p => {
             let mut tx = p.begin().await?;
             for ((backend, body_id), rows) in &sent {
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {

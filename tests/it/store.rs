@@ -813,6 +813,23 @@ async fn the_built_in_sqlite_shares_no_mutex_between_connections() {
     assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
 }
 
+/// SQLite's writes go through the store's own writing connection; once the store is closed, a
+/// write is refused with an error that says so, and nothing waits for a connection that is gone.
+#[tokio::test]
+async fn a_closed_sqlite_store_refuses_writes_with_an_error() {
+    let db = TestDb::sqlite().await;
+    db.store.close().await;
+    let err = db
+        .store
+        .claim_due(start(), 10, "after-close", LEASE, None, Position::FRONT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Closed), "{err:?}");
+    assert_eq!(err.to_string(), "the database was closed");
+    let err = db.store.lead("after-close", LEASE).await.unwrap_err();
+    assert!(matches!(err, StoreError::Closed), "{err:?}");
+}
+
 /// A SQLite file the store creates has pages of 16 KiB; one made before keeps its own size.
 #[tokio::test]
 async fn a_new_sqlite_file_has_16_kib_pages_and_an_older_one_keeps_its_own() {
