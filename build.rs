@@ -1,5 +1,6 @@
 //! Embeds every file under `templates/` in the binary, so a fresh install needs no template
-//! folder. `--templates DIR` (or `templates` in the configuration) still overrides them.
+//! folder. `--templates DIR` (or `templates` in the configuration) still overrides them. Also
+//! tells cargo that the build reads `migrations/`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let templates = root.join("templates");
     println!("cargo:rerun-if-changed=templates");
+    // `sqlx::migrate!` embeds the migrations at build time, but cargo does not know it reads
+    // them: without this, a new migration is left out of an incremental build.
+    println!("cargo:rerun-if-changed=migrations");
     let mut files = Vec::new();
     collect(&templates, &mut files);
     files.sort();

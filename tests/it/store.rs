@@ -830,6 +830,40 @@ async fn a_closed_sqlite_store_refuses_writes_with_an_error() {
     assert!(matches!(err, StoreError::Closed), "{err:?}");
 }
 
+/// Writing a row of SQLite's ledger builds no temporary index: the check on its state names
+/// each state, where a list (`state IN (…)`) was built into a temporary index for every row
+/// planned, claimed or recorded sent (migration 0014). The check still refuses a state that
+/// is not one.
+#[tokio::test]
+async fn writing_a_sqlite_ledger_row_builds_no_temporary_index() {
+    use sqlx::{Connection as _, Row as _};
+    let db = TestDb::sqlite().await;
+    let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let insert = "INSERT INTO deliveries (window_id, revision, notice, recipient_id, channel, due_at, deadline) \
+                  VALUES (1, 1, 'announced', 1, 'sms', 1, 2)";
+    let update = "UPDATE deliveries SET state = 'sent', sent_at = 1, backend = 'file' WHERE id = 1";
+    for sql in [insert, update] {
+        let opcodes: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("opcode"))
+            .collect();
+        assert!(opcodes.iter().any(|o| o == "Insert"), "{sql}: {opcodes:?}");
+        assert!(!opcodes.iter().any(|o| o == "OpenEphemeral"), "{sql}: {opcodes:?}");
+    }
+    sqlx::query(insert).execute(&mut conn).await.unwrap();
+    sqlx::query(update).execute(&mut conn).await.unwrap();
+    let refused = sqlx::query("UPDATE deliveries SET state = 'lost' WHERE id = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("CHECK constraint failed"), "{refused}");
+    conn.close().await.unwrap();
+    db.finish().await;
+}
+
 /// A SQLite file the store creates has pages of 16 KiB; one made before keeps its own size.
 #[tokio::test]
 async fn a_new_sqlite_file_has_16_kib_pages_and_an_older_one_keeps_its_own() {
