@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::channels::{Address, Message, Receipt, SendError, Senders, send_on_time};
 use crate::clock::Clock;
 use crate::domain::{
-    Channel, ComponentId, ComponentNames, Rendered, Span, Window, WindowId, error_chain, fingerprint, idempotency_key,
+    Audience, Channel, ComponentId, ComponentNames, Locale, Notice, Rendered, Span, Window, WindowId, Zone,
+    error_chain, fingerprint, idempotency_key,
 };
 use crate::render::{NoticeFacts, RenderError, Renderer, lead_time};
 use crate::storage::{Attempt, Broadcast, Claim, ClaimedDelivery, Finish, Position, Store, StoreError};
@@ -982,7 +983,11 @@ impl Dispatcher {
         // A free message has no window; everything else renders a window's notice.
         if let Some(b) = broadcast.as_ref().filter(|b| b.window.is_none()) {
             let text = b.message.as_ref().ok_or_else(|| corrupt("broadcast"))?;
-            let key = format!("b{}.{channel}.{locale}", b.id);
+            let key = BodyKey::Message {
+                broadcast: b.id,
+                channel,
+                locale,
+            };
             let body = self
                 .body(cache, key, || {
                     self.renderer.render_message(text, &b.name, channel, locale)
@@ -1005,12 +1010,9 @@ impl Dispatcher {
                 content: Arc::clone(&body.content),
             };
             let body_id = body.id;
-            Self::record_event(
-                cache,
-                &message,
-                recipient,
-                broadcast_key(b.id, recipient, channel, None),
-            );
+            Self::record_event(cache, &message, recipient, || {
+                broadcast_key(b.id, recipient, channel, None)
+            });
             return Ok((message, body_id));
         }
         let notice = row.notice.ok_or_else(|| corrupt("notice"))?;
@@ -1038,7 +1040,16 @@ impl Dispatcher {
         // minutes in the last two hours) before the start.
         let lead = lead_time(now, window.schedule.starts_at());
         let audience = row.audience;
-        let key = format!("w{window_id}.r{revision}.{notice}.{audience}.{channel}.{locale}.{zone}.in{lead}");
+        let key = BodyKey::Notice {
+            window: window_id,
+            revision,
+            notice,
+            audience,
+            channel,
+            locale,
+            zone,
+            lead,
+        };
         // The facts are gathered only when the body is not cached yet: not once per delivery.
         let body = self
             .body(cache, key, || {
@@ -1046,11 +1057,6 @@ impl Dispatcher {
                 self.renderer.render(&facts, audience, channel, locale, zone)
             })
             .await?;
-        // The event's identity is the biller's, whatever the endpoint.
-        let event_key = match &broadcast {
-            Some(b) => broadcast_key(b.id, recipient, channel, None),
-            None => idempotency_key(window_id, revision, notice, recipient, channel, None),
-        };
         let message = Message {
             idempotency_key: match &broadcast {
                 Some(b) => broadcast_key(b.id, recipient, channel, row.endpoint.as_ref().map(|e| e.id)),
@@ -1068,7 +1074,7 @@ impl Dispatcher {
             kind: notice.kind().as_str().to_owned(),
             notice: notice.to_string(),
             window_id: Some(window_id.0),
-            broadcast: broadcast.map(|b| b.name.clone()),
+            broadcast: broadcast.as_ref().map(|b| b.name.clone()),
             revision,
             locale,
             attempt: row.attempts,
@@ -1078,17 +1084,26 @@ impl Dispatcher {
             content: Arc::clone(&body.content),
         };
         let body_id = body.id;
-        Self::record_event(cache, &message, recipient, event_key);
+        // The event's identity is the biller's, whatever the endpoint.
+        Self::record_event(cache, &message, recipient, || match &broadcast {
+            Some(b) => broadcast_key(b.id, recipient, channel, None),
+            None => idempotency_key(window_id, revision, notice, recipient, channel, None),
+        });
         Ok((message, body_id))
     }
 
     /// Notes a webhook event for the biller's sequence (`GET /v1/events`, replays); the batch's
     /// events are kept together, once each, before anything is sent.
-    fn record_event(cache: &mut Cache, message: &Message, recipient: crate::domain::RecipientId, key: String) {
+    fn record_event(
+        cache: &mut Cache,
+        message: &Message,
+        recipient: crate::domain::RecipientId,
+        key: impl FnOnce() -> String,
+    ) {
         if let Rendered::Webhook { payload } = &*message.content {
             cache.events.push(crate::storage::NewBillerEvent {
                 recipient,
-                key,
+                key: key(),
                 kind: payload["type"].as_str().unwrap_or_default().to_owned(),
                 payload: payload.to_string(),
             });
@@ -1099,7 +1114,7 @@ impl Dispatcher {
     async fn body<'c>(
         &self,
         cache: &'c mut Cache,
-        key: String,
+        key: BodyKey,
         render: impl FnOnce() -> Result<Rendered, RenderError>,
     ) -> Result<&'c Body, Prepare> {
         Ok(match cache.bodies.entry(key) {
@@ -1221,12 +1236,60 @@ type ChannelGroup = (Channel, Vec<(ClaimedDelivery, i64)>, Vec<Message>);
 struct Cache {
     windows: HashMap<WindowId, Arc<Window>>,
     broadcasts: HashMap<i64, Arc<Broadcast>>,
-    bodies: HashMap<String, Body>,
+    bodies: HashMap<BodyKey, Body>,
     /// The deployment's signing key, read once per run when an email needs its unsubscribe
     /// token.
     signing: Option<crate::domain::SigningKey>,
     /// The batch's webhook events, kept before it is sent.
     events: Vec<crate::storage::NewBillerEvent>,
+}
+
+/// What one body is rendered for: a window's notice to one audience, channel, locale and
+/// zone at one lead time, or a free message on one channel in one locale. Its text is the
+/// body's key in `bodies`; a lookup in the batch's cache compares the fields, so no text is
+/// made for each delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BodyKey {
+    Notice {
+        window: WindowId,
+        revision: u32,
+        notice: Notice,
+        audience: Audience,
+        channel: Channel,
+        locale: Locale,
+        zone: Zone,
+        lead: Span,
+    },
+    Message {
+        broadcast: i64,
+        channel: Channel,
+        locale: Locale,
+    },
+}
+
+impl std::fmt::Display for BodyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyKey::Notice {
+                window,
+                revision,
+                notice,
+                audience,
+                channel,
+                locale,
+                zone,
+                lead,
+            } => write!(
+                f,
+                "w{window}.r{revision}.{notice}.{audience}.{channel}.{locale}.{zone}.in{lead}"
+            ),
+            BodyKey::Message {
+                broadcast,
+                channel,
+                locale,
+            } => write!(f, "b{broadcast}.{channel}.{locale}"),
+        }
+    }
 }
 
 enum Prepare {
@@ -1310,5 +1373,32 @@ mod tests {
         let next = cursor.start(None, false);
         cursor.claimed(next, Some(Position::at(10, 1200)));
         assert_eq!(cursor.start(None, false).after, Position::at(10, 1200));
+    }
+
+    /// A body's key in `bodies` reads as it always has, so rows stored before are found again.
+    #[test]
+    fn a_body_key_reads_as_the_stored_key() {
+        use super::BodyKey;
+        use crate::domain::{Audience, Channel, Locale, Span, WindowId};
+        let notice = BodyKey::Notice {
+            window: WindowId(7),
+            revision: 2,
+            notice: "reminder:24h".parse().unwrap(),
+            audience: Audience::Customer,
+            channel: Channel::Sms,
+            locale: Locale::Sw,
+            zone: "Africa/Nairobi".parse().unwrap(),
+            lead: Span::from_secs(19 * 3600),
+        };
+        assert_eq!(
+            notice.to_string(),
+            "w7.r2.reminder:24h.customer.sms.sw.Africa/Nairobi.in19h"
+        );
+        let message = BodyKey::Message {
+            broadcast: 3,
+            channel: Channel::Email,
+            locale: Locale::En,
+        };
+        assert_eq!(message.to_string(), "b3.email.en");
     }
 }
