@@ -303,14 +303,16 @@ impl Store {
         let kind = kind.map(Audience::as_str);
         let rows: Vec<RecipientRow> = match &self.pool {
             // One row of JSON rather than a row per recipient: each row sqlx reads from SQLite
-            // is a hand-over between its worker thread and this task.
+            // is a hand-over between its worker thread and this task. Each recipient is an array
+            // of its columns in `RECIPIENT_COLUMNS` order, without their names. The aggregate
+            // takes the rows in the order the subquery gives them; an `ORDER BY` of its own
+            // would sort the page again in a temporary index. The order is checked below.
             Pool::Sqlite(p) => {
                 let sql = format!(
-                    "SELECT COALESCE(json_group_array(json_object('id', id, 'kind', CAST(kind AS TEXT), \
-                     'name', CAST(name AS TEXT), 'phone', CAST(phone AS TEXT), 'email', CAST(email AS TEXT), \
-                     'locale', CAST(locale AS TEXT), 'zone', CAST(zone AS TEXT), 'components', CAST(components AS TEXT), \
-                     'channels', CAST(channels AS TEXT), 'opt_out', json(CASE WHEN opt_out THEN 'true' ELSE 'false' END)) \
-                     ORDER BY id), '[]') \
+                    "SELECT COALESCE(json_group_array(json_array(id, CAST(kind AS TEXT), CAST(name AS TEXT), \
+                     CAST(phone AS TEXT), CAST(email AS TEXT), CAST(locale AS TEXT), CAST(zone AS TEXT), \
+                     CAST(components AS TEXT), CAST(channels AS TEXT), \
+                     json(CASE WHEN opt_out THEN 'true' ELSE 'false' END))), '[]') \
                      FROM (SELECT {RECIPIENT_COLUMNS} FROM recipients {WHERE})"
                 );
                 let json: String = sqlx::query_scalar(AssertSqlSafe(sql))
@@ -319,8 +321,12 @@ impl Store {
                     .bind(limit)
                     .fetch_one(p)
                     .await?;
-                serde_json::from_str(&json)
-                    .map_err(|e| StoreError::Corrupt(format!("recipients after {after}: {e}")))?
+                let mut rows: Vec<RecipientRow> = serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("recipients after {after}: {e}")))?;
+                if !rows.is_sorted_by_key(|r| r.id) {
+                    rows.sort_unstable_by_key(|r| r.id);
+                }
+                rows
             }
             Pool::Postgres(p) => {
                 let sql = format!("SELECT {RECIPIENT_COLUMNS} FROM recipients {WHERE}");

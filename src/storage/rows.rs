@@ -103,6 +103,8 @@ impl TryFrom<WindowRow> for Window {
     }
 }
 
+/// A recipient's columns, in `RECIPIENT_COLUMNS` order: SQLite's pages of recipients give each
+/// as a JSON array, read by position.
 #[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 pub(super) struct RecipientRow {
     pub id: i64,
