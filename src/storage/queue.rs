@@ -401,6 +401,15 @@ fn insert_tail(broadcasts: Broadcasts) -> String {
     }
 }
 
+/// The window, revision and notice every row shares, if they all do (a fan-out's page).
+fn shared_notice(rows: &[PlannedDelivery]) -> Option<(WindowId, u32, Notice)> {
+    let first = rows.first()?;
+    let shared = (first.window, first.revision, first.notice);
+    rows.iter()
+        .all(|d| (d.window, d.revision, d.notice) == shared)
+        .then_some(shared)
+}
+
 impl InsertPlanned for sqlx::SqliteConnection {
     async fn insert_planned_claiming(
         &mut self,
@@ -418,31 +427,68 @@ impl InsertPlanned for sqlx::SqliteConnection {
         let mut inserted = 0;
         for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
             let first = n * ROWS_PER_STATEMENT;
+            let token = |i: usize| claiming.and_then(|c| c.tokens.get(first + i).copied().flatten());
             let mut qb = QueryBuilder::new("WITH ");
             if let Some(c) = claiming {
                 qb.push("c (owner, lease) AS (SELECT ")
                     .push_bind(c.owner)
                     .push(", ")
                     .push_bind(c.lease_ms)
-                    .push("), v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline, lease_token) AS (");
-            } else {
-                qb.push("v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline) AS (");
+                    .push("), ");
             }
-            qb.push_values(chunk.iter().enumerate(), |mut b, (i, d): (usize, &PlannedDelivery)| {
-                b.push_bind(d.window.0)
-                    .push_bind(i64::from(d.revision))
-                    .push_bind(d.notice.to_string())
-                    .push_bind(d.recipient.0)
-                    .push_bind(d.channel.as_str())
-                    .push_bind(d.endpoint)
-                    .push_bind(to_millis(d.due_at))
-                    .push_bind(to_millis(d.deadline));
-                if let Some(c) = claiming {
-                    b.push_bind(c.tokens.get(first + i).copied().flatten());
+            let lease_token = if claiming.is_some() { ", lease_token" } else { "" };
+            // The rows of a fan-out's page share their window, revision and notice: bound once
+            // for the statement, not once a row (a bound value costs SQLite's one writer about
+            // as much as an index entry).
+            match shared_notice(chunk) {
+                Some((window, revision, notice)) => {
+                    qb.push("s (window_id, revision, notice) AS (SELECT ")
+                        .push_bind(window.0)
+                        .push(", ")
+                        .push_bind(i64::from(revision))
+                        .push(", ")
+                        .push_bind(notice.to_string())
+                        .push(format!(
+                            "), r (recipient_id, channel, endpoint_id, due_at, deadline{lease_token}) AS ("
+                        ));
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, d): (usize, &PlannedDelivery)| {
+                        b.push_bind(d.recipient.0)
+                            .push_bind(d.channel.as_str())
+                            .push_bind(d.endpoint)
+                            .push_bind(to_millis(d.due_at))
+                            .push_bind(to_millis(d.deadline));
+                        if claiming.is_some() {
+                            b.push_bind(token(i));
+                        }
+                    });
+                    qb.push(format!(
+                        "), v AS (SELECT s.window_id, s.revision, s.notice, r.recipient_id, r.channel, r.endpoint_id, \
+                         r.due_at, r.deadline{} FROM s, r)",
+                        if claiming.is_some() { ", r.lease_token" } else { "" }
+                    ));
                 }
-            });
+                None => {
+                    qb.push(format!(
+                        "v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline{lease_token}) AS ("
+                    ));
+                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, d): (usize, &PlannedDelivery)| {
+                        b.push_bind(d.window.0)
+                            .push_bind(i64::from(d.revision))
+                            .push_bind(d.notice.to_string())
+                            .push_bind(d.recipient.0)
+                            .push_bind(d.channel.as_str())
+                            .push_bind(d.endpoint)
+                            .push_bind(to_millis(d.due_at))
+                            .push_bind(to_millis(d.deadline));
+                        if claiming.is_some() {
+                            b.push_bind(token(i));
+                        }
+                    });
+                    qb.push(")");
+                }
+            }
             qb.push(format!(
-                ") INSERT INTO deliveries ({columns}) SELECT {values} FROM v{}",
+                " INSERT INTO deliveries ({columns}) SELECT {values} FROM v{}",
                 if claiming.is_some() { ", c" } else { "" }
             ));
             qb.push(insert_tail(broadcasts));

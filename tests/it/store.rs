@@ -145,6 +145,20 @@ async fn enqueue_is_idempotent(db: &TestDb) {
     let other = planned(w.id, 1, Notice::reminder(Span::hours(24)), &ids, 24);
     assert_eq!(db.store.enqueue(&other).await.unwrap(), 25);
     assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 50)]));
+    // Rows of several notices in one call keep each its own notice.
+    let mut mixed = planned(w.id, 1, Notice::reminder(Span::hours(1)), &ids[..3], 1);
+    mixed.extend(planned(w.id, 1, Notice::reminder(Span::hours(72)), &ids[..2], 72));
+    assert_eq!(db.store.enqueue(&mixed).await.unwrap(), 5);
+    assert_eq!(db.store.enqueue(&mixed).await.unwrap(), 0);
+    let notices = count(
+        db,
+        "SELECT COUNT(*) FROM deliveries WHERE notice IN ('reminder:1h', 'reminder:72h') AND revision = 1",
+    );
+    assert_eq!(notices.await, 5);
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM deliveries WHERE notice = 'reminder:72h'").await,
+        2
+    );
 }
 
 async fn claims_finish_expire_and_lapse(db: &TestDb) {
@@ -980,13 +994,17 @@ async fn the_sqlite_ledger_rebuilt_without_parent_checks_keeps_every_row() {
 
 /// Rows in the attempts log itself, read with a connection of the store's own dialect.
 async fn logged_attempts(db: &TestDb) -> i64 {
-    const SQL: &str = "SELECT COUNT(*) FROM attempts";
+    count(db, "SELECT COUNT(*) FROM attempts").await
+}
+
+/// A count read with a connection of the store's own dialect.
+async fn count(db: &TestDb, sql: &'static str) -> i64 {
     if db.url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-        sqlx::query_scalar(SQL).fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
     } else {
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        sqlx::query_scalar(SQL).fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
     }
 }
 
