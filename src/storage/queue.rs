@@ -440,7 +440,8 @@ impl InsertPlanned for sqlx::SqliteConnection {
             // The rows of a fan-out's page share their window, revision and notice: bound once
             // for the statement, not once a row (a bound value costs SQLite's one writer about
             // as much as an index entry).
-            match shared_notice(chunk) {
+            let shared = shared_notice(chunk);
+            match shared {
                 Some((window, revision, notice)) => {
                     qb.push("s (window_id, revision, notice) AS (SELECT ")
                         .push_bind(window.0)
@@ -451,42 +452,36 @@ impl InsertPlanned for sqlx::SqliteConnection {
                         .push(format!(
                             "), r (recipient_id, channel, endpoint_id, due_at, deadline{lease_token}) AS ("
                         ));
-                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, d): (usize, &PlannedDelivery)| {
-                        b.push_bind(d.recipient.0)
-                            .push_bind(d.channel.as_str())
-                            .push_bind(d.endpoint)
-                            .push_bind(to_millis(d.due_at))
-                            .push_bind(to_millis(d.deadline));
-                        if claiming.is_some() {
-                            b.push_bind(token(i));
-                        }
-                    });
-                    qb.push(format!(
-                        "), v AS (SELECT s.window_id, s.revision, s.notice, r.recipient_id, r.channel, r.endpoint_id, \
-                         r.due_at, r.deadline{} FROM s, r)",
-                        if claiming.is_some() { ", r.lease_token" } else { "" }
-                    ));
                 }
                 None => {
                     qb.push(format!(
                         "v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline{lease_token}) AS ("
                     ));
-                    qb.push_values(chunk.iter().enumerate(), |mut b, (i, d): (usize, &PlannedDelivery)| {
-                        b.push_bind(d.window.0)
-                            .push_bind(i64::from(d.revision))
-                            .push_bind(d.notice.to_string())
-                            .push_bind(d.recipient.0)
-                            .push_bind(d.channel.as_str())
-                            .push_bind(d.endpoint)
-                            .push_bind(to_millis(d.due_at))
-                            .push_bind(to_millis(d.deadline));
-                        if claiming.is_some() {
-                            b.push_bind(token(i));
-                        }
-                    });
-                    qb.push(")");
                 }
             }
+            qb.push_values(chunk.iter().enumerate(), |mut b, (i, d): (usize, &PlannedDelivery)| {
+                if shared.is_none() {
+                    b.push_bind(d.window.0)
+                        .push_bind(i64::from(d.revision))
+                        .push_bind(d.notice.to_string());
+                }
+                b.push_bind(d.recipient.0)
+                    .push_bind(d.channel.as_str())
+                    .push_bind(d.endpoint)
+                    .push_bind(to_millis(d.due_at))
+                    .push_bind(to_millis(d.deadline));
+                if claiming.is_some() {
+                    b.push_bind(token(i));
+                }
+            });
+            qb.push(match shared {
+                Some(_) => format!(
+                    "), v AS (SELECT s.window_id, s.revision, s.notice, r.recipient_id, r.channel, r.endpoint_id, \
+                     r.due_at, r.deadline{} FROM s, r)",
+                    if claiming.is_some() { ", r.lease_token" } else { "" }
+                ),
+                None => ")".to_owned(),
+            });
             qb.push(format!(
                 " INSERT INTO deliveries ({columns}) SELECT {values} FROM v{}",
                 if claiming.is_some() { ", c" } else { "" }
