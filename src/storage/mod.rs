@@ -73,8 +73,8 @@ pub struct Store {
     pool: Pool,
     sqlite_file: Option<PathBuf>,
     /// On SQLite, the one connection this process's hot writes go through (see
-    /// [`Store::writer`]); `None` once the store is closed.
-    sqlite_writer: Option<Arc<tokio::sync::Mutex<Option<SqliteConnection>>>>,
+    /// [`Store::writer`]); `None` once the store is closed, and on PostgreSQL.
+    sqlite_writer: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
 }
 
 /// What a write goes through (see [`Store::writer`]).
@@ -214,7 +214,7 @@ impl Store {
             Ok(Store {
                 pool: Pool::Sqlite(pool),
                 sqlite_file,
-                sqlite_writer: Some(Arc::new(tokio::sync::Mutex::new(Some(writer)))),
+                sqlite_writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url)?;
@@ -235,7 +235,7 @@ impl Store {
             Ok(Store {
                 pool: Pool::Postgres(pool),
                 sqlite_file: None,
-                sqlite_writer: None,
+                sqlite_writer: Arc::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
@@ -258,12 +258,11 @@ impl Store {
     /// round the pool read the ledger's pages afresh every time. PostgreSQL takes concurrent
     /// writers: the pool.
     async fn writer(&self) -> Result<Writer<'_>, StoreError> {
-        match (&self.pool, &self.sqlite_writer) {
-            (Pool::Postgres(p), _) => Ok(Writer::Postgres(p)),
-            (Pool::Sqlite(_), Some(writer)) => tokio::sync::MutexGuard::try_map(writer.lock().await, Option::as_mut)
+        match &self.pool {
+            Pool::Postgres(p) => Ok(Writer::Postgres(p)),
+            Pool::Sqlite(_) => tokio::sync::MutexGuard::try_map(self.sqlite_writer.lock().await, Option::as_mut)
                 .map(Writer::Sqlite)
                 .map_err(|_| StoreError::Closed),
-            (Pool::Sqlite(_), None) => Err(StoreError::Closed),
         }
     }
 
@@ -339,8 +338,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Some(writer) = &self.sqlite_writer
-            && let Some(conn) = writer.lock().await.take()
+        if let Some(conn) = self.sqlite_writer.lock().await.take()
             && let Err(e) = conn.close().await
         {
             tracing::warn!(error = %e, "closing the SQLite writer");
