@@ -438,8 +438,8 @@ impl InsertPlanned for sqlx::SqliteConnection {
             }
             let lease_token = if claiming.is_some() { ", lease_token" } else { "" };
             // The rows of a fan-out's page share their window, revision and notice: bound once
-            // for the statement, not once a row (a bound value costs SQLite's one writer about
-            // as much as an index entry).
+            // for the statement, not once a row (each bound value is copied in and cleared again
+            // on SQLite's one writer, about 600 instructions).
             let shared = shared_notice(chunk);
             match shared {
                 Some((window, revision, notice)) => {
