@@ -597,7 +597,9 @@ async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out
 async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_out_once(db: &TestDb) {
     use tangazo::broadcast::{Content, Handing, enqueue_audience};
     use tangazo::domain::{AudienceFilter, Channel};
-    english_customers(db, 30_000).await;
+    // Enough recipients that sending them outlasts the one-second lease.
+    const N: usize = 60_000;
+    english_customers(db, N as u32).await;
     let short_lease = "[dispatch]\nlease = \"1s\"\nbatch_size = 500\n";
     let (rig, other) = (
         Rig::named(db, "broadcast:1", short_lease),
@@ -648,12 +650,12 @@ async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_o
         began.elapsed() > std::time::Duration::from_secs(1),
         "the run outlasts a lease"
     );
-    assert_eq!(enqueued.unwrap(), Some(30_000));
+    assert_eq!(enqueued.unwrap(), Some(N as u64));
     assert!(sent.handed > 0, "rows were handed over");
-    assert_eq!(sent.sent + beside.sent, 30_000);
-    assert_eq!(rig.sent() + other.sent(), 30_000);
+    assert_eq!(sent.sent + beside.sent, N as u64);
+    assert_eq!(rig.sent() + other.sent(), N);
     let states = tangazo::broadcast::states(&db.store, b.id).await.unwrap();
-    assert_eq!(states.get(tangazo::domain::DeliveryState::Sent), 30_000);
+    assert_eq!(states.get(tangazo::domain::DeliveryState::Sent), N as i64);
     assert_eq!(states.open(), 0, "nothing left claimed");
 }
 
