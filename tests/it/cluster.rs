@@ -7,48 +7,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Form, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use chrono::{TimeDelta, Utc};
 use tangazo::domain::{NewWindow, Schedule};
 
 use crate::helpers::{TestDb, new_window, sms_customer};
-
-/// Every number the sink was sent, with when its request arrived.
-#[derive(Default)]
-struct Sink {
-    arrivals: Mutex<Vec<(Instant, String)>>,
-}
-
-async fn messaging(State(sink): State<Arc<Sink>>, Form(form): Form<HashMap<String, String>>) -> impl IntoResponse {
-    let now = Instant::now();
-    let numbers: Vec<String> = form["to"].split(',').map(str::to_owned).collect();
-    let recipients: Vec<serde_json::Value> = numbers
-        .iter()
-        .map(|n| serde_json::json!({"statusCode": 101, "number": n, "status": "Success", "cost": "KES 0.8000", "messageId": format!("ATXid_{n}")}))
-        .collect();
-    sink.arrivals
-        .lock()
-        .unwrap()
-        .extend(numbers.into_iter().map(|n| (now, n)));
-    let body = serde_json::json!({"SMSMessageData": {"Message": "Sent", "Recipients": recipients}});
-    (StatusCode::CREATED, axum::Json(body))
-}
-
-async fn sink() -> (Arc<Sink>, String) {
-    let sink = Arc::new(Sink::default());
-    let app = axum::Router::new()
-        .route("/version1/messaging", axum::routing::post(messaging))
-        .with_state(Arc::clone(&sink));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (sink, base)
-}
+use crate::sms_sink::{self, Sink};
 
 /// `n` customers in Nairobi reached by SMS only.
 async fn customers(db: &TestDb, n: u32) {
@@ -180,7 +146,7 @@ impl Rig {
         let db = TestDb::postgres().await;
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (sink, base) = sink().await;
+        let (sink, base) = sms_sink::start(Duration::ZERO).await;
         customers(&db, n).await;
         let config = config(dir.path(), &base, rate, lease);
         let daemons: Vec<Daemon> = (0..daemons)

@@ -18,6 +18,7 @@ mod providers;
 mod readme;
 mod scheduler;
 mod schema;
+mod sms_sink;
 mod smtp;
 mod store;
 mod tidy;

@@ -12,6 +12,7 @@ use tangazo::shutdown::CancellationToken;
 
 use crate::helpers::{TestDb, biller, customer, new_window, start, utc};
 use crate::on_both;
+use crate::sms_sink;
 
 on_both!(
     run_once_twice_at_the_same_now_does_nothing_twice,
@@ -558,17 +559,41 @@ async fn tick_beside(
     (report, beside.unwrap())
 }
 
+/// A local SMS gateway that holds each request, and the configuration that sends SMS through
+/// it with a one-second lease: sending to `customers` customers, a request for each hundred of
+/// them, lasts longer than the lease however fast the rest of the run.
+async fn slow_sms_with_a_short_lease(customers: u32) -> (std::sync::Arc<sms_sink::Sink>, String) {
+    // 100 numbers a request (Africa's Talking's default batch), each request held in turn.
+    let requests = customers.div_ceil(100);
+    let hold = std::time::Duration::from_millis(1500 / u64::from(requests)).max(std::time::Duration::from_millis(1));
+    let (sink, base) = sms_sink::start(hold).await;
+    let more = format!(
+        "{}[dispatch]\nlease = \"1s\"\nbatch_size = 500\n",
+        sms_sink::sender(&base)
+    );
+    (sink, more)
+}
+
+/// Every number the sink was sent arrived once, and there are `n` of them.
+fn each_reached_once(sink: &sms_sink::Sink, n: usize) {
+    let per_number = sink.per_number();
+    assert_eq!(per_number.len(), n, "every customer reached by SMS");
+    let twice: Vec<_> = per_number.iter().filter(|&(_, &k)| k > 1).collect();
+    assert!(twice.is_empty(), "reached more than once: {twice:?}");
+}
+
 /// A fan-out written claimed and handed to the tick's own lanes while another worker claims
 /// from the same queue and settles lapsed claims, on the real clock, with a one-second lease
-/// that the run outlasts: every row goes out once and nothing is left claimed. (A batch that
-/// waits past its lease is `store::a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent`.)
+/// that the run outlasts (the SMS gateway is slow): every row goes out once and nothing is left
+/// claimed. (A batch that waits past its lease is
+/// `store::a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent`.)
 async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out_once(db: &TestDb) {
-    english_customers(db, 40_000).await;
-    let short_lease = "[dispatch]\nlease = \"1s\"\nbatch_size = 500\n";
-    let (rig, other) = (
-        Rig::named(db, "test", short_lease),
-        Rig::named(db, "other", short_lease),
-    );
+    // Three pages of customers; each has a phone, and every other one an email.
+    const N: u32 = 12_000;
+    const ROWS: usize = N as usize * 3 / 2;
+    english_customers(db, N).await;
+    let (sink, more) = slow_sms_with_a_short_lease(N).await;
+    let (rig, other) = (Rig::named(db, "test", &more), Rig::named(db, "other", &more));
     assert!(rig.scheduler.hands_over().await.unwrap());
     let created = start() - TimeDelta::hours(100);
     let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
@@ -580,11 +605,12 @@ async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out
         began.elapsed() > std::time::Duration::from_secs(1),
         "the run outlasts a lease"
     );
-    assert_eq!(report.enqueued, 60_000);
-    assert_eq!(report.dispatch.sent + beside.sent, 60_000);
-    assert_eq!(rig.sent() + other.sent(), 60_000);
+    assert_eq!(report.enqueued, ROWS as u64);
+    assert_eq!(report.dispatch.sent + beside.sent, ROWS as u64);
+    each_reached_once(&sink, N as usize);
+    assert_eq!(rig.sent() + other.sent(), ROWS - N as usize, "every email once");
     let rows = db.store.deliveries(w.id, None, None).await.unwrap();
-    assert_eq!(rows.len(), 60_000);
+    assert_eq!(rows.len(), ROWS);
     assert!(rows.iter().all(|r| r.state == tangazo::domain::DeliveryState::Sent));
     // Not asserted: that no row is flagged as possibly sent twice. On a loaded machine a lane
     // can stall past a one-second lease, and the other worker then settles its claim: the rows
@@ -593,18 +619,15 @@ async fn a_handed_fan_out_beside_another_worker_for_longer_than_a_lease_goes_out
 
 /// A broadcast recorded with its rows handed to its own lanes (as `tangazo broadcast` does)
 /// while another worker claims from the same queue and settles lapsed claims, on the real
-/// clock, with a one-second lease that the run outlasts: every row goes out once.
+/// clock, with a one-second lease that the run outlasts (the SMS gateway is slow): every row
+/// goes out once.
 async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_out_once(db: &TestDb) {
     use tangazo::broadcast::{Content, Handing, enqueue_audience};
     use tangazo::domain::{AudienceFilter, Channel};
-    // Enough recipients that sending them outlasts the one-second lease.
-    const N: usize = 60_000;
+    const N: usize = 12_000;
     english_customers(db, N as u32).await;
-    let short_lease = "[dispatch]\nlease = \"1s\"\nbatch_size = 500\n";
-    let (rig, other) = (
-        Rig::named(db, "broadcast:1", short_lease),
-        Rig::named(db, "other", short_lease),
-    );
+    let (sink, more) = slow_sms_with_a_short_lease(N as u32).await;
+    let (rig, other) = (Rig::named(db, "broadcast:1", &more), Rig::named(db, "other", &more));
     let created = start() - TimeDelta::hours(100);
     let clock = tangazo::clock::Clock::starting_at(created);
     let content = Content::Message(crate::helpers::free_message("Pay bill is back"));
@@ -653,7 +676,8 @@ async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_o
     assert_eq!(enqueued.unwrap(), Some(N as u64));
     assert!(sent.handed > 0, "rows were handed over");
     assert_eq!(sent.sent + beside.sent, N as u64);
-    assert_eq!(rig.sent() + other.sent(), N);
+    each_reached_once(&sink, N);
+    assert_eq!(rig.sent() + other.sent(), 0, "nothing but SMS");
     let states = tangazo::broadcast::states(&db.store, b.id).await.unwrap();
     assert_eq!(states.get(tangazo::domain::DeliveryState::Sent), N as i64);
     assert_eq!(states.open(), 0, "nothing left claimed");
