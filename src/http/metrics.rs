@@ -62,7 +62,10 @@ pub async fn metrics(State(state): State<AppState>) -> Answer<Response> {
             label(backend)
         );
     }
-    let _ = writeln!(out, "# HELP tangazo_queue_due Pending deliveries whose time has come.");
+    let _ = writeln!(
+        out,
+        "# HELP tangazo_queue_due Pending deliveries whose time has come, but for those of paused windows."
+    );
     let _ = writeln!(out, "# TYPE tangazo_queue_due gauge");
     let _ = writeln!(out, "tangazo_queue_due {}", m.due);
     let _ = writeln!(

@@ -461,9 +461,9 @@ pub enum OptOutBy<'a> {
 pub struct MetricsSnapshot {
     /// (state, channel, backend or "", count)
     pub deliveries: Vec<(String, String, String, i64)>,
-    /// Pending deliveries due at or before now.
+    /// Pending deliveries due at or before now, but for those a paused window holds.
     pub due: i64,
-    /// Seconds since the oldest due delivery became due.
+    /// Seconds since the oldest of them became due.
     pub oldest_due_age: f64,
     pub endpoints_disabled: i64,
     /// Attempts by upper bound of latency in ms (cumulative), with the total count and sum.
@@ -496,7 +496,7 @@ impl Store {
             .fetch_all(p)
             .await?;
             let (due, oldest): (i64, Option<i64>) = sqlx::query_as(
-                "SELECT COUNT(*), MIN(due_at) FROM deliveries WHERE state = 'pending' AND due_at <= $1",
+                "SELECT COUNT(*), MIN(due_at) FROM deliveries WHERE state = 'pending' AND NOT held AND due_at <= $1",
             )
             .bind(to_millis(now))
             .fetch_one(p)

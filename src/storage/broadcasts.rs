@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
-use super::queue::{Claiming, WrittenClaimed, claimed_batches, inserted_columns};
+use super::queue::{Writing, WrittenClaimed, claimed_batches, inserted_columns};
 use super::rows::{Broadcast, BroadcastRow, NewBroadcast};
 use super::{Dialect, HandOver, Pool, ROWS_PER_STATEMENT, Store, StoreError, WrittenPage};
 use crate::domain::{Channel, RecipientId, to_millis};
@@ -91,7 +91,7 @@ impl Store {
     /// `enqueue_broadcast`, writing the rows `hand` can take claimed already, as
     /// [`Store::enqueue_page_handing`] does a fan-out's: those due at `hand.now` and before the
     /// deadline, not to a webhook endpoint, of no paused window. The batches are matched to
-    /// `rows` by index.
+    /// `rows` by index. A paused window's rows are written held, as a fan-out's are.
     pub async fn enqueue_broadcast_handing(
         &self,
         b: &Broadcast,
@@ -113,20 +113,18 @@ impl Store {
                     .bind(window.0)
                     .execute(&mut *tx)
                     .await?;
-                if hand.is_some() {
-                    paused = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM paused_windows WHERE window_id = $1)")
-                        .bind(window.0)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                }
+                paused = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM paused_windows WHERE window_id = $1)")
+                    .bind(window.0)
+                    .fetch_one(&mut *tx)
+                    .await?;
             }
             let tokens = match hand {
                 Some(hand) if !paused => hand.tokens(rows.iter().map(|r| (due_at, b.deadline, r.2.is_some()))),
                 _ => Vec::new(),
             };
-            let claiming = Claiming::of(hand, &tokens);
-            let inserted = tx.insert_broadcast(b, rows, to_millis(due_at), claiming.as_ref()).await?;
-            let claimed = match &claiming {
+            let writing = Writing::of(paused, hand, &tokens);
+            let inserted = tx.insert_broadcast(b, rows, to_millis(due_at), &writing).await?;
+            let claimed = match writing.claiming() {
                 Some(claiming) => {
                     let distinct = claiming.distinct();
                     let written = tx.written_claimed(&distinct).await?;
@@ -168,15 +166,15 @@ fn notice(b: &Broadcast) -> String {
     b.notice.map(|n| n.to_string()).unwrap_or_else(|| "message".to_owned())
 }
 
-/// Inserting a broadcast's rows inside a transaction, those given a token in `claiming`
-/// claimed under it; the count of new rows. The values every row shares are bound once.
+/// Inserting a broadcast's rows inside a transaction, written as `writing` says; the count of
+/// new rows. The values every row shares are bound once.
 trait InsertBroadcast {
     async fn insert_broadcast(
         &mut self,
         b: &Broadcast,
         rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: i64,
-        claiming: Option<&Claiming<'_>>,
+        writing: &Writing<'_>,
     ) -> Result<u64, sqlx::Error>;
 }
 
@@ -186,15 +184,10 @@ impl InsertBroadcast for sqlx::SqliteConnection {
         b: &Broadcast,
         rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: i64,
-        claiming: Option<&Claiming<'_>>,
+        writing: &Writing<'_>,
     ) -> Result<u64, sqlx::Error> {
-        let (columns, values) = inserted_columns(
-            BROADCAST_COLUMNS,
-            claiming.is_some(),
-            Dialect::Sqlite,
-            "c.owner",
-            "c.lease",
-        );
+        let claiming = writing.claiming();
+        let (columns, values) = inserted_columns(BROADCAST_COLUMNS, writing, Dialect::Sqlite, "c.owner", "c.lease");
         let notice = notice(b);
         let mut inserted = 0;
         for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
@@ -251,10 +244,10 @@ impl InsertBroadcast for sqlx::PgConnection {
         b: &Broadcast,
         rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: i64,
-        claiming: Option<&Claiming<'_>>,
+        writing: &Writing<'_>,
     ) -> Result<u64, sqlx::Error> {
-        let (columns, values) =
-            inserted_columns(BROADCAST_COLUMNS, claiming.is_some(), Dialect::Postgres, "$11", "$12");
+        let claiming = writing.claiming();
+        let (columns, values) = inserted_columns(BROADCAST_COLUMNS, writing, Dialect::Postgres, "$11", "$12");
         let (token_array, token_column) = if claiming.is_some() {
             (", $10::bigint[]", ", lease_token")
         } else {

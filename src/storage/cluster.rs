@@ -181,29 +181,49 @@ impl Store {
             .collect()
     }
 
-    /// Stops every daemon claiming the window's deliveries. False: it was paused already.
+    /// Stops every daemon claiming the window's deliveries, and holds its pending rows out of
+    /// the claims' index. False: it was paused already.
     pub async fn pause_window(&self, id: WindowId, actor: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         self.window(id).await?;
-        let n = on_pool!(self, p => sqlx::query(
-            "INSERT INTO paused_windows (window_id, paused_at, actor) VALUES ($1, $2, $3) ON CONFLICT (window_id) DO NOTHING",
-        )
-        .bind(id.0)
-        .bind(to_millis(now))
-        .bind(actor)
-        .execute(p)
-        .await?
-        .rows_affected());
+        // The process's own writes take turns with this one rather than wait on SQLite's lock.
+        let n = on_writer!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(
+                "INSERT INTO paused_windows (window_id, paused_at, actor) VALUES ($1, $2, $3) ON CONFLICT (window_id) DO NOTHING",
+            )
+            .bind(id.0)
+            .bind(to_millis(now))
+            .bind(actor)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("UPDATE deliveries SET held = TRUE WHERE window_id = $1 AND state = 'pending' AND NOT held")
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            n
+        });
         Ok(n == 1)
     }
 
     /// Lets daemons claim the window's deliveries again. False: it was not paused.
     pub async fn resume_window(&self, id: WindowId) -> Result<bool, StoreError> {
         self.window(id).await?;
-        let n = on_pool!(self, p => sqlx::query("DELETE FROM paused_windows WHERE window_id = $1")
-            .bind(id.0)
-            .execute(p)
-            .await?
-            .rows_affected());
+        let n = on_writer!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM paused_windows WHERE window_id = $1")
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("UPDATE deliveries SET held = FALSE WHERE window_id = $1 AND held")
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            n
+        });
         Ok(n == 1)
     }
 

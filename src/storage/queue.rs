@@ -314,15 +314,14 @@ enum Broadcasts {
 /// rows. Each dialect passes a whole page in as few statements as it can.
 trait InsertPlanned {
     async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error> {
-        self.insert_planned_claiming(rows, broadcasts, None).await
+        self.insert_planned_as(rows, broadcasts, &Writing::Pending).await
     }
-    /// `insert_planned`, the rows given a token in `claiming` written claimed under it for its
-    /// owner (see [`Store::enqueue_page_handing`]).
-    async fn insert_planned_claiming(
+    /// `insert_planned`, the rows written as `writing` says (see [`Store::enqueue_page_handing`]).
+    async fn insert_planned_as(
         &mut self,
         rows: &[PlannedDelivery],
         broadcasts: Broadcasts,
-        claiming: Option<&Claiming<'_>>,
+        writing: &Writing<'_>,
     ) -> Result<u64, sqlx::Error>;
 }
 
@@ -360,12 +359,38 @@ impl<'a> Claiming<'a> {
     }
 }
 
-/// An insert's columns set from `v` (`columns`, each as `v.column`), and, when `claiming`,
-/// the claim's: a row with a token is claimed, one without pending. `$owner` and `$lease` are
-/// the claim's owner and lease as the dialect binds them.
+/// How rows are written: pending, those given a token claimed under it for its owner, or held
+/// out of the claim's index because their window is paused (migration `paused_rows_held`).
+pub(super) enum Writing<'a> {
+    Pending,
+    Claiming(Claiming<'a>),
+    Held,
+}
+
+impl<'a> Writing<'a> {
+    /// Held if the rows' window is `paused`, else claimed as `hand` claims rows given `tokens`
+    /// (see [`Claiming::of`]), else pending.
+    pub(super) fn of(paused: bool, hand: Option<&HandOver<'a>>, tokens: &'a [Option<i64>]) -> Writing<'a> {
+        if paused {
+            return Writing::Held;
+        }
+        Claiming::of(hand, tokens).map_or(Writing::Pending, Writing::Claiming)
+    }
+
+    pub(super) fn claiming(&self) -> Option<&Claiming<'a>> {
+        match self {
+            Writing::Claiming(c) => Some(c),
+            Writing::Pending | Writing::Held => None,
+        }
+    }
+}
+
+/// An insert's columns set from `v` (`columns`, each as `v.column`), and those `writing` sets:
+/// when claiming, the claim's (a row with a token is claimed, one without pending; `$owner`
+/// and `$lease` are the claim's owner and lease as the dialect binds them); when held, `held`.
 pub(super) fn inserted_columns(
     columns: &str,
-    claiming: bool,
+    writing: &Writing<'_>,
     dialect: Dialect,
     owner: &str,
     lease: &str,
@@ -375,8 +400,10 @@ pub(super) fn inserted_columns(
         .map(|c| format!("v.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    if !claiming {
-        return (columns.to_owned(), from_v);
+    match writing {
+        Writing::Pending => return (columns.to_owned(), from_v),
+        Writing::Held => return (format!("{columns}, held"), format!("{from_v}, TRUE")),
+        Writing::Claiming(_) => {}
     }
     let now = db_now_ms(dialect);
     (
@@ -411,19 +438,14 @@ fn shared_notice(rows: &[PlannedDelivery]) -> Option<(WindowId, u32, Notice)> {
 }
 
 impl InsertPlanned for sqlx::SqliteConnection {
-    async fn insert_planned_claiming(
+    async fn insert_planned_as(
         &mut self,
         rows: &[PlannedDelivery],
         broadcasts: Broadcasts,
-        claiming: Option<&Claiming<'_>>,
+        writing: &Writing<'_>,
     ) -> Result<u64, sqlx::Error> {
-        let (columns, values) = inserted_columns(
-            PLANNED_COLUMNS,
-            claiming.is_some(),
-            Dialect::Sqlite,
-            "c.owner",
-            "c.lease",
-        );
+        let claiming = writing.claiming();
+        let (columns, values) = inserted_columns(PLANNED_COLUMNS, writing, Dialect::Sqlite, "c.owner", "c.lease");
         let mut inserted = 0;
         for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
             let first = n * ROWS_PER_STATEMENT;
@@ -510,16 +532,17 @@ impl WrittenClaimed for sqlx::SqliteConnection {
 impl InsertPlanned for sqlx::PgConnection {
     /// One statement for the whole page: its columns bound as arrays and `unnest`ed inside
     /// the database, rather than thousands of bound values in a statement text.
-    async fn insert_planned_claiming(
+    async fn insert_planned_as(
         &mut self,
         rows: &[PlannedDelivery],
         broadcasts: Broadcasts,
-        claiming: Option<&Claiming<'_>>,
+        writing: &Writing<'_>,
     ) -> Result<u64, sqlx::Error> {
         if rows.is_empty() {
             return Ok(0);
         }
-        let (columns, values) = inserted_columns(PLANNED_COLUMNS, claiming.is_some(), Dialect::Postgres, "$10", "$11");
+        let claiming = writing.claiming();
+        let (columns, values) = inserted_columns(PLANNED_COLUMNS, writing, Dialect::Postgres, "$10", "$11");
         let (token_array, token_column) = if claiming.is_some() {
             (", $9::bigint[]", ", lease_token")
         } else {
@@ -710,7 +733,8 @@ impl MarkSent for sqlx::PgConnection {
 
 impl Store {
     /// Enqueues planned deliveries in one transaction. Rows already queued (same idempotency
-    /// key) are left alone. Returns how many rows were new.
+    /// key) are left alone. Returns how many rows were new. A paused window's rows are written
+    /// pending, not held (claims pass over them all the same); its fan-out writes them held.
     pub async fn enqueue(&self, rows: &[PlannedDelivery]) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
@@ -734,7 +758,8 @@ impl Store {
     /// `enqueue_page`, writing the rows `hand` can take claimed already, in batches under new
     /// tokens, for the caller to hand to its own lanes: those due at `hand.now` and before
     /// their deadline, not to a webhook endpoint, of a window not paused. Each such row is
-    /// written once instead of twice (pending, then claimed) and need not be read back.
+    /// written once instead of twice (pending, then claimed) and need not be read back. A
+    /// paused window's rows are written held, out of the claims' way until it resumes.
     pub async fn enqueue_page_handing(
         &self,
         page: &FanOutPage,
@@ -769,9 +794,9 @@ impl Store {
                 Some(hand) if !paused => hand.tokens(rows.iter().map(|r| (r.due_at, r.deadline, r.endpoint.is_some()))),
                 _ => Vec::new(),
             };
-            let claiming = Claiming::of(hand, &tokens);
-            let inserted = tx.insert_planned_claiming(rows, broadcasts, claiming.as_ref()).await?;
-            let claimed = if let Some(claiming) = &claiming {
+            let writing = Writing::of(paused, hand, &tokens);
+            let inserted = tx.insert_planned_as(rows, broadcasts, &writing).await?;
+            let claimed = if let Some(claiming) = writing.claiming() {
                 let distinct = claiming.distinct();
                 claimed_batches(rows.iter().map(|r| (r.recipient, r.channel)), &distinct, tx.written_claimed(&distinct).await?)?
             } else {
@@ -828,7 +853,7 @@ impl Store {
     /// again, if sooner than its next tick.
     pub async fn next_slot(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
         let at: Option<i64> = on_pool!(self, p => sqlx::query_scalar(
-            "SELECT due_at FROM deliveries WHERE state = 'pending' AND deadline > $1 \
+            "SELECT due_at FROM deliveries WHERE state = 'pending' AND NOT held AND deadline > $1 \
              AND (window_id IS NULL OR window_id NOT IN (SELECT window_id FROM paused_windows)) \
              ORDER BY due_at LIMIT 1",
         )

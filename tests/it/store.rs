@@ -33,6 +33,7 @@ on_both!(
     a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
     a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent,
     a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
+    a_paused_window_s_pending_rows_are_held_out_of_the_claims_index,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -902,8 +903,9 @@ async fn a_new_sqlite_file_has_16_kib_pages_and_an_older_one_keeps_its_own() {
 }
 
 /// Migration 0013 builds SQLite's ledger again without its references to windows, recipients,
-/// broadcasts and bodies (as PostgreSQL's 0011 dropped them): every row and every index come
-/// through, and the attempts log still may name only deliveries that exist.
+/// broadcasts and bodies (as PostgreSQL's 0011 dropped them), and 0014 builds it again: every
+/// row and every index come through, and the attempts log still may name only deliveries that
+/// exist.
 #[tokio::test]
 async fn the_sqlite_ledger_rebuilt_without_parent_checks_keeps_every_row() {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -958,15 +960,20 @@ async fn the_sqlite_ledger_rebuilt_without_parent_checks_keeps_every_row() {
         (rows, indexes)
     };
     let before = read(pool.clone()).await;
+    // The rebuilds, 0013 and 0014: every row, every index.
+    sqlx::migrate!("migrations/sqlite").run_to(14, &pool).await.unwrap();
+    let rebuilt = read(pool.clone()).await;
+    assert_eq!(rebuilt.0, before.0, "every row, every column");
+    assert_eq!(rebuilt.1, before.1, "the same indexes");
     pool.close().await;
 
+    // And the migrations since.
     let store = tangazo::storage::Store::connect(&url).await.unwrap();
     assert!(store.migrations_current().await.unwrap());
     store.close().await;
     let pool = connect().await;
     let after = read(pool.clone()).await;
     assert_eq!(after.0, before.0, "every row, every column");
-    assert_eq!(after.1, before.1, "the same indexes");
     let references: Vec<String> = sqlx::query_scalar("SELECT \"table\" FROM pragma_foreign_key_list('deliveries')")
         .fetch_all(&pool)
         .await
@@ -1278,6 +1285,84 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
         states(db, w.id).await,
         BTreeMap::from([("claimed".into(), 1), ("pending".into(), 5), ("sent".into(), 2)])
     );
+}
+
+/// Pausing a window holds its pending rows out of the claims' index, so a claim does not walk
+/// them to reach the rows behind; rows written for it while it is paused, by its fan-out or a
+/// broadcast of it, are written held. Other windows' rows are claimed meanwhile. Resuming lets
+/// every one of them be claimed again.
+async fn a_paused_window_s_pending_rows_are_held_out_of_the_claims_index(db: &TestDb) {
+    let ids = seed(db, 6).await;
+    let created = utc(2015, 4, 10, 6, 0);
+    let now = start() - TimeDelta::hours(50);
+    let paused = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    let other = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    for w in [paused.id, other.id] {
+        db.store
+            .enqueue(&planned(w, 1, Notice::Announced, &ids[..2], 100))
+            .await
+            .unwrap();
+    }
+    let held = async || count(db, "SELECT COUNT(*) FROM deliveries WHERE held").await;
+    assert_eq!(held().await, 0);
+
+    assert!(db.store.pause_window(paused.id, "ops", now).await.unwrap());
+    assert_eq!(held().await, 2, "the paused window's pending rows");
+    // Written while paused: a page of its fan-out, given a hand-over (it claims none of them),
+    // and a broadcast of it.
+    let page = FanOutPage {
+        window: paused.id,
+        revision: 1,
+        notice: Notice::Announced,
+        audience: Audience::Customer,
+        read_up_to: RecipientId(ids[3]),
+    };
+    let hand = HandOver {
+        owner: "daemon@a",
+        lease: LEASE,
+        batch: 10,
+        now,
+    };
+    let written = db
+        .store
+        .enqueue_page_handing(
+            &page,
+            &planned(paused.id, 1, Notice::Announced, &ids[2..4], 100),
+            Some(&hand),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((written.inserted, written.claimed.len()), (2, 0));
+    let b = db
+        .store
+        .create_broadcast(
+            &NewBroadcast {
+                name: "again".into(),
+                window: Some(paused.id),
+                revision: Some(1),
+                notice: Some(Notice::Announced),
+                message: None,
+                filter: AudienceFilter::default(),
+                deadline: start(),
+            },
+            now,
+            "ops",
+        )
+        .await
+        .unwrap();
+    let one = [(RecipientId(ids[5]), Channel::Sms, None)];
+    assert_eq!(db.store.enqueue_broadcast(&b, &one, now).await.unwrap(), 1);
+    assert_eq!(held().await, 5, "and the rows written for it since");
+
+    let (_, claimed) = claim(db, now, 10, "b", LEASE, None).await;
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|d| d.window == Some(other.id)), "{claimed:?}");
+
+    assert!(db.store.resume_window(paused.id).await.unwrap());
+    assert_eq!(held().await, 0);
+    let (_, claimed) = claim(db, now, 10, "b", LEASE, None).await;
+    assert_eq!(claimed.len(), 5, "every row of the window once it resumes");
 }
 
 /// A broadcast's rows can be written as a fan-out's page can: those that can go out at once

@@ -2,14 +2,15 @@
 -- oldest due first, for owner $1 under token $6, leased for $2 ms of real time on the database's
 -- clock; $5 is an optional broadcast. SQLite: the daemon is the only claimer of its file but for
 -- the `broadcast` command beside it, and SQLite runs one writer at a time. The claimed rows are read
--- back by their token once this has committed. Rows of a paused window are left where they are.
+-- back by their token once this has committed. Rows of a paused window are left where they are
+-- (those held, out of the index, are not even looked at).
 -- Only rows past the position ($7, $8) in claim order are looked at, as on PostgreSQL.
 UPDATE deliveries
 SET state = 'claimed', lease_owner = $1, lease_token = $6,
     lease_until = CAST(unixepoch('subsec') * 1000 AS INTEGER) + $2, attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM deliveries
-    WHERE state = 'pending' AND (due_at, id) > ($7, $8) AND due_at <= $3 AND deadline > $3 AND ($5 IS NULL OR broadcast_id = $5)
+    WHERE state = 'pending' AND NOT held AND (due_at, id) > ($7, $8) AND due_at <= $3 AND deadline > $3 AND ($5 IS NULL OR broadcast_id = $5)
       AND (window_id IS NULL OR window_id NOT IN (SELECT window_id FROM paused_windows))
     ORDER BY due_at, id
     LIMIT $4
