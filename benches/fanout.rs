@@ -83,6 +83,12 @@ struct Args {
     /// gets its own slot, and lateness is measured against it. Not for `broadcast`
     #[arg(long, value_name = "R")]
     rate: Option<u32>,
+    /// Plans and sends apart, to measure each alone: the window is paused before a first
+    /// `run-once`, which plans its fan-out and sends nothing (a paused window's rows are
+    /// written held), then resumed for a second, which sends it all through claims. Not for
+    /// `broadcast` or with --rate
+    #[arg(long)]
+    apart: bool,
     /// The dispatcher's `batch_size` [default: Tangazo's own]
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
@@ -270,6 +276,8 @@ struct Bench {
     databases: usize,
     /// The backend's rate in a paced run.
     rate: Option<u32>,
+    /// Planning and sending measured apart (`--apart`).
+    apart: bool,
     /// The `[dispatch]` settings given on the command line.
     dispatch: Dispatch,
 }
@@ -311,6 +319,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     ensure!(
         args.rate.is_none() || !args.channels.contains(&Scenario::Broadcast),
         "--rate paces a window's notice through the daemon; leave broadcast out of --channels"
+    );
+    ensure!(
+        !args.apart || (args.rate.is_none() && !args.channels.contains(&Scenario::Broadcast)),
+        "--apart pauses a window's notice for one run-once; leave --rate and broadcast out"
     );
     args.stores.dedup();
     args.channels.dedup();
@@ -361,6 +373,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         files: HashMap::new(),
         databases: 0,
         rate: args.rate,
+        apart: args.apart,
         dispatch: args.dispatch(),
     };
     let mut outcomes = Vec::new();
@@ -592,25 +605,77 @@ impl Bench {
     /// enqueued and sent, and how long planning and dispatch took by its own report.
     async fn tick(&self, label: &str, tangazo: &Tangazo<'_>) -> anyhow::Result<(Ran, u64, u64, f64, f64)> {
         add_window(tangazo).await?;
+        if self.apart {
+            return self.apart(label, tangazo).await;
+        }
         note!(self.started, "{label}: run-once");
         let tick = tangazo.run("run-once", &["run-once", "--json"]).await?;
-        let report: Value = serde_json::from_str(&tick.stdout).context("reading the run-once report")?;
-        ensure!(
-            count(&report, "/dispatch/retried")
-                + count(&report, "/dispatch/failed")
-                + count(&report, "/dispatch/expired")
-                == 0,
-            "run-once retried {}, failed {}, expired {}",
-            count(&report, "/dispatch/retried"),
-            count(&report, "/dispatch/failed"),
-            count(&report, "/dispatch/expired")
-        );
+        let report = tick_report(&tick)?;
         let (enqueued, sent) = (count(&report, "/enqueued"), count(&report, "/dispatch/sent"));
         let plan = seconds(&report, "/plan_seconds")?;
         let dispatch = seconds(&report, "/dispatch_seconds")?;
         Ok((tick, enqueued, sent, plan, dispatch))
     }
 
+    /// `tick` with the window paused for a first `run-once`, which plans, and resumed for a
+    /// second, which sends: the two processes as one (their times added, the higher peak), what
+    /// the first enqueued and the second sent, and how long each took by its own report.
+    async fn apart(&self, label: &str, tangazo: &Tangazo<'_>) -> anyhow::Result<(Ran, u64, u64, f64, f64)> {
+        // Each run's database is new: its window is the first.
+        let toggle = async |step: &str| -> anyhow::Result<()> {
+            let ran = tangazo
+                .run(step, &["deliveries", step, "--window", "1", "--json"])
+                .await?;
+            let report: Value =
+                serde_json::from_str(&ran.stdout).with_context(|| format!("reading the {step} report"))?;
+            ensure!(
+                report.pointer("/changed") == Some(&Value::Bool(true)),
+                "{step} changed nothing: {report}"
+            );
+            Ok(())
+        };
+        toggle("pause").await?;
+        note!(self.started, "{label}: run-once, the window paused: planning alone");
+        let planning = tangazo.run("run-once", &["run-once", "--json"]).await?;
+        let report = tick_report(&planning)?;
+        let (enqueued, unsent) = (count(&report, "/enqueued"), count(&report, "/dispatch/sent"));
+        ensure!(unsent == 0, "the paused window's run sent {unsent}");
+        let plan = seconds(&report, "/plan_seconds")?;
+        toggle("resume").await?;
+        note!(self.started, "{label}: run-once, the window resumed: sending alone");
+        let sending = tangazo.run("run-once", &["run-once", "--json"]).await?;
+        let report = tick_report(&sending)?;
+        ensure!(
+            count(&report, "/enqueued") == 0,
+            "the resumed window's run planned again"
+        );
+        let sent = count(&report, "/dispatch/sent");
+        let dispatch = seconds(&report, "/dispatch_seconds")?;
+        let both = Ran {
+            stdout: sending.stdout,
+            log: planning.log.into_iter().chain(sending.log).collect(),
+            seconds: planning.seconds + sending.seconds,
+            peak_rss_kib: planning.peak_rss_kib.max(sending.peak_rss_kib),
+        };
+        Ok((both, enqueued, sent, plan, dispatch))
+    }
+}
+
+/// A `run-once --json` report, refused if anything was retried, failed or expired.
+fn tick_report(tick: &Ran) -> anyhow::Result<Value> {
+    let report: Value = serde_json::from_str(&tick.stdout).context("reading the run-once report")?;
+    ensure!(
+        count(&report, "/dispatch/retried") + count(&report, "/dispatch/failed") + count(&report, "/dispatch/expired")
+            == 0,
+        "run-once retried {}, failed {}, expired {}",
+        count(&report, "/dispatch/retried"),
+        count(&report, "/dispatch/failed"),
+        count(&report, "/dispatch/expired")
+    );
+    Ok(report)
+}
+
+impl Bench {
     /// Creates a window whose announcement is due now, paced at `rate`, and runs `tangazo
     /// daemon` until the ledger has `expected` deliveries sent (or nothing moved for a minute):
     /// the process, what it enqueued and sent, its planning time by its tick's log line, and
@@ -1229,6 +1294,8 @@ struct Settings<'a> {
     smoke: bool,
     /// The backend's rate in a paced run (`--rate`): the daemon ran, not `run-once`.
     rate: Option<u32>,
+    /// `--apart`: planning and sending each measured alone, in two `run-once`s.
+    apart: bool,
     /// `--batch-size` and `--lanes`, where given.
     dispatch: Dispatch,
 }
@@ -1265,6 +1332,7 @@ fn write_json(
             channels: &args.channels,
             smoke: args.smoke,
             rate: args.rate,
+            apart: args.apart,
             dispatch: args.dispatch(),
         },
         results: outcomes,
