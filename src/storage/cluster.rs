@@ -67,7 +67,7 @@ impl Store {
 
     /// Gives up the scheduler's lease if `me` holds it.
     pub async fn step_down(&self, me: &str) -> Result<(), StoreError> {
-        on_pool!(self, p => sqlx::query("DELETE FROM leader WHERE role = $1 AND owner = $2")
+        on_writer!(self, p => sqlx::query("DELETE FROM leader WHERE role = $1 AND owner = $2")
             .bind(SCHEDULER)
             .bind(me)
             .execute(p)
@@ -100,7 +100,7 @@ impl Store {
         let forget = format!("DELETE FROM daemons WHERE alive_until < {now} - $1");
         let count = format!("SELECT COUNT(*) FROM daemons WHERE alive_until > {now}");
         let sent = i64::try_from(sent).unwrap_or(i64::MAX);
-        let live: i64 = on_pool!(self, p => {
+        let live: i64 = on_writer!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(AssertSqlSafe(upsert))
                 .bind(me)

@@ -213,7 +213,7 @@ impl Store {
 
     /// Enables (`reason` none) or disables an endpoint; enabling clears its failure streak.
     pub async fn set_endpoint_disabled(&self, id: i64, reason: Option<&str>) -> Result<bool, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query(
+        Ok(on_writer!(self, p => sqlx::query(
             "UPDATE webhook_endpoints SET disabled_reason = $2, failing_since = NULL WHERE id = $1",
         )
         .bind(id)
@@ -283,7 +283,7 @@ impl Store {
         ok: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let since: Option<i64> = on_pool!(self, p => {
+        let since: Option<i64> = on_writer!(self, p => {
             if ok {
                 // Written only when a streak ends: a success is the common case.
                 sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")

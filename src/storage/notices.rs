@@ -38,7 +38,7 @@ impl Store {
     /// For a planned reminder, also supersedes the unsent deliveries of the earlier reminders it
     /// overtakes, in the same transaction.
     pub async fn record_decision(&self, window: WindowId, d: &Decision, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        on_pool!(self, p => {
+        on_writer!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
                 "INSERT INTO window_notices (window_id, revision, notice, audience, outcome, due_at, deadline, decided_at, \
@@ -81,7 +81,7 @@ impl Store {
 
     /// Marks a planned decision's fan-out complete: every recipient has been read.
     pub async fn close_fan_out(&self, window: WindowId, d: &Decision) -> Result<(), StoreError> {
-        on_pool!(self, p => {
+        on_writer!(self, p => {
             sqlx::query(
             "UPDATE window_notices SET fan_out_done = TRUE \
              WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4",

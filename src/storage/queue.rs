@@ -866,7 +866,7 @@ impl Store {
 
     /// Marks every unsent delivery whose deadline has passed as expired.
     pub async fn expire_due(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(on_pool!(self, p => sqlx::query(
+        Ok(on_writer!(self, p => sqlx::query(
             "UPDATE deliveries SET state = 'expired', last_error = COALESCE(last_error, 'deadline passed before it could be sent') \
              WHERE state = 'pending' AND deadline <= $1",
         )
@@ -927,7 +927,7 @@ impl Store {
             ),
         });
         let mut counts = [0u64; 3];
-        on_pool!(self, p => {
+        on_writer!(self, p => {
             let mut tx = p.begin().await?;
             for (sql, count) in statements.into_iter().zip(counts.iter_mut()) {
                 let mut q = sqlx::query(AssertSqlSafe(sql)).bind(to_millis(now));
@@ -1046,7 +1046,7 @@ impl Store {
                  WHERE lease_token = $1 AND state = 'claimed' FOR UPDATE SKIP LOCKED)"
             ),
         };
-        Ok(on_pool!(self, p => sqlx::query(AssertSqlSafe(sql))
+        Ok(on_writer!(self, p => sqlx::query(AssertSqlSafe(sql))
             .bind(token)
             .bind(millis(lease))
             .execute(p)
@@ -1067,13 +1067,16 @@ impl Store {
 
     /// Stores a rendered body once per cache key and returns its id.
     pub async fn body_id(&self, cache_key: &str, content: &str) -> Result<i64, StoreError> {
-        on_pool!(self, p => {
+        on_writer!(self, p => {
+            let mut tx = p.begin().await?;
             sqlx::query("INSERT INTO bodies (cache_key, content) VALUES ($1, $2) ON CONFLICT (cache_key) DO NOTHING")
                 .bind(cache_key)
                 .bind(content)
-                .execute(p)
+                .execute(&mut *tx)
                 .await?;
-            Ok(sqlx::query_scalar("SELECT id FROM bodies WHERE cache_key = $1").bind(cache_key).fetch_one(p).await?)
+            let id = sqlx::query_scalar("SELECT id FROM bodies WHERE cache_key = $1").bind(cache_key).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(id)
         })
     }
 

@@ -179,7 +179,7 @@ impl Store {
 
     /// Marks a finished window whose last notice is decided: the scheduler need not look again.
     pub async fn close_window(&self, id: WindowId) -> Result<(), StoreError> {
-        on_pool!(self, p => {
+        on_writer!(self, p => {
             sqlx::query("UPDATE windows SET closed = TRUE WHERE id = $1").bind(id.0).execute(p).await?;
         });
         Ok(())
@@ -198,7 +198,7 @@ impl Store {
         // Keys serialise in order, so the details of one kind of alarm begin alike.
         let details = serde_json::json!({ "kind": kind, "message": message }).to_string();
         let same_kind = format!("{{\"kind\":{}%", serde_json::Value::from(kind));
-        let raised = on_pool!(self, p => sqlx::query(
+        let raised = on_writer!(self, p => sqlx::query(
             "INSERT INTO window_history (window_id, revision, at, actor, action, details) \
              SELECT $1, $2, $3, 'scheduler', 'alarm', $4 WHERE NOT EXISTS \
              (SELECT 1 FROM window_history WHERE window_id = $1 AND revision = $2 AND action = 'alarm' AND details LIKE $5)",
