@@ -306,7 +306,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         args.channels = Scenario::value_variants()
             .iter()
             .copied()
-            .filter(|s| args.rate.is_none() || *s != Scenario::Broadcast)
+            .filter(|s| (args.rate.is_none() && !args.apart) || *s != Scenario::Broadcast)
             .collect();
     }
     ensure!(args.recipients > 0, "--recipients must be at least 1");
