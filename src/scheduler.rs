@@ -880,8 +880,12 @@ impl Scheduler {
             Reach::AlreadyTold | Reach::NotYetTold => self.store.told_among(window.id, first, last).await?,
         };
         pages.after = last;
-        let rows: Vec<PlannedDelivery> =
-            planner::fan_out(decision, window, &page.recipients, |id| told.contains(&id)).collect();
+        // Room for a row per recipient (more if some have two channels): the vector is not
+        // copied a dozen times over as it grows from empty.
+        let mut rows: Vec<PlannedDelivery> = Vec::with_capacity(page.recipients.len());
+        rows.extend(planner::fan_out(decision, window, &page.recipients, |id| {
+            told.contains(&id)
+        }));
         // A biller's webhook notice goes to each of its endpoints that wants it.
         let billers: Vec<RecipientId> = rows
             .iter()

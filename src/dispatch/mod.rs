@@ -619,8 +619,15 @@ impl Dispatcher {
         finishes: &mut Vec<Finish>,
         attempts: &mut Vec<Attempt>,
     ) {
-        // Grouped by channel, moved rather than copied: a message carries its whole body.
-        let mut groups: Vec<ChannelGroup> = Channel::ALL.into_iter().map(|c| (c, Vec::new(), Vec::new())).collect();
+        // Grouped by channel, moved rather than copied: a message carries its whole body. Each
+        // group is made with room for its messages, not grown from empty.
+        let mut groups: Vec<ChannelGroup> = Channel::ALL
+            .into_iter()
+            .map(|c| {
+                let n = ready.iter().filter(|(_, m, _)| m.channel == c).count();
+                (c, Vec::with_capacity(n), Vec::with_capacity(n))
+            })
+            .collect();
         for (row, message, body_id) in ready {
             if let Some((_, rows, messages)) = groups.iter_mut().find(|(c, _, _)| *c == message.channel) {
                 rows.push((row, body_id));

@@ -89,6 +89,37 @@ fn json_ids(ids: &[i64]) -> String {
     serde_json::Value::from(ids).to_string()
 }
 
+/// A JSON array of rows (a page, a claim, as SQLite hands them over) read into a vector made
+/// with room for `expected` of them: read into an empty one, a page of thousands of rows was
+/// copied about a dozen times over as the vector grew.
+fn json_rows<T: serde::de::DeserializeOwned>(json: &str, expected: usize) -> serde_json::Result<Vec<T>> {
+    use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+    struct Rows<T>(usize, std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> DeserializeSeed<'de> for Rows<T> {
+        type Value = Vec<T>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for Rows<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of rows")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut rows = Vec::with_capacity(self.0);
+            while let Some(row) = seq.next_element()? {
+                rows.push(row);
+            }
+            Ok(rows)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let rows = Rows(expected, std::marker::PhantomData).deserialize(&mut de)?;
+    de.end()?;
+    Ok(rows)
+}
+
 /// Runs the same body on either pool; `$p` is the pool (or a transaction begun on it).
 macro_rules! on_pool {
     ($store:expr, $p:ident => $body:expr) => {
@@ -344,5 +375,21 @@ impl Store {
             tracing::warn!(error = %e, "closing the SQLite writer");
         }
         on_pool!(self, p => p.close().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_rows;
+
+    #[test]
+    fn json_rows_reads_an_array_whatever_room_was_expected() {
+        let rows: Vec<(i64, String)> = json_rows(r#"[[1, "sms"], [2, "email"]]"#, 1).unwrap();
+        assert_eq!(rows, [(1, "sms".to_owned()), (2, "email".to_owned())]);
+        let none: Vec<(i64, String)> = json_rows("[]", 500).unwrap();
+        assert!(none.is_empty());
+        assert!(json_rows::<i64>("[1] 2", 1).is_err(), "trailing data");
+        assert!(json_rows::<i64>(r#"{"a": 1}"#, 1).is_err(), "not an array");
+        assert!(json_rows::<i64>(r#"[1, "x"]"#, 1).is_err(), "a row of another shape");
     }
 }

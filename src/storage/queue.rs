@@ -253,23 +253,24 @@ const CLAIMED_JSON_SQLITE: &str = "SELECT COALESCE(json_group_array(json_object(
 
 /// Reading back the rows claimed under a token, in id order.
 trait ReadClaimed {
-    async fn read_claimed(&mut self, token: i64) -> Result<Vec<ClaimRow>, StoreError>;
+    /// The rows claimed under `token`, of which there are about `expected`.
+    async fn read_claimed(&mut self, token: i64, expected: usize) -> Result<Vec<ClaimRow>, StoreError>;
 }
 
 impl ReadClaimed for sqlx::SqliteConnection {
     /// One row of JSON rather than a row per delivery: each row sqlx reads from SQLite is a
     /// hand-over between its worker thread and this task.
-    async fn read_claimed(&mut self, token: i64) -> Result<Vec<ClaimRow>, StoreError> {
+    async fn read_claimed(&mut self, token: i64, expected: usize) -> Result<Vec<ClaimRow>, StoreError> {
         let json: String = sqlx::query_scalar(CLAIMED_JSON_SQLITE)
             .bind(token)
             .fetch_one(&mut *self)
             .await?;
-        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("claimed rows: {e}")))
+        super::json_rows(&json, expected).map_err(|e| StoreError::Corrupt(format!("claimed rows: {e}")))
     }
 }
 
 impl ReadClaimed for sqlx::PgConnection {
-    async fn read_claimed(&mut self, token: i64) -> Result<Vec<ClaimRow>, StoreError> {
+    async fn read_claimed(&mut self, token: i64, _expected: usize) -> Result<Vec<ClaimRow>, StoreError> {
         Ok(sqlx::query_as(CLAIMED_ROWS).bind(token).fetch_all(&mut *self).await?)
     }
 }
@@ -982,7 +983,10 @@ impl Store {
         let rows = if claimed == 0 {
             Vec::new()
         } else {
-            match self.read_claimed(token).await {
+            match self
+                .read_claimed(token, usize::try_from(claimed).unwrap_or_default())
+                .await
+            {
                 Ok(rows) => rows,
                 Err(e) => {
                     // Unread, they were never handed to a sender: back to the queue as they were,
@@ -1014,8 +1018,8 @@ impl Store {
         })
     }
 
-    async fn read_claimed(&self, token: i64) -> Result<Vec<ClaimRow>, StoreError> {
-        on_pool!(self, p => p.acquire().await?.read_claimed(token).await)
+    async fn read_claimed(&self, token: i64, expected: usize) -> Result<Vec<ClaimRow>, StoreError> {
+        on_pool!(self, p => p.acquire().await?.read_claimed(token, expected).await)
     }
 
     /// Returns every row still claimed under `token` to the queue, as if the claim had not been

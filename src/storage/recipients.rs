@@ -321,8 +321,9 @@ impl Store {
                     .bind(limit)
                     .fetch_one(p)
                     .await?;
-                let mut rows: Vec<RecipientRow> = serde_json::from_str(&json)
-                    .map_err(|e| StoreError::Corrupt(format!("recipients after {after}: {e}")))?;
+                let mut rows: Vec<RecipientRow> =
+                    super::json_rows(&json, usize::try_from(limit).unwrap_or_default())
+                        .map_err(|e| StoreError::Corrupt(format!("recipients after {after}: {e}")))?;
                 if !rows.is_sorted_by_key(|r| r.id) {
                     rows.sort_unstable_by_key(|r| r.id);
                 }
