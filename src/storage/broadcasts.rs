@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
-use super::queue::{Writing, WrittenClaimed, claimed_batches, inserted_columns};
+use super::queue::{Writing, WrittenClaimed, claimed_batches, insert_new_first, inserted_columns};
 use super::rows::{Broadcast, BroadcastRow, NewBroadcast};
 use super::{Dialect, HandOver, Pool, ROWS_PER_STATEMENT, Store, StoreError, WrittenPage};
 use crate::domain::{Channel, RecipientId, to_millis};
@@ -261,20 +261,23 @@ impl InsertBroadcast for sqlx::PgConnection {
              INSERT INTO deliveries ({columns}) SELECT {values} FROM v{}",
             broadcast_tail(b)
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(b.window.map(|w| w.0))
-            .bind(b.id)
-            .bind(i64::from(b.revision.unwrap_or(0)))
-            .bind(notice(b))
-            .bind(due_at)
-            .bind(to_millis(b.deadline))
-            .bind(rows.iter().map(|r| r.0.0).collect::<Vec<i64>>())
-            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<&str>>())
-            .bind(rows.iter().map(|r| r.2).collect::<Vec<Option<i64>>>());
-        if let Some(c) = claiming {
-            let tokens: Vec<Option<i64>> = (0..rows.len()).map(|i| c.tokens.get(i).copied().flatten()).collect();
-            q = q.bind(tokens).bind(c.owner.to_owned()).bind(c.lease_ms);
-        }
-        Ok(q.execute(&mut *self).await?.rows_affected())
+        let query = |sql: String| {
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(b.window.map(|w| w.0))
+                .bind(b.id)
+                .bind(i64::from(b.revision.unwrap_or(0)))
+                .bind(notice(b))
+                .bind(due_at)
+                .bind(to_millis(b.deadline))
+                .bind(rows.iter().map(|r| r.0.0).collect::<Vec<i64>>())
+                .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|r| r.2).collect::<Vec<Option<i64>>>());
+            if let Some(c) = claiming {
+                let tokens: Vec<Option<i64>> = (0..rows.len()).map(|i| c.tokens.get(i).copied().flatten()).collect();
+                q = q.bind(tokens).bind(c.owner.to_owned()).bind(c.lease_ms);
+            }
+            q
+        };
+        insert_new_first(self, sql, query).await
     }
 }

@@ -424,7 +424,7 @@ const PLANNED_COLUMNS: &str = "window_id, revision, notice, recipient_id, channe
 /// The end of the insert: the told-once check where it is needed, and the idempotency key.
 fn insert_tail(broadcasts: Broadcasts) -> String {
     match broadcasts {
-        Broadcasts::MayReach => format!(" WHERE {NOT_TOLD_BY_BROADCAST} ON CONFLICT DO NOTHING"),
+        Broadcasts::MayReach => format!(" WHERE {NOT_TOLD_BY_BROADCAST}{SKIP_CONFLICTS}"),
         Broadcasts::NoneReach => super::UNCONDITIONAL_UPSERT.to_owned(),
     }
 }
@@ -556,20 +556,56 @@ impl InsertPlanned for sqlx::PgConnection {
              AS v (window_id, revision, notice, recipient_id, channel, endpoint_id, due_at, deadline{token_column}){}",
             insert_tail(broadcasts)
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(column(|d| d.window.0))
-            .bind(column(|d| i64::from(d.revision)))
-            .bind(rows.iter().map(|d| d.notice.to_string()).collect::<Vec<String>>())
-            .bind(column(|d| d.recipient.0))
-            .bind(rows.iter().map(|d| d.channel.as_str()).collect::<Vec<&str>>())
-            .bind(rows.iter().map(|d| d.endpoint).collect::<Vec<Option<i64>>>())
-            .bind(column(|d| to_millis(d.due_at)))
-            .bind(column(|d| to_millis(d.deadline)));
-        if let Some(c) = claiming {
-            let tokens: Vec<Option<i64>> = (0..rows.len()).map(|i| c.tokens.get(i).copied().flatten()).collect();
-            q = q.bind(tokens).bind(c.owner.to_owned()).bind(c.lease_ms);
+        let query = |sql: String| {
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(column(|d| d.window.0))
+                .bind(column(|d| i64::from(d.revision)))
+                .bind(rows.iter().map(|d| d.notice.to_string()).collect::<Vec<String>>())
+                .bind(column(|d| d.recipient.0))
+                .bind(rows.iter().map(|d| d.channel.as_str()).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|d| d.endpoint).collect::<Vec<Option<i64>>>())
+                .bind(column(|d| to_millis(d.due_at)))
+                .bind(column(|d| to_millis(d.deadline)));
+            if let Some(c) = claiming {
+                let tokens: Vec<Option<i64>> = (0..rows.len()).map(|i| c.tokens.get(i).copied().flatten()).collect();
+                q = q.bind(tokens).bind(c.owner.to_owned()).bind(c.lease_ms);
+            }
+            q
+        };
+        insert_new_first(self, sql, query).await
+    }
+}
+
+/// How a planned insert leaves alone the rows already in the ledger (by idempotency key).
+const SKIP_CONFLICTS: &str = " ON CONFLICT DO NOTHING";
+
+/// PostgreSQL: runs `sql`, an insert ending in `ON CONFLICT DO NOTHING` and built with its
+/// values by `query`, first without that clause under a savepoint; only if one of its rows is
+/// in the ledger already (a unique violation) does it go back to the savepoint and run it as
+/// it is. `ON CONFLICT` makes every row a speculative insertion (a check of each unique index
+/// before the row is written, a token on the row, one more WAL record to confirm it): about
+/// a third of a 10,000-row page's time in the server. A page planned for the first time, as
+/// nearly all are, has no row in the ledger; one planned again after its lease lapsed, or a
+/// broadcast resumed, pays for its plain try and is written as before.
+pub(super) async fn insert_new_first<'q>(
+    conn: &mut sqlx::PgConnection,
+    sql: String,
+    query: impl Fn(String) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<u64, sqlx::Error> {
+    let Some(plain) = sql.strip_suffix(SKIP_CONFLICTS) else {
+        return Ok(query(sql).execute(&mut *conn).await?.rows_affected());
+    };
+    let mut savepoint = sqlx::Connection::begin(&mut *conn).await?;
+    match query(plain.to_owned()).execute(&mut *savepoint).await {
+        Ok(done) => {
+            savepoint.commit().await?;
+            Ok(done.rows_affected())
         }
-        Ok(q.execute(&mut *self).await?.rows_affected())
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            savepoint.rollback().await?;
+            Ok(query(sql).execute(&mut *conn).await?.rows_affected())
+        }
+        Err(e) => Err(e),
     }
 }
 

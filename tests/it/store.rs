@@ -26,6 +26,7 @@ on_both!(
     told_and_decisions,
     broadcasts_are_named_keyed_and_scoped,
     a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches,
+    a_page_planned_again_writes_its_new_rows_and_its_progress,
     the_claim_uses_the_due_index_on_a_large_queue,
     webhook_endpoints_are_kept_rotated_disabled_and_removed,
     a_success_is_kept_on_its_row_and_every_try_is_read_back,
@@ -626,6 +627,73 @@ async fn a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches(db: &TestDb
     let everyone: Vec<_> = ids.iter().map(|&i| (RecipientId(i), Channel::Sms, None)).collect();
     assert_eq!(db.store.enqueue_broadcast(&b, &everyone, now).await.unwrap(), 2);
     assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 6)]));
+}
+
+/// A page whose rows are partly in the queue already (planned again, say, by a daemon that
+/// took over a fan-out whose progress it had not seen) writes only its new rows, handed or not,
+/// and its progress commits with them: a row already there does not fail the page.
+async fn a_page_planned_again_writes_its_new_rows_and_its_progress(db: &TestDb) {
+    let ids = seed(db, 8).await;
+    let created = utc(2015, 4, 10, 6, 0);
+    let now = start() - TimeDelta::hours(50);
+    let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    let decision = Decision {
+        revision: 1,
+        notice: Notice::Announced,
+        audience: Audience::Customer,
+        outcome: Outcome::Planned,
+        reach: Reach::Eligible,
+        due_at: created,
+        deadline: start(),
+        supersedes: Vec::new(),
+    };
+    db.store.record_decision(w.id, &decision, created).await.unwrap();
+    let page = |read_up_to: i64| FanOutPage {
+        window: w.id,
+        revision: 1,
+        notice: Notice::Announced,
+        audience: Audience::Customer,
+        read_up_to: RecipientId(read_up_to),
+    };
+    let progress = || async {
+        let open = db.store.open_fan_outs(w.id, 1).await.unwrap();
+        assert_eq!(open.len(), 1);
+        open[0].1.0
+    };
+    let rows = planned(w.id, 1, Notice::Announced, &ids, 100);
+    assert_eq!(db.store.enqueue_page(&page(ids[2]), &rows[..3]).await.unwrap(), Some(3));
+    assert_eq!(progress().await, ids[2]);
+    assert_eq!(
+        db.store.enqueue_page(&page(ids[4]), &rows[..5]).await.unwrap(),
+        Some(2),
+        "the three already queued are left alone"
+    );
+    assert_eq!(progress().await, ids[4]);
+    // Handed: the new rows are written claimed, those already queued stay as they were.
+    let hand = HandOver {
+        owner: "daemon@a",
+        lease: LEASE,
+        batch: 10,
+        now,
+    };
+    let written = db
+        .store
+        .enqueue_page_handing(&page(ids[7]), &rows, Some(&hand))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(written.inserted, 3);
+    let handed: Vec<usize> = written
+        .claimed
+        .iter()
+        .flat_map(|b| b.rows.iter().map(|&(_, at)| at))
+        .collect();
+    assert_eq!(handed, vec![5, 6, 7], "only the new rows are handed");
+    assert_eq!(progress().await, ids[7]);
+    assert_eq!(
+        states(db, w.id).await,
+        BTreeMap::from([("claimed".into(), 3), ("pending".into(), 5)])
+    );
 }
 
 /// 30,000 customers with a window's announcement pending for each.
