@@ -5,7 +5,7 @@
 //! `run-once` command and the demo call it directly with the clock they were given. Every
 //! comparison with time uses `now`, never the database's clock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,7 +23,7 @@ use crate::planner;
 use crate::planner::pace::{AudienceSize, Capacity, FanOutPlan, Lead, Leads, Pacer};
 use crate::storage::{
     Claim, Claimed, ClaimedBatch, ClaimedDelivery, CorruptClaim, FanOutPage, HandOver, PAGE, Released, Store,
-    StoreError,
+    StoreError, WrittenPage,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -736,12 +736,14 @@ impl Scheduler {
     /// meanwhile, or another daemon leads now, and the rest of this revision's fan-out is not
     /// enqueued here.
     ///
-    /// On PostgreSQL the next page is read and planned while the one before is written on the
-    /// server. On SQLite it is read once the one before has committed: reading ahead there
-    /// took the one writer's turns back to back, and sending waited for the end of planning
-    /// for no shorter run (BENCHMARKS.md, *2 December, night*). Either way a page is written
-    /// only after the one before it has committed, so the fan-out's progress moves a page at a
-    /// time.
+    /// On PostgreSQL two pages are written at once, each on a connection of its own, and the
+    /// next is read and planned meanwhile: the server's work per row is what bounds planning,
+    /// and one page's insert keeps one of its processes busy. The later page records its
+    /// progress only once the earlier has committed (see [`Store::enqueue_page_handing`]), so
+    /// the fan-out's progress still moves a page at a time, in order. On SQLite a page is
+    /// written, then the next read: reading ahead there took the one writer's turns back to
+    /// back, and sending waited for the end of planning for no shorter run (BENCHMARKS.md,
+    /// *2 December, night*).
     #[allow(clippy::too_many_arguments)]
     async fn fan_out(
         &self,
@@ -753,7 +755,6 @@ impl Scheduler {
         progress: ProgressSink<'_>,
         unreadable: &mut BTreeMap<i64, String>,
     ) -> Result<Option<u64>, StoreError> {
-        let mut enqueued = 0;
         let pacer = self.pacer(window, decision, after, clock).await?;
         // A fan-out paced at a rate has its first slots come due while the rest is planned, and
         // sending takes turns with planning to write (SQLite) or shares the server with it
@@ -771,85 +772,169 @@ impl Scheduler {
             began: tokio::time::Instant::now(),
             waited: Duration::ZERO,
             unreadable,
+            done: false,
         };
-        let mut analyze_at = crate::storage::FIRST_ANALYZE;
+        let mut written = Written {
+            enqueued: 0,
+            analyze_at: crate::storage::FIRST_ANALYZE,
+        };
+        let turns = self.store.writes_take_turns();
+        let at_once = if turns { 1 } else { 2 };
+        let mut in_flight: VecDeque<PageWrite> = VecDeque::with_capacity(at_once);
+        let mut read_from = after;
+        // The last page started: told when it commits, as the page after it waits to be.
+        let mut committed: Option<tokio::sync::oneshot::Receiver<()>> = None;
         let mut next = self.plan_page(&mut pages, clock).await?;
-        while let Some(page) = next {
-            if !self.still_leading().await? {
-                return Ok(None);
-            }
-            let mark = FanOutPage {
-                window: window.id,
-                revision: decision.revision,
-                notice: decision.notice,
-                audience: decision.audience,
-                read_up_to: page.read_up_to,
-            };
-            let config = self.dispatcher.config();
-            let over = HandOver {
-                owner: self.dispatcher.owner(),
-                lease: config.lease.to_std(),
-                batch: config.batch_size,
-                now: clock.now(),
-            };
-            // Asked at every page: a process that started sending meanwhile finds the rest of
-            // the fan-out pending, its share to claim.
-            let over = match hand {
-                Some(_) if self.hands_over().await? => Some(over),
-                _ => None,
-            };
-            // Before the page is written: no batch's lease began earlier.
-            let written_at = Handed::stamp();
-            let (written, ahead) = if self.store.writes_take_turns() {
-                (
-                    self.store.enqueue_page_handing(&mark, &page.rows, over.as_ref()).await,
-                    None,
-                )
-            } else {
-                let (written, ahead) = tokio::join!(
-                    self.store.enqueue_page_handing(&mark, &page.rows, over.as_ref()),
-                    self.plan_page(&mut pages, clock)
-                );
-                (written, Some(ahead))
-            };
-            let claimed = match written? {
-                Some(written) => {
-                    enqueued += written.inserted;
-                    written.claimed
-                }
-                None => {
-                    tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, "fan-out stopped: the window changed");
+        loop {
+            if let Some(page) = next.take() {
+                if !self.still_leading().await? {
                     return Ok(None);
                 }
-            };
-            if enqueued >= analyze_at {
-                self.store.analyze_growing_queue().await?;
-                analyze_at = enqueued.saturating_mul(2);
+                let hands = hand.is_some() && self.hands_over().await?;
+                let from = std::mem::replace(&mut read_from, page.read_up_to);
+                let (write, done) = self.write_page(window, decision, from, page, hands, clock, committed.take());
+                in_flight.push_back(write);
+                committed = (!turns).then_some(done);
             }
-            progress(Progress::Planning {
-                window: window.id.0,
-                notice: decision.notice,
-                enqueued,
-                read_up_to: page.read_up_to.0,
-            });
-            // Once the page is told planned: its batches written claimed go to the lanes, or,
-            // if they have stopped, back to the queue.
-            for batch in claimed {
-                match hand {
-                    Some(h) if h.hand(&self.store, Handed::new(page.claim(&batch), written_at)).await => {}
-                    Some(_) => hand = None,
-                    None => {
-                        self.store.give_back(batch.token).await?;
+            // The oldest write is waited for once `at_once` are under way, or once there is no
+            // page left to plan.
+            let finishing = if in_flight.len() >= at_once || pages.done {
+                in_flight.pop_front()
+            } else {
+                None
+            };
+            let settle = async {
+                match finishing {
+                    Some(w) => {
+                        self.settle(w, window, decision, &mut hand, &mut written, progress)
+                            .await
                     }
+                    None => Ok(true),
                 }
-            }
-            next = match ahead {
-                Some(ahead) => ahead?,
-                None => self.plan_page(&mut pages, clock).await?,
             };
+            let ahead = async {
+                if pages.done {
+                    Ok(None)
+                } else {
+                    self.plan_page(&mut pages, clock).await
+                }
+            };
+            next = if turns {
+                if !settle.await? {
+                    return Ok(None);
+                }
+                ahead.await?
+            } else {
+                let (settled, ahead) = tokio::join!(settle, ahead);
+                if !settled? {
+                    return Ok(None);
+                }
+                ahead?
+            };
+            if pages.done && next.is_none() && in_flight.is_empty() {
+                break;
+            }
         }
         self.store.close_fan_out(window.id, decision).await?;
-        Ok(Some(enqueued))
+        Ok(Some(written.enqueued))
+    }
+
+    /// Starts writing a planned page, with its rows that can go out at once written claimed
+    /// for this process's lanes if `hands`, on a task of its own: it goes on while the next
+    /// page is planned, and whatever this task does meanwhile. Its progress is recorded once
+    /// `earlier` tells the page before committed; the receiver returned is told when this one
+    /// has.
+    #[allow(clippy::too_many_arguments)]
+    fn write_page(
+        &self,
+        window: &Window,
+        decision: &Decision,
+        read_from: RecipientId,
+        page: PlannedPage,
+        hands: bool,
+        clock: &Clock,
+        earlier: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> (PageWrite, tokio::sync::oneshot::Receiver<()>) {
+        let (tell, told) = tokio::sync::oneshot::channel();
+        let mark = FanOutPage {
+            window: window.id,
+            revision: decision.revision,
+            notice: decision.notice,
+            audience: decision.audience,
+            read_from,
+            read_up_to: page.read_up_to,
+        };
+        let config = self.dispatcher.config();
+        let owner = self.dispatcher.owner().to_owned();
+        let (lease, batch, now) = (config.lease.to_std(), config.batch_size, clock.now());
+        let store = self.store.clone();
+        // Before the page is written: no batch's lease began earlier.
+        let written_at = Handed::stamp();
+        let task = tokio::spawn(async move {
+            let over = hands.then(|| HandOver {
+                owner: &owner,
+                lease,
+                batch,
+                now,
+            });
+            let written = store
+                .enqueue_page_after(&mark, &page.rows, over.as_ref(), earlier)
+                .await;
+            if matches!(written, Ok(Some(_))) {
+                // The next page may have stopped waiting already: nothing to tell then.
+                let _ = tell.send(());
+            }
+            (written, page)
+        });
+        (PageWrite { task, written_at }, told)
+    }
+
+    /// Waits for a page's write to end, then counts its rows, reports progress and hands its
+    /// batches written claimed to the lanes (or, if they have stopped, back to the queue).
+    /// `false`: the page was refused, and the fan-out stops here.
+    async fn settle(
+        &self,
+        write: PageWrite,
+        window: &Window,
+        decision: &Decision,
+        hand: &mut Option<&Hand>,
+        totals: &mut Written,
+        progress: ProgressSink<'_>,
+    ) -> Result<bool, StoreError> {
+        let (written, page) = match write.task.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(StoreError::Closed),
+        };
+        let Some(written) = written? else {
+            tracing::info!(window = window.id.0, revision = decision.revision, notice = %decision.notice, "fan-out stopped: the window changed, or its progress moved elsewhere");
+            return Ok(false);
+        };
+        totals.enqueued += written.inserted;
+        if totals.enqueued >= totals.analyze_at {
+            self.store.analyze_growing_queue().await?;
+            totals.analyze_at = totals.enqueued.saturating_mul(2);
+        }
+        progress(Progress::Planning {
+            window: window.id.0,
+            notice: decision.notice,
+            enqueued: totals.enqueued,
+            read_up_to: page.read_up_to.0,
+        });
+        // Once the page is told planned: its batches written claimed go to the lanes, or, if
+        // they have stopped, back to the queue.
+        for batch in written.claimed {
+            match *hand {
+                Some(h)
+                    if h.hand(&self.store, Handed::new(page.claim(&batch), write.written_at))
+                        .await => {}
+                Some(_) => *hand = None,
+                None => {
+                    self.store.give_back(batch.token).await?;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Reads the fan-out's next page of recipients and plans its deliveries, giving way to
@@ -869,6 +954,7 @@ impl Scheduler {
             .recipients_page(Some(decision.audience), pages.after, pages.size)
             .await?;
         let Some((first, last)) = page.range() else {
+            pages.done = true;
             return Ok(None);
         };
         for (id, why) in &page.unreadable {
@@ -931,6 +1017,22 @@ struct Pages<'a> {
     /// How long planning has given way to sending so far.
     waited: Duration,
     unreadable: &'a mut BTreeMap<i64, String>,
+    /// Every recipient has been read.
+    done: bool,
+}
+
+/// A page being written on a task of its own (see `Scheduler::write_page`).
+struct PageWrite {
+    task: tokio::task::JoinHandle<(Result<Option<WrittenPage>, StoreError>, PlannedPage)>,
+    /// When it began: no batch it writes claimed had its lease begin earlier.
+    written_at: tokio::time::Instant,
+}
+
+/// A fan-out's rows written so far, and when the queue's statistics are next brought up to
+/// date.
+struct Written {
+    enqueued: u64,
+    analyze_at: u64,
 }
 
 /// A page of a fan-out, planned and not yet written.

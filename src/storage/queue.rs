@@ -125,6 +125,10 @@ pub struct FanOutPage {
     pub revision: u32,
     pub notice: Notice,
     pub audience: Audience,
+    /// The fan-out's progress the page follows on from: the last recipient of the page
+    /// before it (`RecipientId(0)` for the first). The page is written only if the progress
+    /// recorded is this, so pages commit in order even when two are written at once.
+    pub read_from: RecipientId,
     /// The last recipient id read: a restart continues after it.
     pub read_up_to: RecipientId,
 }
@@ -785,9 +789,12 @@ impl Store {
     }
 
     /// Enqueues one page of a fan-out and records how far it got, in one transaction — if the
-    /// window is still at the page's revision. The window's row is locked first, so a change
-    /// either commits before (and the page is refused: `None`) or waits until after (and
-    /// supersedes the page's rows with the rest).
+    /// window is still at the page's revision and the fan-out's progress is where the page
+    /// follows on from (`read_from`). The window's row is locked first, so a change either
+    /// commits before (and the page is refused: `None`) or waits until after (and supersedes
+    /// the page's rows with the rest). On PostgreSQL the lock is shared: two pages can be
+    /// written at once, the later one waiting for the earlier to commit only to record its
+    /// progress, and refused if the earlier did not.
     pub async fn enqueue_page(&self, page: &FanOutPage, rows: &[PlannedDelivery]) -> Result<Option<u64>, StoreError> {
         Ok(self.enqueue_page_handing(page, rows, None).await?.map(|w| w.inserted))
     }
@@ -803,10 +810,29 @@ impl Store {
         rows: &[PlannedDelivery],
         hand: Option<&HandOver<'_>>,
     ) -> Result<Option<WrittenPage>, StoreError> {
+        self.enqueue_page_after(page, rows, hand, None).await
+    }
+
+    /// `enqueue_page_handing`, written while the page before it may still be: its rows are
+    /// inserted at once, but its progress is recorded only once `earlier` says the page
+    /// before committed; if that page did not (`earlier` dropped), nothing of this one is
+    /// written (`None`). On SQLite pass no `earlier`: the page would wait holding the one
+    /// writer's turn.
+    pub async fn enqueue_page_after(
+        &self,
+        page: &FanOutPage,
+        rows: &[PlannedDelivery],
+        hand: Option<&HandOver<'_>>,
+        earlier: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Result<Option<WrittenPage>, StoreError> {
         // Sending goes on beside planning: on SQLite the two take turns to write.
         on_writer!(self, p => {
             let mut tx = p.begin().await?;
-            let current = sqlx::query("UPDATE windows SET revision = revision WHERE id = $1 AND revision = $2")
+            let lock = match self.dialect() {
+                Dialect::Sqlite => "UPDATE windows SET revision = revision WHERE id = $1 AND revision = $2",
+                Dialect::Postgres => "SELECT 1 FROM windows WHERE id = $1 AND revision = $2 FOR SHARE",
+            };
+            let current = sqlx::query(lock)
                 .bind(page.window.0)
                 .bind(i64::from(page.revision))
                 .execute(&mut *tx)
@@ -839,17 +865,29 @@ impl Store {
             } else {
                 Vec::new()
             };
-            sqlx::query(
+            if let Some(earlier) = earlier
+                && earlier.await.is_err()
+            {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let followed = sqlx::query(
                 "UPDATE window_notices SET fanned_out_to = $5 \
-                 WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4",
+                 WHERE window_id = $1 AND revision = $2 AND notice = $3 AND audience = $4 AND fanned_out_to = $6",
             )
             .bind(page.window.0)
             .bind(i64::from(page.revision))
             .bind(page.notice.to_string())
             .bind(page.audience.as_str())
             .bind(page.read_up_to.0)
+            .bind(page.read_from.0)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if followed != 1 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             tx.commit().await?;
             Ok(Some(WrittenPage { inserted, claimed }))
         })

@@ -86,6 +86,25 @@ fn planned(
         .collect()
 }
 
+/// Records window `w`'s customer `notice` planned at revision 1, as the scheduler does before
+/// it writes the fan-out's first page: its progress starts at `RecipientId(0)`.
+async fn fan_out_recorded(db: &TestDb, w: WindowId, notice: Notice) {
+    let decision = Decision {
+        revision: 1,
+        notice,
+        audience: Audience::Customer,
+        outcome: Outcome::Planned,
+        reach: Reach::Eligible,
+        due_at: utc(2015, 4, 10, 6, 0),
+        deadline: start(),
+        supersedes: Vec::new(),
+    };
+    db.store
+        .record_decision(w, &decision, utc(2015, 4, 10, 6, 0))
+        .await
+        .unwrap();
+}
+
 async fn seed(db: &TestDb, n: u32) -> Vec<i64> {
     let people: Vec<_> = (0..n).map(|i| customer(i, Locale::En)).collect();
     db.store
@@ -352,6 +371,7 @@ async fn changes_supersede_unsent_deliveries_of_older_revisions(db: &TestDb) {
         revision: 1,
         notice: Notice::reminder(Span::hours(24)),
         audience: Audience::Customer,
+        read_from: RecipientId(0),
         read_up_to: RecipientId(ids[5]),
     };
     let rows = planned(w.id, 1, Notice::reminder(Span::hours(24)), &ids, 24);
@@ -583,10 +603,12 @@ async fn a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches(db: &TestDb
         revision: 1,
         notice,
         audience: Audience::Customer,
+        read_from: RecipientId(0),
         read_up_to: RecipientId(read_up_to),
     };
     // No broadcast: every row of the page goes in.
     let quiet = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    fan_out_recorded(db, quiet.id, notice).await;
     let rows = planned(quiet.id, 1, notice, &ids[..3], 100);
     assert_eq!(
         db.store.enqueue_page(&page(quiet.id, ids[2]), &rows).await.unwrap(),
@@ -617,6 +639,7 @@ async fn a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches(db: &TestDb
         .unwrap();
     let reached: Vec<_> = ids[..2].iter().map(|&i| (RecipientId(i), Channel::Sms, None)).collect();
     assert_eq!(db.store.enqueue_broadcast(&b, &reached, now).await.unwrap(), 2);
+    fan_out_recorded(db, w.id, notice).await;
     let rows = planned(w.id, 1, notice, &ids[..4], 100);
     assert_eq!(
         db.store.enqueue_page(&page(w.id, ids[3]), &rows).await.unwrap(),
@@ -629,30 +652,21 @@ async fn a_fan_out_page_skips_whom_a_broadcast_of_its_window_reaches(db: &TestDb
     assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 6)]));
 }
 
-/// A page whose rows are partly in the queue already (planned again, say, by a daemon that
-/// took over a fan-out whose progress it had not seen) writes only its new rows, handed or not,
-/// and its progress commits with them: a row already there does not fail the page.
+/// A page follows on from the fan-out's progress or is refused. One whose rows are partly in
+/// the queue already writes only its new rows, handed or not, and its progress commits with
+/// them: a row already there does not fail the page.
 async fn a_page_planned_again_writes_its_new_rows_and_its_progress(db: &TestDb) {
     let ids = seed(db, 8).await;
     let created = utc(2015, 4, 10, 6, 0);
     let now = start() - TimeDelta::hours(50);
     let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
-    let decision = Decision {
-        revision: 1,
-        notice: Notice::Announced,
-        audience: Audience::Customer,
-        outcome: Outcome::Planned,
-        reach: Reach::Eligible,
-        due_at: created,
-        deadline: start(),
-        supersedes: Vec::new(),
-    };
-    db.store.record_decision(w.id, &decision, created).await.unwrap();
-    let page = |read_up_to: i64| FanOutPage {
+    fan_out_recorded(db, w.id, Notice::Announced).await;
+    let page = |read_from: i64, read_up_to: i64| FanOutPage {
         window: w.id,
         revision: 1,
         notice: Notice::Announced,
         audience: Audience::Customer,
+        read_from: RecipientId(read_from),
         read_up_to: RecipientId(read_up_to),
     };
     let progress = || async {
@@ -661,10 +675,16 @@ async fn a_page_planned_again_writes_its_new_rows_and_its_progress(db: &TestDb) 
         open[0].1.0
     };
     let rows = planned(w.id, 1, Notice::Announced, &ids, 100);
-    assert_eq!(db.store.enqueue_page(&page(ids[2]), &rows[..3]).await.unwrap(), Some(3));
-    assert_eq!(progress().await, ids[2]);
     assert_eq!(
-        db.store.enqueue_page(&page(ids[4]), &rows[..5]).await.unwrap(),
+        db.store.enqueue_page(&page(0, ids[2]), &rows[..3]).await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(progress().await, ids[2]);
+    // The progress has moved on from where this page follows: it is refused, nothing written.
+    assert_eq!(db.store.enqueue_page(&page(0, ids[4]), &rows[..5]).await.unwrap(), None);
+    assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 3)]));
+    assert_eq!(
+        db.store.enqueue_page(&page(ids[2], ids[4]), &rows[..5]).await.unwrap(),
         Some(2),
         "the three already queued are left alone"
     );
@@ -678,7 +698,7 @@ async fn a_page_planned_again_writes_its_new_rows_and_its_progress(db: &TestDb) 
     };
     let written = db
         .store
-        .enqueue_page_handing(&page(ids[7]), &rows, Some(&hand))
+        .enqueue_page_handing(&page(ids[4], ids[7]), &rows, Some(&hand))
         .await
         .unwrap()
         .unwrap();
@@ -1280,11 +1300,13 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
     let created = utc(2015, 4, 10, 6, 0);
     let now = start() - TimeDelta::hours(50);
     let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
-    let page = |read_up_to: i64| FanOutPage {
+    fan_out_recorded(db, w.id, Notice::Announced).await;
+    let page = |read_from: i64, read_up_to: i64| FanOutPage {
         window: w.id,
         revision: 1,
         notice: Notice::Announced,
         audience: Audience::Customer,
+        read_from: RecipientId(read_from),
         read_up_to: RecipientId(read_up_to),
     };
     let hand = HandOver {
@@ -1300,7 +1322,7 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
     rows[4].deadline = now;
     let written = db
         .store
-        .enqueue_page_handing(&page(ids[4]), &rows, Some(&hand))
+        .enqueue_page_handing(&page(0, ids[4]), &rows, Some(&hand))
         .await
         .unwrap()
         .unwrap();
@@ -1333,7 +1355,7 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
     // Rows already in the queue are not written again, claimed or not.
     let twice = db
         .store
-        .enqueue_page_handing(&page(ids[4]), &rows, Some(&hand))
+        .enqueue_page_handing(&page(ids[4], ids[4]), &rows, Some(&hand))
         .await
         .unwrap()
         .unwrap();
@@ -1344,7 +1366,7 @@ async fn a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches(db
     let later = planned(w.id, 1, Notice::Announced, &ids[5..], 100);
     let paused = db
         .store
-        .enqueue_page_handing(&page(ids[7]), &later, Some(&hand))
+        .enqueue_page_handing(&page(ids[4], ids[7]), &later, Some(&hand))
         .await
         .unwrap()
         .unwrap();
@@ -1378,11 +1400,13 @@ async fn a_paused_window_s_pending_rows_are_held_out_of_the_claims_index(db: &Te
     assert_eq!(held().await, 2, "the paused window's pending rows");
     // Written while paused: a page of its fan-out, given a hand-over (it claims none of them),
     // and a broadcast of it.
+    fan_out_recorded(db, paused.id, Notice::Announced).await;
     let page = FanOutPage {
         window: paused.id,
         revision: 1,
         notice: Notice::Announced,
         audience: Audience::Customer,
+        read_from: RecipientId(0),
         read_up_to: RecipientId(ids[3]),
     };
     let hand = HandOver {
@@ -1555,11 +1579,13 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
         .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
         .await
         .unwrap();
+    fan_out_recorded(db, w.id, Notice::Announced).await;
     let page = FanOutPage {
         window: w.id,
         revision: 1,
         notice: Notice::Announced,
         audience: Audience::Customer,
+        read_from: RecipientId(0),
         read_up_to: RecipientId(ids[3]),
     };
     // Written with a lease that lapses at once.
