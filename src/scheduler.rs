@@ -788,6 +788,7 @@ impl Scheduler {
         loop {
             if let Some(page) = next.take() {
                 if !self.still_leading().await? {
+                    self.abandon(in_flight).await;
                     return Ok(None);
                 }
                 let hands = hand.is_some() && self.hands_over().await?;
@@ -803,33 +804,40 @@ impl Scheduler {
             } else {
                 None
             };
-            let settle = async {
-                match finishing {
-                    Some(w) => {
-                        self.settle(w, window, decision, &mut hand, &mut written, progress)
-                            .await
+            let (settled, ahead) = {
+                let settle = async {
+                    match finishing {
+                        Some(w) => {
+                            self.settle(w, window, decision, &mut hand, &mut written, progress)
+                                .await
+                        }
+                        None => Ok(true),
                     }
-                    None => Ok(true),
-                }
-            };
-            let ahead = async {
-                if pages.done {
-                    Ok(None)
+                };
+                let ahead = async {
+                    if pages.done {
+                        Ok(None)
+                    } else {
+                        self.plan_page(&mut pages, clock).await
+                    }
+                };
+                if turns {
+                    match settle.await {
+                        Ok(true) => (Ok(true), ahead.await),
+                        stopped => (stopped, Ok(None)),
+                    }
                 } else {
-                    self.plan_page(&mut pages, clock).await
+                    tokio::join!(settle, ahead)
                 }
             };
-            next = if turns {
-                if !settle.await? {
+            next = match (settled, ahead) {
+                (Ok(true), Ok(next)) => next,
+                (settled, ahead) => {
+                    self.abandon(in_flight).await;
+                    settled?;
+                    ahead?;
                     return Ok(None);
                 }
-                ahead.await?
-            } else {
-                let (settled, ahead) = tokio::join!(settle, ahead);
-                if !settled? {
-                    return Ok(None);
-                }
-                ahead?
             };
             if pages.done && next.is_none() && in_flight.is_empty() {
                 break;
@@ -887,6 +895,25 @@ impl Scheduler {
             (written, page)
         });
         (PageWrite { task, written_at }, told)
+    }
+
+    /// Waits for the pages still being written when a fan-out stops early, and gives back the
+    /// batches they wrote claimed: no lane will be handed them. (A page after one that did not
+    /// commit writes nothing.)
+    async fn abandon(&self, in_flight: VecDeque<PageWrite>) {
+        for write in in_flight {
+            let Ok((Ok(Some(written)), _)) = write.task.await else {
+                continue;
+            };
+            for batch in written.claimed {
+                if let Err(e) = self.store.give_back(batch.token).await {
+                    tracing::warn!(
+                        token = batch.token,
+                        "a batch written claimed stays claimed until its lease lapses: {e}"
+                    );
+                }
+            }
+        }
     }
 
     /// Waits for a page's write to end, then counts its rows, reports progress and hands its

@@ -754,6 +754,56 @@ async fn a_daemon_that_joins_a_handed_fan_out_on_postgres_gets_the_pages_written
     db.finish().await;
 }
 
+/// On PostgreSQL a fan-out that stops while a page is still being written (here: another
+/// daemon took the lead) waits for that page and gives back the batches it wrote claimed for
+/// this process's lanes: nothing is left claimed or flagged, and no page after it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn a_fan_out_that_stops_while_a_page_is_written_gives_back_what_it_wrote_claimed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tangazo::scheduler::Progress;
+    let db = TestDb::postgres().await;
+    english_customers(&db, 40_000).await;
+    // A lease long enough that no batch handed to a lane lapses while it waits on a loaded
+    // machine (that flags its rows as possibly sent, see ARCHITECTURE.md).
+    let rig = Rig::named(&db, "test", "[dispatch]\nlease = \"10s\"\n");
+    let created = start() - TimeDelta::hours(100);
+    let w = db.store.create_window(new_window(48), created, "ops").await.unwrap();
+    // Once the first page is written (the second is under way by then), the lead moves to
+    // another daemon; past a quarter of the lease, the next page asks who leads.
+    let first = AtomicBool::new(true);
+    let progress = |p: Progress| {
+        if matches!(p, Progress::Planning { .. }) && first.swap(false, Ordering::SeqCst) {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    db.store.step_down("test").await.unwrap();
+                    let lease = std::time::Duration::from_secs(3600);
+                    assert!(db.store.lead("other", lease).await.unwrap().is_some());
+                    tokio::time::sleep(std::time::Duration::from_millis(2_600)).await;
+                })
+            });
+        }
+    };
+    let report = rig.tick_reporting(created, &progress).await;
+    assert_eq!(report.left_claimed, 0, "nothing left claimed");
+    let rows = db.store.deliveries(w.id, None, None).await.unwrap();
+    // The two pages written, an SMS each and an email for the even ones.
+    let page = usize::try_from(tangazo::storage::PAGE).unwrap();
+    assert_eq!(
+        rows.len(),
+        2 * (page + page / 2),
+        "the page under way was written, none after"
+    );
+    assert!(rows.iter().all(|r| r.state != tangazo::domain::DeliveryState::Claimed));
+    assert!(rows.iter().all(|r| !r.possibly_duplicate));
+    let sent = rows
+        .iter()
+        .filter(|r| r.state == tangazo::domain::DeliveryState::Sent)
+        .count();
+    assert_eq!((rig.sent(), report.dispatch.sent), (sent, sent as u64));
+    db.finish().await;
+}
+
 /// When the scheduler's lease was last taken or renewed (Unix ms, the database's clock).
 async fn lead_renewed_at(db: &TestDb, lease: std::time::Duration) -> i64 {
     const UNTIL: &str = "SELECT until FROM leader WHERE role = 'scheduler'";
