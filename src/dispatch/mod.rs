@@ -84,8 +84,15 @@ const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
 const CLAIM_BESIDE_HANDED_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How often the lanes look at the whole queue rather than past their last claim (see
-/// [`Cursor`]).
+/// [`Cursor`]), while such a look is quick.
 const LOOK_FROM_THE_FRONT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A look from the front that took this long is not made again for `LOOK_FROM_THE_FRONT_SHARE`
+/// times as long, so that such looks take at most a twentieth of a lane's time...
+const LOOK_FROM_THE_FRONT_SHARE: u32 = 20;
+
+/// ...but the lanes look from the front at least this often, however long a look takes.
+const LOOK_FROM_THE_FRONT_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How long what a claim found about lateness still says how sending runs.
 const BEHIND_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
@@ -118,10 +125,16 @@ pub struct Dispatcher {
 /// A row can come back behind that place: a lapsed claim released (the lanes settle lapsed
 /// claims before a look from the front, every half lease), a window resumed, a row planned with
 /// an earlier slot than one already claimed (a channel not paced beside one that is), a page
-/// committed after a later one. So the lanes look from the front of the queue at
-/// least every [`LOOK_FROM_THE_FRONT_EVERY`], whenever the scope changes, and always before a
-/// run concludes that nothing is due. A look from the front moves the cursor back to where it
-/// found rows; a claim that began before it cannot move the cursor on past them.
+/// committed after a later one. So the lanes look from the front of the queue whenever the
+/// scope changes, always before a run concludes that nothing is due, and otherwise every
+/// [`LOOK_FROM_THE_FRONT_EVERY`] — or, once such a look is slow, every
+/// [`LOOK_FROM_THE_FRONT_SHARE`] times as long as the last one took, up to
+/// [`LOOK_FROM_THE_FRONT_AT_LEAST_EVERY`]. On PostgreSQL a look from the front walks the index
+/// entries of every row sent since the last vacuum: 650 ms at the end of a 10-million-row run,
+/// which once a second took a lane a third of its time.
+///
+/// A look from the front moves the cursor back to where it found rows; a claim that began
+/// before it cannot move the cursor on past them.
 #[derive(Debug)]
 struct Cursor {
     /// The broadcast the position was found in (`None`: all rows).
@@ -131,6 +144,8 @@ struct Cursor {
     epoch: u64,
     /// When the last look from the front began; `None`: never.
     looked_from_the_front: Option<tokio::time::Instant>,
+    /// How long the last look from the front took.
+    front_took: std::time::Duration,
 }
 
 impl Default for Cursor {
@@ -140,6 +155,7 @@ impl Default for Cursor {
             at: Position::FRONT,
             epoch: 0,
             looked_from_the_front: None,
+            front_took: std::time::Duration::ZERO,
         }
     }
 }
@@ -161,9 +177,9 @@ impl Cursor {
     /// Where the next claim in `scope` starts: from the front when `front` asks for it, when
     /// the scope changed, or when the last look from the front is old.
     fn start(&mut self, scope: Option<i64>, front: bool) -> ClaimFrom {
-        let stale = self
-            .looked_from_the_front
-            .is_none_or(|at| at.elapsed() >= LOOK_FROM_THE_FRONT_EVERY);
+        let every = (self.front_took * LOOK_FROM_THE_FRONT_SHARE)
+            .clamp(LOOK_FROM_THE_FRONT_EVERY, LOOK_FROM_THE_FRONT_AT_LEAST_EVERY);
+        let stale = self.looked_from_the_front.is_none_or(|at| at.elapsed() >= every);
         if front || stale || scope != self.scope {
             self.scope = scope;
             self.looked_from_the_front = Some(tokio::time::Instant::now());
@@ -179,12 +195,16 @@ impl Cursor {
         }
     }
 
-    /// What a claim that started `from` found: the position of its last row.
-    fn claimed(&mut self, from: ClaimFrom, last: Option<Position>) {
-        let Some(last) = last else { return };
+    /// What a claim that started `from` found, the position of its last row, and how long it
+    /// took.
+    fn claimed(&mut self, from: ClaimFrom, last: Option<Position>, took: std::time::Duration) {
         if from.epoch != self.epoch {
             return;
         }
+        if from.looks_from_the_front() {
+            self.front_took = took;
+        }
+        let Some(last) = last else { return };
         self.at = if from.looks_from_the_front() {
             last
         } else {
@@ -385,11 +405,12 @@ impl Dispatcher {
                         // until it ends and the next tick settles them.
                         self.settle_lapsed(now).await?;
                     }
+                    let started = tokio::time::Instant::now();
                     let claim = self
                         .store
                         .claim_due(now, batch_size, &self.owner, lease, broadcast, from.after)
                         .await?;
-                    self.cursor().claimed(from, claim.last);
+                    self.cursor().claimed(from, claim.last, started.elapsed());
                     if claim.rows.is_empty() {
                         if let Some(handed) = handed
                             && let Some(batch) = handed.take().await
@@ -1376,12 +1397,14 @@ async fn send_on_a_worker(
 
 #[cfg(test)]
 mod tests {
-    use super::{ClaimFrom, Cursor, LOOK_FROM_THE_FRONT_EVERY};
+    use std::time::Duration;
+
+    use super::{ClaimFrom, Cursor, LOOK_FROM_THE_FRONT_AT_LEAST_EVERY, LOOK_FROM_THE_FRONT_EVERY};
     use crate::storage::Position;
 
     fn claim(cursor: &mut Cursor, scope: Option<i64>, last: Option<Position>) -> ClaimFrom {
         let from = cursor.start(scope, false);
-        cursor.claimed(from, last);
+        cursor.claimed(from, last, std::time::Duration::ZERO);
         from
     }
 
@@ -1409,6 +1432,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_slow_look_from_the_front_is_made_less_often() {
+        let mut cursor = Cursor::default();
+        // A quick look from the front: the next is a second later.
+        let front = cursor.start(None, false);
+        cursor.claimed(front, Some(Position::at(10, 500)), Duration::from_millis(30));
+        tokio::time::advance(LOOK_FROM_THE_FRONT_EVERY).await;
+        // One that took half a second (the entries of rows already sent walked through): the
+        // next is ten seconds after it began.
+        let slow = cursor.start(None, false);
+        assert!(slow.looks_from_the_front());
+        cursor.claimed(slow, Some(Position::at(10, 1000)), Duration::from_millis(500));
+        tokio::time::advance(Duration::from_millis(9_900)).await;
+        assert!(!cursor.start(None, false).looks_from_the_front());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // However slow, at least every fifteen seconds.
+        let slower = cursor.start(None, false);
+        assert!(slower.looks_from_the_front());
+        cursor.claimed(slower, None, Duration::from_secs(3));
+        tokio::time::advance(LOOK_FROM_THE_FRONT_AT_LEAST_EVERY - Duration::from_millis(1)).await;
+        assert!(!cursor.start(None, false).looks_from_the_front());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(cursor.start(None, false).looks_from_the_front());
+        // Asked for, a look from the front is made at once, however slow the last one was.
+        assert!(cursor.start(None, true).looks_from_the_front());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn rows_found_behind_the_cursor_take_it_back_there() {
         let mut cursor = Cursor::default();
         claim(&mut cursor, None, Some(Position::at(10, 1000)));
@@ -1416,12 +1466,12 @@ mod tests {
         // finds rows that came back behind it (a released claim, an earlier slot).
         let ahead = cursor.start(None, false);
         let front = cursor.start(None, true);
-        cursor.claimed(front, Some(Position::at(5, 40)));
-        cursor.claimed(ahead, Some(Position::at(10, 1500)));
+        cursor.claimed(front, Some(Position::at(5, 40)), std::time::Duration::ZERO);
+        cursor.claimed(ahead, Some(Position::at(10, 1500)), std::time::Duration::ZERO);
         // The next claims go on from behind, not past the rows the lane ahead took.
         assert_eq!(cursor.start(None, false).after, Position::at(5, 40));
         let next = cursor.start(None, false);
-        cursor.claimed(next, Some(Position::at(10, 1200)));
+        cursor.claimed(next, Some(Position::at(10, 1200)), std::time::Duration::ZERO);
         assert_eq!(cursor.start(None, false).after, Position::at(10, 1200));
     }
 
