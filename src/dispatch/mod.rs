@@ -130,8 +130,8 @@ pub struct Dispatcher {
 /// [`LOOK_FROM_THE_FRONT_EVERY`] — or, once such a look is slow, every
 /// [`LOOK_FROM_THE_FRONT_SHARE`] times as long as the last one took, up to
 /// [`LOOK_FROM_THE_FRONT_AT_LEAST_EVERY`]. On PostgreSQL a look from the front walks the index
-/// entries of every row sent since the last vacuum: 650 ms at the end of a 10-million-row run,
-/// which once a second took a lane a third of its time.
+/// entries of every row sent since the last vacuum: 650 ms at the end of a 10-million-row run.
+/// Made once a second, such looks took a third of two lanes' time.
 ///
 /// A look from the front moves the cursor back to where it found rows; a claim that began
 /// before it cannot move the cursor on past them.
