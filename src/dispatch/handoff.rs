@@ -29,6 +29,11 @@ impl Handed {
         Handed { claim, at }
     }
 
+    /// When it was written, at the latest: its lease runs from then.
+    pub fn at(&self) -> tokio::time::Instant {
+        self.at
+    }
+
     /// Now, as `new` takes it: read before a batch is written.
     pub fn stamp() -> tokio::time::Instant {
         tokio::time::Instant::now()
@@ -93,14 +98,16 @@ impl Handoff {
     }
 }
 
-/// `batch` as a lane can send it: its lease renewed if it waited a third of one, `None` if
-/// it lapsed meanwhile and rows were settled (those still claimed are given back).
-pub async fn ready(store: &Store, batch: Handed, lease: Duration) -> Option<Claim> {
+/// `batch` as a lane can send it, and when its lease was last set (at the latest): its lease
+/// renewed if it waited a third of one, `None` if it lapsed meanwhile and rows were settled
+/// (those still claimed are given back).
+pub async fn ready(store: &Store, batch: Handed, lease: Duration) -> Option<(Claim, tokio::time::Instant)> {
     if batch.at.elapsed() < lease / 3 {
-        return Some(batch.claim);
+        return Some((batch.claim, batch.at));
     }
+    let renewing = tokio::time::Instant::now();
     match store.renew(batch.claim.token, lease).await {
-        Ok(n) if n == batch.claim.rows.len() as u64 => Some(batch.claim),
+        Ok(n) if n == batch.claim.rows.len() as u64 => Some((batch.claim, renewing)),
         Ok(n) => {
             tracing::warn!(
                 token = batch.claim.token,

@@ -391,9 +391,11 @@ impl Dispatcher {
                 _ => None,
             };
             let handed_over = waiting.is_some();
-            let claim = match waiting {
+            // The claim, and when its lease was last set (at the latest): its renewals count
+            // from then, not from when it reached the lane.
+            let (claim, leased) = match waiting {
                 Some(batch) => match handoff::ready(&self.store, batch, lease).await {
-                    Some(claim) => claim,
+                    Some(ready) => ready,
                     None => continue,
                 },
                 None => {
@@ -443,7 +445,7 @@ impl Dispatcher {
                             _ => break,
                         }
                     }
-                    claim
+                    (claim, started)
                 }
             };
             if let Some(due) = claim.oldest_due {
@@ -453,7 +455,7 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tokio::time::Instant::now(), behind));
             }
-            let mut r = self.dispatch_batch(claim, clock, &mut cache).await?;
+            let mut r = self.dispatch_batch(claim, leased, clock, &mut cache).await?;
             if handed_over {
                 r.handed = r.claimed;
             }
@@ -528,11 +530,14 @@ impl Dispatcher {
     }
 
     /// Prepares, sends and records one claimed batch, renewing its lease every third of it
-    /// from the claim until its outcomes are recorded: rendering a large batch, waiting for the
-    /// rate and waiting for the turn to write may each take a while.
+    /// from `leased` (when the lease was last set, at the latest) until its outcomes are
+    /// recorded: rendering a large batch, waiting for the rate and waiting for the turn to write
+    /// may each take a while. The first renewal counts from `leased`, not from now: a claim
+    /// whose write or read-back was slow (a loaded database) has used some of its lease already.
     async fn dispatch_batch(
         &self,
         claim: Claim,
+        leased: tokio::time::Instant,
         clock: &Clock,
         cache: &mut Cache,
     ) -> Result<DispatchReport, DispatchError> {
@@ -548,7 +553,9 @@ impl Dispatcher {
         // hold the database's write lock meanwhile.
         let renewing = async {
             let every = (lease / 3).max(std::time::Duration::from_millis(50));
-            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut renew = tokio::time::interval_at(leased + every, every);
+            // A renewal that came late (at once, for a slow claim) sets the pace from then on.
+            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     () = done.cancelled() => break,

@@ -27,6 +27,64 @@ on_both!(
     a_reschedule_in_mid_dispatch_supersedes_the_rest_and_records_what_went_out,
 );
 
+/// A claim whose read-back is slow on a loaded database has used most of its lease by the time
+/// its batch reaches a lane. The lease is renewed at once then, counted from the claim's write,
+/// rather than a third of a lease after the read-back: nothing lapses while the batch goes out,
+/// though lapsed claims are settled twenty times a second beside it.
+///
+/// On PostgreSQL, where another transaction's lock on the recipients holds up the read-back
+/// (which joins them) but not the claim's write (which does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn a_claim_read_back_slowly_is_renewed_at_once_and_does_not_lapse() {
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A 3-second lease; the 100 rows take a second to go out at 100 a second.
+    let config = config(dir.path(), 100.0, 100, "3s");
+    let n = 100;
+    let w = queue(&db, n, start()).await;
+    let clock = Clock::Fixed(utc(2015, 4, 10, 6, 0));
+    let worker = dispatcher(&db, &config, "slow-reader");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE recipients IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let done = CancellationToken::new();
+    let work = async {
+        let report = worker.run_due(&clock, &stop).await.unwrap();
+        done.cancel();
+        report
+    };
+    // The read-back waits 2.4 s of the 3-second lease: renewed a third of a lease after it
+    // returned, the claim would lapse 0.4 s before its first renewal.
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(2400)).await;
+        lock.commit().await.unwrap();
+    };
+    let settler = async {
+        let mut settled = 0;
+        loop {
+            tokio::select! {
+                () = done.cancelled() => return settled,
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                    settled += db.store.release_lapsed_claims(clock.now()).await.unwrap().total();
+                }
+            }
+        }
+    };
+    let (report, (), settled) = tokio::join!(work, release, settler);
+    assert_eq!(settled, 0, "the slow claim lapsed");
+    assert_eq!(report.sent, u64::from(n), "{report:?}");
+    assert_eq!(report.lost + report.possibly_duplicate, 0, "{report:?}");
+    assert_eq!(outbox(&[dir.path()]).len(), n as usize);
+    assert_eq!(states(&db, w).await, BTreeMap::from([("sent".into(), i64::from(n))]));
+    pool.close().await;
+    db.finish().await;
+}
+
 /// A file outbox in `dir` paced at `rate` per second, `batch` rows a claim, a `lease`.
 fn config(dir: &Path, rate: f64, batch: usize, lease: &str) -> Config {
     write_config(

@@ -1621,9 +1621,14 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
         };
         Handed::new(claim, tokio::time::Instant::now())
     };
-    // Taken "late" (any wait is a third of a zero lease): still claimed, so renewed and sent.
-    let taken = ready(&db.store, as_claim(0), Duration::ZERO).await;
-    assert_eq!(taken.map(|c| c.token), Some(written.claimed[0].token));
+    // Taken "late" (any wait is a third of a zero lease): still claimed, so renewed and sent,
+    // its lease set anew once it was taken.
+    let handed = as_claim(0);
+    let stamped = handed.at();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let taken = ready(&db.store, handed, Duration::ZERO).await;
+    assert_eq!(taken.as_ref().map(|(c, _)| c.token), Some(written.claimed[0].token));
+    assert!(taken.is_some_and(|(_, leased)| leased >= stamped + Duration::from_millis(5)));
     // The other batch's lease lapses and a lapsed-claims pass settles it before a lane takes it.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let released = db.store.release_lapsed_claims(now).await.unwrap();
