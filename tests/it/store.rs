@@ -32,6 +32,7 @@ on_both!(
     a_success_is_kept_on_its_row_and_every_try_is_read_back,
     a_lead_keeps_its_term_until_another_daemon_leads_between,
     a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
+    a_page_s_rows_are_written_as_planned_column_by_column,
     a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent,
     a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
     a_paused_window_s_pending_rows_are_held_out_of_the_claims_index,
@@ -1565,6 +1566,149 @@ async fn a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batch
         2,
         "the first and last batches"
     );
+}
+
+/// A page's rows read back column by column as they were planned and written: pending,
+/// claimed (its owner's name as given, whatever its characters; the lease from the
+/// database's clock) and held. On PostgreSQL a page no broadcast reaches is written by `COPY`,
+/// in its text format.
+async fn a_page_s_rows_are_written_as_planned_column_by_column(db: &TestDb) {
+    type Row = (
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        bool,
+        i64,
+        i64,
+        String,
+        String,
+        Option<i64>,
+        i64,
+        i64,
+    );
+    async fn rows_of(db: &TestDb, w: WindowId) -> Vec<Row> {
+        use sqlx::Connection as _;
+        let sql = format!(
+            "SELECT state, lease_owner, lease_token, lease_until, attempts, held, due_at, deadline, notice, channel, \
+             endpoint_id, revision, recipient_id FROM deliveries WHERE window_id = {} ORDER BY recipient_id",
+            w.0
+        );
+        if db.url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        }
+    }
+    let ids = seed(db, 6).await;
+    let now = start() - TimeDelta::hours(50);
+    let created = utc(2015, 4, 10, 6, 0);
+    let owner = "daemon@a\tb\\c\nd";
+    let lease = Duration::from_secs(300);
+    let ms = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis();
+    for (paused, hand) in [(false, true), (false, false), (true, true)] {
+        let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
+        fan_out_recorded(db, w.id, Notice::Announced).await;
+        if paused {
+            db.store.pause_window(w.id, "t", created).await.unwrap();
+        }
+        let page = FanOutPage {
+            window: w.id,
+            revision: 1,
+            notice: Notice::Announced,
+            audience: Audience::Customer,
+            read_from: RecipientId(0),
+            read_up_to: RecipientId(ids[2]),
+        };
+        // Due 100 hours before the start, so due at `now`, but the third an hour after it.
+        let mut rows = planned(w.id, 1, Notice::Announced, &ids[..3], 100);
+        rows[2].due_at = now + TimeDelta::hours(1);
+        let hand_over = HandOver {
+            owner,
+            lease,
+            batch: 10,
+            now,
+        };
+        let before = chrono::Utc::now();
+        let written = db
+            .store
+            .enqueue_page_handing(&page, &rows, hand.then_some(&hand_over))
+            .await
+            .unwrap()
+            .unwrap();
+        let after = chrono::Utc::now();
+        assert_eq!(written.inserted, 3);
+        let read = rows_of(db, w.id).await;
+        assert_eq!(read.len(), 3);
+        for (i, (got, planned)) in read.iter().zip(&rows).enumerate() {
+            let (
+                state,
+                lease_owner,
+                token,
+                until,
+                attempts,
+                held,
+                due_at,
+                deadline,
+                notice,
+                channel,
+                endpoint,
+                revision,
+                recipient,
+            ) = got;
+            assert_eq!(
+                (
+                    *due_at,
+                    *deadline,
+                    notice.as_str(),
+                    channel.as_str(),
+                    *endpoint,
+                    *revision,
+                    *recipient
+                ),
+                (
+                    ms(planned.due_at),
+                    ms(planned.deadline),
+                    "announced",
+                    "sms",
+                    None,
+                    1,
+                    planned.recipient.0
+                ),
+                "row {i}, paused {paused}, handed {hand}"
+            );
+            assert_eq!(*held, paused, "row {i}");
+            if hand && !paused && i < 2 {
+                assert_eq!(
+                    (state.as_str(), lease_owner.as_deref(), *attempts),
+                    ("claimed", Some(owner), 1)
+                );
+                assert_eq!(*token, Some(written.claimed[0].token));
+                let until = until.expect("a lease");
+                let lease_ms = i64::try_from(lease.as_millis()).unwrap();
+                // The database's clock, read on this machine: a second either side.
+                assert!(
+                    until >= ms(before) + lease_ms - 1000 && until <= ms(after) + lease_ms + 1000,
+                    "{until}"
+                );
+            } else {
+                assert_eq!(
+                    (state.as_str(), lease_owner.as_deref(), *token, *until, *attempts),
+                    ("pending", None, None, None, 0),
+                    "row {i}, paused {paused}, handed {hand}"
+                );
+            }
+        }
+    }
 }
 
 /// A batch written claimed that a lane takes late has its lease renewed first; if its lease
