@@ -64,17 +64,7 @@ async fn a_claim_read_back_slowly_is_renewed_at_once_and_does_not_lapse() {
         tokio::time::sleep(std::time::Duration::from_millis(2400)).await;
         lock.commit().await.unwrap();
     };
-    let settler = async {
-        let mut settled = 0;
-        loop {
-            tokio::select! {
-                () = done.cancelled() => return settled,
-                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
-                    settled += db.store.release_lapsed_claims(clock.now()).await.unwrap().total();
-                }
-            }
-        }
-    };
+    let settler = settle_lapsed_until(&db, &clock, &done, std::time::Duration::from_millis(50), None);
     let (report, (), settled) = tokio::join!(work, release, settler);
     assert_eq!(settled, 0, "the slow claim lapsed");
     assert_eq!(report.sent, u64::from(n), "{report:?}");
@@ -157,6 +147,30 @@ async fn states(db: &TestDb, w: WindowId) -> BTreeMap<String, i64> {
     out
 }
 
+/// What other daemons' ticks do beside a run: settles every claim whose lease has lapsed,
+/// once `every`, until `done`; how many were settled. Once one is, `stop` (if given) is
+/// cancelled.
+async fn settle_lapsed_until(
+    db: &TestDb,
+    clock: &Clock,
+    done: &CancellationToken,
+    every: std::time::Duration,
+    stop: Option<&CancellationToken>,
+) -> u64 {
+    let mut settled = 0;
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return settled,
+            () = tokio::time::sleep(every) => {
+                settled += db.store.release_lapsed_claims(clock.now()).await.unwrap().total();
+                if settled > 0 && let Some(stop) = stop {
+                    stop.cancel();
+                }
+            }
+        }
+    }
+}
+
 /// Runs both workers to the end while doing what other daemons' ticks do meanwhile: settle
 /// every claim whose lease has lapsed, five times a second. Their reports, and how many claims
 /// were settled. Once one is, the workers are stopped: a batch that always outlives its lease
@@ -177,20 +191,7 @@ async fn run_both_settling_lapsed(
         done.cancel();
         reports
     };
-    let settler = async {
-        let mut settled = 0;
-        loop {
-            tokio::select! {
-                () = done.cancelled() => return settled,
-                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                    settled += db.store.release_lapsed_claims(clock.now()).await.unwrap().total();
-                    if settled > 0 {
-                        stop.cancel();
-                    }
-                }
-            }
-        }
-    };
+    let settler = settle_lapsed_until(db, clock, &done, std::time::Duration::from_millis(200), Some(&stop));
     let ((ra, rb), settled) = tokio::join!(workers, settler);
     (ra.unwrap(), rb.unwrap(), settled)
 }

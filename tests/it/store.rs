@@ -87,6 +87,18 @@ fn planned(
         .collect()
 }
 
+/// The first page of window `w`'s customer announcement at revision 1, up to `read_up_to`.
+fn first_announced_page(w: WindowId, read_up_to: i64) -> FanOutPage {
+    FanOutPage {
+        window: w,
+        revision: 1,
+        notice: Notice::Announced,
+        audience: Audience::Customer,
+        read_from: RecipientId(0),
+        read_up_to: RecipientId(read_up_to),
+    }
+}
+
 /// Records window `w`'s customer `notice` planned at revision 1, as the scheduler does before
 /// it writes the fan-out's first page: its progress starts at `RecipientId(0)`.
 async fn fan_out_recorded(db: &TestDb, w: WindowId, notice: Notice) {
@@ -1402,14 +1414,7 @@ async fn a_paused_window_s_pending_rows_are_held_out_of_the_claims_index(db: &Te
     // Written while paused: a page of its fan-out, given a hand-over (it claims none of them),
     // and a broadcast of it.
     fan_out_recorded(db, paused.id, Notice::Announced).await;
-    let page = FanOutPage {
-        window: paused.id,
-        revision: 1,
-        notice: Notice::Announced,
-        audience: Audience::Customer,
-        read_from: RecipientId(0),
-        read_up_to: RecipientId(ids[3]),
-    };
+    let page = first_announced_page(paused.id, ids[3]);
     let hand = HandOver {
         owner: "daemon@a",
         lease: LEASE,
@@ -1621,14 +1626,7 @@ async fn a_page_s_rows_are_written_as_planned_column_by_column(db: &TestDb) {
         if paused {
             db.store.pause_window(w.id, "t", created).await.unwrap();
         }
-        let page = FanOutPage {
-            window: w.id,
-            revision: 1,
-            notice: Notice::Announced,
-            audience: Audience::Customer,
-            read_from: RecipientId(0),
-            read_up_to: RecipientId(ids[2]),
-        };
+        let page = first_announced_page(w.id, ids[2]);
         // Due 100 hours before the start, so due at `now`, but the third an hour after it.
         let mut rows = planned(w.id, 1, Notice::Announced, &ids[..3], 100);
         rows[2].due_at = now + TimeDelta::hours(1);
@@ -1724,14 +1722,7 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
         .await
         .unwrap();
     fan_out_recorded(db, w.id, Notice::Announced).await;
-    let page = FanOutPage {
-        window: w.id,
-        revision: 1,
-        notice: Notice::Announced,
-        audience: Audience::Customer,
-        read_from: RecipientId(0),
-        read_up_to: RecipientId(ids[3]),
-    };
+    let page = first_announced_page(w.id, ids[3]);
     // Written with a lease that lapses at once.
     let hand = HandOver {
         owner: "daemon@a",
