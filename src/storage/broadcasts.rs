@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
-use super::queue::{Writing, WrittenClaimed, claimed_batches, insert_new_first, inserted_columns};
+use super::queue::{Inserted, Writing, claimed_after, insert_new_first, inserted_columns};
 use super::rows::{Broadcast, BroadcastRow, NewBroadcast};
 use super::{Dialect, HandOver, Pool, ROWS_PER_STATEMENT, Store, StoreError, WrittenPage};
 use crate::domain::{Channel, RecipientId, to_millis};
@@ -126,14 +126,16 @@ impl Store {
             let inserted = tx.insert_broadcast(b, rows, to_millis(due_at), &writing).await?;
             let claimed = match writing.claiming() {
                 Some(claiming) => {
-                    let distinct = claiming.distinct();
-                    let written = tx.written_claimed(&distinct).await?;
-                    claimed_batches(rows.iter().map(|r| (r.0, r.1)), &distinct, written)?
+                    let rows = rows.iter().map(|r| (r.0, r.1));
+                    claimed_after(&mut *tx, claiming, inserted.ids.as_deref(), rows).await?
                 }
                 None => Vec::new(),
             };
             tx.commit().await?;
-            Ok(WrittenPage { inserted, claimed })
+            Ok(WrittenPage {
+                inserted: inserted.count,
+                claimed,
+            })
         })
     }
 }
@@ -175,7 +177,7 @@ trait InsertBroadcast {
         rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: i64,
         writing: &Writing<'_>,
-    ) -> Result<u64, sqlx::Error>;
+    ) -> Result<Inserted, sqlx::Error>;
 }
 
 impl InsertBroadcast for sqlx::SqliteConnection {
@@ -185,11 +187,11 @@ impl InsertBroadcast for sqlx::SqliteConnection {
         rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: i64,
         writing: &Writing<'_>,
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<Inserted, sqlx::Error> {
         let claiming = writing.claiming();
         let (columns, values) = inserted_columns(BROADCAST_COLUMNS, writing, Dialect::Sqlite, "c.owner", "c.lease");
         let notice = notice(b);
-        let mut inserted = 0;
+        let mut inserted = Inserted::start(claiming.is_some());
         for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
             let first = n * ROWS_PER_STATEMENT;
             let mut qb = QueryBuilder::new(format!(
@@ -230,7 +232,7 @@ impl InsertBroadcast for sqlx::SqliteConnection {
                 if claiming.is_some() { ", c" } else { "" },
                 broadcast_tail(b)
             ));
-            inserted += qb.build().execute(&mut *self).await?.rows_affected();
+            inserted.add_sqlite(&qb.build().execute(&mut *self).await?, chunk.len());
         }
         Ok(inserted)
     }
@@ -245,7 +247,7 @@ impl InsertBroadcast for sqlx::PgConnection {
         rows: &[(RecipientId, Channel, Option<i64>)],
         due_at: i64,
         writing: &Writing<'_>,
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<Inserted, sqlx::Error> {
         let claiming = writing.claiming();
         let (columns, values) = inserted_columns(BROADCAST_COLUMNS, writing, Dialect::Postgres, "$11", "$12");
         let (token_array, token_column) = if claiming.is_some() {
@@ -278,6 +280,6 @@ impl InsertBroadcast for sqlx::PgConnection {
             }
             q
         };
-        insert_new_first(self, sql, query).await
+        insert_new_first(self, sql, query).await.map(Inserted::counted)
     }
 }

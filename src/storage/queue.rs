@@ -225,6 +225,81 @@ pub(super) fn claimed_batches(
     Ok(batches)
 }
 
+/// What an insert wrote: how many rows were new and, where the store tells it without a read,
+/// each row's id in the order the rows were given.
+#[derive(Debug, Default)]
+pub(super) struct Inserted {
+    pub(super) count: u64,
+    /// Known on SQLite when every row of every statement was new: a table's new row is given
+    /// the id one above the largest in the table (its `INTEGER PRIMARY KEY` has no
+    /// `AUTOINCREMENT`), and a statement inserts its rows in the order of its `VALUES`, so a
+    /// statement of `n` new rows wrote the ids up to its last insert's, `n` of them in order.
+    pub(super) ids: Option<Vec<i64>>,
+}
+
+impl Inserted {
+    /// Nothing written yet; the ids are kept only if `with_ids`.
+    pub(super) fn start(with_ids: bool) -> Inserted {
+        Inserted {
+            count: 0,
+            ids: with_ids.then(Vec::new),
+        }
+    }
+
+    /// A count alone.
+    pub(super) fn counted(count: u64) -> Inserted {
+        Inserted { count, ids: None }
+    }
+
+    /// Adds one SQLite statement that inserted from `len` rows: its ids if every row was new.
+    pub(super) fn add_sqlite(&mut self, done: &sqlx::sqlite::SqliteQueryResult, len: usize) {
+        let new = done.rows_affected();
+        self.count += new;
+        let last = done.last_insert_rowid();
+        match i64::try_from(len) {
+            Ok(n) if new == len as u64 && last >= n => {
+                if let Some(ids) = &mut self.ids {
+                    ids.extend(last - n + 1..=last);
+                }
+            }
+            _ => self.ids = None,
+        }
+    }
+}
+
+/// The batches `claiming` wrote: from the ids the insert told where it told them, else read
+/// back by token and matched to the rows, given as each one's recipient and channel.
+pub(super) async fn claimed_after<C: WrittenClaimed>(
+    conn: &mut C,
+    claiming: &Claiming<'_>,
+    ids: Option<&[i64]>,
+    rows: impl IntoIterator<Item = (RecipientId, Channel)>,
+) -> Result<Vec<ClaimedBatch>, StoreError> {
+    if let Some(ids) = ids.filter(|ids| ids.len() == claiming.tokens.len()) {
+        return Ok(batches_by_id(claiming.tokens, ids));
+    }
+    let distinct = claiming.distinct();
+    let written = conn.written_claimed(&distinct).await?;
+    claimed_batches(rows, &distinct, written)
+}
+
+/// The batches of rows given a token, each row's id from `ids` (in the rows' order, so
+/// ascending), in the order their tokens first appear.
+fn batches_by_id(tokens: &[Option<i64>], ids: &[i64]) -> Vec<ClaimedBatch> {
+    let mut batches: Vec<ClaimedBatch> = Vec::new();
+    for (at, (token, &id)) in tokens.iter().zip(ids).enumerate() {
+        let Some(token) = *token else { continue };
+        match batches.iter_mut().rev().find(|b| b.token == token) {
+            Some(batch) => batch.rows.push((id, at)),
+            None => batches.push(ClaimedBatch {
+                token,
+                rows: vec![(id, at)],
+            }),
+        }
+    }
+    batches
+}
+
 /// The database's clock in Unix milliseconds, as a SQL expression of each dialect.
 pub(super) fn db_now_ms(dialect: Dialect) -> &'static str {
     match dialect {
@@ -319,7 +394,7 @@ enum Broadcasts {
 /// rows. Each dialect passes a whole page in as few statements as it can.
 trait InsertPlanned {
     async fn insert_planned(&mut self, rows: &[PlannedDelivery], broadcasts: Broadcasts) -> Result<u64, sqlx::Error> {
-        self.insert_planned_as(rows, broadcasts, &Writing::Pending).await
+        Ok(self.insert_planned_as(rows, broadcasts, &Writing::Pending).await?.count)
     }
     /// `insert_planned`, the rows written as `writing` says (see [`Store::enqueue_page_handing`]).
     async fn insert_planned_as(
@@ -327,7 +402,7 @@ trait InsertPlanned {
         rows: &[PlannedDelivery],
         broadcasts: Broadcasts,
         writing: &Writing<'_>,
-    ) -> Result<u64, sqlx::Error>;
+    ) -> Result<Inserted, sqlx::Error>;
 }
 
 /// Reading back the rows just written claimed.
@@ -448,12 +523,12 @@ impl InsertPlanned for sqlx::SqliteConnection {
         rows: &[PlannedDelivery],
         broadcasts: Broadcasts,
         writing: &Writing<'_>,
-    ) -> Result<u64, sqlx::Error> {
-        let mut inserted = 0;
+    ) -> Result<Inserted, sqlx::Error> {
+        let mut inserted = Inserted::start(writing.claiming().is_some());
         for (n, chunk) in rows.chunks(ROWS_PER_STATEMENT).enumerate() {
             let mut qb = QueryBuilder::new("");
             push_sqlite_insert(&mut qb, chunk, n * ROWS_PER_STATEMENT, broadcasts, writing);
-            inserted += qb.build().execute(&mut *self).await?.rows_affected();
+            inserted.add_sqlite(&qb.build().execute(&mut *self).await?, chunk.len());
         }
         Ok(inserted)
     }
@@ -562,9 +637,9 @@ impl InsertPlanned for sqlx::PgConnection {
         rows: &[PlannedDelivery],
         broadcasts: Broadcasts,
         writing: &Writing<'_>,
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<Inserted, sqlx::Error> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Inserted::default());
         }
         let claiming = writing.claiming();
         let (columns, values) = inserted_columns(PLANNED_COLUMNS, writing, Dialect::Postgres, "$10", "$11");
@@ -600,6 +675,7 @@ impl InsertPlanned for sqlx::PgConnection {
             Broadcasts::NoneReach => copy_new_first(self, rows, writing, || query(sql)).await,
             Broadcasts::MayReach => insert_new_first(self, sql, query).await,
         }
+        .map(Inserted::counted)
     }
 }
 
@@ -1001,11 +1077,12 @@ impl Store {
             };
             let writing = Writing::of(paused, hand, &tokens);
             let inserted = tx.insert_planned_as(rows, broadcasts, &writing).await?;
-            let claimed = if let Some(claiming) = writing.claiming() {
-                let distinct = claiming.distinct();
-                claimed_batches(rows.iter().map(|r| (r.recipient, r.channel)), &distinct, tx.written_claimed(&distinct).await?)?
-            } else {
-                Vec::new()
+            let claimed = match writing.claiming() {
+                Some(claiming) => {
+                    let rows = rows.iter().map(|r| (r.recipient, r.channel));
+                    claimed_after(&mut *tx, claiming, inserted.ids.as_deref(), rows).await?
+                }
+                None => Vec::new(),
             };
             if let Some(earlier) = earlier
                 && earlier.await.is_err()
@@ -1031,7 +1108,10 @@ impl Store {
                 return Ok(None);
             }
             tx.commit().await?;
-            Ok(Some(WrittenPage { inserted, claimed }))
+            Ok(Some(WrittenPage {
+                inserted: inserted.count,
+                claimed,
+            }))
         })
     }
 

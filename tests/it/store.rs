@@ -33,6 +33,7 @@ on_both!(
     a_lead_keeps_its_term_until_another_daemon_leads_between,
     a_page_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
     a_page_s_rows_are_written_as_planned_column_by_column,
+    a_page_written_claimed_tells_each_batch_the_ids_of_its_own_rows,
     a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent,
     a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
     a_paused_window_s_pending_rows_are_held_out_of_the_claims_index,
@@ -1594,25 +1595,12 @@ async fn a_page_s_rows_are_written_as_planned_column_by_column(db: &TestDb) {
         i64,
     );
     async fn rows_of(db: &TestDb, w: WindowId) -> Vec<Row> {
-        use sqlx::Connection as _;
         let sql = format!(
             "SELECT state, lease_owner, lease_token, lease_until, attempts, held, due_at, deadline, notice, channel, \
              endpoint_id, revision, recipient_id FROM deliveries WHERE window_id = {} ORDER BY recipient_id",
             w.0
         );
-        if db.url.starts_with("postgres") {
-            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_all(&mut c)
-                .await
-                .unwrap()
-        } else {
-            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_all(&mut c)
-                .await
-                .unwrap()
-        }
+        query_all(db, sql).await
     }
     let ids = seed(db, 6).await;
     let now = start() - TimeDelta::hours(50);
@@ -1707,6 +1695,145 @@ async fn a_page_s_rows_are_written_as_planned_column_by_column(db: &TestDb) {
             }
         }
     }
+}
+
+/// Runs `sql` on a connection of its own and reads every row it returns.
+async fn query_all<T>(db: &TestDb, sql: String) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    T: Send + Unpin,
+{
+    use sqlx::Connection as _;
+    if db.url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    }
+}
+
+/// Each batch a page writes claimed names its rows by id and by their place in the page, and
+/// the two agree with the ledger: in a ledger whose last row was deleted, for a page that
+/// takes several statements with pending rows between the claimed ones, and for a page some of
+/// whose rows were in the ledger already.
+async fn a_page_written_claimed_tells_each_batch_the_ids_of_its_own_rows(db: &TestDb) {
+    let ids = seed(db, 700).await;
+    let created = utc(2015, 4, 10, 6, 0);
+    let now = start() - TimeDelta::hours(50);
+    // Rows of another window before, the last of them deleted.
+    let other = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    db.store
+        .enqueue(&planned(other.id, 1, Notice::Announced, &ids[..5], 100))
+        .await
+        .unwrap();
+    let deleted: Vec<(i64,)> = query_all(
+        db,
+        "DELETE FROM deliveries WHERE id = (SELECT MAX(id) FROM deliveries) RETURNING id".into(),
+    )
+    .await;
+    assert_eq!(deleted.len(), 1);
+
+    let w = db.store.create_window(new_window(48), created, "t").await.unwrap();
+    fan_out_recorded(db, w.id, Notice::Announced).await;
+    let hand = HandOver {
+        owner: "daemon@a",
+        lease: LEASE,
+        batch: 250,
+        now,
+    };
+    // Each recipient by SMS and by email, every seventh row due an hour after `now`.
+    let page_of = |recipients: &[i64]| -> Vec<PlannedDelivery> {
+        let mut rows: Vec<PlannedDelivery> = planned(w.id, 1, Notice::Announced, recipients, 100)
+            .into_iter()
+            .flat_map(|d| {
+                [
+                    PlannedDelivery { ..d },
+                    PlannedDelivery {
+                        channel: Channel::Email,
+                        ..d
+                    },
+                ]
+            })
+            .collect();
+        for d in rows.iter_mut().step_by(7) {
+            d.due_at = now + TimeDelta::hours(1);
+        }
+        rows
+    };
+    let first = page_of(&ids[..600]);
+    // The second page's first rows were written by the first.
+    let second = page_of(&ids[590..]);
+    let pages = [
+        (first_announced_page(w.id, ids[599]), &first, 1200),
+        (
+            FanOutPage {
+                read_from: RecipientId(ids[599]),
+                ..first_announced_page(w.id, ids[699])
+            },
+            &second,
+            200,
+        ),
+    ];
+    let mut claimed: i64 = 0;
+    for (n, (page, rows, new)) in pages.into_iter().enumerate() {
+        let written = db
+            .store
+            .enqueue_page_handing(&page, rows, Some(&hand))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(written.inserted, new, "page {n}");
+        let ledger: BTreeMap<i64, (i64, String, String, Option<i64>)> =
+            query_all::<(i64, i64, String, String, Option<i64>)>(
+                db,
+                format!(
+                    "SELECT id, recipient_id, channel, state, lease_token FROM deliveries WHERE window_id = {}",
+                    w.id.0
+                ),
+            )
+            .await
+            .into_iter()
+            .map(|(id, recipient, channel, state, token)| (id, (recipient, channel, state, token)))
+            .collect();
+        let mut told = 0;
+        for batch in &written.claimed {
+            assert!(batch.rows.len() <= 250, "page {n}");
+            assert!(batch.rows.is_sorted(), "page {n}: in id order");
+            for &(id, at) in &batch.rows {
+                let d = &rows[at];
+                assert_eq!(
+                    ledger.get(&id),
+                    Some(&(
+                        d.recipient.0,
+                        d.channel.as_str().to_owned(),
+                        "claimed".to_owned(),
+                        Some(batch.token)
+                    )),
+                    "page {n}: delivery {id}, row {at}"
+                );
+                told += 1;
+            }
+        }
+        // Every row due now and new in this page is in a batch: the page's others are pending.
+        let due_new = rows
+            .iter()
+            .enumerate()
+            .filter(|(at, d)| d.due_at <= now && (n == 0 || *at >= 20))
+            .count();
+        assert_eq!(told, due_new, "page {n}");
+        claimed += i64::try_from(told).unwrap();
+    }
+    assert_eq!(
+        states(db, w.id).await,
+        BTreeMap::from([("claimed".into(), claimed), ("pending".into(), 1400 - claimed)])
+    );
 }
 
 /// A batch written claimed that a lane takes late has its lease renewed first; if its lease
