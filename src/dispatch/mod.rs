@@ -20,7 +20,7 @@ use crate::channels::{Address, Message, Receipt, SendError, Senders, send_on_tim
 use crate::clock::Clock;
 use crate::domain::{
     Audience, Channel, ComponentId, ComponentNames, Locale, Notice, Rendered, Span, Window, WindowId, Zone,
-    error_chain, fingerprint, idempotency_key,
+    broadcast_key, error_chain, fingerprint, idempotency_key,
 };
 use crate::render::{NoticeFacts, RenderError, Renderer, lead_time};
 use crate::storage::{Attempt, Broadcast, Claim, ClaimedDelivery, Finish, Position, Store, StoreError};
@@ -1222,19 +1222,6 @@ fn provider_status(text: &str) -> Option<String> {
             .collect();
         (code.len() == 3).then(|| format!("{prefix}{code}"))
     })
-}
-
-/// A broadcast row's idempotency key: `b3.17.webhook.e2`.
-fn broadcast_key(
-    broadcast: i64,
-    recipient: crate::domain::RecipientId,
-    channel: Channel,
-    endpoint: Option<i64>,
-) -> String {
-    match endpoint {
-        None => format!("b{broadcast}.{recipient}.{channel}"),
-        Some(e) => format!("b{broadcast}.{recipient}.{channel}.e{e}"),
-    }
 }
 
 /// Where in the jitter band a delivery's retry falls, in [-1, 1]: derived from the delivery and

@@ -23,7 +23,7 @@ pub use broadcast::{AudienceFilter, Matcher, Message, MessageError, MessageText}
 pub use component::{ComponentError, ComponentId, ComponentNames};
 pub use content::Rendered;
 pub use endpoint::{EndpointRoute, EventType, per_endpoint};
-pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, idempotency_key};
+pub use notice::{DeliveryState, Notice, NoticeError, NoticeKind, PlannedDelivery, broadcast_key, idempotency_key};
 pub use policy::{AudiencePolicy, Decided, Decision, Outcome, Policy, PolicyError, Reach};
 pub use quiet::{QuietHours, QuietHoursError};
 pub use recipient::{

@@ -95,9 +95,10 @@ impl Notice {
 
 impl fmt::Display for Notice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind().as_str())?;
         match self.offset() {
-            Some(o) => write!(f, "{}:{o}", self.kind()),
-            None => write!(f, "{}", self.kind()),
+            Some(o) => write!(f, ":{o}"),
+            None => Ok(()),
         }
     }
 }
@@ -206,7 +207,10 @@ impl PlannedDelivery {
     }
 }
 
-/// The text form of a delivery's identity, handed to senders so a provider can drop duplicates.
+/// The text form of a delivery's identity, handed to senders so a provider can drop duplicates:
+/// `w{window}.r{revision}.{notice}.{recipient}.{channel}`, then `.e{endpoint}` for a webhook
+/// endpoint's. Written piece by piece, without the formatting machinery: it is made for every
+/// message sent.
 pub fn idempotency_key(
     window: WindowId,
     revision: u32,
@@ -215,15 +219,77 @@ pub fn idempotency_key(
     channel: Channel,
     endpoint: Option<i64>,
 ) -> String {
-    match endpoint {
-        None => format!("w{window}.r{revision}.{notice}.{recipient}.{channel}"),
-        Some(e) => format!("w{window}.r{revision}.{notice}.{recipient}.{channel}.e{e}"),
+    let mut numbers = itoa::Buffer::new();
+    let mut key = String::with_capacity(KEY_CAPACITY);
+    key.push('w');
+    key.push_str(numbers.format(window.0));
+    key.push_str(".r");
+    key.push_str(numbers.format(revision));
+    key.push('.');
+    key.push_str(notice.kind().as_str());
+    if let Some(offset) = notice.offset() {
+        use fmt::Write as _;
+        // Writing to a `String` cannot fail.
+        let _ = write!(key, ":{offset}");
+    }
+    push_key_tail(&mut key, recipient, channel, endpoint);
+    key
+}
+
+/// The text form of a broadcast's delivery's identity: `b{broadcast}.{recipient}.{channel}`,
+/// then `.e{endpoint}` for a webhook endpoint's.
+pub fn broadcast_key(broadcast: i64, recipient: RecipientId, channel: Channel, endpoint: Option<i64>) -> String {
+    let mut key = String::with_capacity(KEY_CAPACITY);
+    key.push('b');
+    key.push_str(itoa::Buffer::new().format(broadcast));
+    push_key_tail(&mut key, recipient, channel, endpoint);
+    key
+}
+
+/// Room for a key without growing: its longest parts are three ids and a reminder's offset.
+const KEY_CAPACITY: usize = 64;
+
+/// `.{recipient}.{channel}`, then `.e{endpoint}` if any: how both keys end.
+fn push_key_tail(key: &mut String, recipient: RecipientId, channel: Channel, endpoint: Option<i64>) {
+    let mut numbers = itoa::Buffer::new();
+    key.push('.');
+    key.push_str(numbers.format(recipient.0));
+    key.push('.');
+    key.push_str(channel.as_str());
+    if let Some(e) = endpoint {
+        key.push_str(".e");
+        key.push_str(numbers.format(e));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_read_as_their_parts() {
+        let (w, r) = (WindowId(12), RecipientId(9_000_001));
+        let reminder = Notice::reminder("1h30m".parse().unwrap());
+        for (notice, channel, endpoint) in [
+            (Notice::Announced, Channel::Sms, None),
+            (reminder, Channel::Email, None),
+            (Notice::Completed, Channel::Webhook, Some(-3)),
+        ] {
+            let tail = endpoint.map(|e| format!(".e{e}")).unwrap_or_default();
+            assert_eq!(
+                idempotency_key(w, 4_000_000_000, notice, r, channel, endpoint),
+                format!("w12.r4000000000.{notice}.9000001.{channel}{tail}")
+            );
+            assert_eq!(
+                broadcast_key(i64::MAX, r, channel, endpoint),
+                format!("b{}.9000001.{channel}{tail}", i64::MAX)
+            );
+        }
+        assert_eq!(
+            idempotency_key(w, 1, reminder, r, Channel::Sms, None),
+            "w12.r1.reminder:1h30m.9000001.sms"
+        );
+    }
 
     #[test]
     fn notices_round_trip() {
