@@ -124,13 +124,8 @@ impl Store {
             };
             let writing = Writing::of(paused, hand, &tokens);
             let inserted = tx.insert_broadcast(b, rows, to_millis(due_at), &writing).await?;
-            let claimed = match writing.claiming() {
-                Some(claiming) => {
-                    let rows = rows.iter().map(|r| (r.0, r.1));
-                    claimed_after(&mut *tx, claiming, inserted.ids.as_deref(), rows).await?
-                }
-                None => Vec::new(),
-            };
+            let planned = rows.iter().map(|r| (r.0, r.1));
+            let claimed = claimed_after(&mut *tx, &writing, inserted.ids.as_deref(), planned).await?;
             tx.commit().await?;
             Ok(WrittenPage {
                 inserted: inserted.count,

@@ -267,14 +267,18 @@ impl Inserted {
     }
 }
 
-/// The batches `claiming` wrote: from the ids the insert told where it told them, else read
-/// back by token and matched to the rows, given as each one's recipient and channel.
+/// The batches `writing` wrote claimed (none unless it claims): from the ids the insert told
+/// where it told them, else read back by token and matched to the rows, given as each one's
+/// recipient and channel.
 pub(super) async fn claimed_after<C: WrittenClaimed>(
     conn: &mut C,
-    claiming: &Claiming<'_>,
+    writing: &Writing<'_>,
     ids: Option<&[i64]>,
     rows: impl IntoIterator<Item = (RecipientId, Channel)>,
 ) -> Result<Vec<ClaimedBatch>, StoreError> {
+    let Some(claiming) = writing.claiming() else {
+        return Ok(Vec::new());
+    };
     if let Some(ids) = ids.filter(|ids| ids.len() == claiming.tokens.len()) {
         return Ok(batches_by_id(claiming.tokens, ids));
     }
@@ -1077,13 +1081,8 @@ impl Store {
             };
             let writing = Writing::of(paused, hand, &tokens);
             let inserted = tx.insert_planned_as(rows, broadcasts, &writing).await?;
-            let claimed = match writing.claiming() {
-                Some(claiming) => {
-                    let rows = rows.iter().map(|r| (r.recipient, r.channel));
-                    claimed_after(&mut *tx, claiming, inserted.ids.as_deref(), rows).await?
-                }
-                None => Vec::new(),
-            };
+            let planned = rows.iter().map(|r| (r.recipient, r.channel));
+            let claimed = claimed_after(&mut *tx, &writing, inserted.ids.as_deref(), planned).await?;
             if let Some(earlier) = earlier
                 && earlier.await.is_err()
             {
