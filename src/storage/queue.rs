@@ -846,14 +846,15 @@ impl WrittenClaimed for sqlx::PgConnection {
     }
 }
 
-/// A row recorded sent: when it was handed over, how long the backend's call took, and the
-/// provider's id for it if any.
+/// A row recorded sent: when it was handed over, how long the backend's call took, the
+/// provider's id for it if any, and the body it was sent with.
 #[derive(Debug, Clone, Copy)]
 struct SentRow<'a> {
     id: i64,
     at: DateTime<Utc>,
     latency_ms: i64,
     provider_id: Option<&'a str>,
+    body_id: Option<i64>,
 }
 
 impl SentRow<'_> {
@@ -872,81 +873,76 @@ impl SentRow<'_> {
     }
 }
 
-/// Recording rows sent through one backend with one body: one statement whose rows are bound
-/// as one value each column (a JSON array for SQLite, arrays for PostgreSQL), so its text is
-/// prepared once.
+/// At most this many rows are recorded sent by one statement: a batch of the default size in
+/// one, where each statement's text is bound values (a JSON array for SQLite, arrays for
+/// PostgreSQL) rather than placeholders.
+const SENT_PER_STATEMENT: usize = 4 * ROWS_PER_STATEMENT;
+
+/// Recording rows sent through one backend: one statement whose rows are bound as one value
+/// each column (a JSON array for SQLite, arrays for PostgreSQL), so its text is prepared once.
+/// Each row names its own body, so a batch whose recipients read different bodies (languages,
+/// time zones) is still one statement, its rows in the order of their ids: a statement for
+/// each body rewrote every page of the batch once for each body.
 trait MarkSent {
     /// Marks the rows still claimed under `token` sent; how many it marked.
-    async fn mark_sent(
-        &mut self,
-        token: i64,
-        rows: &[SentRow<'_>],
-        backend: &str,
-        body: Option<i64>,
-    ) -> Result<u64, sqlx::Error>;
+    async fn mark_sent(&mut self, token: i64, rows: &[SentRow<'_>], backend: &str) -> Result<u64, sqlx::Error>;
     /// Which of `ids` are not recorded sent under `token`.
     async fn not_sent_under(&mut self, token: i64, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error>;
 }
 
-/// The sent row's lease is cleared and its token kept (see `finish`); a provider id from an
-/// earlier attempt stays unless this one has its own. (SQLite; PostgreSQL's statement is
-/// `sql/postgres/mark_sent.sql`.)
-const MARK_SENT: &str = "SET state = 'sent', sent_at = v.at, sent_latency_ms = v.latency, \
-     provider_id = COALESCE(v.pid, deliveries.provider_id), backend = $1, body_id = $2, last_error = NULL, lease_until = NULL";
+/// The start of SQLite's statements that record rows sent ($1 the backend, $2 the token, $3
+/// the rows as JSON): the sent row's lease is cleared and its token kept (see `finish`).
+/// PostgreSQL's statement is `sql/postgres/mark_sent.sql`.
+macro_rules! sqlite_mark_sent {
+    () => {
+        "UPDATE deliveries SET state = 'sent', backend = $1, last_error = NULL, lease_until = NULL, "
+    };
+}
 
 impl MarkSent for sqlx::SqliteConnection {
-    async fn mark_sent(
-        &mut self,
-        token: i64,
-        rows: &[SentRow<'_>],
-        backend: &str,
-        body: Option<i64>,
-    ) -> Result<u64, sqlx::Error> {
+    async fn mark_sent(&mut self, token: i64, rows: &[SentRow<'_>], backend: &str) -> Result<u64, sqlx::Error> {
         // Rows handed over together with no provider ids (a file, a bulk request) share one
-        // time and one call: their ids are all the statement needs, which SQLite reads far
-        // faster.
+        // time and one call: their ids, and their bodies where those differ, are all the
+        // statement needs, which SQLite reads far faster.
         if let Some(first) = rows.first()
             && rows
                 .iter()
                 .all(|r| r.at == first.at && r.latency_ms == first.latency_ms && r.provider_id.is_none())
         {
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            return Ok(sqlx::query(
-                "UPDATE deliveries SET state = 'sent', sent_at = $5, sent_latency_ms = $6, backend = $1, body_id = $2, \
-                 last_error = NULL, lease_until = NULL \
-                 WHERE state = 'claimed' AND lease_token = $3 AND id IN (SELECT value FROM json_each($4))",
-            )
-            .bind(backend)
-            .bind(body)
-            .bind(token)
-            .bind(json_ids(&ids))
-            .bind(to_millis(first.at))
-            .bind(first.latency_ms)
-            .execute(&mut *self)
-            .await?
-            .rows_affected());
+            let query = if rows.iter().all(|r| r.body_id == first.body_id) {
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                sqlx::query(concat!(
+                    sqlite_mark_sent!(),
+                    "sent_at = $4, sent_latency_ms = $5, body_id = $6 \
+                     WHERE state = 'claimed' AND lease_token = $2 AND id IN (SELECT value FROM json_each($3))"
+                ))
+                .bind(backend)
+                .bind(token)
+                .bind(json_ids(&ids))
+                .bind(to_millis(first.at))
+                .bind(first.latency_ms)
+                .bind(first.body_id)
+            } else if let Some((bodies, packed)) = packed_bodies(rows) {
+                // Each row as one number, its id and its body's place in $6; the unary `+`s
+                // as below.
+                sqlx::query(concat!(
+                    sqlite_mark_sent!(),
+                    "sent_at = $4, sent_latency_ms = $5, body_id = v.body \
+                     FROM (SELECT value >> 8 AS id, $6 ->> (value & 255) AS body FROM json_each($3)) AS v \
+                     WHERE deliveries.id = v.id AND +deliveries.state = 'claimed' AND +deliveries.lease_token = $2"
+                ))
+                .bind(backend)
+                .bind(token)
+                .bind(json_ids(&packed))
+                .bind(to_millis(first.at))
+                .bind(first.latency_ms)
+                .bind(serde_json::Value::from(bodies).to_string())
+            } else {
+                return mark_sent_each(self, token, rows, backend).await;
+            };
+            return Ok(query.execute(&mut *self).await?.rows_affected());
         }
-        let json = serde_json::Value::from(
-            rows.iter()
-                .map(|r| serde_json::json!([r.id, to_millis(r.at), r.provider_id, r.latency_ms]))
-                .collect::<Vec<_>>(),
-        )
-        .to_string();
-        // The unary `+`s keep SQLite from reaching the rows through the claimed rows' index and
-        // scanning the JSON for each: it walks the JSON and looks each row up by its id.
-        let sql = format!(
-            "UPDATE deliveries {MARK_SENT} FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS at, \
-             json_extract(value, '$[2]') AS pid, json_extract(value, '$[3]') AS latency FROM json_each($4)) AS v \
-             WHERE deliveries.id = v.id AND +deliveries.state = 'claimed' AND +deliveries.lease_token = $3"
-        );
-        Ok(sqlx::query(AssertSqlSafe(sql))
-            .bind(backend)
-            .bind(body)
-            .bind(token)
-            .bind(json)
-            .execute(&mut *self)
-            .await?
-            .rows_affected())
+        mark_sent_each(self, token, rows, backend).await
     }
 
     async fn not_sent_under(&mut self, token: i64, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
@@ -961,22 +957,67 @@ impl MarkSent for sqlx::SqliteConnection {
     }
 }
 
+/// Where rows share one body list: the distinct bodies of `rows` (at most 256, each row's id
+/// below 2⁵⁵), and each row as `id × 256 + its body's place` among them.
+fn packed_bodies(rows: &[SentRow<'_>]) -> Option<(Vec<Option<i64>>, Vec<i64>)> {
+    let mut bodies: Vec<Option<i64>> = Vec::new();
+    let mut packed = Vec::with_capacity(rows.len());
+    for r in rows {
+        let place = match bodies.iter().position(|b| *b == r.body_id) {
+            Some(place) => place,
+            None if bodies.len() < 256 => {
+                bodies.push(r.body_id);
+                bodies.len() - 1
+            }
+            None => return None,
+        };
+        let id = r.id.checked_mul(256).filter(|_| r.id >= 0)?;
+        packed.push(id | place as i64);
+    }
+    Some((bodies, packed))
+}
+
+/// SQLite's record of rows sent each with its own time, latency, provider id and body.
+async fn mark_sent_each(
+    conn: &mut sqlx::SqliteConnection,
+    token: i64,
+    rows: &[SentRow<'_>],
+    backend: &str,
+) -> Result<u64, sqlx::Error> {
+    let json = serde_json::Value::from(
+        rows.iter()
+            .map(|r| serde_json::json!([r.id, to_millis(r.at), r.provider_id, r.latency_ms, r.body_id]))
+            .collect::<Vec<_>>(),
+    )
+    .to_string();
+    // The unary `+`s keep SQLite from reaching the rows through the claimed rows' index and
+    // scanning the JSON for each: it walks the JSON and looks each row up by its id. A
+    // provider id from an earlier attempt stays unless this one has its own.
+    Ok(sqlx::query(concat!(
+        sqlite_mark_sent!(),
+        "sent_at = v.at, sent_latency_ms = v.latency, provider_id = COALESCE(v.pid, deliveries.provider_id), \
+         body_id = v.body FROM (SELECT value ->> 0 AS id, value ->> 1 AS at, value ->> 2 AS pid, value ->> 3 AS latency, \
+         value ->> 4 AS body FROM json_each($3)) AS v \
+         WHERE deliveries.id = v.id AND +deliveries.state = 'claimed' AND +deliveries.lease_token = $2"
+    ))
+    .bind(backend)
+    .bind(token)
+    .bind(json)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 impl MarkSent for sqlx::PgConnection {
-    async fn mark_sent(
-        &mut self,
-        token: i64,
-        rows: &[SentRow<'_>],
-        backend: &str,
-        body: Option<i64>,
-    ) -> Result<u64, sqlx::Error> {
+    async fn mark_sent(&mut self, token: i64, rows: &[SentRow<'_>], backend: &str) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(include_str!("sql/postgres/mark_sent.sql"))
             .bind(backend)
-            .bind(body)
             .bind(token)
             .bind(rows.iter().map(|r| r.id).collect::<Vec<i64>>())
             .bind(rows.iter().map(|r| to_millis(r.at)).collect::<Vec<i64>>())
             .bind(rows.iter().map(|r| r.provider_id).collect::<Vec<Option<&str>>>())
             .bind(rows.iter().map(|r| r.latency_ms).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|r| r.body_id).collect::<Vec<Option<i64>>>())
             .execute(&mut *self)
             .await?
             .rows_affected())
@@ -1399,9 +1440,8 @@ impl Store {
         outcomes: &[Finish],
         attempts: &[Attempt],
     ) -> Result<Vec<i64>, StoreError> {
-        // Sent rows, the common case, are one statement per backend and body rather than one
-        // per row.
-        let mut sent: std::collections::BTreeMap<(&str, Option<i64>), Vec<SentRow<'_>>> = Default::default();
+        // Sent rows, the common case, are one statement per backend rather than one per row.
+        let mut sent: std::collections::BTreeMap<&str, Vec<SentRow<'_>>> = Default::default();
         let mut others = Vec::new();
         for f in outcomes {
             match f {
@@ -1412,11 +1452,12 @@ impl Store {
                     provider_id,
                     body_id,
                     latency,
-                } => sent.entry((backend.as_str(), *body_id)).or_default().push(SentRow {
+                } => sent.entry(backend.as_str()).or_default().push(SentRow {
                     id: *id,
                     at: *at,
                     latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
                     provider_id: provider_id.as_deref(),
+                    body_id: *body_id,
                 }),
                 other => others.push(other),
             }
@@ -1426,11 +1467,13 @@ impl Store {
         let mut unrecorded: Vec<Attempt> = Vec::new();
         on_writer!(self, p => {
             let mut tx = p.begin().await?;
-            for ((backend, body_id), rows) in &sent {
-                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            for (backend, rows) in &mut sent {
+                // In the order of their ids, so the rows are rewritten page by page.
+                rows.sort_unstable_by_key(|r| r.id);
+                for chunk in rows.chunks(SENT_PER_STATEMENT) {
                     // The row keeps its token, so the ids this statement did not reach can be
                     // told apart from those it did when fewer rows changed than were named.
-                    let done = tx.mark_sent(token, chunk, backend, *body_id).await?;
+                    let done = tx.mark_sent(token, chunk, backend).await?;
                     if done != chunk.len() as u64 {
                         let ids: Vec<i64> = chunk.iter().map(|r| r.id).collect();
                         let missed = tx.not_sent_under(token, &ids).await?;
@@ -1491,7 +1534,7 @@ mod tests {
     use chrono::{TimeZone as _, Utc};
     use sqlx::{Connection as _, QueryBuilder, Row as _};
 
-    use super::{Broadcasts, Claiming, PlannedDelivery, Writing, push_sqlite_insert};
+    use super::{Broadcasts, Claiming, PlannedDelivery, SentRow, Writing, packed_bodies, push_sqlite_insert};
     use crate::domain::{Channel, Notice, RecipientId, WindowId};
 
     /// SQLite's program for the insert of `rows` written as `writing`.
@@ -1560,5 +1603,35 @@ mod tests {
             assert_eq!(writes(&few), writes(&many), "{what}: {many:?}");
         }
         conn.close().await.unwrap();
+    }
+
+    /// Each row is its id times 256 plus its body's place in the list of distinct bodies, in
+    /// the order they first come; 256 bodies fit, a 257th or an id too large for the room
+    /// left does not.
+    #[test]
+    fn rows_are_packed_with_their_body_s_place_while_256_bodies_fit() {
+        let at = Utc.with_ymd_and_hms(2015, 4, 10, 6, 0, 0).unwrap();
+        let row = |id: i64, body_id: Option<i64>| SentRow {
+            id,
+            at,
+            latency_ms: 1,
+            provider_id: None,
+            body_id,
+        };
+        let rows = [row(7, Some(40)), row(8, None), row(9, Some(40)), row(12, Some(2))];
+        assert_eq!(
+            packed_bodies(&rows),
+            Some((
+                vec![Some(40), None, Some(2)],
+                vec![7 * 256, 8 * 256 + 1, 9 * 256, 12 * 256 + 2]
+            ))
+        );
+        let fits: Vec<SentRow<'_>> = (0..256).map(|i| row(i, Some(1000 + i))).collect();
+        let (bodies, packed) = packed_bodies(&fits).unwrap();
+        assert_eq!((bodies.len(), packed[255]), (256, 255 * 256 + 255));
+        let too_many: Vec<SentRow<'_>> = (0..257).map(|i| row(i, Some(1000 + i))).collect();
+        assert_eq!(packed_bodies(&too_many), None);
+        assert_eq!(packed_bodies(&[row(i64::MAX / 256 + 1, None)]), None);
+        assert_eq!(packed_bodies(&[row(-1, None)]), None);
     }
 }

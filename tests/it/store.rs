@@ -37,6 +37,7 @@ on_both!(
     a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent,
     a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
     a_paused_window_s_pending_rows_are_held_out_of_the_claims_index,
+    a_batch_sent_with_many_bodies_keeps_each_row_s_own_body,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -1931,7 +1932,7 @@ async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic
         .await
         .unwrap();
     let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN EXECUTE mark_sent('file', NULL, 99, '{28001,28002}', '{0,0}', '{NULL,NULL}', '{1,1}')",
+        "EXPLAIN EXECUTE mark_sent('file', 99, '{28001,28002}', '{0,0}', '{NULL,NULL}', '{1,1}', '{NULL,NULL}')",
     )
     .fetch_all(&mut conn)
     .await
@@ -1941,4 +1942,141 @@ async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic
     assert!(!plan.contains("deliveries_lease_token"), "{plan}");
     conn.close().await.unwrap();
     db.finish().await;
+}
+
+/// A row as recorded sent: (id, state, backend, body, sent at in ms, latency in ms, provider id).
+type SentRecord = (
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// A row sent: (id, backend, body, when, provider id, latency in ms).
+type SentBy<'a> = (
+    i64,
+    &'a str,
+    Option<i64>,
+    chrono::DateTime<chrono::Utc>,
+    Option<&'a str>,
+    u64,
+);
+
+/// A batch's sent rows are recorded in one statement a backend, however many bodies they went
+/// out with, and each row keeps its own body, time, latency and provider id: rows that share
+/// a body, rows whose bodies alternate (given in no order), more bodies than one statement
+/// numbers, rows each with its own time and provider id, and two backends in one batch. A row
+/// named that is not claimed under the batch's token is told back and keeps what it had.
+async fn a_batch_sent_with_many_bodies_keeps_each_row_s_own_body(db: &TestDb) {
+    let ids = seed(db, 340).await;
+    let now = start() - TimeDelta::hours(50);
+    let w = db.store.create_window(new_window(48), now, "t").await.unwrap();
+    db.store
+        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    for i in 0..300 {
+        bodies.push(
+            db.store
+                .body_id(&format!("body-{i}"), &format!("Text {i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let at = now + TimeDelta::seconds(1);
+    let ms = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis();
+    let mut expected: BTreeMap<i64, SentRecord> = BTreeMap::new();
+    let mut finish = async |token: i64, sent: Vec<SentBy<'_>>| {
+        let outcomes: Vec<Finish> = sent
+            .iter()
+            .map(|&(id, backend, body_id, at, provider_id, latency)| Finish::Sent {
+                id,
+                at,
+                backend: backend.into(),
+                provider_id: provider_id.map(str::to_owned),
+                body_id,
+                latency: Duration::from_millis(latency),
+            })
+            .collect();
+        let lost = db.store.finish(token, &outcomes).await.unwrap();
+        for &(id, backend, body, at, provider_id, latency) in &sent {
+            if !lost.contains(&id) {
+                let latency = i64::try_from(latency).unwrap();
+                let record = (
+                    id,
+                    "sent".into(),
+                    Some(backend.into()),
+                    body,
+                    Some(ms(at)),
+                    Some(latency),
+                    provider_id.map(str::to_owned),
+                );
+                expected.insert(id, record);
+            }
+        }
+        lost
+    };
+
+    // Ten rows with one body.
+    let (t1, first) = claim(db, now, 10, "w", LEASE, None).await;
+    let one_body: Vec<_> = first
+        .iter()
+        .map(|r| (r.id, "file", Some(bodies[0]), at, None, 2))
+        .collect();
+    assert!(finish(t1, one_body).await.is_empty());
+
+    // Twenty rows whose bodies alternate, one of them none, listed last first; and a row of
+    // the first batch, sent already, named again.
+    let (t2, second) = claim(db, now, 20, "w", LEASE, None).await;
+    let mut alternating: Vec<_> = second
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, "file", (i % 4 != 3).then(|| bodies[i % 3]), at, None, 2))
+        .rev()
+        .collect();
+    alternating.push((first[0].id, "file", Some(bodies[1]), at, None, 2));
+    assert_eq!(finish(t2, alternating).await, [first[0].id]);
+
+    // Three hundred rows with three hundred bodies.
+    let (t3, third) = claim(db, now, 300, "w", LEASE, None).await;
+    assert_eq!(third.len(), 300);
+    let many: Vec<_> = third
+        .iter()
+        .zip(&bodies)
+        .map(|(r, &b)| (r.id, "file", Some(b), at, None, 3))
+        .collect();
+    assert!(finish(t3, many).await.is_empty());
+
+    // Rows each with its own time, latency and provider id, through two backends.
+    let (t4, fourth) = claim(db, now, 10, "w", LEASE, None).await;
+    let own: Vec<_> = fourth
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let backend = if i % 2 == 0 { "twilio" } else { "backup" };
+            let pid = ["SM-1", "SM-2", "SM-3"].get(i % 4).copied();
+            (
+                r.id,
+                backend,
+                Some(bodies[i % 2 + 5]),
+                at + TimeDelta::milliseconds(i as i64),
+                pid,
+                10 + i as u64,
+            )
+        })
+        .collect();
+    assert!(finish(t4, own).await.is_empty());
+
+    let recorded: Vec<SentRecord> = query_all(
+        db,
+        "SELECT id, state, backend, body_id, sent_at, sent_latency_ms, provider_id FROM deliveries WHERE state = 'sent' ORDER BY id"
+            .into(),
+    )
+    .await;
+    assert_eq!(recorded.len(), 340);
+    assert_eq!(recorded, expected.into_values().collect::<Vec<_>>());
 }

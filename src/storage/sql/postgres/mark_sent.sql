@@ -1,6 +1,6 @@
--- Marks sent the rows of one batch still claimed under its token $3, sent through backend $1
--- with body $2; $4 to $7 are the rows' ids, when each was handed over (Unix ms), provider ids
--- and latencies. The sent row's lease is cleared and its token kept; a provider id from an
+-- Marks sent the rows of one batch still claimed under its token $2, sent through backend $1;
+-- $3 to $7 are the rows' ids, when each was handed over (Unix ms), provider ids, latencies and
+-- bodies. The sent row's lease is cleared and its token kept; a provider id from an
 -- earlier attempt stays unless this one has its own.
 -- Each row is looked up by its id, and only by its id: `+ 0` and `|| ''` keep PostgreSQL from
 -- reaching the rows through the claimed rows' index, which its statistics take for nearly
@@ -12,7 +12,7 @@
 -- cost growing with the rows already claimed).
 UPDATE deliveries
 SET state = 'sent', sent_at = v.at, sent_latency_ms = v.latency,
-    provider_id = COALESCE(v.pid, deliveries.provider_id), backend = $1, body_id = $2,
+    provider_id = COALESCE(v.pid, deliveries.provider_id), backend = $1, body_id = v.body,
     last_error = NULL, lease_until = NULL
-FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::bigint[]) AS v (id, at, pid, latency)
-WHERE deliveries.id = v.id AND deliveries.state || '' = 'claimed' AND deliveries.lease_token + 0 = $3
+FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) AS v (id, at, pid, latency, body)
+WHERE deliveries.id = v.id AND deliveries.state || '' = 'claimed' AND deliveries.lease_token + 0 = $2
