@@ -873,9 +873,9 @@ impl SentRow<'_> {
     }
 }
 
-/// At most this many rows are recorded sent by one statement: a batch of the default size in
-/// one, where each statement's text is bound values (a JSON array for SQLite, arrays for
-/// PostgreSQL) rather than placeholders.
+/// At most this many rows are recorded sent by one statement, so a batch of the default size
+/// (2,000) is one. Its rows are bound as a few values (a JSON array for SQLite, arrays for
+/// PostgreSQL), not a placeholder each, so no limit on placeholders applies.
 const SENT_PER_STATEMENT: usize = 4 * ROWS_PER_STATEMENT;
 
 /// Recording rows sent through one backend: one statement whose rows are bound as one value
@@ -957,8 +957,9 @@ impl MarkSent for sqlx::SqliteConnection {
     }
 }
 
-/// Where rows share one body list: the distinct bodies of `rows` (at most 256, each row's id
-/// below 2⁵⁵), and each row as `id × 256 + its body's place` among them.
+/// `rows` as SQLite's statement for rows of several bodies reads them: the distinct bodies, in
+/// the order they first come, and each row as `id × 256 + its body's place` among them. `None`
+/// if there are more than 256 bodies, or an id is negative or too large to be so written.
 fn packed_bodies(rows: &[SentRow<'_>]) -> Option<(Vec<Option<i64>>, Vec<i64>)> {
     let mut bodies: Vec<Option<i64>> = Vec::new();
     let mut packed = Vec::with_capacity(rows.len());
