@@ -496,7 +496,7 @@ impl Store {
             .fetch_all(p)
             .await?;
             let (due, oldest): (i64, Option<i64>) = sqlx::query_as(
-                "SELECT COUNT(*), MIN(due_at) FROM deliveries WHERE state = 'pending' AND NOT held AND due_at <= $1",
+                "SELECT COUNT(*), MIN(due_at) FROM deliveries WHERE state = 'pending' AND waiting AND NOT held AND due_at <= $1",
             )
             .bind(to_millis(now))
             .fetch_one(p)

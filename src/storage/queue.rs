@@ -279,10 +279,11 @@ pub(super) async fn claimed_after<C: WrittenClaimed>(
     let Some(claiming) = writing.claiming() else {
         return Ok(Vec::new());
     };
+    let distinct = claiming.distinct();
+    conn.record_claims(claiming, &distinct).await?;
     if let Some(ids) = ids.filter(|ids| ids.len() == claiming.tokens.len()) {
         return Ok(batches_by_id(claiming.tokens, ids));
     }
-    let distinct = claiming.distinct();
     let written = conn.written_claimed(&distinct).await?;
     claimed_batches(rows, &distinct, written)
 }
@@ -319,7 +320,7 @@ const CLAIMED_ROWS: &str = "SELECT d.id, d.window_id, d.broadcast_id, d.revision
      e.previous_until AS endpoint_previous_until, e.disabled_reason AS endpoint_disabled \
      FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
      LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-     WHERE d.lease_token = $1 AND d.state = 'claimed' ORDER BY d.id";
+     WHERE d.lease_token = $1 AND d.state = 'claimed' AND d.leased ORDER BY d.id";
 
 /// `CLAIMED_ROWS` as one JSON array of objects (SQLite).
 const CLAIMED_JSON_SQLITE: &str = "SELECT COALESCE(json_group_array(json_object('id', d.id, 'window_id', d.window_id, \
@@ -413,6 +414,10 @@ trait InsertPlanned {
 pub(super) trait WrittenClaimed {
     /// What the rows written claimed under `tokens` are: (token, id, recipient, channel).
     async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError>;
+
+    /// Records the claims `tokens` of `claiming`, beside their rows, where the store keeps
+    /// claims apart from rows (PostgreSQL's `claims`, migration `sent_in_place`).
+    async fn record_claims(&mut self, claiming: &Claiming<'_>, tokens: &[i64]) -> Result<(), StoreError>;
 }
 
 /// Rows written claimed as they are enqueued: a token per row (`None`: pending, as usual),
@@ -620,6 +625,11 @@ fn push_sqlite_insert(
 }
 
 impl WrittenClaimed for sqlx::SqliteConnection {
+    /// SQLite finds claims by their rows' own lease.
+    async fn record_claims(&mut self, _claiming: &Claiming<'_>, _tokens: &[i64]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError> {
         // One row of JSON, as for a claim's read-back.
         let json: String = sqlx::query_scalar(
@@ -836,9 +846,22 @@ pub(super) async fn insert_new_first<'q>(
 }
 
 impl WrittenClaimed for sqlx::PgConnection {
+    async fn record_claims(&mut self, claiming: &Claiming<'_>, tokens: &[i64]) -> Result<(), StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO claims (lease_token, lease_owner, lease_until) SELECT DISTINCT t, $2, {} + $3 FROM unnest($1::bigint[]) AS t",
+            db_now_ms(Dialect::Postgres)
+        )))
+        .bind(tokens)
+        .bind(claiming.owner)
+        .bind(claiming.lease_ms)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
     async fn written_claimed(&mut self, tokens: &[i64]) -> Result<Vec<(i64, i64, i64, String)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT lease_token, id, recipient_id, channel FROM deliveries WHERE lease_token = ANY($1) AND state = 'claimed'",
+            "SELECT lease_token, id, recipient_id, channel FROM deliveries WHERE lease_token = ANY($1) AND state = 'claimed' AND leased",
         )
         .bind(tokens)
         .fetch_all(&mut *self)
@@ -1191,7 +1214,7 @@ impl Store {
     /// again, if sooner than its next tick.
     pub async fn next_slot(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
         let at: Option<i64> = on_pool!(self, p => sqlx::query_scalar(
-            "SELECT due_at FROM deliveries WHERE state = 'pending' AND NOT held AND deadline > $1 \
+            "SELECT due_at FROM deliveries WHERE state = 'pending' AND waiting AND NOT held AND deadline > $1 \
              AND (window_id IS NULL OR window_id NOT IN (SELECT window_id FROM paused_windows)) \
              ORDER BY due_at LIMIT 1",
         )
@@ -1206,7 +1229,7 @@ impl Store {
     pub async fn expire_due(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(on_writer!(self, p => sqlx::query(
             "UPDATE deliveries SET state = 'expired', last_error = COALESCE(last_error, 'deadline passed before it could be sent') \
-             WHERE state = 'pending' AND deadline <= $1",
+             WHERE state = 'pending' AND waiting AND deadline <= $1",
         )
         .bind(to_millis(now))
         .execute(p)
@@ -1256,13 +1279,23 @@ impl Store {
         // On PostgreSQL, rows another transaction holds are passed over, not waited for: a
         // daemon stalled in the middle of writing its claimed rows (paused, swapped out) would
         // otherwise hold up every other daemon's tick until it woke. They are settled at a
-        // later tick, once it lets go (or its connection is gone).
+        // later tick, once it lets go (or its connection is gone). There the claims are chosen
+        // by their own rows in `claims` (`which` names the same columns), and the rows found by
+        // their tokens; a claim's row goes once none of its rows is still claimed, those
+        // passed over included.
         let statements = settle.map(|(set, cond)| match self.dialect() {
             Dialect::Sqlite => format!("UPDATE deliveries SET {set} WHERE state = 'claimed' AND {which} AND {cond}"),
             Dialect::Postgres => format!(
                 "UPDATE deliveries SET {set} WHERE id IN (SELECT id FROM deliveries \
-                 WHERE state = 'claimed' AND {which} AND {cond} FOR UPDATE SKIP LOCKED)"
+                 WHERE lease_token IN (SELECT lease_token FROM claims WHERE {which}) \
+                 AND state = 'claimed' AND leased AND {cond} FOR UPDATE SKIP LOCKED)"
             ),
+        });
+        let forget = (self.dialect() == Dialect::Postgres).then(|| {
+            format!(
+                "DELETE FROM claims c WHERE {which} AND $1 = $1 AND NOT EXISTS (SELECT 1 FROM deliveries d \
+                 WHERE d.lease_token = c.lease_token AND d.state = 'claimed' AND d.leased)"
+            )
         });
         let mut counts = [0u64; 3];
         on_writer!(self, p => {
@@ -1273,6 +1306,13 @@ impl Store {
                     q = q.bind(me.to_owned());
                 }
                 *count = q.execute(&mut *tx).await?.rows_affected();
+            }
+            if let Some(sql) = &forget {
+                let mut q = sqlx::query(AssertSqlSafe(sql.clone())).bind(to_millis(now));
+                if let Some(me) = me {
+                    q = q.bind(me.to_owned());
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
@@ -1301,7 +1341,9 @@ impl Store {
             Dialect::Postgres => include_str!("sql/postgres/claim.sql"),
         };
         let token = new_token();
-        let claimed = on_writer!(self, p => sqlx::query(claim)
+        // SQLite's claim is an update; PostgreSQL's also records the claim, and counts its rows.
+        let claimed = on_writer!(self, p => {
+            let query = sqlx::query(claim)
                 .bind(owner)
                 .bind(millis(lease))
                 .bind(to_millis(now))
@@ -1309,10 +1351,15 @@ impl Store {
                 .bind(only_broadcast)
                 .bind(token)
                 .bind(after.due_at)
-                .bind(after.id)
-                .execute(p)
-                .await?
-                .rows_affected());
+                .bind(after.id);
+            match self.dialect() {
+                Dialect::Sqlite => query.execute(p).await?.rows_affected(),
+                Dialect::Postgres => {
+                    let taken: i64 = sqlx::Row::try_get(&query.fetch_one(p).await?, 0)?;
+                    u64::try_from(taken).unwrap_or_default()
+                }
+            }
+        });
         // The rows are read back once the claim has committed, outside this process's turn to
         // write: on SQLite another connection reads them while the writer goes on with the next
         // statement. Nothing but this token's holder settles a claimed row until its lease
@@ -1364,7 +1411,7 @@ impl Store {
     pub async fn give_back(&self, token: i64) -> Result<u64, StoreError> {
         Ok(on_writer!(self, p => sqlx::query(
             "UPDATE deliveries SET state = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, \
-             lease_token = NULL WHERE lease_token = $1 AND state = 'claimed'",
+             lease_token = NULL WHERE lease_token = $1 AND state = 'claimed' AND leased",
         )
         .bind(token)
         .execute(p)
@@ -1382,9 +1429,11 @@ impl Store {
         let until = format!("lease_until = {} + $2", db_now_ms(self.dialect()));
         let sql = match self.dialect() {
             Dialect::Sqlite => format!("UPDATE deliveries SET {until} WHERE lease_token = $1 AND state = 'claimed'"),
+            // The claim's own row too: its lease is the one lapsed claims are looked for by.
             Dialect::Postgres => format!(
-                "UPDATE deliveries SET {until} WHERE id IN (SELECT id FROM deliveries \
-                 WHERE lease_token = $1 AND state = 'claimed' FOR UPDATE SKIP LOCKED)"
+                "WITH renewed AS (UPDATE claims SET {until} WHERE lease_token = $1) \
+                 UPDATE deliveries SET {until} WHERE id IN (SELECT id FROM deliveries \
+                 WHERE lease_token = $1 AND state = 'claimed' AND leased FOR UPDATE SKIP LOCKED)"
             ),
         };
         Ok(on_writer!(self, p => sqlx::query(AssertSqlSafe(sql))
@@ -1397,9 +1446,14 @@ impl Store {
 
     /// How many rows `owner` holds claimed.
     pub async fn claimed_by(&self, owner: &str) -> Result<u64, StoreError> {
-        let n: i64 = on_pool!(self, p => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE state = 'claimed' AND lease_owner = $1",
-        )
+        let sql = match self.dialect() {
+            Dialect::Sqlite => "SELECT COUNT(*) FROM deliveries WHERE state = 'claimed' AND lease_owner = $1",
+            Dialect::Postgres => {
+                "SELECT COUNT(*) FROM deliveries WHERE lease_token IN (SELECT lease_token FROM claims WHERE lease_owner = $1) \
+                 AND state = 'claimed' AND leased"
+            }
+        };
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql)
         .bind(owner)
         .fetch_one(p)
         .await?);

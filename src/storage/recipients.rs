@@ -380,7 +380,7 @@ impl Store {
         last: RecipientId,
     ) -> Result<HashSet<RecipientId>, StoreError> {
         let ids: Vec<i64> = on_pool!(self, p => sqlx::query_scalar(
-            "SELECT DISTINCT recipient_id FROM deliveries WHERE window_id = $1 AND state = 'sent' \
+            "SELECT DISTINCT recipient_id FROM deliveries WHERE window_id = $1 AND state = 'sent' AND leased \
              AND recipient_id >= $2 AND recipient_id <= $3",
         )
         .bind(window.0)

@@ -1944,6 +1944,123 @@ async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic
     db.finish().await;
 }
 
+/// On PostgreSQL a batch written claimed and then recorded sent is rewritten in place: each
+/// sent row is a heap-only version on its own page, which no index gains an entry for
+/// (migration `sent_in_place`). A claim is kept in `claims` while its lease runs, and forgotten
+/// once the lease has lapsed with none of its rows still claimed; a lapsed claim whose row
+/// another transaction holds keeps its own until that row is settled.
+#[tokio::test]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_forgotten() {
+    use sqlx::Connection as _;
+    let db = TestDb::postgres().await;
+    let ids = seed(&db, 610).await;
+    let now = start() - TimeDelta::hours(50);
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    fan_out_recorded(&db, w.id, Notice::Announced).await;
+    let hand = HandOver {
+        owner: "daemon@a",
+        lease: LEASE,
+        batch: 250,
+        now,
+    };
+    let rows = planned(w.id, 1, Notice::Announced, &ids[..600], 100);
+    let written = db
+        .store
+        .enqueue_page_handing(&first_announced_page(w.id, ids[599]), &rows, Some(&hand))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut tokens: Vec<i64> = written.claimed.iter().map(|b| b.token).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens.len(), 3, "600 rows in batches of 250");
+    let claims = async || -> Vec<i64> {
+        query_all::<(i64,)>(&db, "SELECT lease_token FROM claims ORDER BY lease_token".into())
+            .await
+            .into_iter()
+            .map(|(t,)| t)
+            .collect()
+    };
+    assert_eq!(claims().await, tokens, "each batch's claim is recorded with its rows");
+    for batch in &written.claimed {
+        let sent: Vec<Finish> = batch
+            .rows
+            .iter()
+            .map(|&(id, _)| Finish::Sent {
+                id,
+                at: now,
+                backend: "file".into(),
+                provider_id: None,
+                body_id: None,
+                latency: Duration::from_millis(3),
+            })
+            .collect();
+        assert!(db.store.finish(batch.token, &sent).await.unwrap().is_empty());
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Each sent row's version, found by its `ctid` (page, item), and whether it is heap-only
+    // (`HEAP_ONLY_TUPLE`, 0x8000 of `t_infomask2`).
+    let (sent, in_place): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE (i.t_infomask2 & 32768) <> 0) \
+         FROM deliveries d, LATERAL heap_page_items(get_raw_page('deliveries', (d.ctid::text::point)[0]::int)) i \
+         WHERE i.lp = (d.ctid::text::point)[1]::int AND d.state = 'sent'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((sent, in_place), (600, 600));
+
+    // The claims stay while their leases run; once lapsed, with nothing claimed, they go.
+    let released = db.store.release_lapsed_claims(now).await.unwrap();
+    assert_eq!(released.returned, 0);
+    assert_eq!(claims().await, tokens);
+    for &token in &tokens {
+        assert_eq!(
+            db.store.renew(token, Duration::ZERO).await.unwrap(),
+            0,
+            "nothing is left claimed"
+        );
+    }
+    db.store.release_lapsed_claims(now).await.unwrap();
+    assert!(claims().await.is_empty());
+
+    // A lapsed claim with a row another transaction holds: the others go back, the claim
+    // stays until that row is settled too.
+    let w2 = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    db.store
+        .enqueue(&planned(w2.id, 1, Notice::Announced, &ids[600..], 100))
+        .await
+        .unwrap();
+    let (token, claimed) = claim(&db, now, 10, "w", LEASE, None).await;
+    assert_eq!(claimed.len(), 10);
+    assert_eq!(claims().await, vec![token]);
+    db.store.renew(token, Duration::ZERO).await.unwrap();
+    let mut holder = conn.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE")
+        .bind(claimed[0].id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    assert_eq!(db.store.release_lapsed_claims(now).await.unwrap().returned, 9);
+    assert_eq!(claims().await, vec![token], "one of its rows is still claimed");
+    holder.rollback().await.unwrap();
+    assert_eq!(db.store.release_lapsed_claims(now).await.unwrap().returned, 1);
+    assert!(claims().await.is_empty());
+    db.finish().await;
+}
+
 /// A row as recorded sent: (id, state, backend, body, sent at in ms, latency in ms, provider id).
 type SentRecord = (
     i64,
