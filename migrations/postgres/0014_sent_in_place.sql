@@ -27,7 +27,10 @@ CREATE INDEX deliveries_expiry ON deliveries (deadline) WHERE waiting;
 DROP INDEX deliveries_lease_token;
 CREATE INDEX deliveries_lease_token ON deliveries (lease_token) WHERE leased;
 DROP INDEX deliveries_told;
-CREATE INDEX deliveries_told ON deliveries (window_id, recipient_id) WHERE leased;
+-- `window_id IS NOT NULL` is there to keep lookups by token away from this index: under
+-- statistics taken while the rows were pending, an index on `leased` rows alone looked empty
+-- to them, and a claim's read-back walked all of it (215 ms for 300,000 rows).
+CREATE INDEX deliveries_told ON deliveries (window_id, recipient_id) WHERE leased AND window_id IS NOT NULL;
 
 CREATE TABLE claims (
     lease_token BIGINT PRIMARY KEY,

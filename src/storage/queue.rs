@@ -1282,12 +1282,15 @@ impl Store {
         // later tick, once it lets go (or its connection is gone). There the claims are chosen
         // by their own rows in `claims` (`which` names the same columns), and the rows found by
         // their tokens; a claim's row goes once none of its rows is still claimed, those
-        // passed over included.
+        // passed over included. The tokens are read first (`ARRAY(…)`, run once) and their
+        // rows looked up in the token index: as a join, under statistics taken while the rows
+        // were pending, the plan could be a scan of that whole index, which keeps every row
+        // sent.
         let statements = settle.map(|(set, cond)| match self.dialect() {
             Dialect::Sqlite => format!("UPDATE deliveries SET {set} WHERE state = 'claimed' AND {which} AND {cond}"),
             Dialect::Postgres => format!(
                 "UPDATE deliveries SET {set} WHERE id IN (SELECT id FROM deliveries \
-                 WHERE lease_token IN (SELECT lease_token FROM claims WHERE {which}) \
+                 WHERE lease_token = ANY(ARRAY(SELECT lease_token FROM claims WHERE {which})) \
                  AND state = 'claimed' AND leased AND {cond} FOR UPDATE SKIP LOCKED)"
             ),
         });
@@ -1449,7 +1452,7 @@ impl Store {
         let sql = match self.dialect() {
             Dialect::Sqlite => "SELECT COUNT(*) FROM deliveries WHERE state = 'claimed' AND lease_owner = $1",
             Dialect::Postgres => {
-                "SELECT COUNT(*) FROM deliveries WHERE lease_token IN (SELECT lease_token FROM claims WHERE lease_owner = $1) \
+                "SELECT COUNT(*) FROM deliveries WHERE lease_token = ANY(ARRAY(SELECT lease_token FROM claims WHERE lease_owner = $1)) \
                  AND state = 'claimed' AND leased"
             }
         };
