@@ -1900,6 +1900,34 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
     assert_eq!(states(db, w.id).await, BTreeMap::from([("pending".into(), 4)]));
 }
 
+/// When a queue's statistics were taken: after its rows were sent and claimed, or while they
+/// were all still pending.
+enum Statistics {
+    Current,
+    WhilePending,
+}
+
+/// A long run's queue on PostgreSQL: of 30,000 rows, most sent, each batch's token kept on its
+/// rows, and one batch of 2,000 claimed under token 99. Returns a connection to it.
+async fn a_long_run_s_queue(db: &TestDb, statistics: Statistics) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    a_large_queue(db).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let analyze = "ANALYZE deliveries";
+    let updates = [
+        "UPDATE deliveries SET state = 'sent', lease_token = id / 2000 WHERE id <= 28000",
+        "UPDATE deliveries SET state = 'claimed', lease_token = 99, lease_owner = 'w', lease_until = 0 WHERE id > 28000",
+    ];
+    let order = match statistics {
+        Statistics::Current => [updates[0], updates[1], analyze],
+        Statistics::WhilePending => [analyze, updates[0], updates[1]],
+    };
+    for sql in order {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    conn
+}
+
 /// On PostgreSQL, marking a batch sent looks each of its rows up by id, whatever plan the
 /// prepared statement settles on. In the generic plan PostgreSQL keeps after a few runs, the
 /// token's claimed rows were estimated at one, and reaching them through the claimed rows'
@@ -1910,18 +1938,11 @@ async fn a_batch_written_claimed_that_waited_past_its_lease_goes_back_unsent(db:
 async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic_plan() {
     use sqlx::Connection as _;
     let db = TestDb::postgres().await;
-    a_large_queue(&db).await;
-    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    // A long run's queue: most rows sent, each batch's token kept on its rows, one batch of
-    // 2,000 claimed, and statistics that say so.
-    for sql in [
-        "UPDATE deliveries SET state = 'sent', lease_token = id / 2000 WHERE id <= 28000",
-        "UPDATE deliveries SET state = 'claimed', lease_token = 99, lease_owner = 'w', lease_until = 0 WHERE id > 28000",
-        "ANALYZE deliveries",
-        "SET plan_cache_mode = force_generic_plan",
-    ] {
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
-    }
+    let mut conn = a_long_run_s_queue(&db, Statistics::Current).await;
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let statement = std::fs::read_to_string(format!(
         "{}/src/storage/sql/postgres/mark_sent.sql",
         env!("CARGO_MANIFEST_DIR")
@@ -2068,17 +2089,8 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
 #[tokio::test]
 #[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
 async fn a_claim_s_rows_are_read_back_by_token_on_postgres_under_stale_statistics() {
-    use sqlx::Connection as _;
     let db = TestDb::postgres().await;
-    a_large_queue(&db).await;
-    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    for sql in [
-        "ANALYZE deliveries",
-        "UPDATE deliveries SET state = 'sent', lease_token = id / 2000 WHERE id <= 28000",
-        "UPDATE deliveries SET state = 'claimed', lease_token = 99, lease_owner = 'w', lease_until = 0 WHERE id > 28000",
-    ] {
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
-    }
+    let mut conn = a_long_run_s_queue(&db, Statistics::WhilePending).await;
     let plan: Vec<String> = sqlx::query_scalar(
         "EXPLAIN SELECT d.id FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
          WHERE d.lease_token = 99 AND d.state = 'claimed' AND d.leased ORDER BY d.id",
