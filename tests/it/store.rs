@@ -2008,19 +2008,7 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
     };
     assert_eq!(claims().await, tokens, "each batch's claim is recorded with its rows");
     for batch in &written.claimed {
-        let sent: Vec<Finish> = batch
-            .rows
-            .iter()
-            .map(|&(id, _)| Finish::Sent {
-                id,
-                at: now,
-                backend: "file".into(),
-                provider_id: None,
-                body_id: None,
-                latency: Duration::from_millis(3),
-            })
-            .collect();
-        assert!(db.store.finish(batch.token, &sent).await.unwrap().is_empty());
+        record_sent(&db, batch, now).await;
     }
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
