@@ -911,6 +911,9 @@ trait MarkSent {
     async fn mark_sent(&mut self, token: i64, rows: &[SentRow<'_>], backend: &str) -> Result<u64, sqlx::Error>;
     /// Which of `ids` are not recorded sent under `token`.
     async fn not_sent_under(&mut self, token: i64, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error>;
+    /// Forgets the claim `token` once none of its rows is still claimed, where the store keeps
+    /// claims apart from rows (PostgreSQL's `claims`, migration `sent_in_place`).
+    async fn forget_if_settled(&mut self, token: i64) -> Result<(), sqlx::Error>;
 }
 
 /// The start of SQLite's statements that record rows sent ($1 the backend, $2 the token, $3
@@ -923,6 +926,11 @@ macro_rules! sqlite_mark_sent {
 }
 
 impl MarkSent for sqlx::SqliteConnection {
+    /// SQLite finds claims by their rows' own lease: nothing to forget.
+    async fn forget_if_settled(&mut self, _token: i64) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     async fn mark_sent(&mut self, token: i64, rows: &[SentRow<'_>], backend: &str) -> Result<u64, sqlx::Error> {
         // Rows handed over together with no provider ids (a file, a bulk request) share one
         // time and one call: their ids, and their bodies where those differ, are all the
@@ -1033,6 +1041,22 @@ async fn mark_sent_each(
 }
 
 impl MarkSent for sqlx::PgConnection {
+    /// A claim's rows are looked for through the token index, which keeps the rows it sent
+    /// (2,000 entries a batch, each a row on a page just written): about a millisecond a batch.
+    /// A claim kept until it lapsed cost more: every tick then read every row sent since the
+    /// last under the claims lapsed meanwhile, and the end of a run read every row of the run
+    /// (BENCHMARKS.md, *4 December, night*).
+    async fn forget_if_settled(&mut self, token: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM claims WHERE lease_token = $1 AND NOT EXISTS \
+             (SELECT 1 FROM deliveries WHERE lease_token = $1 AND state = 'claimed' AND leased)",
+        )
+        .bind(token)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
     async fn mark_sent(&mut self, token: i64, rows: &[SentRow<'_>], backend: &str) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(include_str!("sql/postgres/mark_sent.sql"))
             .bind(backend)
@@ -1412,14 +1436,20 @@ impl Store {
     /// Returns every row still claimed under `token` to the queue, as if the claim had not been
     /// (a claim that could not be read back, a batch written claimed that no lane took).
     pub async fn give_back(&self, token: i64) -> Result<u64, StoreError> {
-        Ok(on_writer!(self, p => sqlx::query(
-            "UPDATE deliveries SET state = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, \
-             lease_token = NULL WHERE lease_token = $1 AND state = 'claimed' AND leased",
-        )
-        .bind(token)
-        .execute(p)
-        .await?
-        .rows_affected()))
+        Ok(on_writer!(self, p => {
+            let mut tx = p.begin().await?;
+            let returned = sqlx::query(
+                "UPDATE deliveries SET state = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, \
+                 lease_token = NULL WHERE lease_token = $1 AND state = 'claimed' AND leased",
+            )
+            .bind(token)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.forget_if_settled(token).await?;
+            tx.commit().await?;
+            returned
+        }))
     }
 
     /// Extends the lease of every row still claimed under `token` by `lease` from now (the
@@ -1581,6 +1611,7 @@ impl Store {
             }
             insert_attempts!(tx, attempts);
             insert_attempts!(tx, unrecorded);
+            tx.forget_if_settled(token).await?;
             tx.commit().await?;
         });
         Ok(lost)

@@ -1291,10 +1291,14 @@ async fn a_lead_keeps_its_term_until_another_daemon_leads_between(db: &TestDb) {
 
 /// Records every row of a batch written claimed sent through the file outbox, under its token.
 async fn record_sent(db: &TestDb, batch: &tangazo::storage::ClaimedBatch, now: chrono::DateTime<chrono::Utc>) {
-    let sent: Vec<Finish> = batch
-        .rows
-        .iter()
-        .map(|&(id, _)| Finish::Sent {
+    let sent = sent_at(batch.rows.iter().map(|&(id, _)| id), now);
+    assert!(db.store.finish(batch.token, &sent).await.unwrap().is_empty());
+}
+
+/// Each of `ids` sent through the file outbox at `now`.
+fn sent_at(ids: impl IntoIterator<Item = i64>, now: chrono::DateTime<chrono::Utc>) -> Vec<Finish> {
+    ids.into_iter()
+        .map(|id| Finish::Sent {
             id,
             at: now,
             backend: "file".into(),
@@ -1302,8 +1306,7 @@ async fn record_sent(db: &TestDb, batch: &tangazo::storage::ClaimedBatch, now: c
             body_id: None,
             latency: Duration::from_millis(1),
         })
-        .collect();
-    assert!(db.store.finish(batch.token, &sent).await.unwrap().is_empty());
+        .collect()
 }
 
 /// A fan-out's page can be written with the rows that can go out at once already claimed, in
@@ -1967,9 +1970,10 @@ async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic
 
 /// On PostgreSQL a batch written claimed and then recorded sent is rewritten in place: each
 /// sent row is a heap-only version on its own page, which no index gains an entry for
-/// (migration `sent_in_place`). A claim is kept in `claims` while its lease runs, and forgotten
-/// once the lease has lapsed with none of its rows still claimed; a lapsed claim whose row
-/// another transaction holds keeps its own until that row is settled.
+/// (migration `sent_in_place`). A claim is kept in `claims` while any of its rows is claimed,
+/// and forgotten by the outcome that settles its last row, by giving its batch back, or once
+/// its lease has lapsed with none of its rows still claimed; a lapsed claim whose row another
+/// transaction holds keeps its own until that row is settled.
 #[tokio::test]
 #[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
 async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_forgotten() {
@@ -2007,9 +2011,24 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
             .collect()
     };
     assert_eq!(claims().await, tokens, "each batch's claim is recorded with its rows");
-    for batch in &written.claimed {
+    let (first, rest) = written.claimed.split_first().unwrap();
+    let first_ids: Vec<i64> = first.rows.iter().map(|&(id, _)| id).collect();
+    let (early, late) = first_ids.split_at(100);
+    let finish = async |ids: &[i64]| {
+        let sent = sent_at(ids.iter().copied(), now);
+        assert!(db.store.finish(first.token, &sent).await.unwrap().is_empty());
+    };
+    finish(early).await;
+    assert_eq!(claims().await, tokens, "a claim with rows still claimed is kept");
+    finish(late).await;
+    assert!(
+        !claims().await.contains(&first.token),
+        "its last row settled, the claim is forgotten"
+    );
+    for batch in rest {
         record_sent(&db, batch, now).await;
     }
+    assert!(claims().await.is_empty());
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
         .execute(&mut conn)
@@ -2027,10 +2046,6 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
     .unwrap();
     assert_eq!((sent, in_place), (600, 600));
 
-    // The claims stay while their leases run; once lapsed, with nothing claimed, they go.
-    let released = db.store.release_lapsed_claims(now).await.unwrap();
-    assert_eq!(released.returned, 0);
-    assert_eq!(claims().await, tokens);
     for &token in &tokens {
         assert_eq!(
             db.store.renew(token, Duration::ZERO).await.unwrap(),
@@ -2038,8 +2053,7 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
             "nothing is left claimed"
         );
     }
-    db.store.release_lapsed_claims(now).await.unwrap();
-    assert!(claims().await.is_empty());
+    assert_eq!(db.store.release_lapsed_claims(now).await.unwrap().returned, 0);
 
     // A lapsed claim with a row another transaction holds: the others go back, the claim
     // stays until that row is settled too.
@@ -2066,6 +2080,13 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
     assert_eq!(claims().await, vec![token], "one of its rows is still claimed");
     holder.rollback().await.unwrap();
     assert_eq!(db.store.release_lapsed_claims(now).await.unwrap().returned, 1);
+    assert!(claims().await.is_empty());
+
+    // A batch given back is forgotten with it.
+    let (token, claimed) = claim(&db, now, 10, "w", LEASE, None).await;
+    assert_eq!(claimed.len(), 10);
+    assert_eq!(claims().await, vec![token]);
+    assert_eq!(db.store.give_back(token).await.unwrap(), 10);
     assert!(claims().await.is_empty());
     db.finish().await;
 }
