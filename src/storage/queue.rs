@@ -911,6 +911,9 @@ trait MarkSent {
     async fn mark_sent(&mut self, token: i64, rows: &[SentRow<'_>], backend: &str) -> Result<u64, sqlx::Error>;
     /// Which of `ids` are not recorded sent under `token`.
     async fn not_sent_under(&mut self, token: i64, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error>;
+    /// Has the statements that follow in this transaction run on plans that look each row up,
+    /// whatever the size of the ledger and of the batch.
+    async fn rows_looked_up(&mut self) -> Result<(), sqlx::Error>;
     /// Forgets the claim `token` once none of its rows is still claimed, where the store keeps
     /// claims apart from rows (PostgreSQL's `claims`, migration `sent_in_place`).
     async fn forget_if_settled(&mut self, token: i64) -> Result<(), sqlx::Error>;
@@ -926,6 +929,11 @@ macro_rules! sqlite_mark_sent {
 }
 
 impl MarkSent for sqlx::SqliteConnection {
+    /// SQLite's plans for these statements use the primary key whatever the table's size.
+    async fn rows_looked_up(&mut self) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     /// SQLite finds claims by their rows' own lease: nothing to forget.
     async fn forget_if_settled(&mut self, _token: i64) -> Result<(), sqlx::Error> {
         Ok(())
@@ -1041,6 +1049,22 @@ async fn mark_sent_each(
 }
 
 impl MarkSent for sqlx::PgConnection {
+    /// The generic plans, made without the statement's values: recording a batch sent then
+    /// looks each of its rows up by id (`mark_sent.sql`, and the test
+    /// `marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic_plan`).
+    /// PostgreSQL makes a statement's first five runs on each connection custom plans, for the
+    /// 2,000 ids at hand, and on a ledger of a few hundred thousand rows or fewer those read
+    /// the whole ledger for each statement: a hash of the ids over a sequential scan, or, with
+    /// sequential scans off, a scan of the whole primary key with the ids looped over for each
+    /// row (up to 1.3 s a statement). At 100,000 the whole run took three to four times as long, and the
+    /// first seconds of every run were slow (BENCHMARKS.md, *4 December, night*).
+    async fn rows_looked_up(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
     /// A claim's rows are looked for through the token index, which keeps the rows it sent
     /// (2,000 entries a batch, each a row on a page just written): about a millisecond a batch.
     /// A claim kept until it lapsed cost more: every tick then read every row sent since the
@@ -1555,6 +1579,7 @@ impl Store {
         let mut unrecorded: Vec<Attempt> = Vec::new();
         on_writer!(self, p => {
             let mut tx = p.begin().await?;
+            tx.rows_looked_up().await?;
             for (backend, rows) in &mut sent {
                 // In the order of their ids, so the rows are rewritten page by page.
                 rows.sort_unstable_by_key(|r| r.id);
