@@ -1056,8 +1056,8 @@ impl MarkSent for sqlx::PgConnection {
     /// 2,000 ids at hand, and on a ledger of a few hundred thousand rows or fewer those read
     /// the whole ledger for each statement: a hash of the ids over a sequential scan, or, with
     /// sequential scans off, a scan of the whole primary key with the ids looped over for each
-    /// row (up to 1.3 s a statement). At 100,000 the whole run took three to four times as long, and the
-    /// first seconds of every run were slow (BENCHMARKS.md, *4 December, night*).
+    /// row (up to 1.3 s a statement). At 100,000 the whole run took three to four times as
+    /// long, and the first seconds of every run were slow (BENCHMARKS.md, *4 December, night*).
     async fn rows_looked_up(&mut self) -> Result<(), sqlx::Error> {
         sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
             .execute(&mut *self)
