@@ -2030,21 +2030,7 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
     }
     assert!(claims().await.is_empty());
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    // Each sent row's version, found by its `ctid` (page, item), and whether it is heap-only
-    // (`HEAP_ONLY_TUPLE`, 0x8000 of `t_infomask2`).
-    let (sent, in_place): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COUNT(*) FILTER (WHERE (i.t_infomask2 & 32768) <> 0) \
-         FROM deliveries d, LATERAL heap_page_items(get_raw_page('deliveries', (d.ctid::text::point)[0]::int)) i \
-         WHERE i.lp = (d.ctid::text::point)[1]::int AND d.state = 'sent'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!((sent, in_place), (600, 600));
+    assert_eq!(sent_in_place(&mut conn).await, (600, 600));
 
     for &token in &tokens {
         assert_eq!(
@@ -2088,6 +2074,73 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
     assert_eq!(claims().await, vec![token]);
     assert_eq!(db.store.give_back(token).await.unwrap(), 10);
     assert!(claims().await.is_empty());
+    db.finish().await;
+}
+
+/// How many rows of the ledger are sent, and how many of those are a heap-only version, written
+/// in place (PostgreSQL; each found by its `ctid`, page and item, with `HEAP_ONLY_TUPLE`, 0x8000
+/// of `t_infomask2`).
+async fn sent_in_place(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE (i.t_infomask2 & 32768) <> 0) \
+         FROM deliveries d, LATERAL heap_page_items(get_raw_page('deliveries', (d.ctid::text::point)[0]::int)) i \
+         WHERE i.lp = (d.ctid::text::point)[1]::int AND d.state = 'sent'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// On PostgreSQL a row claimed from the queue, not written claimed, is recorded sent in place
+/// too where its page has room for its pending, claimed and sent versions at once (the ledger
+/// filled to 25 %, README's *Room on the ledger's pages*), even while a transaction that
+/// began before its claim committed still runs (another lane's or daemon's statement) and its
+/// pending version cannot be pruned. Recording it sent changes no column an index names, for
+/// a row claimed from the queue as for one written claimed. At the default 45 % only 38 of
+/// the 400 find room.
+#[tokio::test]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn a_row_claimed_from_the_queue_on_postgres_is_recorded_sent_in_place_beside_an_older_transaction() {
+    use sqlx::Connection as _;
+    let db = TestDb::postgres().await;
+    let ids = seed(&db, 400).await;
+    let now = start() - TimeDelta::hours(50);
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("ALTER TABLE deliveries SET (fillfactor = 25)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    db.store
+        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
+        .await
+        .unwrap();
+    let mut older = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut older)
+        .await
+        .unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
+        .fetch_one(&mut older)
+        .await
+        .unwrap();
+    assert_eq!(pending, 400);
+    let (token, claimed) = claim(&db, now, 400, "w", LEASE, None).await;
+    assert_eq!(claimed.len(), 400);
+    let sent = sent_at(claimed.iter().map(|c| c.id), now);
+    assert!(db.store.finish(token, &sent).await.unwrap().is_empty());
+    assert_eq!(sent_in_place(&mut conn).await, (400, 400));
+    sqlx::query("COMMIT").execute(&mut older).await.unwrap();
+    older.close().await.unwrap();
+    conn.close().await.unwrap();
     db.finish().await;
 }
 
