@@ -120,6 +120,21 @@ async fn fan_out_recorded(db: &TestDb, w: WindowId, notice: Notice) {
         .unwrap();
 }
 
+/// A new window whose announcement is planned for each of `recipients`, pending and due 100
+/// hours before it starts.
+async fn announced_to(db: &TestDb, recipients: &[i64]) -> tangazo::domain::Window {
+    let w = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    db.store
+        .enqueue(&planned(w.id, 1, Notice::Announced, recipients, 100))
+        .await
+        .unwrap();
+    w
+}
+
 async fn seed(db: &TestDb, n: u32) -> Vec<i64> {
     let people: Vec<_> = (0..n).map(|i| customer(i, Locale::En)).collect();
     db.store
@@ -199,15 +214,7 @@ async fn enqueue_is_idempotent(db: &TestDb) {
 
 async fn claims_finish_expire_and_lapse(db: &TestDb) {
     let ids = seed(db, 10).await;
-    let w = db
-        .store
-        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
-        .await
-        .unwrap();
-    db.store
-        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
-        .await
-        .unwrap();
+    let w = announced_to(db, &ids).await;
     let now = start() - TimeDelta::hours(50);
     // Not due yet: nothing to claim before the due time.
     let (_, early) = claim(db, start() - TimeDelta::hours(101), 100, "w1", LEASE, None).await;
@@ -324,15 +331,7 @@ async fn claims_finish_expire_and_lapse(db: &TestDb) {
 /// once, flagged; claims of other kinds of worker are left to their leases.
 async fn a_new_daemon_settles_a_dead_daemons_claims(db: &TestDb) {
     let ids = seed(db, 4).await;
-    let w = db
-        .store
-        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
-        .await
-        .unwrap();
-    db.store
-        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
-        .await
-        .unwrap();
+    announced_to(db, &ids).await;
     let now = start() - TimeDelta::hours(50);
     claim(db, now, 2, "daemon@host:1", LEASE, None).await;
     claim(db, now, 2, "broadcast:7", LEASE, None).await;
@@ -739,15 +738,7 @@ async fn a_large_queue(db: &TestDb) {
         .await
         .unwrap();
     let ids: Vec<i64> = (1..=30_000).collect();
-    let w = db
-        .store
-        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
-        .await
-        .unwrap();
-    db.store
-        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
-        .await
-        .unwrap();
+    announced_to(db, &ids).await;
 }
 
 async fn the_claim_uses_the_due_index_on_a_large_queue(db: &TestDb) {
@@ -2043,15 +2034,7 @@ async fn a_batch_recorded_sent_on_postgres_is_rewritten_in_place_and_its_claim_f
 
     // A lapsed claim with a row another transaction holds: the others go back, the claim
     // stays until that row is settled too.
-    let w2 = db
-        .store
-        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
-        .await
-        .unwrap();
-    db.store
-        .enqueue(&planned(w2.id, 1, Notice::Announced, &ids[600..], 100))
-        .await
-        .unwrap();
+    announced_to(&db, &ids[600..]).await;
     let (token, claimed) = claim(&db, now, 10, "w", LEASE, None).await;
     assert_eq!(claimed.len(), 10);
     assert_eq!(claims().await, vec![token]);
@@ -2114,15 +2097,7 @@ async fn a_row_claimed_from_the_queue_on_postgres_is_recorded_sent_in_place_besi
         .execute(&mut conn)
         .await
         .unwrap();
-    let w = db
-        .store
-        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
-        .await
-        .unwrap();
-    db.store
-        .enqueue(&planned(w.id, 1, Notice::Announced, &ids, 100))
-        .await
-        .unwrap();
+    announced_to(&db, &ids).await;
     let mut older = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut older)
