@@ -1065,19 +1065,15 @@ impl MarkSent for sqlx::PgConnection {
         Ok(())
     }
 
-    /// A claim's rows are looked for through the token index, which keeps the rows it sent
-    /// (2,000 entries a batch, each a row on a page just written): about a millisecond a batch.
-    /// A claim kept until it lapsed cost more: every tick then read every row sent since the
-    /// last under the claims lapsed meanwhile, and the end of a run read every row of the run
-    /// (BENCHMARKS.md, *4 December, night*).
+    /// A claim's rows are counted through the token index, which keeps the rows it sent (see
+    /// `forget_if_settled.sql`). A claim kept until it lapsed cost more: every tick then read
+    /// every row sent since the last under the claims lapsed meanwhile, and the end of a run
+    /// read every row of the run (BENCHMARKS.md, *4 December, night*).
     async fn forget_if_settled(&mut self, token: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "DELETE FROM claims WHERE lease_token = $1 AND NOT EXISTS \
-             (SELECT 1 FROM deliveries WHERE lease_token = $1 AND state = 'claimed' AND leased)",
-        )
-        .bind(token)
-        .execute(&mut *self)
-        .await?;
+        sqlx::query(include_str!("sql/postgres/forget_if_settled.sql"))
+            .bind(token)
+            .execute(&mut *self)
+            .await?;
         Ok(())
     }
 
@@ -1342,10 +1338,12 @@ impl Store {
                  AND state = 'claimed' AND leased AND {cond} FOR UPDATE SKIP LOCKED)"
             ),
         });
+        // A claim's rows are counted, as in `forget_if_settled.sql`, rather than looked for with
+        // `NOT EXISTS`, whose plan could scan the whole ledger for an early match.
         let forget = (self.dialect() == Dialect::Postgres).then(|| {
             format!(
-                "DELETE FROM claims c WHERE {which} AND $1 = $1 AND NOT EXISTS (SELECT 1 FROM deliveries d \
-                 WHERE d.lease_token = c.lease_token AND d.state = 'claimed' AND d.leased)"
+                "DELETE FROM claims c WHERE {which} AND $1 = $1 AND (SELECT COUNT(*) FROM deliveries d \
+                 WHERE d.lease_token = c.lease_token AND d.state = 'claimed' AND d.leased) = 0"
             )
         });
         let mut counts = [0u64; 3];
