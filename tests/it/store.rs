@@ -1922,6 +1922,28 @@ async fn a_long_run_s_queue(db: &TestDb, statistics: Statistics) -> sqlx::PgConn
     conn
 }
 
+/// PostgreSQL's plan for `sql` (an `EXPLAIN`), its lines joined.
+async fn plan_of(conn: &mut sqlx::PgConnection, sql: &str) -> String {
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await
+        .unwrap();
+    plan.join("\n")
+}
+
+/// Prepares the store's PostgreSQL statement in `src/storage/sql/postgres/{file}` as `name`.
+async fn prepare(conn: &mut sqlx::PgConnection, name: &str, file: &str) {
+    let statement = std::fs::read_to_string(format!(
+        "{}/src/storage/sql/postgres/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE {name} AS {statement}")))
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
 /// On PostgreSQL, marking a batch sent looks each of its rows up by id, whatever plan the
 /// prepared statement settles on. In the generic plan PostgreSQL keeps after a few runs, the
 /// token's claimed rows were estimated at one, and reaching them through the claimed rows'
@@ -1937,22 +1959,12 @@ async fn marking_a_batch_sent_on_postgres_looks_its_rows_up_by_id_in_the_generic
         .execute(&mut conn)
         .await
         .unwrap();
-    let statement = std::fs::read_to_string(format!(
-        "{}/src/storage/sql/postgres/mark_sent.sql",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE mark_sent AS {statement}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(
+    prepare(&mut conn, "mark_sent", "mark_sent.sql").await;
+    let plan = plan_of(
+        &mut conn,
         "EXPLAIN EXECUTE mark_sent('file', 99, '{28001,28002}', '{0,0}', '{NULL,NULL}', '{1,1}', '{NULL,NULL}')",
     )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
+    .await;
     assert!(plan.contains("Index Cond: (id = v.id)"), "{plan}");
     assert!(!plan.contains("deliveries_lease_token"), "{plan}");
     conn.close().await.unwrap();
@@ -1978,25 +1990,13 @@ async fn a_settled_claim_on_postgres_is_forgotten_through_the_token_index_under_
     ] {
         sqlx::query(sql).execute(&mut conn).await.unwrap();
     }
-    let statement = std::fs::read_to_string(format!(
-        "{}/src/storage/sql/postgres/forget_if_settled.sql",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE forget AS {statement}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    prepare(&mut conn, "forget", "forget_if_settled.sql").await;
     for mode in ["force_custom_plan", "force_generic_plan"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
             .execute(&mut conn)
             .await
             .unwrap();
-        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE forget(7)")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
+        let plan = plan_of(&mut conn, "EXPLAIN EXECUTE forget(7)").await;
         assert!(plan.contains("deliveries_lease_token"), "{mode}: {plan}");
         assert!(!plan.contains("Seq Scan on deliveries"), "{mode}: {plan}");
     }
@@ -2173,14 +2173,12 @@ async fn a_row_claimed_from_the_queue_on_postgres_is_recorded_sent_in_place_besi
 async fn a_claim_s_rows_are_read_back_by_token_on_postgres_under_stale_statistics() {
     let db = TestDb::postgres().await;
     let mut conn = a_long_run_s_queue(&db, Statistics::WhilePending).await;
-    let plan: Vec<String> = sqlx::query_scalar(
+    let plan = plan_of(
+        &mut conn,
         "EXPLAIN SELECT d.id FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
          WHERE d.lease_token = 99 AND d.state = 'claimed' AND d.leased ORDER BY d.id",
     )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
+    .await;
     assert!(plan.contains("deliveries_lease_token"), "{plan}");
     assert!(!plan.contains("deliveries_told"), "{plan}");
     db.finish().await;
