@@ -38,6 +38,7 @@ on_both!(
     a_broadcast_s_rows_that_can_go_out_at_once_are_written_claimed_in_batches,
     a_paused_window_s_pending_rows_are_held_out_of_the_claims_index,
     a_batch_sent_with_many_bodies_keeps_each_row_s_own_body,
+    an_audience_is_counted_the_same_by_groups_as_one_by_one,
 );
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -2319,4 +2320,128 @@ async fn a_batch_sent_with_many_bodies_keeps_each_row_s_own_body(db: &TestDb) {
     .await;
     assert_eq!(recorded.len(), 340);
     assert_eq!(recorded, expected.into_values().collect::<Vec<_>>());
+}
+
+/// A broadcast's audience is counted by groups of recipients alike, in the database; given a
+/// subset of natural keys, or once a recipient does not read back, it is read one recipient at a
+/// time. Both count the same, whatever the filter and the content.
+async fn an_audience_is_counted_the_same_by_groups_as_one_by_one(db: &TestDb) {
+    use tangazo::broadcast::{Content, Scan, scan};
+    use tangazo::domain::{ComponentId, EmailAddress, PhoneNumber, Profile, Zone};
+    const PEOPLE: u32 = 400;
+    let component = |c: &str| c.parse::<ComponentId>().unwrap();
+    // Each trait from its own bits of a scrambled index, so that no two go together.
+    let traits = |i: u32| u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24;
+    let opted_out = |i: u32| traits(i) >> 28 & 7 == 0;
+    let people: Vec<Profile> = (0..PEOPLE)
+        .map(|i| {
+            let t = traits(i);
+            let phone = (t % 3 != 2).then(|| PhoneNumber::parse(&format!("07{:08}", 20_000_000 + i)).unwrap());
+            let email = (t % 3 != 0).then(|| EmailAddress::parse(&format!("p{i}@example.co.ke")).unwrap());
+            let components = match t >> 4 & 3 {
+                0 => vec![component("withdraw")],
+                1 => vec![component("pay-bill"), component("send-money")],
+                _ => vec![],
+            };
+            let channels = match t >> 8 & 3 {
+                0 if phone.is_some() => vec![Channel::Sms],
+                1 if email.is_some() => vec![Channel::Email],
+                _ => vec![],
+            };
+            Profile::new(
+                if t >> 12 & 3 == 3 {
+                    Audience::Biller
+                } else {
+                    Audience::Customer
+                },
+                &format!("P {i}"),
+                phone,
+                email,
+                if t >> 16 & 1 == 0 { Locale::En } else { Locale::Sw },
+                if t >> 20 & 3 == 0 {
+                    "Europe/Berlin"
+                } else {
+                    "Africa/Nairobi"
+                }
+                .parse::<Zone>()
+                .unwrap(),
+                components,
+                channels,
+                opted_out(i),
+            )
+            .unwrap()
+        })
+        .collect();
+    let admitted = (0..PEOPLE).filter(|&i| !opted_out(i)).map(|_| 1u64).sum::<u64>();
+    db.store
+        .upsert_recipients(&people, utc(2015, 4, 1, 0, 0))
+        .await
+        .unwrap();
+    let window = db
+        .store
+        .create_window(new_window(48), utc(2015, 4, 10, 6, 0), "t")
+        .await
+        .unwrap();
+    let contents = [
+        Content::Message(free_message("M-PESA is back")),
+        Content::Notice {
+            window: Box::new(window),
+            notice: Notice::Announced,
+        },
+    ];
+    let filters = [
+        AudienceFilter::default(),
+        AudienceFilter {
+            audiences: vec![Audience::Customer],
+            ..AudienceFilter::default()
+        },
+        AudienceFilter {
+            audiences: vec![Audience::Biller],
+            channels: vec![Channel::Email],
+            ..AudienceFilter::default()
+        },
+        AudienceFilter {
+            components: vec![component("pay-bill")],
+            locale: Some(Locale::Sw),
+            ..AudienceFilter::default()
+        },
+    ];
+    let everyone: Vec<String> = people.iter().map(Profile::natural_key).collect();
+    let counts = |s: Scan| (s.recipients, s.messages);
+    let all_of = |filter: &AudienceFilter| AudienceFilter {
+        subset: Some(everyone.clone()),
+        ..filter.clone()
+    };
+    let groups = db
+        .store
+        .recipients_grouped(None)
+        .await
+        .unwrap()
+        .expect("every group reads back");
+    assert_eq!(groups.iter().map(|(_, n)| n).sum::<u64>(), u64::from(PEOPLE));
+    assert!(groups.len() < 200, "{} groups", groups.len());
+    let by_groups = scan(&db.store, &contents[0], &filters[0]).await.unwrap();
+    assert_eq!(by_groups.recipients, admitted);
+    // A free message to everyone reaches all who did not opt out, by SMS and by email, in both
+    // languages, of both kinds; it reads the same in every zone.
+    assert_eq!(by_groups.messages.len(), 8, "{:?}", by_groups.messages);
+    for content in &contents {
+        for filter in &filters {
+            let by_groups = counts(scan(&db.store, content, filter).await.unwrap());
+            assert!(by_groups.0 > 0, "{filter:?}");
+            let one_by_one = counts(scan(&db.store, content, &all_of(filter)).await.unwrap());
+            assert_eq!(by_groups, one_by_one, "{filter:?}");
+        }
+    }
+    // A recipient that does not read back is left out, as a fan-out leaves it out.
+    let admitted_one = (0..PEOPLE).find(|&i| !opted_out(i)).unwrap() as usize;
+    db.execute(&format!(
+        "UPDATE recipients SET locale = 'xx' WHERE natural_key = '{}'",
+        people[admitted_one].natural_key()
+    ))
+    .await;
+    let without_one = counts(scan(&db.store, &contents[0], &filters[0]).await.unwrap());
+    assert_eq!(without_one.0, admitted - 1);
+    let one_by_one = counts(scan(&db.store, &contents[0], &all_of(&filters[0])).await.unwrap());
+    assert_eq!(without_one, one_by_one);
 }
