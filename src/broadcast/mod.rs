@@ -587,8 +587,8 @@ impl States {
 /// Counts one broadcast's rows by state.
 pub async fn states(store: &Store, broadcast: i64) -> Result<States, StoreError> {
     let mut out = BTreeMap::new();
-    for r in store.broadcast_summary(broadcast).await? {
-        *out.entry(r.state.as_str().to_owned()).or_default() += r.count;
+    for (state, n) in store.broadcast_states(broadcast).await? {
+        *out.entry(state.as_str().to_owned()).or_default() += n;
     }
     Ok(States(out))
 }

@@ -77,30 +77,38 @@ pub struct SummaryRow {
 }
 
 impl Store {
-    /// Counts by window (or broadcast), notice, channel and state.
+    /// How many of one broadcast's rows are in each state. They are found through the
+    /// broadcast's own index: a broadcast that has just begun reads none of the ledger's other
+    /// rows, and one of a million rows is counted without sorting them all by window, notice and
+    /// channel first (0.18 s against 0.58 s on SQLite).
+    pub async fn broadcast_states(&self, broadcast: i64) -> Result<Vec<(DeliveryState, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = on_pool!(self, p => sqlx::query_as(
+            "SELECT state, COUNT(*) FROM deliveries WHERE broadcast_id = $1 GROUP BY state",
+        )
+        .bind(broadcast)
+        .fetch_all(p)
+        .await?);
+        rows.into_iter()
+            .map(|(state, n)| {
+                let state = state
+                    .parse()
+                    .map_err(|e: String| StoreError::Corrupt(format!("broadcast {broadcast}: {e}")))?;
+                Ok((state, n))
+            })
+            .collect()
+    }
+
+    /// Counts by window (or broadcast), notice, channel and state: of one window's rows, or of
+    /// every row.
     pub async fn summary(&self, window: Option<WindowId>) -> Result<Vec<SummaryRow>, StoreError> {
-        self.summary_of(window, None).await
-    }
-
-    /// Counts for one broadcast by notice, channel and state.
-    pub async fn broadcast_summary(&self, broadcast: i64) -> Result<Vec<SummaryRow>, StoreError> {
-        self.summary_of(None, Some(broadcast)).await
-    }
-
-    async fn summary_of(
-        &self,
-        window: Option<WindowId>,
-        broadcast: Option<i64>,
-    ) -> Result<Vec<SummaryRow>, StoreError> {
         let rows = on_pool!(self, p => sqlx::query(
             "SELECT window_id, broadcast_id, notice, channel, state, COUNT(*) AS n, \
              SUM(CASE WHEN possibly_duplicate THEN 1 ELSE 0 END) AS flagged FROM deliveries \
-             WHERE ($1 IS NULL OR window_id = $1) AND ($2 IS NULL OR broadcast_id = $2) \
+             WHERE ($1 IS NULL OR window_id = $1) \
              GROUP BY window_id, broadcast_id, notice, channel, state \
              ORDER BY MIN(id), window_id, broadcast_id, notice, channel, state",
         )
         .bind(window.map(|w| w.0))
-        .bind(broadcast)
         .fetch_all(p)
         .await?
         .into_iter()

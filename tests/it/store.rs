@@ -555,15 +555,11 @@ async fn broadcasts_are_named_keyed_and_scoped(db: &TestDb) {
     let (_, claimed) = claim(db, now, 100, "b", LEASE, Some(b.id)).await;
     assert_eq!(claimed.len(), 4, "only the broadcast's rows");
     assert!(claimed.iter().all(|c| c.broadcast == Some(b.id) && c.window.is_none()));
-    let counts: i64 = db
-        .store
-        .broadcast_summary(b.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.count)
-        .sum();
-    assert_eq!(counts, 4);
+    assert_eq!(
+        db.store.broadcast_states(b.id).await.unwrap(),
+        vec![(tangazo::domain::DeliveryState::Claimed, 4)],
+        "the broadcast's rows, not the window's"
+    );
 
     // Canary seeds: stored once, never in an audience page; an existing recipient stays as is.
     let existing = customer(0, Locale::En);
