@@ -352,11 +352,12 @@ impl Store {
     }
 
     /// The recipients of `kind` (all kinds: `None`) grouped by every column that decides who a
-    /// broadcast reaches, on which channels and in which language and zone, each group as one
-    /// of its recipients with how many it stands for; canary seeds are left out. A group's
-    /// phone and email are one of its recipients' (the group is of recipients who have one, or
-    /// of those who have none). `None` if a group does not read back: its rows would be set
-    /// aside one by one by [`Store::recipients_page`], which tells which.
+    /// broadcast reaches, on which channels and in which language and zone, each group as a
+    /// recipient with how many it stands for; canary seeds are left out. The grouped columns are
+    /// the group's own; its id, name, phone and email are its members' (on PostgreSQL the least
+    /// of each, not always one member's), and it has a phone, or an email address, if and only if
+    /// its members do. `None` if a group does not read back: its rows would be set aside one by
+    /// one by [`Store::recipients_page`], which tells which.
     ///
     /// Counting an audience this way reads no recipient into the process: a broadcast's count
     /// of a million customers is a few groups.
