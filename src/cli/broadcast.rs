@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -115,16 +116,24 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
         Some(n) => n.trim().to_owned(),
         None => broadcast::default_name(&content, &filter).context("naming the broadcast")?,
     };
-    let scan = broadcast::scan(&store, &content, &filter).await?;
-
-    if args.dry_run {
-        return dry_run(ctx, &parts, &content, &name, &scan, deadline);
-    }
-    if scan.recipients == 0 {
-        outln!("no recipient matches this audience: nothing to send");
-        return Ok(());
-    }
-    confirm(ctx, &scan, args.yes)?;
+    // The count decides something before anything is recorded for a dry run, a confirmation
+    // that may be asked and a canary's release question; with --yes it only informs, and is
+    // taken beside the recording instead of before it.
+    let counted_first = args.dry_run || !args.yes || args.canary.is_some();
+    let scan = if counted_first {
+        let scan = broadcast::scan(&store, &content, &filter).await?;
+        if args.dry_run {
+            return dry_run(ctx, &parts, &content, &name, &scan, deadline);
+        }
+        if scan.recipients == 0 {
+            outln!("no recipient matches this audience: nothing to send");
+            return Ok(());
+        }
+        confirm(ctx, &scan, args.yes)?;
+        Some(scan)
+    } else {
+        None
+    };
 
     let new = content.to_new(name.clone(), filter.clone(), deadline);
     let broadcast = store
@@ -138,7 +147,8 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     let stop = CancellationToken::new();
     on_signals(&stop);
 
-    if let Some(file) = &args.canary {
+    // A canary is always counted first: its release question names the audience.
+    if let (Some(file), Some(scan)) = (&args.canary, &scan) {
         let released = canary(
             ctx,
             &store,
@@ -146,7 +156,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             &broadcast,
             file,
             args.canary_wait.as_deref(),
-            &scan,
+            scan,
             &stop,
         )
         .await?;
@@ -158,20 +168,9 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
     // The rows are recorded a page at a time and sent beside the recording, as a tick sends
     // beside its planning: the first pages go out while the rest are recorded.
     let before = broadcast::states(&store, broadcast.id).await?;
-    let already = before.settled().max(0) as u64;
-    if !ctx.cli_json {
-        outln!(
-            "broadcast '{}' (id {}): {} recipients, {} messages{}",
-            broadcast.name,
-            broadcast.id,
-            scan.recipients,
-            scan.total_messages(),
-            if already > 0 {
-                format!(" ({already} already done)")
-            } else {
-                String::new()
-            }
-        );
+    let shown = Shown::new(ctx, &broadcast, before.settled().max(0) as u64);
+    if let Some(scan) = &scan {
+        shown.counted(scan);
     }
     let started = Instant::now();
     let recorded = CancellationToken::new();
@@ -207,18 +206,36 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             handed: handed.as_ref(),
             recorded: &recorded,
         },
-        scan.total_messages(),
-        already,
+        &shown,
         &stop,
     );
-    let ((enqueued, enqueue_seconds), report) = tokio::join!(record, sending);
+    // Counted beside the recording (with --yes): the count reads the recipients, recording
+    // writes the ledger, and neither waits for the other.
+    // It only informs: a count that fails is said, and the broadcast goes on.
+    let counting = async {
+        if scan.is_some() {
+            return scan;
+        }
+        match broadcast::scan(&store, &content, &filter).await {
+            Ok(scan) => {
+                shown.counted(&scan);
+                Some(scan)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the audience could not be counted; the broadcast goes on");
+                None
+            }
+        }
+    };
+    let ((enqueued, enqueue_seconds), report, scan) = tokio::join!(record, sending, counting);
     let timing = Timing {
         enqueued: enqueued?.unwrap_or_default(),
         enqueue_seconds,
         dispatch_seconds: started.elapsed().as_secs_f64(),
     };
     let report = report?;
-    finish(ctx, &store, &broadcast, &report, timing, &stop).await
+    shown.done();
+    finish(ctx, &store, &broadcast, scan.as_ref(), &report, timing, &stop).await
 }
 
 fn build_filter(ctx: &Ctx, args: &BroadcastArgs) -> CliResult<AudienceFilter> {
@@ -680,47 +697,116 @@ struct Scope<'a> {
     recorded: &'a CancellationToken,
 }
 
-/// Sends the broadcast's rows as they are recorded (see `Scope`). `total` is the scan's count
-/// of messages (a biller with several endpoints has a row for each, so the bar grows to fit).
-async fn send(
-    ctx: &Ctx,
-    dispatcher: &Dispatcher,
-    scope: Scope<'_>,
-    total: u64,
+/// What the command shows while it sends: the audience once it is counted, then a bar at a
+/// terminal or a line every few seconds elsewhere; nothing with --json.
+struct Shown<'a> {
+    ctx: &'a Ctx,
+    broadcast: &'a Broadcast,
+    bar: Option<indicatif::ProgressBar>,
+    /// Messages the count found; 0 until it is in.
+    total: AtomicU64,
+    /// Rows settled before this run.
     already: u64,
-    stop: &CancellationToken,
-) -> CliResult<DispatchReport> {
-    let bar = (std::io::stdout().is_terminal() && !ctx.cli_json).then(|| {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sent or settled · {per_sec} · ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    started: Instant,
+    last_line: Mutex<Instant>,
+}
+
+impl<'a> Shown<'a> {
+    fn new(ctx: &'a Ctx, broadcast: &'a Broadcast, already: u64) -> Shown<'a> {
+        let bar = (std::io::stdout().is_terminal() && !ctx.cli_json).then(|| {
+            let bar = indicatif::ProgressBar::no_length();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sent or settled · {per_sec} · ETA {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(already);
+            bar
+        });
+        Shown {
+            ctx,
+            broadcast,
+            bar,
+            total: AtomicU64::new(0),
+            already,
+            started: Instant::now(),
+            last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The audience is counted: its size is told, and the bar gets its length.
+    fn counted(&self, scan: &Scan) {
+        let total = scan.total_messages();
+        self.total.store(total, Ordering::Relaxed);
+        if self.ctx.cli_json {
+            return;
+        }
+        let already = self.already;
+        let line = format!(
+            "broadcast '{}' (id {}): {} recipients, {} messages{}",
+            self.broadcast.name,
+            self.broadcast.id,
+            scan.recipients,
+            total,
+            if already > 0 {
+                format!(" ({already} already done)")
+            } else {
+                String::new()
+            }
         );
-        bar.set_position(already);
-        bar
-    });
-    let started = Instant::now();
-    let last_line = Mutex::new(Instant::now());
-    let quiet = ctx.cli_json;
-    let progress = |r: &DispatchReport| {
-        let done = already + r.sent + r.failed + r.expired;
-        let Ok(mut last_line) = last_line.lock() else { return };
-        match &bar {
+        match &self.bar {
             Some(bar) => {
-                if done > bar.length().unwrap_or(total) {
+                // A biller with several endpoints has a row for each: the bar may be past it.
+                bar.set_length(total.max(bar.position()));
+                bar.println(line);
+            }
+            // A closed stdout ends the command after this batch, at `finish`.
+            None => {
+                let _ = super::write_stdout(format_args!("{line}\n"));
+            }
+        }
+    }
+
+    fn progress(&self, r: &DispatchReport) {
+        let done = self.already + r.sent + r.failed + r.expired;
+        let Ok(mut last_line) = self.last_line.lock() else {
+            return;
+        };
+        match &self.bar {
+            Some(bar) => {
+                if bar.length().is_some_and(|len| done > len) {
                     bar.set_length(done);
                 }
                 bar.set_position(done);
             }
-            None if !quiet && last_line.elapsed() >= Duration::from_secs(2) => {
+            None if !self.ctx.cli_json && last_line.elapsed() >= Duration::from_secs(2) => {
                 *last_line = Instant::now();
-                let rate = (r.sent + r.failed + r.expired) as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                // A closed stdout ends the command after this batch, at `finish`.
-                let _ = super::write_stdout(format_args!("… {done}/{total} sent or settled ({rate:.0}/s)\n"));
+                let rate = (r.sent + r.failed + r.expired) as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+                let of = match self.total.load(Ordering::Relaxed) {
+                    0 => String::new(),
+                    total => format!("/{total}"),
+                };
+                let _ = super::write_stdout(format_args!("… {done}{of} sent or settled ({rate:.0}/s)\n"));
             }
             None => {}
         }
-    };
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Sends the broadcast's rows as they are recorded (see `Scope`), showing how far it got.
+async fn send(
+    ctx: &Ctx,
+    dispatcher: &Dispatcher,
+    scope: Scope<'_>,
+    shown: &Shown<'_>,
+    stop: &CancellationToken,
+) -> CliResult<DispatchReport> {
+    let progress = |r: &DispatchReport| shown.progress(r);
     let broadcast = Some(scope.broadcast);
     let sending = async {
         match scope.handed {
@@ -736,13 +822,9 @@ async fn send(
             }
         }
     };
-    let report = crate::scheduler::taking_part(dispatcher, sending)
+    Ok(crate::scheduler::taking_part(dispatcher, sending)
         .await
-        .context("sending")?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    Ok(report)
+        .context("sending")?)
 }
 
 /// How long this run took to record its rows and to send them.
@@ -760,6 +842,7 @@ async fn finish(
     ctx: &Ctx,
     store: &Store,
     broadcast: &Broadcast,
+    scan: Option<&Scan>,
     report: &DispatchReport,
     timing: Timing,
     stop: &CancellationToken,
@@ -770,12 +853,17 @@ async fn finish(
         ctx.print_json(&json!({
             "name": broadcast.name,
             "id": broadcast.id,
+            "recipients": scan.map(|s| s.recipients),
+            "messages": scan.map(Scan::total_messages),
             "this_run": report,
             "states": states,
             "enqueued": timing.enqueued,
             "enqueue_seconds": timing.enqueue_seconds,
             "dispatch_seconds": timing.dispatch_seconds,
         }))?;
+    } else if states.0.is_empty() && scan.is_some_and(|s| s.recipients == 0) {
+        // Counted beside the recording (--yes): the broadcast is recorded, with no rows.
+        outln!("no recipient matches this audience: nothing to send");
     } else {
         let line: Vec<String> = states.0.iter().map(|(s, n)| format!("{s} {n}")).collect();
         outln!(

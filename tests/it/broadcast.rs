@@ -240,6 +240,45 @@ fn large_audiences_need_yes_and_nothing_is_recorded_without_it() {
     assert!(deliveries(&cli) > 10);
 }
 
+/// With --yes the count asks nothing, so it is taken beside the recording: the audience is
+/// still told, in the text as in the JSON, and an empty one still sends nothing.
+#[test]
+fn with_yes_the_audience_is_counted_beside_the_recording_and_still_told() {
+    let cli = Cli::new();
+    small_audience(&cli);
+    let text = cli.ok(&[&SWAHILI_SMS[..SWAHILI_SMS.len() - 1], &["--yes"]].concat());
+    assert!(text.contains("): 20 recipients, 20 messages"), "{text}");
+    assert!(text.contains(": sent 20 (this run sent 20)"), "{text}");
+
+    let renamed = json(&cli.ok(&[&SWAHILI_SMS[..], &["--yes", "--name", "again"]].concat()));
+    assert_eq!(
+        (
+            &renamed["recipients"],
+            &renamed["messages"],
+            &renamed["this_run"]["sent"]
+        ),
+        (&serde_json::json!(20), &serde_json::json!(20), &serde_json::json!(20))
+    );
+    let asked = json(&cli.ok(&[&SWAHILI_SMS[..], &["--name", "asked"]].concat()));
+    assert_eq!(
+        (&asked["recipients"], &asked["messages"]),
+        (&renamed["recipients"], &renamed["messages"])
+    );
+
+    // Nobody reads Swahili among the billers.
+    let none = [
+        &SWAHILI_SMS[..SWAHILI_SMS.len() - 1],
+        &["--audience", "billers", "--yes"],
+    ]
+    .concat();
+    let text = cli.ok(&none);
+    assert!(
+        text.contains("no recipient matches this audience: nothing to send"),
+        "{text}"
+    );
+    assert_eq!(cli.outbox_lines(), 60);
+}
+
 #[test]
 fn a_canary_goes_to_the_seed_list_only_until_released() {
     let cli = Cli::new();
