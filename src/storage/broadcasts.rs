@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
-use super::queue::{Inserted, Writing, claimed_after, insert_new_first, inserted_columns};
+use super::queue::{
+    CopyPage, Inserted, Writing, claimed_after, copy_int, copy_new_first, copy_opt_int, copy_text, insert_new_first,
+    inserted_columns,
+};
 use super::rows::{Broadcast, BroadcastRow, NewBroadcast};
 use super::{Dialect, HandOver, Pool, ROWS_PER_STATEMENT, Store, StoreError, WrittenPage};
 use crate::domain::{Channel, RecipientId, to_millis};
@@ -275,6 +278,37 @@ impl InsertBroadcast for sqlx::PgConnection {
             }
             q
         };
-        insert_new_first(self, sql, query).await.map(Inserted::counted)
+        if b.window.is_some() {
+            return insert_new_first(self, sql, query).await.map(Inserted::counted);
+        }
+        // A free message's rows are kept out by their idempotency key alone: the page is
+        // `COPY`d, as a fan-out's is.
+        let (notice, deadline) = (notice(b), to_millis(b.deadline));
+        let own = |out: &mut Vec<u8>, i: usize| {
+            let (recipient, channel, endpoint) = rows[i];
+            out.extend_from_slice(b"\\N\t");
+            copy_int(out, b.id);
+            out.push(b'\t');
+            copy_int(out, i64::from(b.revision.unwrap_or(0)));
+            out.push(b'\t');
+            copy_text(out, &notice);
+            out.push(b'\t');
+            copy_int(out, recipient.0);
+            out.push(b'\t');
+            copy_text(out, channel.as_str());
+            out.push(b'\t');
+            copy_opt_int(out, endpoint);
+            out.push(b'\t');
+            copy_int(out, due_at);
+            out.push(b'\t');
+            copy_int(out, deadline);
+        };
+        let page = CopyPage {
+            columns: BROADCAST_COLUMNS,
+            rows: rows.len(),
+        };
+        copy_new_first(self, page, own, writing, || query(sql))
+            .await
+            .map(Inserted::counted)
     }
 }

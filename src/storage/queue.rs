@@ -686,27 +686,65 @@ impl InsertPlanned for sqlx::PgConnection {
             q
         };
         match broadcasts {
-            Broadcasts::NoneReach => copy_new_first(self, rows, writing, || query(sql)).await,
+            Broadcasts::NoneReach => {
+                // A page's rows share their notice: its text is made once, not for every row.
+                let mut notice: Option<(Notice, String)> = None;
+                let own = |out: &mut Vec<u8>, i: usize| {
+                    let d = &rows[i];
+                    if notice.as_ref().is_none_or(|(n, _)| *n != d.notice) {
+                        notice = Some((d.notice, d.notice.to_string()));
+                    }
+                    copy_int(out, d.window.0);
+                    out.push(b'\t');
+                    copy_int(out, i64::from(d.revision));
+                    out.push(b'\t');
+                    copy_text(out, notice.as_ref().map_or("", |(_, text)| text));
+                    out.push(b'\t');
+                    copy_int(out, d.recipient.0);
+                    out.push(b'\t');
+                    copy_text(out, d.channel.as_str());
+                    out.push(b'\t');
+                    copy_opt_int(out, d.endpoint);
+                    out.push(b'\t');
+                    copy_int(out, to_millis(d.due_at));
+                    out.push(b'\t');
+                    copy_int(out, to_millis(d.deadline));
+                };
+                let page = CopyPage {
+                    columns: PLANNED_COLUMNS,
+                    rows: rows.len(),
+                };
+                copy_new_first(self, page, own, writing, || query(sql)).await
+            }
             Broadcasts::MayReach => insert_new_first(self, sql, query).await,
         }
         .map(Inserted::counted)
     }
 }
 
-/// PostgreSQL: writes `rows` with `COPY` under a savepoint; only if one of them is in the
-/// ledger already (a unique violation) does it go back to the savepoint and run `skipping`,
-/// the insert that leaves such rows alone. `COPY` has none of an `INSERT … SELECT`'s work per
-/// row (the arrays unnested, the expressions of each column, `ON CONFLICT`'s speculative
-/// insertion): a 10,000-row page takes about two thirds of the time (BENCHMARKS.md). It can
-/// check nothing against the ledger, so it serves the pages no broadcast may already reach.
-async fn copy_new_first<'q>(
+/// A page of rows to `COPY`: how many, and the columns each row's own fields fill, in order
+/// (the columns `Writing` sets follow them).
+pub(super) struct CopyPage {
+    pub columns: &'static str,
+    pub rows: usize,
+}
+
+/// PostgreSQL: writes a page with `COPY` under a savepoint, `own` writing row `i`'s own fields
+/// in `COPY`'s text format; only if one of them is in the ledger already (a unique violation)
+/// does it go back to the savepoint and run `skipping`, the insert that leaves such rows
+/// alone. `COPY` has none of an `INSERT … SELECT`'s work per row (the arrays unnested, the
+/// expressions of each column, `ON CONFLICT`'s speculative insertion): a 10,000-row page takes
+/// about two thirds of the time (BENCHMARKS.md). It can check nothing against the ledger, so
+/// it serves the pages whose rows only their idempotency key may keep out.
+pub(super) async fn copy_new_first<'q>(
     conn: &mut sqlx::PgConnection,
-    rows: &[PlannedDelivery],
+    page: CopyPage,
+    own: impl FnMut(&mut Vec<u8>, usize),
     writing: &Writing<'_>,
     skipping: impl FnOnce() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
 ) -> Result<u64, sqlx::Error> {
     let mut savepoint = sqlx::Connection::begin(&mut *conn).await?;
-    match copy_planned(&mut savepoint, rows, writing).await {
+    match copy_page(&mut savepoint, page, own, writing).await {
         Ok(copied) => {
             savepoint.commit().await?;
             Ok(copied)
@@ -719,11 +757,12 @@ async fn copy_new_first<'q>(
     }
 }
 
-/// `COPY`s `rows` into the ledger, written as `writing` says; a claim's lease runs from the
+/// `COPY`s a page into the ledger, written as `writing` says; a claim's lease runs from the
 /// database's clock read just before, as an insert's runs from the moment it writes.
-async fn copy_planned(
+async fn copy_page(
     conn: &mut sqlx::PgConnection,
-    rows: &[PlannedDelivery],
+    page: CopyPage,
+    own: impl FnMut(&mut Vec<u8>, usize),
     writing: &Writing<'_>,
 ) -> Result<u64, sqlx::Error> {
     let (more, leased_until) = match writing {
@@ -739,44 +778,25 @@ async fn copy_planned(
             )
         }
     };
-    let data = copy_text_rows(rows, writing, leased_until.unwrap_or_default());
+    let data = copy_text_rows(page.rows, own, writing, leased_until.unwrap_or_default());
     let mut copy = conn
-        .copy_in_raw(&format!("COPY deliveries ({PLANNED_COLUMNS}{more}) FROM STDIN"))
+        .copy_in_raw(&format!("COPY deliveries ({}{more}) FROM STDIN", page.columns))
         .await?;
     copy.send(data).await?;
     copy.finish().await
 }
 
-/// `rows` in `COPY`'s text format, in `PLANNED_COLUMNS` order and then the columns `writing`
-/// sets (see `copy_planned`); a claimed row's lease lapses at `lease_until`.
-fn copy_text_rows(rows: &[PlannedDelivery], writing: &Writing<'_>, lease_until: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.len() * 96);
-    let mut number = itoa::Buffer::new();
-    let mut int = |out: &mut Vec<u8>, n: i64| out.extend_from_slice(number.format(n).as_bytes());
-    // A page's rows share their notice: its text is made once, not for every row.
-    let mut notice: Option<(Notice, String)> = None;
-    for (i, d) in rows.iter().enumerate() {
-        if notice.as_ref().is_none_or(|(n, _)| *n != d.notice) {
-            notice = Some((d.notice, d.notice.to_string()));
-        }
-        int(&mut out, d.window.0);
-        out.push(b'\t');
-        int(&mut out, i64::from(d.revision));
-        out.push(b'\t');
-        copy_text(&mut out, notice.as_ref().map_or("", |(_, text)| text));
-        out.push(b'\t');
-        int(&mut out, d.recipient.0);
-        out.push(b'\t');
-        copy_text(&mut out, d.channel.as_str());
-        out.push(b'\t');
-        match d.endpoint {
-            Some(e) => int(&mut out, e),
-            None => out.extend_from_slice(b"\\N"),
-        }
-        out.push(b'\t');
-        int(&mut out, to_millis(d.due_at));
-        out.push(b'\t');
-        int(&mut out, to_millis(d.deadline));
+/// `rows` rows in `COPY`'s text format: each one's own fields as `own` writes them, then the
+/// columns `writing` sets (see `copy_page`); a claimed row's lease lapses at `lease_until`.
+fn copy_text_rows(
+    rows: usize,
+    mut own: impl FnMut(&mut Vec<u8>, usize),
+    writing: &Writing<'_>,
+    lease_until: i64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows * 96);
+    for i in 0..rows {
+        own(&mut out, i);
         match writing {
             Writing::Pending => {}
             Writing::Held => out.extend_from_slice(b"\tt"),
@@ -785,9 +805,9 @@ fn copy_text_rows(rows: &[PlannedDelivery], writing: &Writing<'_>, lease_until: 
                     out.extend_from_slice(b"\tclaimed\t");
                     copy_text(&mut out, c.owner);
                     out.push(b'\t');
-                    int(&mut out, token);
+                    copy_int(&mut out, token);
                     out.push(b'\t');
-                    int(&mut out, lease_until);
+                    copy_int(&mut out, lease_until);
                     out.extend_from_slice(b"\t1");
                 }
                 None => out.extend_from_slice(b"\tpending\t\\N\t\\N\t\\N\t0"),
@@ -798,9 +818,22 @@ fn copy_text_rows(rows: &[PlannedDelivery], writing: &Writing<'_>, lease_until: 
     out
 }
 
+/// `n` as a field of `COPY`'s text format.
+pub(super) fn copy_int(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `n`, or SQL's null, as a field of `COPY`'s text format.
+pub(super) fn copy_opt_int(out: &mut Vec<u8>, n: Option<i64>) {
+    match n {
+        Some(n) => copy_int(out, n),
+        None => out.extend_from_slice(b"\\N"),
+    }
+}
+
 /// `text` as a field of `COPY`'s text format: backslash, tab, newline and carriage return
 /// escaped.
-fn copy_text(out: &mut Vec<u8>, text: &str) {
+pub(super) fn copy_text(out: &mut Vec<u8>, text: &str) {
     for b in text.bytes() {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
