@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
@@ -23,7 +24,7 @@ use crate::dispatch::handoff::{Hand, Handed};
 use crate::render::{NoticeFacts, RenderError, Renderer};
 use crate::storage::{
     Broadcast, Claim, Claimed, ClaimedBatch, ClaimedDelivery, CorruptClaim, HandOver, NewBroadcast, PAGE, Store,
-    StoreError,
+    StoreError, WrittenPage,
 };
 
 /// Prices for estimates.
@@ -242,6 +243,12 @@ pub struct Handing<'a> {
 /// Returns how many were new, or `None` if `stop` was cancelled first: recording then ends
 /// between pages, and the same broadcast again records the rest. With `handing`, each page's
 /// rows that can go out at once are written claimed and handed over.
+///
+/// On PostgreSQL two pages are written at once, each on a connection of its own, while the
+/// next two are read and the two before are handed to the lanes, as a fan-out's pages are:
+/// one page's write keeps one server process busy, and the server's work bounds recording.
+/// On SQLite a page is written, handed, then the next read: reading or writing ahead there
+/// takes the one writer's turns from sending (see `Scheduler::fan_out`).
 pub async fn enqueue_audience(
     store: &Store,
     content: &Content,
@@ -252,75 +259,174 @@ pub async fn enqueue_audience(
 ) -> Result<Option<u64>, StoreError> {
     let matcher = broadcast.filter.matcher();
     let mut pager = Pager::new(&broadcast.filter);
+    let turns = store.writes_take_turns();
+    let at_once = if turns { 1 } else { 2 };
     let mut enqueued = 0;
     // Sending may run beside the recording (the CLI's broadcast does): its claims need
     // statistics of the queue as it grows.
     let mut analyze_at = crate::storage::FIRST_ANALYZE;
-    loop {
-        let read = async {
-            let Some(page) = pager.next(store).await? else {
-                return Ok(None);
-            };
-            let rows: Vec<(RecipientId, Channel)> = page
-                .iter()
-                .flat_map(|r| {
-                    matcher
-                        .channels(r, content.window_components())
-                        .into_iter()
-                        .map(|c| (r.id, c))
-                })
-                .collect();
-            let rows = per_endpoint(store, Some(content), rows).await?;
-            Ok::<_, StoreError>(Some((page, rows)))
-        };
-        // Stopped while a page is read: nothing of it is written. A page being written is
-        // not given up halfway: its commit could land unseen, leaving rows claimed that no
-        // lane would ever be handed.
-        let Some(read) = stop.run_until_cancelled(read).await else {
-            return Ok(None);
-        };
-        let Some((page, rows)) = read? else {
-            break;
-        };
+    // Stopped while a page is read: nothing of it is written. A page being written is not
+    // given up halfway: its commit could land unseen, leaving rows claimed that no lane would
+    // ever be handed.
+    let mut next = match stop
+        .run_until_cancelled(read_pages(store, &mut pager, &matcher, content, at_once))
+        .await
+    {
+        Some(first) => first?,
+        None => return Ok(None),
+    };
+    // Pages written and not yet handed over (PostgreSQL).
+    let mut unsettled: Vec<WrittenRows> = Vec::new();
+    let mut stopped = false;
+    while !next.is_empty() {
         if stop.is_cancelled() {
-            return Ok(None);
+            stopped = true;
+            break;
         }
-        // Asked at every page: a process that started sending meanwhile finds the rest
-        // pending, its share to claim.
-        let over = match &handing {
-            Some(h) if store.hands_over(h.owner).await? => Some(HandOver {
-                owner: h.owner,
-                lease: h.lease,
-                batch: h.batch,
-                now: h.clock.now(),
-            }),
-            _ => None,
-        };
-        // Before the page is written: no batch's lease began earlier.
+        let step = std::mem::take(&mut next);
+        // Before the pages are written: no batch's lease began earlier.
         let written_at = Handed::stamp();
-        let written = store
-            .enqueue_broadcast_handing(broadcast, &rows, now, over.as_ref())
-            .await?;
-        enqueued += written.inserted;
+        let writes = join_all(
+            step.iter()
+                .map(|(_, rows)| write_page(store, broadcast, rows, now, handing.as_ref())),
+        );
+        let (written, ahead) = if turns {
+            (writes.await, None)
+        } else {
+            let ahead = stop.run_until_cancelled(read_pages(store, &mut pager, &matcher, content, at_once));
+            let hand = handing.as_ref().map(|h| &h.hand);
+            let earlier = hand_over(store, broadcast, std::mem::take(&mut unsettled), hand, now);
+            let (written, ahead, lanes) = tokio::join!(writes, ahead, earlier);
+            if !lanes? {
+                handing = None;
+            }
+            (written, Some(ahead))
+        };
+        for ((page, rows), written) in step.into_iter().zip(written) {
+            let written = written?;
+            enqueued += written.inserted;
+            unsettled.push(WrittenRows {
+                page,
+                rows,
+                written,
+                written_at,
+            });
+        }
         if enqueued >= analyze_at {
             store.analyze_growing_queue().await?;
             analyze_at = enqueued.saturating_mul(2);
         }
-        // Once committed: each batch written claimed goes to the lanes, or, if they have
-        // stopped, back to the queue.
-        for batch in written.claimed {
-            let claim = claim(broadcast, &page, &rows, &batch, now);
-            match &handing {
-                Some(h) if h.hand.hand(store, Handed::new(claim, written_at)).await => {}
-                Some(_) => handing = None,
+        let ahead = match ahead {
+            Some(ahead) => ahead,
+            None => {
+                let hand = handing.as_ref().map(|h| &h.hand);
+                if !hand_over(store, broadcast, std::mem::take(&mut unsettled), hand, now).await? {
+                    handing = None;
+                }
+                stop.run_until_cancelled(read_pages(store, &mut pager, &matcher, content, at_once))
+                    .await
+            }
+        };
+        match ahead {
+            Some(ahead) => next = ahead?,
+            None => stopped = true,
+        }
+    }
+    let hand = handing.as_ref().map(|h| &h.hand);
+    hand_over(store, broadcast, unsettled, hand, now).await?;
+    if stopped {
+        return Ok(None);
+    }
+    store.after_bulk_load(enqueued).await?;
+    Ok(Some(enqueued))
+}
+
+/// A page as written: the recipients read, the rows written from them, what the write did
+/// and when it began.
+struct WrittenRows {
+    page: Vec<Recipient>,
+    rows: Vec<(RecipientId, Channel, Option<i64>)>,
+    written: WrittenPage,
+    written_at: tokio::time::Instant,
+}
+
+/// Hands each batch of the pages `written` wrote claimed to the lanes, or, once they have
+/// stopped (or with none), back to the queue. Returns whether the lanes still take batches.
+async fn hand_over(
+    store: &Store,
+    broadcast: &Broadcast,
+    written: Vec<WrittenRows>,
+    mut hand: Option<&Hand>,
+    due_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    for w in &written {
+        for batch in &w.written.claimed {
+            let claim = claim(broadcast, &w.page, &w.rows, batch, due_at);
+            match hand {
+                Some(h) if h.hand(store, Handed::new(claim, w.written_at)).await => {}
+                // The lanes gave it back.
+                Some(_) => hand = None,
                 None => {
                     store.give_back(batch.token).await?;
                 }
             }
         }
     }
-    store.after_bulk_load(enqueued).await?;
-    Ok(Some(enqueued))
+    Ok(hand.is_some())
+}
+
+/// The audience's next `n` pages (fewer at its end), and the rows each gets: one per channel
+/// the filter admits each recipient on, one per endpoint for a biller's webhook.
+#[allow(clippy::type_complexity)]
+async fn read_pages(
+    store: &Store,
+    pager: &mut Pager,
+    matcher: &Matcher<'_>,
+    content: &Content,
+    n: usize,
+) -> Result<Vec<(Vec<Recipient>, Vec<(RecipientId, Channel, Option<i64>)>)>, StoreError> {
+    let mut pages = Vec::with_capacity(n);
+    while pages.len() < n {
+        let Some(page) = pager.next(store).await? else {
+            break;
+        };
+        let rows: Vec<(RecipientId, Channel)> = page
+            .iter()
+            .flat_map(|r| {
+                matcher
+                    .channels(r, content.window_components())
+                    .into_iter()
+                    .map(|c| (r.id, c))
+            })
+            .collect();
+        let rows = per_endpoint(store, Some(content), rows).await?;
+        pages.push((page, rows));
+    }
+    Ok(pages)
+}
+
+/// Writes a page's rows; with `handing`, those that can go out at once are written claimed,
+/// unless another process sends now. Asked at every page: a process that started sending
+/// meanwhile finds the rest pending, its share to claim.
+async fn write_page(
+    store: &Store,
+    broadcast: &Broadcast,
+    rows: &[(RecipientId, Channel, Option<i64>)],
+    now: DateTime<Utc>,
+    handing: Option<&Handing<'_>>,
+) -> Result<WrittenPage, StoreError> {
+    let over = match handing {
+        Some(h) if store.hands_over(h.owner).await? => Some(HandOver {
+            owner: h.owner,
+            lease: h.lease,
+            batch: h.batch,
+            now: h.clock.now(),
+        }),
+        _ => None,
+    };
+    store
+        .enqueue_broadcast_handing(broadcast, rows, now, over.as_ref())
+        .await
 }
 
 /// A batch of a broadcast's rows written claimed, as a lane sends it: addressed as each
