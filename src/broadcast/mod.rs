@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use futures_util::future::join_all;
+use futures_util::future::{join_all, join3};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::shutdown::CancellationToken;
 
 use crate::clock::Clock;
-use crate::dispatch::handoff::{Hand, Handed};
+use crate::dispatch::handoff::{Hand, Handed, Stamp};
 use crate::render::{NoticeFacts, RenderError, Renderer};
 use crate::storage::{
     Broadcast, Claim, Claimed, ClaimedBatch, ClaimedDelivery, CorruptClaim, HandOver, NewBroadcast, PAGE, Store,
@@ -296,7 +296,7 @@ pub async fn enqueue_audience(
             let ahead = stop.run_until_cancelled(read_pages(store, &mut pager, &matcher, content, at_once));
             let hand = handing.as_ref().map(|h| &h.hand);
             let earlier = hand_over(store, broadcast, std::mem::take(&mut unsettled), hand, now);
-            let (written, ahead, lanes) = tokio::join!(writes, ahead, earlier);
+            let (written, ahead, lanes) = join3(writes, ahead, earlier).await;
             if !lanes? {
                 handing = None;
             }
@@ -347,7 +347,7 @@ struct WrittenRows {
     page: Vec<Recipient>,
     rows: Vec<(RecipientId, Channel, Option<i64>)>,
     written: WrittenPage,
-    written_at: tokio::time::Instant,
+    written_at: Stamp,
 }
 
 /// Hands each batch of the pages `written` wrote claimed to the lanes, or, once they have

@@ -19,8 +19,11 @@ use crate::storage::{Claim, Store};
 #[derive(Debug)]
 pub struct Handed {
     pub(super) claim: Claim,
-    pub(super) at: tokio::time::Instant,
+    pub(super) at: Stamp,
 }
+
+/// When a batch was written, as [`Handed::stamp`] reads it.
+pub type Stamp = tokio::time::Instant;
 
 impl Handed {
     /// `claim`, written at `at` or later: its lease runs from then, however long the planner
