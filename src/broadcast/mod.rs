@@ -248,7 +248,8 @@ pub struct Handing<'a> {
 /// next two are read and the two before are handed to the lanes, as a fan-out's pages are:
 /// one page's write keeps one server process busy, and the server's work bounds recording.
 /// On SQLite a page is written, handed, then the next read: reading or writing ahead there
-/// takes the one writer's turns from sending (see `Scheduler::fan_out`).
+/// takes the one writer's turns from sending (see `Scheduler::fan_out`). If recording fails,
+/// the pages it wrote claimed and had not handed over go back to the queue.
 pub async fn enqueue_audience(
     store: &Store,
     content: &Content,
@@ -290,30 +291,42 @@ pub async fn enqueue_audience(
             step.iter()
                 .map(|(_, rows)| write_page(store, broadcast, rows, now, handing.as_ref())),
         );
-        let (written, ahead) = if turns {
-            (writes.await, None)
+        let (written, ahead, lanes) = if turns {
+            (writes.await, None, Ok(true))
         } else {
             let ahead = stop.run_until_cancelled(read_pages(store, &mut pager, &matcher, content, at_once));
             let hand = handing.as_ref().map(|h| &h.hand);
             let earlier = hand_over(store, broadcast, std::mem::take(&mut unsettled), hand, now);
             let (written, ahead, lanes) = join3(writes, ahead, earlier).await;
-            if !lanes? {
-                handing = None;
-            }
-            (written, Some(ahead))
+            (written, Some(ahead), lanes)
         };
+        let mut failed = None;
         for ((page, rows), written) in step.into_iter().zip(written) {
-            let written = written?;
-            enqueued += written.inserted;
-            unsettled.push(WrittenRows {
-                page,
-                rows,
-                written,
-                written_at,
-            });
+            match written {
+                Ok(written) => {
+                    enqueued += written.inserted;
+                    unsettled.push(WrittenRows {
+                        page,
+                        rows,
+                        written,
+                        written_at,
+                    });
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(give_back_all(store, broadcast, unsettled, now, e).await);
+        }
+        match lanes {
+            Ok(true) => {}
+            Ok(false) => handing = None,
+            Err(e) => return Err(give_back_all(store, broadcast, unsettled, now, e).await),
         }
         if enqueued >= analyze_at {
-            store.analyze_growing_queue().await?;
+            if let Err(e) = store.analyze_growing_queue().await {
+                return Err(give_back_all(store, broadcast, unsettled, now, e).await);
+            }
             analyze_at = enqueued.saturating_mul(2);
         }
         let ahead = match ahead {
@@ -328,7 +341,8 @@ pub async fn enqueue_audience(
             }
         };
         match ahead {
-            Some(ahead) => next = ahead?,
+            Some(Ok(ahead)) => next = ahead,
+            Some(Err(e)) => return Err(give_back_all(store, broadcast, unsettled, now, e).await),
             None => stopped = true,
         }
     }
@@ -339,6 +353,22 @@ pub async fn enqueue_audience(
     }
     store.after_bulk_load(enqueued).await?;
     Ok(Some(enqueued))
+}
+
+/// Gives back the batches of pages written claimed that no lane will be handed, recording
+/// having failed with `error`: they go back to the queue rather than wait out their lease.
+/// Returns `error`.
+async fn give_back_all(
+    store: &Store,
+    broadcast: &Broadcast,
+    written: Vec<WrittenRows>,
+    due_at: DateTime<Utc>,
+    error: StoreError,
+) -> StoreError {
+    if let Err(e) = hand_over(store, broadcast, written, None, due_at).await {
+        tracing::warn!(error = %e, "batches written claimed stay claimed until their lease lapses");
+    }
+    error
 }
 
 /// A page as written: the recipients read, the rows written from them, what the write did
