@@ -228,6 +228,20 @@ struct Term {
 /// has lapsed.
 const RENEW_AFTER_PART: u32 = 4;
 
+/// The part of its lease after which a daemon that does not lead ends its tick's sending, to
+/// ask for the lead again at the next.
+const ASK_FOR_THE_LEAD_PART: u32 = 3;
+
+/// How long a tick sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Until nothing is due (`run-once`, and every tick of the leader).
+    UntilNothingIsDue,
+    /// The daemon's: a tick that does not lead sends for a third of a lease at most, then
+    /// ends, and the next asks for the lead.
+    AskingForTheLead,
+}
+
 impl Scheduler {
     pub fn new(store: Store, policy: Policy, dispatcher: Dispatcher) -> Scheduler {
         let senders = dispatcher.senders();
@@ -396,6 +410,18 @@ impl Scheduler {
         stop: &CancellationToken,
         progress: ProgressSink<'_>,
     ) -> Result<TickReport, TickError> {
+        self.tick_as(clock, stop, progress, Sending::UntilNothingIsDue).await
+    }
+
+    /// A tick; as the daemon's ([`Sending::AskingForTheLead`]), one that does not lead ends its
+    /// sending every third of a lease.
+    async fn tick_as(
+        &self,
+        clock: &Clock,
+        stop: &CancellationToken,
+        progress: ProgressSink<'_>,
+        sending_until: Sending,
+    ) -> Result<TickReport, TickError> {
         let now = clock.now();
         let mut report = TickReport {
             released: self.store.release_lapsed_claims(now).await?,
@@ -403,6 +429,7 @@ impl Scheduler {
         };
         let planning = std::time::Instant::now();
         report.led = self.lead().await?;
+        let led = report.led;
         let windows = if report.led {
             self.store.open_windows().await?
         } else {
@@ -468,18 +495,34 @@ impl Scheduler {
             Ok::<(), StoreError>(())
         };
         let sending = std::time::Instant::now();
+        // A daemon that does not lead asks for the lead again at least every third of a lease:
+        // its tick's sending ends then (the batches in flight finish) and the next tick begins
+        // with the ask, so a long backlog does not keep it from taking over from a leader
+        // that died or stalled.
+        let asks_again = !led && sending_until == Sending::AskingForTheLead;
+        let sending_ends = stop.child_token();
         let send = async {
             let report_sending = |r: &DispatchReport| progress(Progress::Sending(*r));
-            let sent = match &handed {
-                Some(handed) => {
-                    self.dispatcher
-                        .run_handed(clock, None, handed, &enqueued, stop, &report_sending)
-                        .await
+            let sent = async {
+                match &handed {
+                    Some(handed) => {
+                        self.dispatcher
+                            .run_handed(clock, None, handed, &enqueued, &sending_ends, &report_sending)
+                            .await
+                    }
+                    None => {
+                        self.dispatcher
+                            .run_alongside(clock, None, &enqueued, &sending_ends, &report_sending)
+                            .await
+                    }
                 }
-                None => {
-                    self.dispatcher
-                        .run_alongside(clock, None, &enqueued, stop, &report_sending)
-                        .await
+            };
+            tokio::pin!(sent);
+            let sent = tokio::select! {
+                sent = &mut sent => sent,
+                () = tokio::time::sleep(self.lease() / ASK_FOR_THE_LEAD_PART), if asks_again => {
+                    sending_ends.cancel();
+                    sent.await
                 }
             };
             (sent, sending.elapsed().as_secs_f64())
@@ -1140,7 +1183,10 @@ pub async fn run(scheduler: Scheduler, clock: Clock, every: Duration, shutdown: 
     let ticks = async {
         while !shutdown.is_cancelled() {
             let now = clock.now();
-            match scheduler.tick(&clock, &shutdown).await {
+            match scheduler
+                .tick_as(&clock, &shutdown, &|_| {}, Sending::AskingForTheLead)
+                .await
+            {
                 Ok(r) => {
                     let d = &r.dispatch;
                     // A paced fan-out makes many short ticks that only send (each batch is

@@ -81,6 +81,16 @@ impl Daemon {
     }
 }
 
+/// A test that fails leaves no daemon behind (stalled or not) to load the tests after it.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A window starting in six hours: its announcement is due at once, its deadline far off.
 fn window_in_six_hours() -> NewWindow {
     let start = Utc::now() + TimeDelta::hours(6);
@@ -143,10 +153,15 @@ struct Rig {
 
 impl Rig {
     async fn start(n: u32, daemons: usize, rate: u32, lease: &str) -> Rig {
+        Rig::start_holding(n, daemons, rate, lease, Duration::ZERO).await
+    }
+
+    /// `start`, the sink holding each request for `hold` before it answers.
+    async fn start_holding(n: u32, daemons: usize, rate: u32, lease: &str, hold: Duration) -> Rig {
         let db = TestDb::postgres().await;
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (sink, base) = sms_sink::start(Duration::ZERO).await;
+        let (sink, base) = sms_sink::start(hold).await;
         customers(&db, n).await;
         let config = config(dir.path(), &base, rate, lease);
         let daemons: Vec<Daemon> = (0..daemons)
@@ -377,6 +392,44 @@ async fn a_leader_stalled_past_its_lease_steps_down_before_it_writes_again() {
         log.contains("another daemon leads now") || log.contains("another daemon led meanwhile"),
         "{log}"
     );
+    rig.reached_once().await;
+    rig.finish().await;
+}
+
+/// A daemon that does not lead, busy with a backlog longer than many leases, still asks for
+/// the lead every third of a lease: when the leader dies once it has planned, another takes
+/// over within about a lease, not once the backlog is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TANGAZO_TEST_POSTGRES; run with -- --include-ignored"]
+async fn a_daemon_busy_with_a_backlog_still_takes_over_from_a_dead_leader_within_a_lease() {
+    let lease = Duration::from_secs(2);
+    // Each request held a second: two lanes of 500 a daemon send about 1,000 a second, so the
+    // one left takes many leases over what the two have not sent.
+    let mut rig = Rig::start_holding(20_000, 2, 100_000, "2s", Duration::from_secs(1)).await;
+    rig.db
+        .store
+        .create_window(window_in_six_hours(), Utc::now(), "test")
+        .await
+        .unwrap();
+    wait_for("the fan-out planned", Duration::from_secs(60), async || {
+        rig.count("SELECT COUNT(*) FROM deliveries").await == i64::from(rig.n)
+    })
+    .await;
+    let (at, leader) = rig.leader().await;
+    let killed_at = Instant::now();
+    rig.daemons.remove(at).kill9();
+
+    rig.new_leader_besides(&leader, lease * 3).await;
+    let replaced_after = killed_at.elapsed();
+    let unsent = rig.count("SELECT COUNT(*) FROM deliveries WHERE state <> 'sent'").await;
+    eprintln!("leader killed once it had planned; replaced after {replaced_after:?} with {unsent} unsent");
+    assert!(unsent > 5_000, "the backlog outlasts the takeover: {unsent} unsent");
+    assert!(
+        replaced_after <= lease + Duration::from_secs(3),
+        "replaced after {replaced_after:?}"
+    );
+
+    rig.all_sent_then_stop().await;
     rig.reached_once().await;
     rig.finish().await;
 }
