@@ -237,6 +237,11 @@ pub struct Handing<'a> {
     pub batch: usize,
     /// What is due, and what is past its deadline, is judged on it at every page.
     pub clock: &'a Clock,
+    /// Whether the lanes send as fast as the backends take it, with no rate to hold to: only
+    /// then are pages written ahead of them (PostgreSQL). A page written claimed waits for the
+    /// lanes to take the pages before it, and its lease runs meanwhile; paced, that wait grows
+    /// with the pages ahead.
+    pub unpaced: bool,
 }
 
 /// Records the broadcast's rows for the whole audience, a page at a time, due at `now`.
@@ -248,7 +253,8 @@ pub struct Handing<'a> {
 /// next two are read and the two before are handed to the lanes, as a fan-out's pages are:
 /// one page's write keeps one server process busy, and the server's work bounds recording.
 /// On SQLite a page is written, handed, then the next read: reading or writing ahead there
-/// takes the one writer's turns from sending (see `Scheduler::fan_out`). If recording fails,
+/// takes the one writer's turns from sending (see `Scheduler::fan_out`); so too when the lanes
+/// are held to a rate (see `Handing::unpaced`). If recording fails,
 /// the pages it wrote claimed and had not handed over go back to the queue.
 pub async fn enqueue_audience(
     store: &Store,
@@ -260,7 +266,8 @@ pub async fn enqueue_audience(
 ) -> Result<Option<u64>, StoreError> {
     let matcher = broadcast.filter.matcher();
     let mut pager = Pager::new(&broadcast.filter);
-    let turns = store.writes_take_turns();
+    // One page at a time, written, handed, then the next read: SQLite, or lanes held to a rate.
+    let turns = store.writes_take_turns() || handing.as_ref().is_some_and(|h| !h.unpaced);
     let at_once = if turns { 1 } else { 2 };
     let mut enqueued = 0;
     // Sending may run beside the recording (the CLI's broadcast does): its claims need

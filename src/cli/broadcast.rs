@@ -186,6 +186,7 @@ pub async fn run(ctx: &Ctx, args: BroadcastArgs) -> CliResult {
             lease: config.lease.to_std(),
             batch: config.batch_size,
             clock: &ctx.clock,
+            unpaced: Channel::ALL.iter().all(|c| parts.senders.rate(*c).is_none()),
         };
         (Some(handing), Some(handed))
     } else {

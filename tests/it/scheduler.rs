@@ -663,6 +663,7 @@ async fn a_handed_broadcast_beside_another_worker_for_longer_than_a_lease_goes_o
         lease: config.lease.to_std(),
         batch: config.batch_size,
         clock: &clock,
+        unpaced: true,
     };
     let (stop, recorded) = (CancellationToken::new(), CancellationToken::new());
     let began = std::time::Instant::now();
